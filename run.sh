@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs the payment node on stdin/stdout, from any directory: ./run.sh [--verbose] [--help]
+# The first run builds the jar (build output goes to stderr: stdout carries replies only).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+jar="$here/target/payment-node.jar"
+
+build_if_needed() {
+    # A jar older than the sources or the pom is rebuilt, so an edit is never silently ignored.
+    [ -f "$jar" ] && [ -z "$(find "$here/src/main" "$here/pom.xml" -newer "$jar" -print -quit)" ] && return
+    mkdir -p "$here/target"
+    # Several nodes started at once (a harness starting a cluster) build once, not in parallel.
+    exec 9>"$here/target/.build.lock"
+    flock 9
+    if [ ! -f "$jar" ] || [ -n "$(find "$here/src/main" "$here/pom.xml" -newer "$jar" -print -quit)" ]; then
+        echo "run.sh: building $jar ..." >&2
+        (cd "$here" && mvn -q -B package -DskipTests) >&2 || {
+            echo "run.sh: the build failed; see the output above" >&2
+            exit 1
+        }
+    fi
+    exec 9>&-
+}
+
+build_if_needed
+# The JVM prints some warnings (e.g. about a stale class-data archive) on stdout by default: send
+# every JVM log line to stderr instead.
+exec java -Xlog:disable -Xlog:all=warning:stderr -XX:+UseSerialGC -jar "$jar" "$@"

@@ -1,0 +1,1149 @@
+package payment;
+
+import com.fasterxml.jackson.core.JsonFactory;
+import com.fasterxml.jackson.core.JsonGenerator;
+import com.fasterxml.jackson.core.JsonParseException;
+import com.fasterxml.jackson.core.JsonParser;
+import com.fasterxml.jackson.core.JsonToken;
+import com.fasterxml.jackson.core.JsonProcessingException;
+import com.fasterxml.jackson.core.PrettyPrinter;
+import com.fasterxml.jackson.core.SerializableString;
+import com.fasterxml.jackson.core.StreamReadConstraints;
+import com.fasterxml.jackson.core.io.CharacterEscapes;
+import com.fasterxml.jackson.core.json.JsonWriteFeature;
+
+import java.io.BufferedOutputStream;
+import java.io.FileDescriptor;
+import java.io.FileInputStream;
+import java.io.FileOutputStream;
+import java.io.Flushable;
+import java.io.IOException;
+import java.io.InputStream;
+import java.io.OutputStream;
+import java.io.PrintStream;
+import java.math.BigDecimal;
+import java.nio.charset.StandardCharsets;
+import java.util.Arrays;
+import java.util.Objects;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.atomic.AtomicLong;
+import java.util.function.Supplier;
+
+/**
+ * The payment participant of a saga, as a Maelstrom node.
+ *
+ * <p>One message per line comes in on stdin and one reply per line goes out on stdout. The story of a
+ * line, in the order this file tells it: {@link LineReader read a line} → {@link #parse parse} →
+ * {@link #dispatch dispatch} → {@link PaymentHandler handle} → {@link ReplyWriter reply} → flush
+ * (when the input runs dry, so that nobody waits for a reply sitting in a buffer).
+ *
+ * <p>The heart of it is {@link PaymentHandler}: a table from idempotency key ({@code saga42:step2}) to
+ * the result of that step, claimed atomically, so that a step retried any number of times, from any
+ * number of threads, charges or refunds at most once and every attempt gets the same answer.
+ */
+public final class PaymentNode {
+
+    /** A longer line is refused (error 12) without ever being held in memory whole. */
+    static final int MAX_LINE_BYTES = 1 << 20;
+
+    static final String USAGE = """
+            Usage: ./run.sh [--verbose] < messages.jsonl
+                   java -jar target/payment-node.jar [--verbose]
+
+            The payment participant of a saga, as a Maelstrom node. It reads one JSON
+            message per line on stdin and writes one JSON reply per line on stdout:
+              init           -> init_ok
+              ChargePayment  -> ChargePayment_ok  (once per saga_id and step: a retry gets
+                                                   the cached result, never a second charge)
+              RefundPayment  -> RefundPayment_ok  (the compensation, just as idempotent)
+            Bad input gets a Maelstrom error reply (codes 10, 12, 13, 14, 22), or a line on
+            stderr when it cannot be answered. The node never stops on bad input; it exits 0
+            at the end of its input.
+
+            Options:
+              --verbose   also log every request and every cached answer on stderr
+              --help      print this help and exit
+
+            stdout carries replies and nothing else; logs go to stderr. State lives in
+            memory only: a restart forgets every idempotency key.
+
+            Example:
+              printf '%s\\n' '{"src":"c1","dest":"n1","body":{"type":"init","msg_id":1}}' | ./run.sh
+            """;
+
+    private static final JsonFactory JSON = JsonFactory.builder()
+            // Numbers are kept as text and judged by Amount.parse, so that a 100,000-digit amount gets
+            // a clear error 12 instead of making the whole line unreadable.
+            .streamReadConstraints(StreamReadConstraints.builder().maxNumberLength(MAX_LINE_BYTES).build())
+            // Python's json.dumps writes ASCII only, with lower-case \\u escapes; so do we.
+            .enable(JsonWriteFeature.ESCAPE_NON_ASCII)
+            .disable(JsonWriteFeature.WRITE_HEX_UPPER_CASE)
+            .build();
+
+    private final PaymentHandler payments;
+    private final ReplyWriter replies;
+    private final Log log;
+    /** Set by init; until then a reply is sent from the request's {@code dest}. */
+    private String nodeId;
+    private long lineNumber;
+
+    PaymentNode(PaymentHandler payments, OutputStream stdout, Log log) {
+        this.payments = payments;
+        this.replies = new ReplyWriter(stdout);
+        this.log = log;
+    }
+
+    public static void main(String[] args) {
+        Options options;
+        try {
+            options = Options.parse(args);
+        } catch (IllegalArgumentException e) {
+            System.err.println("payment-node: " + e.getMessage() + " (see --help)");
+            System.exit(2);
+            return;
+        }
+        if (options.help()) {
+            System.out.print(USAGE);
+            System.out.flush();
+            return;
+        }
+        OutputStream stdout = new FileOutputStream(FileDescriptor.out);
+        // From here on a stray System.out.println, ours or a library's, lands on stderr: stdout
+        // carries replies and nothing else.
+        System.setOut(System.err);
+        Log log = new Log(System.err, options.verbose());
+        PaymentNode node = new PaymentNode(new PaymentHandler(log), stdout, log);
+        System.exit(node.serve(new FileInputStream(FileDescriptor.in)));
+    }
+
+    record Options(boolean verbose, boolean help) {
+        static Options parse(String[] args) {
+            boolean verbose = false;
+            boolean help = false;
+            for (String arg : args) {
+                switch (arg) {
+                    case "--verbose", "-v" -> verbose = true;
+                    case "--help", "-h" -> help = true;
+                    default -> throw new IllegalArgumentException("unknown option: " + arg);
+                }
+            }
+            return new Options(verbose, help);
+        }
+    }
+
+    /** Serves every line of {@code in}; returns the exit status: 0 at end of input, 1 if stdin or stdout failed. */
+    int serve(InputStream in) {
+        LineReader lines = new LineReader(in, replies);
+        try {
+            while (lines.next()) {
+                lineNumber++;
+                handleLine(lines);
+            }
+            replies.flush();
+            return 0;
+        } catch (IOException e) {
+            log.error("stopping: stdin or stdout failed: " + e, null);
+            return 1;
+        }
+    }
+
+    private void handleLine(LineReader lines) throws IOException {
+        if (lines.tooLongPrefix() != null) {
+            refuseTooLongLine(lines.tooLongPrefix(), lines.tooLongLength());
+            return;
+        }
+        if (lines.isBlank()) {
+            return;
+        }
+        RawMessage message = new RawMessage();
+        try {
+            parse(lines.buffer(), lines.start(), lines.length(), message);
+        } catch (IOException | RuntimeException e) {
+            log.warn("line " + lineNumber + " is not a JSON object, ignored (" + reason(e) + "): "
+                    + excerpt(lines.buffer(), lines.start(), lines.length()));
+            return;
+        }
+        dispatch(message);
+    }
+
+    /**
+     * A line over the limit is answered from what its first megabyte says: if {@code src} (and
+     * {@code msg_id}) came before the cut, the sender learns why; otherwise it can only be logged.
+     */
+    private void refuseTooLongLine(byte[] prefix, long length) throws IOException {
+        RawMessage message = new RawMessage();
+        try {
+            parse(prefix, 0, prefix.length, message);
+        } catch (IOException | RuntimeException expected) {
+            // The cut left the JSON unfinished: keep whatever was read before it.
+        }
+        String reason = "line too long: " + length + " bytes, the limit is " + MAX_LINE_BYTES;
+        if (!isString(message.src)) {
+            log.warn("line " + lineNumber + " ignored: " + reason + ", and no src before the cut: "
+                    + excerpt(prefix, 0, 200));
+            return;
+        }
+        log.warn("line " + lineNumber + " refused: " + reason);
+        RawBody body = message.body != null ? message.body : new RawBody();
+        replies.error(envelopeFor(message, body), new RpcError(ErrorCode.MALFORMED_REQUEST, reason));
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // 1. Read a line
+    // ---------------------------------------------------------------------------------------------
+
+    /**
+     * Splits a byte stream into lines. It holds at most {@link #MAX_LINE_BYTES} of any one line (the
+     * rest of a longer line is read and dropped), and it flushes the replies before every read that
+     * could block: replies go out in big batches under a burst, and none is left waiting in a buffer
+     * while the node waits for input.
+     */
+    static final class LineReader {
+        private static final int CHUNK = 64 * 1024;
+
+        private final InputStream in;
+        private final Flushable beforeBlocking;
+        private byte[] buf = new byte[CHUNK];
+        private int pos;        // start of the unread bytes
+        private int limit;      // end of the unread bytes
+        private int scanned;    // bytes from pos on already known to hold no newline
+        private boolean eof;
+        private int lineStart;
+        private int lineEnd;
+        private byte[] tooLongPrefix;
+        private long tooLongLength;
+
+        LineReader(InputStream in, Flushable beforeBlocking) {
+            this.in = in;
+            this.beforeBlocking = beforeBlocking;
+        }
+
+        /** Moves to the next line (the last one may lack its newline); false at end of input. */
+        boolean next() throws IOException {
+            tooLongPrefix = null;
+            while (true) {
+                int newline = indexOfNewline(pos + scanned, limit);
+                if (newline >= 0 && newline - pos <= MAX_LINE_BYTES) {
+                    return takeLine(newline, newline + 1);
+                }
+                if (newline >= 0) {
+                    keepPrefixOfLongLine(newline - pos);
+                    pos = newline + 1;
+                    return true;
+                }
+                scanned = limit - pos;
+                if (scanned > MAX_LINE_BYTES) {
+                    keepPrefixOfLongLine(scanned);
+                    dropRestOfLongLine();
+                    return true;
+                }
+                if (eof) {
+                    return pos < limit && takeLine(limit, limit);
+                }
+                fill();
+            }
+        }
+
+        byte[] buffer() {
+            return buf;
+        }
+
+        int start() {
+            return lineStart;
+        }
+
+        int length() {
+            return lineEnd - lineStart;
+        }
+
+        /** The first {@link #MAX_LINE_BYTES} of the current line if it was longer, else null. */
+        byte[] tooLongPrefix() {
+            return tooLongPrefix;
+        }
+
+        long tooLongLength() {
+            return tooLongLength;
+        }
+
+        boolean isBlank() {
+            for (int i = lineStart; i < lineEnd; i++) {
+                byte b = buf[i];
+                if (b != ' ' && b != '\t' && b != '\r') {
+                    return false;
+                }
+            }
+            return true;
+        }
+
+        private boolean takeLine(int end, int next) {
+            lineStart = pos;
+            lineEnd = end;
+            pos = next;
+            scanned = 0;
+            return true;
+        }
+
+        private int indexOfNewline(int from, int to) {
+            for (int i = from; i < to; i++) {
+                if (buf[i] == '\n') {
+                    return i;
+                }
+            }
+            return -1;
+        }
+
+        private void fill() throws IOException {
+            if (pos > 0) {
+                System.arraycopy(buf, pos, buf, 0, limit - pos);
+                limit -= pos;
+                pos = 0;
+            }
+            if (limit == buf.length) {
+                buf = Arrays.copyOf(buf, Math.min(buf.length * 2, MAX_LINE_BYTES + CHUNK));
+            }
+            if (in.available() == 0) {
+                beforeBlocking.flush();
+            }
+            int n = in.read(buf, limit, buf.length - limit);
+            if (n < 0) {
+                eof = true;
+            } else {
+                limit += n;
+            }
+        }
+
+        private void keepPrefixOfLongLine(long lengthSoFar) {
+            tooLongPrefix = Arrays.copyOfRange(buf, pos, pos + MAX_LINE_BYTES);
+            tooLongLength = lengthSoFar;
+            scanned = 0;
+        }
+
+        /** Reads on to the end of a too-long line, keeping none of it. */
+        private void dropRestOfLongLine() throws IOException {
+            pos = limit = 0;
+            while (!eof) {
+                fill();
+                int newline = indexOfNewline(0, limit);
+                if (newline >= 0) {
+                    tooLongLength += newline;
+                    pos = newline + 1;
+                    return;
+                }
+                tooLongLength += limit;
+                limit = 0;
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // 2. Parse: the fields the node reads, still unchecked; everything else is skipped unread
+    // ---------------------------------------------------------------------------------------------
+
+    /** A JSON scalar as written (numbers keep their exact text), or the bare token of an object or array. */
+    record Value(JsonToken token, String text) {
+        static Value read(JsonParser parser, JsonToken token) throws IOException {
+            parser.skipChildren();
+            return new Value(token, token.isScalarValue() ? parser.getText() : null);
+        }
+    }
+
+    static final class RawMessage {
+        Value src;
+        Value dest;
+        RawBody body;   // null when missing or not an object
+    }
+
+    static final class RawBody {
+        Value type;
+        Value msgId;
+        Value nodeId;
+        Value sagaId;
+        Value step;
+        Value compensating;
+        Value params;
+        RawParams paramFields = new RawParams();
+    }
+
+    static final class RawParams {
+        Value userId;
+        Value amount;
+        Value paymentId;
+    }
+
+    /**
+     * Reads one line into {@code message}. Fields fill in as they are read, so a line cut short still
+     * leaves what came before the cut. A repeated key keeps its last value, as in JSON.parse.
+     */
+    static void parse(byte[] line, int start, int length, RawMessage message) throws IOException {
+        try (JsonParser parser = JSON.createParser(line, start, length)) {
+            if (parser.nextToken() != JsonToken.START_OBJECT) {
+                throw new JsonParseException(parser, "not an object");
+            }
+            while (parser.nextToken() == JsonToken.FIELD_NAME) {
+                String name = parser.currentName();
+                JsonToken token = parser.nextToken();
+                switch (name) {
+                    case "src" -> message.src = Value.read(parser, token);
+                    case "dest" -> message.dest = Value.read(parser, token);
+                    case "body" -> message.body = token == JsonToken.START_OBJECT ? parseBody(parser) : skip(parser);
+                    default -> parser.skipChildren();
+                }
+            }
+            if (parser.nextToken() != null) {
+                throw new JsonParseException(parser, "more data after the object");
+            }
+        }
+    }
+
+    private static RawBody parseBody(JsonParser parser) throws IOException {
+        RawBody body = new RawBody();
+        while (parser.nextToken() == JsonToken.FIELD_NAME) {
+            String name = parser.currentName();
+            JsonToken token = parser.nextToken();
+            switch (name) {
+                case "type" -> body.type = Value.read(parser, token);
+                case "msg_id" -> body.msgId = Value.read(parser, token);
+                case "node_id" -> body.nodeId = Value.read(parser, token);
+                case "saga_id" -> body.sagaId = Value.read(parser, token);
+                case "step" -> body.step = Value.read(parser, token);
+                case "compensating" -> body.compensating = Value.read(parser, token);
+                case "params" -> {
+                    body.paramFields = new RawParams();
+                    body.params = token == JsonToken.START_OBJECT
+                            ? parseParams(parser, body.paramFields)
+                            : Value.read(parser, token);
+                }
+                default -> parser.skipChildren();
+            }
+        }
+        return body;
+    }
+
+    private static Value parseParams(JsonParser parser, RawParams params) throws IOException {
+        while (parser.nextToken() == JsonToken.FIELD_NAME) {
+            String name = parser.currentName();
+            JsonToken token = parser.nextToken();
+            switch (name) {
+                case "user_id" -> params.userId = Value.read(parser, token);
+                case "amount" -> params.amount = Value.read(parser, token);
+                case "payment_id" -> params.paymentId = Value.read(parser, token);
+                default -> parser.skipChildren();
+            }
+        }
+        return new Value(JsonToken.START_OBJECT, null);
+    }
+
+    private static RawBody skip(JsonParser parser) throws IOException {
+        parser.skipChildren();
+        return null;
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // 3. Dispatch: check the envelope, pick the handler by type, turn failures into error replies
+    // ---------------------------------------------------------------------------------------------
+
+    /** Who a reply goes to: from this node, to the request's src, in reply to its msg_id (null: none). */
+    record Envelope(String from, String to, Long inReplyTo) {
+    }
+
+    private void dispatch(RawMessage message) throws IOException {
+        if (!isString(message.src) || message.body == null) {
+            log.warn("line " + lineNumber + " cannot be answered (it needs a string src and a body object), ignored");
+            return;
+        }
+        RawBody body = message.body;
+        Envelope request = envelopeFor(message, body);
+        try {
+            if (request.inReplyTo() == null && !isMissing(body.msgId)) {
+                throw malformed("msg_id must be an integer");
+            }
+            String type = requiredString(body.type, "type");
+            if (log.verbose()) {
+                log.info("line " + lineNumber + " from " + request.to() + ": " + type + describe(body));
+            }
+            switch (type) {
+                case "init" -> handleInit(message, body);
+                case "ChargePayment" -> handleCharge(request, ChargeRequest.from(body));
+                case "RefundPayment" -> handleRefund(request, RefundRequest.from(body));
+                default -> throw new RpcError(ErrorCode.NOT_SUPPORTED, "unsupported message type: " + type);
+            }
+        } catch (RpcError refused) {
+            replies.error(request, refused);
+        } catch (RuntimeException bug) {
+            log.error("line " + lineNumber + ": internal error, answered with code 13", bug);
+            replies.error(request, new RpcError(ErrorCode.CRASH, "internal error: " + bug));
+        }
+    }
+
+    private Envelope envelopeFor(RawMessage message, RawBody body) {
+        String from = nodeId != null ? nodeId : stringOrNull(message.dest);
+        return new Envelope(from, message.src.text(), longOrNull(body.msgId));
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // 4. Handle
+    // ---------------------------------------------------------------------------------------------
+
+    private void handleInit(RawMessage message, RawBody body) throws IOException {
+        String id = isMissing(body.nodeId) ? stringOrNull(message.dest) : requiredString(body.nodeId, "node_id");
+        if (id != null) {
+            // A repeated init only renames the node: the idempotency table is untouched.
+            nodeId = id;
+        }
+        log.info("initialized as " + nodeId);
+        replies.initOk(envelopeFor(message, body));
+    }
+
+    private void handleCharge(Envelope request, ChargeRequest charge) throws IOException {
+        Served<ChargeResult> served = payments.charge(charge);
+        if (served.replayed()) {
+            log.verboseCacheHit(charge.key());
+        }
+        replies.chargeOk(request, charge, served);
+    }
+
+    private void handleRefund(Envelope request, RefundRequest refund) throws IOException {
+        Served<RefundResult> served = payments.refund(refund);
+        if (served.replayed()) {
+            log.verboseCacheHit(refund.key());
+        }
+        replies.refundOk(request, refund, served);
+    }
+
+    /** A ChargePayment, checked: section 3 of SPEC.md. */
+    record ChargeRequest(String sagaId, long step, String userId, Amount amount) {
+        static ChargeRequest from(RawBody body) {
+            String sagaId = requiredString(body.sagaId, "saga_id");
+            long step = requiredStep(body.step);
+            if (isMissing(body.params)) {
+                throw malformed("missing params");
+            }
+            RawParams params = requiredObject(body.params, body.paramFields, "params");
+            return new ChargeRequest(sagaId, step,
+                    requiredString(params.userId, "params.user_id"),
+                    Amount.parse(params.amount, "params.amount"));
+        }
+
+        String key() {
+            return chargeKey(sagaId, step);
+        }
+
+        /** Retries must repeat the params; amounts are compared by value (99.99 equals 99.990). */
+        boolean sameParams(ChargeRequest other) {
+            return userId.equals(other.userId) && amount.sameValue(other.amount);
+        }
+    }
+
+    /** A RefundPayment, checked: section 4 of SPEC.md. Both params are optional (null: not given). */
+    record RefundRequest(String sagaId, long step, String paymentId, Amount amount) {
+        static RefundRequest from(RawBody body) {
+            String sagaId = requiredString(body.sagaId, "saga_id");
+            long step = requiredStep(body.step);
+            if (!isMissing(body.compensating) && !isBoolean(body.compensating)) {
+                throw malformed("compensating must be true or false");
+            }
+            RawParams params = isMissing(body.params)
+                    ? new RawParams()
+                    : requiredObject(body.params, body.paramFields, "params");
+            String paymentId = isMissing(params.paymentId) ? null : requiredString(params.paymentId, "params.payment_id");
+            Amount amount = isMissing(params.amount) ? null : Amount.parse(params.amount, "params.amount");
+            return new RefundRequest(sagaId, step, paymentId, amount);
+        }
+
+        String chargeKey() {
+            return PaymentNode.chargeKey(sagaId, step);
+        }
+
+        /** Its own key space: a refund is never answered with a charge's result, nor the other way round. */
+        String key() {
+            return chargeKey() + ":refund";
+        }
+
+        boolean sameParams(RefundRequest other) {
+            return Objects.equals(paymentId, other.paymentId)
+                    && (amount == null ? other.amount == null : other.amount != null && amount.sameValue(other.amount));
+        }
+    }
+
+    /**
+     * The idempotency key of a step. It is unambiguous: the step is all digits, so the last
+     * {@code ":step"} of a key always separates saga_id from step, whatever the saga_id holds.
+     */
+    static String chargeKey(String sagaId, long step) {
+        return sagaId + ":step" + step;
+    }
+
+    /**
+     * A decimal amount of money, kept as the request wrote it ({@code 100.50} stays {@code 100.50}) and
+     * never passed through a binary float. Absurd sizes are refused before any arithmetic, so that
+     * {@code 1e999999999} is an error, not a billion digits of memory.
+     */
+    record Amount(String text, BigDecimal value) {
+        static final int MAX_DIGITS = 40;
+        static final Amount ZERO = new Amount("0", BigDecimal.ZERO);
+
+        static Amount parse(Value value, String name) {
+            if (isMissing(value)) {
+                throw malformed("missing " + name);
+            }
+            if (value.token() != JsonToken.VALUE_NUMBER_INT && value.token() != JsonToken.VALUE_NUMBER_FLOAT) {
+                throw malformed(name + " must be a number");
+            }
+            String text = value.text();
+            String outOfRange = name + " " + abbreviate(text) + " is out of range: at most " + MAX_DIGITS
+                    + " digits before the decimal point and " + MAX_DIGITS + " after it";
+            if (text.length() > 3 * MAX_DIGITS) {
+                throw malformed(outOfRange);
+            }
+            BigDecimal decimal;
+            try {
+                decimal = new BigDecimal(text);
+            } catch (NumberFormatException exponentOverflow) {
+                throw malformed(outOfRange);
+            }
+            if (decimal.signum() <= 0) {
+                throw malformed(name + " must be greater than 0, got " + text);
+            }
+            if (decimal.scale() > MAX_DIGITS || decimal.precision() - decimal.scale() > MAX_DIGITS) {
+                throw malformed(outOfRange);
+            }
+            return new Amount(text, decimal);
+        }
+
+        static Amount of(BigDecimal value) {
+            return new Amount(value.toPlainString(), value);
+        }
+
+        boolean sameValue(Amount other) {
+            return value.compareTo(other.value) == 0;
+        }
+    }
+
+    record ChargeResult(String paymentId, Amount charged) {
+    }
+
+    /** {@code refundId} is null for a compensation that found nothing to refund. */
+    record RefundResult(String refundId, Amount refunded) {
+    }
+
+    /** A result, and whether it was replayed from the idempotency table rather than made just now. */
+    record Served<R>(R result, boolean replayed) {
+    }
+
+    /**
+     * Charges and refunds, each at most once per idempotency key, and safe to call from many threads.
+     *
+     * <p>Every key moves through the states of {@link Entry}: an attempt claims a free key with an
+     * {@link InProgress} marker in one atomic {@code putIfAbsent}; the one attempt that wins does the
+     * work and replaces the marker with its final entry; every other attempt waits for that entry and
+     * answers from it. (Checking for the key and then putting it, in two steps, is the classic
+     * double-charge bug: two retries both see "absent" and both charge.) An attempt that fails leaves
+     * no record, so the next attempt under that key starts afresh.
+     */
+    static class PaymentHandler {
+        private final ConcurrentHashMap<String, Entry> entries = new ConcurrentHashMap<>();
+        private final ConcurrentHashMap<String, Payment> paymentsById = new ConcurrentHashMap<>();
+        private final AtomicLong paymentCount = new AtomicLong();
+        private final AtomicLong refundCount = new AtomicLong();
+        private final Log log;
+
+        PaymentHandler(Log log) {
+            this.log = log;
+        }
+
+        Served<ChargeResult> charge(ChargeRequest request) {
+            String key = request.key();
+            Settled settled = once(key, () -> firstCharge(request));
+            if (settled.entry() instanceof Charged charged) {
+                if (!settled.byThisAttempt() && !charged.request().sameParams(request)) {
+                    throw keyReused(key);
+                }
+                return new Served<>(charged.payment().charge(), !settled.byThisAttempt());
+            }
+            throw new RpcError(ErrorCode.ABORT,
+                    "step " + key + " was already compensated: its refund came first, so it is never charged");
+        }
+
+        Served<RefundResult> refund(RefundRequest request) {
+            String key = request.key();
+            Settled settled = once(key, () -> firstRefund(request));
+            Refunded refunded = (Refunded) settled.entry();
+            if (!settled.byThisAttempt() && !refunded.request().sameParams(request)) {
+                throw keyReused(key);
+            }
+            return new Served<>(refunded.result(), !settled.byThisAttempt());
+        }
+
+        private Charged firstCharge(ChargeRequest request) {
+            Payment payment = new Payment(new ChargeResult("p" + paymentCount.incrementAndGet(), request.amount()));
+            paymentsById.put(payment.charge().paymentId(), payment);
+            return new Charged(request, payment);
+        }
+
+        /** Which payment a compensation refunds: the four cases of SPEC.md section 4, in order. */
+        private Refunded firstRefund(RefundRequest request) {
+            Payment ofThisStep = paymentOfStep(request.chargeKey());
+            if (ofThisStep != null) {
+                String stepPaymentId = ofThisStep.charge().paymentId();
+                if (request.paymentId() != null && !request.paymentId().equals(stepPaymentId)) {
+                    throw new RpcError(ErrorCode.PRECONDITION_FAILED, "payment_id " + request.paymentId()
+                            + " is not the payment of step " + request.chargeKey() + " (" + stepPaymentId + ")");
+                }
+                return refund(ofThisStep, request);
+            }
+            if (request.paymentId() != null) {
+                Payment ofAnotherStep = paymentsById.get(request.paymentId());
+                if (ofAnotherStep != null) {
+                    return refund(ofAnotherStep, request);
+                }
+                if (request.amount() == null) {
+                    throw malformed("params.amount is required to refund " + request.paymentId()
+                            + ", a payment this node does not know");
+                }
+            }
+            // The compensation came before its charge (or names a payment made elsewhere): close the
+            // step so that a charge arriving later is refused, and compensation and action commute.
+            if (!closeStep(request.chargeKey())) {
+                return firstRefund(request);   // the charge won the race after all: refund it
+            }
+            if (request.paymentId() == null) {
+                return new Refunded(request, new RefundResult(null, Amount.ZERO));
+            }
+            log.warn("refunding " + request.paymentId() + " for " + request.key()
+                    + ", a payment this node does not know (made before a restart or by another node): trusting the saga");
+            return new Refunded(request, new RefundResult(nextRefundId(), request.amount()));
+        }
+
+        private Refunded refund(Payment payment, RefundRequest request) {
+            Amount refunded = payment.refund(request.amount());
+            return new Refunded(request, new RefundResult(nextRefundId(), refunded));
+        }
+
+        private String nextRefundId() {
+            return "r" + refundCount.incrementAndGet();
+        }
+
+        /** The payment charged under this step, waiting for a charge in progress; null if there is none. */
+        private Payment paymentOfStep(String chargeKey) {
+            Entry entry = entries.get(chargeKey);
+            return entry != null && entry.await() instanceof Charged charged ? charged.payment() : null;
+        }
+
+        /** Closes a step that has no charge; false if a charge got there first. */
+        private boolean closeStep(String chargeKey) {
+            Entry existing = entries.putIfAbsent(chargeKey, Compensated.STEP);
+            return existing == null || existing == Compensated.STEP;
+        }
+
+        /** Runs {@code firstTime} for a key at most once; every other attempt gets the entry it left. */
+        private Settled once(String key, Supplier<Entry> firstTime) {
+            while (true) {
+                InProgress claim = new InProgress();
+                Entry existing = entries.putIfAbsent(key, claim);
+                if (existing == null) {
+                    Entry done = null;
+                    try {
+                        done = firstTime.get();
+                        entries.put(key, done);
+                        return new Settled(done, true);
+                    } finally {
+                        if (done == null) {
+                            entries.remove(key, claim);   // failed: leave no record
+                        }
+                        claim.settled().complete(done);
+                    }
+                }
+                Entry entry = existing.await();
+                if (entry != null) {
+                    return new Settled(entry, false);
+                }
+                // The attempt we waited for failed and left no record: try to claim the key ourselves.
+            }
+        }
+
+        private static RpcError keyReused(String key) {
+            return new RpcError(ErrorCode.PRECONDITION_FAILED,
+                    "idempotency key " + key + " was first used with other params");
+        }
+    }
+
+    record Settled(Entry entry, boolean byThisAttempt) {
+    }
+
+    /** What the idempotency table holds for a key. */
+    sealed interface Entry permits InProgress, Charged, Refunded, Compensated {
+        /** The final entry, waiting if an attempt is in progress; null if that attempt failed. */
+        default Entry await() {
+            return this;
+        }
+    }
+
+    /** An attempt owns the key and is running now. */
+    record InProgress(CompletableFuture<Entry> settled) implements Entry {
+        InProgress() {
+            this(new CompletableFuture<>());
+        }
+
+        @Override
+        public Entry await() {
+            return settled.join();
+        }
+    }
+
+    /** A charge key's final entry: the request (to tell a retry from a reuse) and the payment. */
+    record Charged(ChargeRequest request, Payment payment) implements Entry {
+    }
+
+    /** A refund key's final entry. */
+    record Refunded(RefundRequest request, RefundResult result) implements Entry {
+    }
+
+    /** A charge key closed by a compensation that came first: that step is never charged. */
+    enum Compensated implements Entry {
+        STEP
+    }
+
+    /** A payment this node made, and how much of it has been refunded so far. */
+    static final class Payment {
+        private final ChargeResult charge;
+        private BigDecimal refunded = BigDecimal.ZERO;   // guarded by this
+
+        Payment(ChargeResult charge) {
+            this.charge = charge;
+        }
+
+        ChargeResult charge() {
+            return charge;
+        }
+
+        /** Refunds {@code requested}, or all that is left when null; never more than was charged. */
+        synchronized Amount refund(Amount requested) {
+            Amount charged = charge.charged();
+            BigDecimal left = charged.value().subtract(refunded);
+            Amount amount;
+            if (requested != null) {
+                if (requested.value().compareTo(left) > 0) {
+                    throw new RpcError(ErrorCode.PRECONDITION_FAILED, "refund of " + requested.text() + " is more than is left of payment "
+                            + charge.paymentId() + " (" + left.toPlainString() + " of " + charged.text() + ")");
+                }
+                amount = requested;
+            } else if (left.signum() == 0) {
+                throw new RpcError(ErrorCode.PRECONDITION_FAILED, "payment " + charge.paymentId() + " is already fully refunded");
+            } else {
+                amount = refunded.signum() == 0 ? charged : Amount.of(left);
+            }
+            refunded = refunded.add(amount.value());
+            return amount;
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // Checks on the raw fields; each failure is a Maelstrom error 12 that names the field
+    // ---------------------------------------------------------------------------------------------
+
+    enum ErrorCode {
+        NOT_SUPPORTED(10), MALFORMED_REQUEST(12), CRASH(13), ABORT(14), PRECONDITION_FAILED(22);
+
+        final int code;
+
+        ErrorCode(int code) {
+            this.code = code;
+        }
+    }
+
+    /** A request the node refuses, answered with a Maelstrom error reply. */
+    static final class RpcError extends RuntimeException {
+        private static final long serialVersionUID = 1L;
+        final ErrorCode code;
+
+        RpcError(ErrorCode code, String text) {
+            super(text, null, false, false);   // no stack trace: this is an answer, not a bug
+            this.code = code;
+        }
+    }
+
+    static RpcError malformed(String text) {
+        return new RpcError(ErrorCode.MALFORMED_REQUEST, text);
+    }
+
+    /** JSON null counts as missing, like a key that is not there. */
+    static boolean isMissing(Value value) {
+        return value == null || value.token() == JsonToken.VALUE_NULL;
+    }
+
+    static boolean isString(Value value) {
+        return value != null && value.token() == JsonToken.VALUE_STRING;
+    }
+
+    static boolean isBoolean(Value value) {
+        return value.token() == JsonToken.VALUE_TRUE || value.token() == JsonToken.VALUE_FALSE;
+    }
+
+    static String stringOrNull(Value value) {
+        return isString(value) ? value.text() : null;
+    }
+
+    static String requiredString(Value value, String name) {
+        if (isMissing(value)) {
+            throw malformed("missing " + name);
+        }
+        if (!isString(value) || value.text().isEmpty()) {
+            throw malformed(name + " must be a non-empty string");
+        }
+        return value.text();
+    }
+
+    static long requiredStep(Value value) {
+        if (isMissing(value)) {
+            throw malformed("missing step");
+        }
+        Long step = longOrNull(value);
+        if (step == null || step < 0) {
+            throw malformed("step must be an integer from 0 to " + Long.MAX_VALUE);
+        }
+        return step;
+    }
+
+    static RawParams requiredObject(Value value, RawParams fields, String name) {
+        if (value.token() != JsonToken.START_OBJECT) {
+            throw malformed(name + " must be an object");
+        }
+        return fields;
+    }
+
+    /** A JSON integer that fits in a long, else null. */
+    static Long longOrNull(Value value) {
+        if (value == null || value.token() != JsonToken.VALUE_NUMBER_INT || value.text().length() > 20) {
+            return null;
+        }
+        try {
+            return Long.parseLong(value.text());
+        } catch (NumberFormatException tooBig) {
+            return null;
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // 5. Reply, and 6. flush
+    // ---------------------------------------------------------------------------------------------
+
+    /**
+     * Writes replies in the layout of Python's {@code json.dumps}: keys in the order of SPEC.md,
+     * {@code ", "} and {@code ": "} between them, one reply per line. Nothing reaches stdout until
+     * {@link #flush} (called when the input runs dry) or until the buffer fills up.
+     */
+    static final class ReplyWriter implements Flushable {
+        private final JsonGenerator json;
+        private long nextMsgId;
+
+        ReplyWriter(OutputStream out) {
+            try {
+                json = JSON.createGenerator(new BufferedOutputStream(out, 64 * 1024));
+            } catch (IOException e) {
+                throw new IllegalStateException(e);
+            }
+            json.setPrettyPrinter(new PythonLayout());
+            json.setCharacterEscapes(new PythonEscapes());
+        }
+
+        void initOk(Envelope to) throws IOException {
+            begin(to, "init_ok");
+            end(to);
+        }
+
+        void chargeOk(Envelope to, ChargeRequest request, Served<ChargeResult> served) throws IOException {
+            begin(to, "ChargePayment_ok");
+            json.writeStringField("saga_id", request.sagaId());
+            json.writeNumberField("step", request.step());
+            json.writeObjectFieldStart("result");
+            json.writeStringField("payment_id", served.result().paymentId());
+            writeAmount("charged", served.result().charged());
+            json.writeEndObject();
+            if (served.replayed()) {
+                json.writeStringField("note", "cached_result");
+            }
+            end(to);
+        }
+
+        void refundOk(Envelope to, RefundRequest request, Served<RefundResult> served) throws IOException {
+            begin(to, "RefundPayment_ok");
+            json.writeStringField("saga_id", request.sagaId());
+            json.writeNumberField("step", request.step());
+            json.writeObjectFieldStart("result");
+            if (served.result().refundId() != null) {
+                json.writeStringField("refund_id", served.result().refundId());
+            }
+            writeAmount("refunded", served.result().refunded());
+            json.writeEndObject();
+            if (served.replayed()) {
+                json.writeStringField("note", "already_refunded");
+            }
+            end(to);
+        }
+
+        void error(Envelope to, RpcError error) throws IOException {
+            begin(to, "error");
+            json.writeNumberField("code", error.code.code);
+            json.writeStringField("text", error.getMessage());
+            end(to);
+        }
+
+        @Override
+        public void flush() throws IOException {
+            json.flush();
+        }
+
+        private void begin(Envelope to, String type) throws IOException {
+            json.writeStartObject();
+            json.writeStringField("src", to.from());
+            json.writeStringField("dest", to.to());
+            json.writeObjectFieldStart("body");
+            json.writeStringField("type", type);
+        }
+
+        private void end(Envelope to) throws IOException {
+            if (to.inReplyTo() != null) {
+                json.writeNumberField("in_reply_to", to.inReplyTo());
+            }
+            json.writeNumberField("msg_id", nextMsgId++);
+            json.writeEndObject();
+            json.writeEndObject();
+            json.writeRaw('\n');
+        }
+
+        private void writeAmount(String name, Amount amount) throws IOException {
+            json.writeFieldName(name);
+            json.writeNumber(amount.text());   // the request's own digits, written as they came
+        }
+    }
+
+    /** {@code {"a": 1, "b": {}}}: Python's json.dumps layout, which Jackson has no preset for. */
+    static final class PythonLayout implements PrettyPrinter {
+        @Override
+        public void writeRootValueSeparator(JsonGenerator g) {
+            // Each reply ends with its own newline.
+        }
+
+        @Override
+        public void writeStartObject(JsonGenerator g) throws IOException {
+            g.writeRaw('{');
+        }
+
+        @Override
+        public void writeEndObject(JsonGenerator g, int entries) throws IOException {
+            g.writeRaw('}');
+        }
+
+        @Override
+        public void writeObjectEntrySeparator(JsonGenerator g) throws IOException {
+            g.writeRaw(", ");
+        }
+
+        @Override
+        public void writeObjectFieldValueSeparator(JsonGenerator g) throws IOException {
+            g.writeRaw(": ");
+        }
+
+        @Override
+        public void writeStartArray(JsonGenerator g) throws IOException {
+            g.writeRaw('[');
+        }
+
+        @Override
+        public void writeEndArray(JsonGenerator g, int values) throws IOException {
+            g.writeRaw(']');
+        }
+
+        @Override
+        public void writeArrayValueSeparator(JsonGenerator g) throws IOException {
+            g.writeRaw(", ");
+        }
+
+        @Override
+        public void beforeArrayValues(JsonGenerator g) {
+        }
+
+        @Override
+        public void beforeObjectEntries(JsonGenerator g) {
+        }
+    }
+
+    /** Python's json.dumps also escapes DEL (0x7f), which Jackson's standard table leaves raw. */
+    static final class PythonEscapes extends CharacterEscapes {
+        private static final long serialVersionUID = 1L;
+        private final int[] asciiEscapes = standardAsciiEscapesForJSON();
+
+        PythonEscapes() {
+            asciiEscapes[0x7f] = ESCAPE_STANDARD;
+        }
+
+        @Override
+        public int[] getEscapeCodesForAscii() {
+            return asciiEscapes;
+        }
+
+        @Override
+        public SerializableString getEscapeSequence(int ch) {
+            return null;   // no custom sequences: everything else is escaped the standard way
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // Logging: stderr only
+    // ---------------------------------------------------------------------------------------------
+
+    static final class Log {
+        private final PrintStream err;
+        private final boolean verbose;
+
+        Log(PrintStream err, boolean verbose) {
+            this.err = err;
+            this.verbose = verbose;
+        }
+
+        boolean verbose() {
+            return verbose;
+        }
+
+        void info(String message) {
+            if (verbose) {
+                err.println("payment-node: " + message);
+            }
+        }
+
+        void verboseCacheHit(String key) {
+            info("Already processed " + key + ", returning cached result");
+        }
+
+        void warn(String message) {
+            err.println("payment-node: warning: " + message);
+        }
+
+        void error(String message, Throwable cause) {
+            err.println("payment-node: error: " + message);
+            if (cause != null) {
+                cause.printStackTrace(err);
+            }
+        }
+    }
+
+    private static String describe(RawBody body) {
+        return isString(body.sagaId) && body.step != null ? " " + body.sagaId.text() + ":step" + body.step.text() : "";
+    }
+
+    private static String excerpt(byte[] bytes, int start, int length) {
+        String text = new String(bytes, start, Math.min(length, 200), StandardCharsets.UTF_8);
+        return length > 200 ? text + "..." : text;
+    }
+
+    private static String abbreviate(String text) {
+        return text.length() > 50 ? text.substring(0, 20) + "...(" + text.length() + " characters)" : text;
+    }
+
+    /** Jackson's own words, without the location it appends (the log line names the line already). */
+    private static String reason(Exception e) {
+        String text = e instanceof JsonProcessingException json ? json.getOriginalMessage() : e.toString();
+        return text == null ? e.getClass().getSimpleName() : text.lines().findFirst().orElse(text);
+    }
+}

@@ -1,0 +1,193 @@
+package payment;
+
+import org.junit.jupiter.api.Test;
+
+import java.io.ByteArrayInputStream;
+import java.io.ByteArrayOutputStream;
+import java.io.IOException;
+import java.io.InputStream;
+import java.io.OutputStream;
+import java.io.PrintStream;
+import java.io.SequenceInputStream;
+import java.nio.charset.StandardCharsets;
+import java.util.List;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/** Behaviours of the main loop that a golden file would make clumsy: huge lines, raw bytes, logs, failures. */
+class PaymentNodeTest {
+    private static final int LIMIT = PaymentNode.MAX_LINE_BYTES;
+
+    /** A ChargePayment line padded (in an ignored field) to exactly {@code length} bytes, newline excluded. */
+    private static String chargePaddedTo(int length, int msgId, String sagaId) {
+        String head = "{\"src\":\"c1\",\"dest\":\"payment\",\"body\":{\"type\":\"ChargePayment\",\"msg_id\":" + msgId
+                + ",\"saga_id\":\"" + sagaId + "\",\"step\":1,\"params\":{\"user_id\":\"u1\",\"amount\":10},\"pad\":\"";
+        String tail = "\"}}";
+        return head + "x".repeat(length - head.length() - tail.length()) + tail;
+    }
+
+    @Test
+    void aLineOfExactlyTheLimitIsServed() {
+        String line = chargePaddedTo(LIMIT, 1, "big");
+        assertEquals(LIMIT, line.length());
+        Node.Run run = Node.run(line + "\n");
+        assertEquals(Node.chargeOk(1, 0, "big", 1, "p1", "10", false), run.stdout());
+    }
+
+    @Test
+    void aLineOverTheLimitIsRefusedWith12WhenItsSrcCameBeforeTheCut() {
+        String tooLong = chargePaddedTo(LIMIT + 1, 1, "big");
+        String input = tooLong + "\n" + Node.charge(2, "big", 1, "10");
+        Node.Run run = Node.run(input);
+        assertEquals(Node.error(1, 0, 12, "line too long: 1048577 bytes, the limit is 1048576")
+                + Node.chargeOk(2, 1, "big", 1, "p1", "10", false), run.stdout(),
+                "the refused line must leave no record: the next charge is the first");
+        assertTrue(run.stderr().contains("line 1 refused: line too long"), run.stderr());
+    }
+
+    @Test
+    void aLineOverTheLimitWithoutSrcBeforeTheCutIsOnlyLogged() {
+        String tooLong = "{\"pad\":\"" + "y".repeat(3 * LIMIT) + "\",\"src\":\"c1\",\"body\":{\"type\":\"init\",\"msg_id\":1}}";
+        Node.Run run = Node.run(tooLong + "\n" + Node.charge(2, "s", 1, "5"));
+        assertEquals(Node.chargeOk(2, 0, "s", 1, "p1", "5", false), run.stdout());
+        assertTrue(run.stderr().contains("line 1 ignored: line too long: " + (tooLong.length()) + " bytes"), run.stderr());
+    }
+
+    @Test
+    void aHugeLineIsNeverHeldWhole() throws IOException {
+        // 50 MB of one line, produced on the fly: the reader keeps at most the limit plus one chunk.
+        long size = 50L << 20;
+        InputStream huge = new InputStream() {
+            long sent;
+
+            @Override
+            public int read() {
+                return sent++ < size ? 'z' : -1;
+            }
+
+            @Override
+            public int read(byte[] b, int off, int len) {
+                if (sent >= size) {
+                    return -1;
+                }
+                int n = (int) Math.min(len, size - sent);
+                java.util.Arrays.fill(b, off, off + n, (byte) 'z');
+                sent += n;
+                return n;
+            }
+        };
+        InputStream input = new SequenceInputStream(huge,
+                new ByteArrayInputStream(("\n" + Node.charge(1, "after", 1, "1")).getBytes(StandardCharsets.UTF_8)));
+        PaymentNode.LineReader reader = new PaymentNode.LineReader(input, () -> { });
+        assertTrue(reader.next());
+        assertEquals(size, reader.tooLongLength());
+        assertEquals(LIMIT, reader.tooLongPrefix().length);
+        assertTrue(reader.next());
+        assertEquals(Node.charge(1, "after", 1, "1").trim(),
+                new String(reader.buffer(), reader.start(), reader.length(), StandardCharsets.UTF_8));
+        assertFalse(reader.next());
+        assertTrue(reader.buffer().length <= LIMIT + 64 * 1024, "buffer grew to " + reader.buffer().length);
+    }
+
+    @Test
+    void badBytesAreLoggedAndTheNextRequestIsServed() {
+        List<byte[]> badLines = List.of(
+                new byte[] {'{', '"', 's', 'r', 'c', '"', ':', '"', (byte) 0xC3, (byte) 0x28, '"', '}'},   // invalid UTF-8
+                new byte[] {0, 0, 0, '{', '}'},                                                           // NUL bytes
+                "{\"src\":\"c1\",\"body\":{\"type\":\"init\"".getBytes(StandardCharsets.UTF_8),            // truncated
+                ("{\"src\":\"c1\",\"dest\":\"payment\",\"body\":{\"type\":\"init\",\"deep\":" + "[".repeat(100_000)
+                        + "]".repeat(100_000) + "}}").getBytes(StandardCharsets.UTF_8));                  // nested 100,000 deep
+        for (byte[] bad : badLines) {
+            ByteArrayOutputStream input = new ByteArrayOutputStream();
+            input.writeBytes(bad);
+            input.writeBytes(("\n" + Node.charge(1, "s", 1, "2")).getBytes(StandardCharsets.UTF_8));
+            Node.Run run = Node.run(input.toByteArray());
+            assertEquals(0, run.status());
+            assertEquals(Node.chargeOk(1, 0, "s", 1, "p1", "2", false), run.stdout());
+            assertTrue(run.stderr().contains("line 1 is not a JSON object, ignored"), run.stderr());
+        }
+    }
+
+    @Test
+    void anAmountOfAHundredThousandDigitsGetsAClearError() {
+        String digits = "9".repeat(100_000);
+        Node.Run run = Node.run(Node.charge(1, "s", 1, digits) + Node.charge(2, "s", 1, "3"));
+        assertEquals(Node.error(1, 0, 12, "params.amount 99999999999999999999...(100000 characters) is out of range:"
+                + " at most 40 digits before the decimal point and 40 after it")
+                + Node.chargeOk(2, 1, "s", 1, "p1", "3", false), run.stdout());
+    }
+
+    @Test
+    void aRefundOfAPaymentThisNodeDoesNotKnowIsTrustedWithAWarning() {
+        Node.Run run = Node.run(Node.request(
+                "{\"type\":\"RefundPayment\",\"msg_id\":1,\"saga_id\":\"s\",\"step\":1,\"params\":{\"payment_id\":\"p9\",\"amount\":4}}"));
+        assertTrue(run.stdout().contains("\"result\": {\"refund_id\": \"r1\", \"refunded\": 4}"), run.stdout());
+        assertEquals("payment-node: warning: refunding p9 for s:step1:refund, a payment this node does not know"
+                + " (made before a restart or by another node): trusting the saga\n", run.stderr());
+    }
+
+    @Test
+    void verboseLogsEachRequestAndEachCachedAnswerOnStderrOnly() {
+        String input = Node.charge(1, "saga42", 2, "99.99") + Node.charge(2, "saga42", 2, "99.99");
+        Node.Run quiet = Node.run(new ByteArrayInputStream(input.getBytes(StandardCharsets.UTF_8)), false);
+        Node.Run verbose = Node.run(new ByteArrayInputStream(input.getBytes(StandardCharsets.UTF_8)), true);
+        assertEquals(quiet.stdout(), verbose.stdout());
+        assertEquals("", quiet.stderr());
+        assertEquals("""
+                payment-node: line 1 from c1: ChargePayment saga42:step2
+                payment-node: line 2 from c1: ChargePayment saga42:step2
+                payment-node: Already processed saga42:step2, returning cached result
+                """, verbose.stderr());
+    }
+
+    @Test
+    void anInternalFailureIsAnswered13AndTheNodeKeepsServing() {
+        ByteArrayOutputStream stderr = new ByteArrayOutputStream();
+        PaymentNode.Log log = new PaymentNode.Log(new PrintStream(stderr, true, StandardCharsets.UTF_8), false);
+        PaymentNode.PaymentHandler failingOnce = new PaymentNode.PaymentHandler(log) {
+            boolean failed;
+
+            @Override
+            PaymentNode.Served<PaymentNode.ChargeResult> charge(PaymentNode.ChargeRequest request) {
+                if (!failed) {
+                    failed = true;
+                    throw new IllegalStateException("simulated bug");
+                }
+                return super.charge(request);
+            }
+        };
+        String input = Node.charge(1, "s", 1, "7") + Node.charge(2, "s", 1, "7");
+        Node.Run run = Node.run(new ByteArrayInputStream(input.getBytes(StandardCharsets.UTF_8)), failingOnce, log, stderr);
+        assertEquals(Node.error(1, 0, 13, "internal error: java.lang.IllegalStateException: simulated bug")
+                + Node.chargeOk(2, 1, "s", 1, "p1", "7", false), run.stdout());
+        assertTrue(run.stderr().contains("line 1: internal error, answered with code 13"), run.stderr());
+        assertTrue(run.stderr().contains("IllegalStateException: simulated bug"), "stack trace logged");
+    }
+
+    @Test
+    void aBrokenStdoutEndsTheNodeWithStatus1() {
+        OutputStream broken = new OutputStream() {
+            @Override
+            public void write(int b) throws IOException {
+                throw new IOException("Broken pipe");
+            }
+        };
+        ByteArrayOutputStream stderr = new ByteArrayOutputStream();
+        PaymentNode.Log log = new PaymentNode.Log(new PrintStream(stderr, true, StandardCharsets.UTF_8), false);
+        int status = new PaymentNode(new PaymentNode.PaymentHandler(log), broken, log)
+                .serve(new ByteArrayInputStream(Node.charge(1, "s", 1, "1").getBytes(StandardCharsets.UTF_8)));
+        assertEquals(1, status);
+        assertTrue(stderr.toString(StandardCharsets.UTF_8).contains("Broken pipe"));
+    }
+
+    @Test
+    void optionsAreParsedStrictly() {
+        assertEquals(new PaymentNode.Options(true, false), PaymentNode.Options.parse(new String[] {"--verbose"}));
+        assertEquals(new PaymentNode.Options(false, true), PaymentNode.Options.parse(new String[] {"--help"}));
+        IllegalArgumentException e = org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
+                () -> PaymentNode.Options.parse(new String[] {"--journa"}));
+        assertEquals("unknown option: --journa", e.getMessage());
+    }
+}

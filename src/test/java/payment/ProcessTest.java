@@ -1,0 +1,92 @@
+package payment;
+
+import com.fasterxml.jackson.core.JsonFactory;
+import org.junit.jupiter.api.Test;
+
+import java.io.BufferedReader;
+import java.io.File;
+import java.io.IOException;
+import java.io.InputStreamReader;
+import java.io.OutputStream;
+import java.net.URISyntaxException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.TimeUnit;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/** The node as a real process on real pipes, started the way run.sh starts it. */
+class ProcessTest {
+
+    private static Process start(String... args) throws IOException, URISyntaxException {
+        String java = Path.of(System.getProperty("java.home"), "bin", "java").toString();
+        String classpath = location(PaymentNode.class) + File.pathSeparator + location(JsonFactory.class);
+        List<String> command = new ArrayList<>(List.of(java, "-Xlog:disable", "-Xlog:all=warning:stderr",
+                "-cp", classpath, PaymentNode.class.getName()));
+        command.addAll(List.of(args));
+        return new ProcessBuilder(command).start();
+    }
+
+    private static String location(Class<?> type) throws URISyntaxException {
+        return Path.of(type.getProtectionDomain().getCodeSource().getLocation().toURI()).toString();
+    }
+
+    private static String readLineWithin(BufferedReader reader, int seconds) throws Exception {
+        return CompletableFuture.supplyAsync(() -> {
+            try {
+                return reader.readLine();
+            } catch (IOException e) {
+                throw new RuntimeException(e);
+            }
+        }).get(seconds, TimeUnit.SECONDS);
+    }
+
+    /** Each reply is on stdout while the node waits for more input: an interactive client is never left waiting. */
+    @Test
+    void answersEachRequestBeforeWaitingForTheNextAndExits0AtEndOfInput() throws Exception {
+        Process node = start();
+        OutputStream stdin = node.getOutputStream();
+        BufferedReader stdout = new BufferedReader(new InputStreamReader(node.getInputStream(), StandardCharsets.UTF_8));
+
+        stdin.write("{\"src\":\"c0\",\"dest\":\"payment\",\"body\":{\"type\":\"init\",\"msg_id\":1}}\n".getBytes(StandardCharsets.UTF_8));
+        stdin.flush();
+        assertEquals("{\"src\": \"payment\", \"dest\": \"c0\", \"body\": {\"type\": \"init_ok\", \"in_reply_to\": 1, \"msg_id\": 0}}",
+                readLineWithin(stdout, 20));
+
+        stdin.write(Node.charge(2, "saga42", 2, "99.99").getBytes(StandardCharsets.UTF_8));
+        stdin.flush();
+        assertEquals(Node.chargeOk(2, 1, "saga42", 2, "p1", "99.99", false).trim(), readLineWithin(stdout, 10));
+
+        stdin.write(Node.charge(3, "saga42", 2, "99.99").getBytes(StandardCharsets.UTF_8));
+        stdin.close();
+        assertEquals(Node.chargeOk(3, 2, "saga42", 2, "p1", "99.99", true).trim(), readLineWithin(stdout, 10));
+        assertEquals(null, readLineWithin(stdout, 10), "nothing but replies on stdout");
+        assertTrue(node.waitFor(10, TimeUnit.SECONDS));
+        assertEquals(0, node.exitValue());
+    }
+
+    @Test
+    void helpGoesToStdoutAndExits0() throws Exception {
+        Process node = start("--help");
+        String out = new String(node.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        assertTrue(node.waitFor(20, TimeUnit.SECONDS));
+        assertEquals(0, node.exitValue());
+        assertEquals(PaymentNode.USAGE, out);
+    }
+
+    @Test
+    void anUnknownOptionIsAUsageErrorOnStderr() throws Exception {
+        Process node = start("--bogus");
+        node.getOutputStream().close();
+        String out = new String(node.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        String err = new String(node.getErrorStream().readAllBytes(), StandardCharsets.UTF_8);
+        assertTrue(node.waitFor(20, TimeUnit.SECONDS));
+        assertEquals(2, node.exitValue());
+        assertEquals("", out);
+        assertEquals("payment-node: unknown option: --bogus (see --help)\n", err);
+    }
+}
