@@ -15,7 +15,8 @@ build_if_needed() {
     flock 9
     if [ ! -f "$jar" ] || [ -n "$(find "$here/src/main" "$here/pom.xml" -newer "$jar" -print -quit)" ]; then
         echo "run.sh: building $jar ..." >&2
-        (cd "$here" && mvn -q -B package -DskipTests) >&2 || {
+        # (Debian's Maven 3.8 prints bare colour resets even in batch mode: filtered out.)
+        (cd "$here" && mvn -q -B package -DskipTests 2>&1 | sed 's/\x1b\[[0-9;]*m//g') >&2 || {
             echo "run.sh: the build failed; see the output above" >&2
             exit 1
         }
