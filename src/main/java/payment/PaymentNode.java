@@ -1,18 +1,12 @@
 package payment;
 
 import com.fasterxml.jackson.core.JsonFactory;
-import com.fasterxml.jackson.core.JsonGenerator;
 import com.fasterxml.jackson.core.JsonParseException;
 import com.fasterxml.jackson.core.JsonParser;
 import com.fasterxml.jackson.core.JsonToken;
 import com.fasterxml.jackson.core.JsonProcessingException;
-import com.fasterxml.jackson.core.PrettyPrinter;
-import com.fasterxml.jackson.core.SerializableString;
 import com.fasterxml.jackson.core.StreamReadConstraints;
-import com.fasterxml.jackson.core.io.CharacterEscapes;
-import com.fasterxml.jackson.core.json.JsonWriteFeature;
 
-import java.io.BufferedOutputStream;
 import java.io.FileDescriptor;
 import java.io.FileInputStream;
 import java.io.FileOutputStream;
@@ -24,7 +18,6 @@ import java.io.PrintStream;
 import java.math.BigDecimal;
 import java.nio.charset.StandardCharsets;
 import java.util.Arrays;
-import java.util.Objects;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.atomic.AtomicLong;
@@ -76,9 +69,6 @@ public final class PaymentNode {
             // Numbers are kept as text and judged by Amount.parse, so that a 100,000-digit amount gets
             // a clear error 12 instead of making the whole line unreadable.
             .streamReadConstraints(StreamReadConstraints.builder().maxNumberLength(MAX_LINE_BYTES).build())
-            // Python's json.dumps writes ASCII only, with lower-case \\u escapes; so do we.
-            .enable(JsonWriteFeature.ESCAPE_NON_ASCII)
-            .disable(JsonWriteFeature.WRITE_HEX_UPPER_CASE)
             .build();
 
     private final PaymentHandler payments;
@@ -528,11 +518,6 @@ public final class PaymentNode {
         String key() {
             return chargeKey(sagaId, step);
         }
-
-        /** Retries must repeat the params; amounts are compared by value (99.99 equals 99.990). */
-        boolean sameParams(ChargeRequest other) {
-            return userId.equals(other.userId) && amount.sameValue(other.amount);
-        }
     }
 
     /** A RefundPayment, checked: section 4 of SPEC.md. Both params are optional (null: not given). */
@@ -558,11 +543,6 @@ public final class PaymentNode {
         /** Its own key space: a refund is never answered with a charge's result, nor the other way round. */
         String key() {
             return chargeKey() + ":refund";
-        }
-
-        boolean sameParams(RefundRequest other) {
-            return Objects.equals(paymentId, other.paymentId)
-                    && (amount == null ? other.amount == null : other.amount != null && amount.sameValue(other.amount));
         }
     }
 
@@ -614,17 +594,14 @@ public final class PaymentNode {
         static Amount of(BigDecimal value) {
             return new Amount(value.toPlainString(), value);
         }
-
-        boolean sameValue(Amount other) {
-            return value.compareTo(other.value) == 0;
-        }
     }
 
-    record ChargeResult(String paymentId, Amount charged) {
+    /** A payment as a reply shows it; {@code charged} is the amount's text as the first request wrote it. */
+    record ChargeResult(String paymentId, String charged) {
     }
 
     /** {@code refundId} is null for a compensation that found nothing to refund. */
-    record RefundResult(String refundId, Amount refunded) {
+    record RefundResult(String refundId, String refunded) {
     }
 
     /** A result, and whether it was replayed from the idempotency table rather than made just now. */
@@ -642,8 +619,8 @@ public final class PaymentNode {
      * no record, so the next attempt under that key starts afresh.
      */
     static class PaymentHandler {
-        private final ConcurrentHashMap<String, Entry> entries = new ConcurrentHashMap<>();
-        private final ConcurrentHashMap<String, Payment> paymentsById = new ConcurrentHashMap<>();
+        private final ConcurrentHashMap<String, Entry> entries = new ConcurrentHashMap<>(1 << 16);
+        private final PaymentsByNumber payments = new PaymentsByNumber();
         private final AtomicLong paymentCount = new AtomicLong();
         private final AtomicLong refundCount = new AtomicLong();
         private final Log log;
@@ -656,10 +633,10 @@ public final class PaymentNode {
             String key = request.key();
             Settled settled = once(key, () -> firstCharge(request));
             if (settled.entry() instanceof Charged charged) {
-                if (!settled.byThisAttempt() && !charged.request().sameParams(request)) {
+                if (!settled.byThisAttempt() && !charged.sameParams(request)) {
                     throw keyReused(key);
                 }
-                return new Served<>(charged.payment().charge(), !settled.byThisAttempt());
+                return new Served<>(charged.result(), !settled.byThisAttempt());
             }
             throw new RpcError(ErrorCode.ABORT,
                     "step " + key + " was already compensated: its refund came first, so it is never charged");
@@ -669,31 +646,30 @@ public final class PaymentNode {
             String key = request.key();
             Settled settled = once(key, () -> firstRefund(request));
             Refunded refunded = (Refunded) settled.entry();
-            if (!settled.byThisAttempt() && !refunded.request().sameParams(request)) {
+            if (!settled.byThisAttempt() && !refunded.sameParams(request)) {
                 throw keyReused(key);
             }
             return new Served<>(refunded.result(), !settled.byThisAttempt());
         }
 
         private Charged firstCharge(ChargeRequest request) {
-            Payment payment = new Payment(new ChargeResult("p" + paymentCount.incrementAndGet(), request.amount()));
-            paymentsById.put(payment.charge().paymentId(), payment);
-            return new Charged(request, payment);
+            Charged charged = new Charged(request, paymentCount.incrementAndGet());
+            payments.add(charged);
+            return charged;
         }
 
         /** Which payment a compensation refunds: the four cases of SPEC.md section 4, in order. */
         private Refunded firstRefund(RefundRequest request) {
-            Payment ofThisStep = paymentOfStep(request.chargeKey());
+            Charged ofThisStep = paymentOfStep(request.chargeKey());
             if (ofThisStep != null) {
-                String stepPaymentId = ofThisStep.charge().paymentId();
-                if (request.paymentId() != null && !request.paymentId().equals(stepPaymentId)) {
+                if (request.paymentId() != null && !request.paymentId().equals(ofThisStep.paymentId())) {
                     throw new RpcError(ErrorCode.PRECONDITION_FAILED, "payment_id " + request.paymentId()
-                            + " is not the payment of step " + request.chargeKey() + " (" + stepPaymentId + ")");
+                            + " is not the payment of step " + request.chargeKey() + " (" + ofThisStep.paymentId() + ")");
                 }
                 return refund(ofThisStep, request);
             }
             if (request.paymentId() != null) {
-                Payment ofAnotherStep = paymentsById.get(request.paymentId());
+                Charged ofAnotherStep = payments.get(request.paymentId());
                 if (ofAnotherStep != null) {
                     return refund(ofAnotherStep, request);
                 }
@@ -708,26 +684,22 @@ public final class PaymentNode {
                 return firstRefund(request);   // the charge won the race after all: refund it
             }
             if (request.paymentId() == null) {
-                return new Refunded(request, new RefundResult(null, Amount.ZERO));
+                return new Refunded(request, Refunded.NOTHING, Amount.ZERO.text());
             }
             log.warn("refunding " + request.paymentId() + " for " + request.key()
                     + ", a payment this node does not know (made before a restart or by another node): trusting the saga");
-            return new Refunded(request, new RefundResult(nextRefundId(), request.amount()));
+            return new Refunded(request, refundCount.incrementAndGet(), request.amount().text());
         }
 
-        private Refunded refund(Payment payment, RefundRequest request) {
-            Amount refunded = payment.refund(request.amount());
-            return new Refunded(request, new RefundResult(nextRefundId(), refunded));
-        }
-
-        private String nextRefundId() {
-            return "r" + refundCount.incrementAndGet();
+        private Refunded refund(Charged payment, RefundRequest request) {
+            String refunded = payment.refund(request.amount());
+            return new Refunded(request, refundCount.incrementAndGet(), refunded);
         }
 
         /** The payment charged under this step, waiting for a charge in progress; null if there is none. */
-        private Payment paymentOfStep(String chargeKey) {
+        private Charged paymentOfStep(String chargeKey) {
             Entry entry = entries.get(chargeKey);
-            return entry != null && entry.await() instanceof Charged charged ? charged.payment() : null;
+            return entry != null && entry.await() instanceof Charged charged ? charged : null;
         }
 
         /** Closes a step that has no charge; false if a charge got there first. */
@@ -739,19 +711,12 @@ public final class PaymentNode {
         /** Runs {@code firstTime} for a key at most once; every other attempt gets the entry it left. */
         private Settled once(String key, Supplier<Entry> firstTime) {
             while (true) {
-                InProgress claim = new InProgress();
-                Entry existing = entries.putIfAbsent(key, claim);
+                Entry existing = entries.get(key);   // a retry needs no claim: read first, lock-free
                 if (existing == null) {
-                    Entry done = null;
-                    try {
-                        done = firstTime.get();
-                        entries.put(key, done);
-                        return new Settled(done, true);
-                    } finally {
-                        if (done == null) {
-                            entries.remove(key, claim);   // failed: leave no record
-                        }
-                        claim.settled().complete(done);
+                    InProgress claim = new InProgress();
+                    existing = entries.putIfAbsent(key, claim);
+                    if (existing == null) {
+                        return new Settled(runClaimed(key, claim, firstTime), true);
                     }
                 }
                 Entry entry = existing.await();
@@ -759,6 +724,20 @@ public final class PaymentNode {
                     return new Settled(entry, false);
                 }
                 // The attempt we waited for failed and left no record: try to claim the key ourselves.
+            }
+        }
+
+        private Entry runClaimed(String key, InProgress claim, Supplier<Entry> firstTime) {
+            Entry done = null;
+            try {
+                done = firstTime.get();
+                entries.replace(key, claim, done);
+                return done;
+            } finally {
+                if (done == null) {
+                    entries.remove(key, claim);   // failed: leave no record
+                }
+                claim.settled().complete(done);
             }
         }
 
@@ -791,12 +770,171 @@ public final class PaymentNode {
         }
     }
 
-    /** A charge key's final entry: the request (to tell a retry from a reuse) and the payment. */
-    record Charged(ChargeRequest request, Payment payment) implements Entry {
+    /*
+     * The final entries are what a node keeps for every key it ever served, a million or more, so each
+     * is one small object: the params it was first asked with (to tell a retry from a reuse) and its
+     * result's text share one CompactText array, cut by lengths, instead of a String apiece.
+     */
+
+    /** A charge key's final entry: the payment it made, and that payment's refunds so far. */
+    static final class Charged implements Entry {
+        private final byte[] params;          // CompactText: user_id, then the amount's text as the request wrote it
+        private final int userIdLength;
+        private final long paymentNumber;     // the payment id is "p" + paymentNumber
+        private BigDecimal refunded;          // guarded by this; null until the first refund
+
+        Charged(ChargeRequest request, long paymentNumber) {
+            this.params = CompactText.of(request.userId() + request.amount().text());
+            this.userIdLength = request.userId().length();
+            this.paymentNumber = paymentNumber;
+        }
+
+        String paymentId() {
+            return "p" + paymentNumber;
+        }
+
+        long paymentNumber() {
+            return paymentNumber;
+        }
+
+        ChargeResult result() {
+            return new ChargeResult(paymentId(), amount());
+        }
+
+        /** Retries must repeat the params; amounts are compared by value (99.99 equals 99.990). */
+        boolean sameParams(ChargeRequest request) {
+            return request.userId().length() == userIdLength
+                    && CompactText.regionMatches(params, 0, request.userId())
+                    && new BigDecimal(amount()).compareTo(request.amount().value()) == 0;
+        }
+
+        private String amount() {
+            return CompactText.substring(params, userIdLength, CompactText.length(params));
+        }
+
+        /** Refunds {@code requested}, or all that is left when null; never more than was charged. Returns the amount's text. */
+        synchronized String refund(Amount requested) {
+            String charged = amount();
+            BigDecimal alreadyRefunded = refunded == null ? BigDecimal.ZERO : refunded;
+            BigDecimal left = new BigDecimal(charged).subtract(alreadyRefunded);
+            Amount amount;
+            if (requested != null) {
+                if (requested.value().compareTo(left) > 0) {
+                    throw new RpcError(ErrorCode.PRECONDITION_FAILED, "refund of " + requested.text() + " is more than is left of payment "
+                            + paymentId() + " (" + left.toPlainString() + " of " + charged + ")");
+                }
+                amount = requested;
+            } else if (left.signum() == 0) {
+                throw new RpcError(ErrorCode.PRECONDITION_FAILED, "payment " + paymentId() + " is already fully refunded");
+            } else {
+                amount = refunded == null ? new Amount(charged, left) : Amount.of(left);
+            }
+            refunded = alreadyRefunded.add(amount.value());
+            return amount.text();
+        }
     }
 
-    /** A refund key's final entry. */
-    record Refunded(RefundRequest request, RefundResult result) implements Entry {
+    /** A refund key's final entry: the refund it made. */
+    static final class Refunded implements Entry {
+        static final long NOTHING = 0;         // refund number of a compensation that found nothing to refund
+        private final byte[] params;           // CompactText: payment_id and amount as given (each may be absent), then the amount refunded
+        private final int paymentIdLength;     // -1: not given
+        private final int amountLength;        // -1: not given
+        private final long refundNumber;
+
+        Refunded(RefundRequest request, long refundNumber, String refunded) {
+            String paymentId = request.paymentId();
+            String amount = request.amount() == null ? null : request.amount().text();
+            this.params = CompactText.of((paymentId == null ? "" : paymentId) + (amount == null ? "" : amount) + refunded);
+            this.paymentIdLength = paymentId == null ? -1 : paymentId.length();
+            this.amountLength = amount == null ? -1 : amount.length();
+            this.refundNumber = refundNumber;
+        }
+
+        RefundResult result() {
+            String refunded = CompactText.substring(params, amountEnd(), CompactText.length(params));
+            return new RefundResult(refundNumber == NOTHING ? null : "r" + refundNumber, refunded);
+        }
+
+        /** Retries must repeat the params as first sent (given or not); amounts are compared by value. */
+        boolean sameParams(RefundRequest request) {
+            String paymentId = request.paymentId();
+            Amount amount = request.amount();
+            if ((paymentId == null ? -1 : paymentId.length()) != paymentIdLength || (amount == null) != (amountLength < 0)) {
+                return false;
+            }
+            return (paymentId == null || CompactText.regionMatches(params, 0, paymentId))
+                    && (amount == null || new BigDecimal(CompactText.substring(params, amountEnd() - amountLength, amountEnd()))
+                            .compareTo(amount.value()) == 0);
+        }
+
+        private int amountEnd() {
+            return Math.max(paymentIdLength, 0) + Math.max(amountLength, 0);
+        }
+    }
+
+    /**
+     * A string kept without String's 24-byte header, for the texts held in a million entries: one byte a
+     * character when every character is below 256 (ids and amounts nearly always are), else two, behind
+     * a tag byte. Unlike UTF-8 it is exact for every Java string, lone surrogates included, so two
+     * different user ids can never be stored alike.
+     */
+    static final class CompactText {
+        private static final byte ONE_BYTE = 0;
+        private static final byte TWO_BYTES = 1;
+
+        static byte[] of(String text) {
+            boolean narrow = true;
+            for (int i = 0; i < text.length() && narrow; i++) {
+                narrow = text.charAt(i) < 256;
+            }
+            byte[] bytes = new byte[1 + (narrow ? text.length() : 2 * text.length())];
+            bytes[0] = narrow ? ONE_BYTE : TWO_BYTES;
+            for (int i = 0; i < text.length(); i++) {
+                char c = text.charAt(i);
+                if (narrow) {
+                    bytes[1 + i] = (byte) c;
+                } else {
+                    bytes[1 + 2 * i] = (byte) (c >> 8);
+                    bytes[2 + 2 * i] = (byte) c;
+                }
+            }
+            return bytes;
+        }
+
+        static int length(byte[] text) {
+            return text[0] == ONE_BYTE ? text.length - 1 : (text.length - 1) / 2;
+        }
+
+        static char charAt(byte[] text, int index) {
+            return text[0] == ONE_BYTE
+                    ? (char) (text[1 + index] & 0xff)
+                    : (char) ((text[1 + 2 * index] & 0xff) << 8 | text[2 + 2 * index] & 0xff);
+        }
+
+        static String substring(byte[] text, int from, int to) {
+            if (text[0] == ONE_BYTE) {
+                return new String(text, 1 + from, to - from, StandardCharsets.ISO_8859_1);
+            }
+            char[] chars = new char[to - from];
+            for (int i = from; i < to; i++) {
+                chars[i - from] = charAt(text, i);
+            }
+            return new String(chars);
+        }
+
+        /** Whether {@code other} stands in {@code text} at {@code from}. */
+        static boolean regionMatches(byte[] text, int from, String other) {
+            if (from + other.length() > length(text)) {
+                return false;
+            }
+            for (int i = 0; i < other.length(); i++) {
+                if (charAt(text, from + i) != other.charAt(i)) {
+                    return false;
+                }
+            }
+            return true;
+        }
     }
 
     /** A charge key closed by a compensation that came first: that step is never charged. */
@@ -804,37 +942,35 @@ public final class PaymentNode {
         STEP
     }
 
-    /** A payment this node made, and how much of it has been refunded so far. */
-    static final class Payment {
-        private final ChargeResult charge;
-        private BigDecimal refunded = BigDecimal.ZERO;   // guarded by this
+    /** The node's payments by number (p1 is slot 1). Numbers are dense, so an array beats a hash map. */
+    static final class PaymentsByNumber {
+        private volatile Charged[] slots = new Charged[1 << 10];
 
-        Payment(ChargeResult charge) {
-            this.charge = charge;
-        }
-
-        ChargeResult charge() {
-            return charge;
-        }
-
-        /** Refunds {@code requested}, or all that is left when null; never more than was charged. */
-        synchronized Amount refund(Amount requested) {
-            Amount charged = charge.charged();
-            BigDecimal left = charged.value().subtract(refunded);
-            Amount amount;
-            if (requested != null) {
-                if (requested.value().compareTo(left) > 0) {
-                    throw new RpcError(ErrorCode.PRECONDITION_FAILED, "refund of " + requested.text() + " is more than is left of payment "
-                            + charge.paymentId() + " (" + left.toPlainString() + " of " + charged.text() + ")");
-                }
-                amount = requested;
-            } else if (left.signum() == 0) {
-                throw new RpcError(ErrorCode.PRECONDITION_FAILED, "payment " + charge.paymentId() + " is already fully refunded");
-            } else {
-                amount = refunded.signum() == 0 ? charged : Amount.of(left);
+        synchronized void add(Charged payment) {
+            int number = Math.toIntExact(payment.paymentNumber());
+            Charged[] current = slots;
+            if (number >= current.length) {
+                current = Arrays.copyOf(current, Math.max(2 * current.length, number + 1));
             }
-            refunded = refunded.add(amount.value());
-            return amount;
+            current[number] = payment;
+            slots = current;   // the volatile write publishes the new slot to readers
+        }
+
+        /** The payment with this id if this node made it (ids are "p" and a number), else null. */
+        Charged get(String paymentId) {
+            if (paymentId.length() < 2 || paymentId.length() > 19 || paymentId.charAt(0) != 'p' || paymentId.charAt(1) == '0') {
+                return null;
+            }
+            long number = 0;
+            for (int i = 1; i < paymentId.length(); i++) {
+                char c = paymentId.charAt(i);
+                if (c < '0' || c > '9') {
+                    return null;
+                }
+                number = number * 10 + (c - '0');
+            }
+            Charged[] current = slots;
+            return number < current.length ? current[(int) number] : null;
         }
     }
 
@@ -930,21 +1066,20 @@ public final class PaymentNode {
 
     /**
      * Writes replies in the layout of Python's {@code json.dumps}: keys in the order of SPEC.md,
-     * {@code ", "} and {@code ": "} between them, one reply per line. Nothing reaches stdout until
-     * {@link #flush} (called when the input runs dry) or until the buffer fills up.
+     * {@code ", "} and {@code ": "} between them, ASCII only, one reply per line. The layout is fixed, so
+     * the bytes are written directly; only strings need care (see {@link #string}). Nothing reaches
+     * stdout until {@link #flush} (called when the input runs dry) or until the buffer fills up.
      */
     static final class ReplyWriter implements Flushable {
-        private final JsonGenerator json;
+        private static final byte[] HEX = "0123456789abcdef".getBytes(StandardCharsets.US_ASCII);
+
+        private final OutputStream out;
+        private final byte[] buf = new byte[64 * 1024];
+        private int count;
         private long nextMsgId;
 
         ReplyWriter(OutputStream out) {
-            try {
-                json = JSON.createGenerator(new BufferedOutputStream(out, 64 * 1024));
-            } catch (IOException e) {
-                throw new IllegalStateException(e);
-            }
-            json.setPrettyPrinter(new PythonLayout());
-            json.setCharacterEscapes(new PythonEscapes());
+            this.out = out;
         }
 
         void initOk(Envelope to) throws IOException {
@@ -954,138 +1089,141 @@ public final class PaymentNode {
 
         void chargeOk(Envelope to, ChargeRequest request, Served<ChargeResult> served) throws IOException {
             begin(to, "ChargePayment_ok");
-            json.writeStringField("saga_id", request.sagaId());
-            json.writeNumberField("step", request.step());
-            json.writeObjectFieldStart("result");
-            json.writeStringField("payment_id", served.result().paymentId());
-            writeAmount("charged", served.result().charged());
-            json.writeEndObject();
+            field("saga_id");
+            string(request.sagaId());
+            field("step");
+            number(request.step());
+            ascii(", \"result\": {\"payment_id\": ");
+            string(served.result().paymentId());
+            ascii(", \"charged\": ");
+            ascii(served.result().charged());   // the request's own digits: a JSON number's text is ASCII
+            ascii("}");
             if (served.replayed()) {
-                json.writeStringField("note", "cached_result");
+                ascii(", \"note\": \"cached_result\"");
             }
             end(to);
         }
 
         void refundOk(Envelope to, RefundRequest request, Served<RefundResult> served) throws IOException {
             begin(to, "RefundPayment_ok");
-            json.writeStringField("saga_id", request.sagaId());
-            json.writeNumberField("step", request.step());
-            json.writeObjectFieldStart("result");
+            field("saga_id");
+            string(request.sagaId());
+            field("step");
+            number(request.step());
+            ascii(", \"result\": {");
             if (served.result().refundId() != null) {
-                json.writeStringField("refund_id", served.result().refundId());
+                ascii("\"refund_id\": ");
+                string(served.result().refundId());
+                ascii(", ");
             }
-            writeAmount("refunded", served.result().refunded());
-            json.writeEndObject();
+            ascii("\"refunded\": ");
+            ascii(served.result().refunded());
+            ascii("}");
             if (served.replayed()) {
-                json.writeStringField("note", "already_refunded");
+                ascii(", \"note\": \"already_refunded\"");
             }
             end(to);
         }
 
         void error(Envelope to, RpcError error) throws IOException {
             begin(to, "error");
-            json.writeNumberField("code", error.code.code);
-            json.writeStringField("text", error.getMessage());
+            field("code");
+            number(error.code.code);
+            field("text");
+            string(error.getMessage());
             end(to);
         }
 
         @Override
         public void flush() throws IOException {
-            json.flush();
+            drain();
+            out.flush();
         }
 
         private void begin(Envelope to, String type) throws IOException {
-            json.writeStartObject();
-            json.writeStringField("src", to.from());
-            json.writeStringField("dest", to.to());
-            json.writeObjectFieldStart("body");
-            json.writeStringField("type", type);
+            ascii("{\"src\": ");
+            string(to.from());
+            ascii(", \"dest\": ");
+            string(to.to());
+            ascii(", \"body\": {\"type\": ");
+            string(type);
         }
 
         private void end(Envelope to) throws IOException {
             if (to.inReplyTo() != null) {
-                json.writeNumberField("in_reply_to", to.inReplyTo());
+                field("in_reply_to");
+                number(to.inReplyTo());
             }
-            json.writeNumberField("msg_id", nextMsgId++);
-            json.writeEndObject();
-            json.writeEndObject();
-            json.writeRaw('\n');
+            field("msg_id");
+            number(nextMsgId++);
+            ascii("}}\n");
         }
 
-        private void writeAmount(String name, Amount amount) throws IOException {
-            json.writeFieldName(name);
-            json.writeNumber(amount.text());   // the request's own digits, written as they came
-        }
-    }
-
-    /** {@code {"a": 1, "b": {}}}: Python's json.dumps layout, which Jackson has no preset for. */
-    static final class PythonLayout implements PrettyPrinter {
-        @Override
-        public void writeRootValueSeparator(JsonGenerator g) {
-            // Each reply ends with its own newline.
+        private void field(String name) throws IOException {
+            ascii(", \"");
+            ascii(name);
+            ascii("\": ");
         }
 
-        @Override
-        public void writeStartObject(JsonGenerator g) throws IOException {
-            g.writeRaw('{');
+        /**
+         * A JSON string as json.dumps writes it: printable ASCII as is; a backslash before {@code "} and
+         * before a backslash; the short escapes for backspace, form feed, newline, return and tab; and for
+         * every other character a backslash-u escape with four lower-case hex digits, one UTF-16 unit at a
+         * time, so that non-ASCII text comes out as surrogate pairs, exactly like Python's.
+         */
+        private void string(String text) throws IOException {
+            if (text == null) {
+                ascii("null");
+                return;
+            }
+            put('"');
+            for (int i = 0; i < text.length(); i++) {
+                char c = text.charAt(i);
+                if (c >= ' ' && c <= '~' && c != '"' && c != '\\') {
+                    put(c);
+                    continue;
+                }
+                put('\\');
+                switch (c) {
+                    case '"' -> put('"');
+                    case '\\' -> put('\\');
+                    case '\b' -> put('b');
+                    case '\f' -> put('f');
+                    case '\n' -> put('n');
+                    case '\r' -> put('r');
+                    case '\t' -> put('t');
+                    default -> {
+                        put('u');
+                        put(HEX[c >> 12 & 0xf]);
+                        put(HEX[c >> 8 & 0xf]);
+                        put(HEX[c >> 4 & 0xf]);
+                        put(HEX[c & 0xf]);
+                    }
+                }
+            }
+            put('"');
         }
 
-        @Override
-        public void writeEndObject(JsonGenerator g, int entries) throws IOException {
-            g.writeRaw('}');
+        private void number(long value) throws IOException {
+            ascii(Long.toString(value));
         }
 
-        @Override
-        public void writeObjectEntrySeparator(JsonGenerator g) throws IOException {
-            g.writeRaw(", ");
+        private void ascii(String text) throws IOException {
+            for (int i = 0; i < text.length(); i++) {
+                put(text.charAt(i));
+            }
         }
 
-        @Override
-        public void writeObjectFieldValueSeparator(JsonGenerator g) throws IOException {
-            g.writeRaw(": ");
+        private void put(int b) throws IOException {
+            if (count == buf.length) {
+                drain();
+            }
+            buf[count++] = (byte) b;
         }
 
-        @Override
-        public void writeStartArray(JsonGenerator g) throws IOException {
-            g.writeRaw('[');
-        }
-
-        @Override
-        public void writeEndArray(JsonGenerator g, int values) throws IOException {
-            g.writeRaw(']');
-        }
-
-        @Override
-        public void writeArrayValueSeparator(JsonGenerator g) throws IOException {
-            g.writeRaw(", ");
-        }
-
-        @Override
-        public void beforeArrayValues(JsonGenerator g) {
-        }
-
-        @Override
-        public void beforeObjectEntries(JsonGenerator g) {
-        }
-    }
-
-    /** Python's json.dumps also escapes DEL (0x7f), which Jackson's standard table leaves raw. */
-    static final class PythonEscapes extends CharacterEscapes {
-        private static final long serialVersionUID = 1L;
-        private final int[] asciiEscapes = standardAsciiEscapesForJSON();
-
-        PythonEscapes() {
-            asciiEscapes[0x7f] = ESCAPE_STANDARD;
-        }
-
-        @Override
-        public int[] getEscapeCodesForAscii() {
-            return asciiEscapes;
-        }
-
-        @Override
-        public SerializableString getEscapeSequence(int ch) {
-            return null;   // no custom sequences: everything else is escaped the standard way
+        private void drain() throws IOException {
+            out.write(buf, 0, count);
+            count = 0;
         }
     }
 
