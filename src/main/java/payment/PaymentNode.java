@@ -16,12 +16,23 @@ import java.io.InputStream;
 import java.io.OutputStream;
 import java.io.PrintStream;
 import java.math.BigDecimal;
+import java.nio.ByteBuffer;
+import java.nio.channels.Channels;
+import java.nio.channels.FileChannel;
+import java.nio.channels.OverlappingFileLockException;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.AccessDeniedException;
+import java.nio.file.FileSystemException;
+import java.nio.file.NoSuchFileException;
+import java.nio.file.Path;
+import java.nio.file.StandardOpenOption;
 import java.util.Arrays;
+import java.util.Objects;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.function.Supplier;
+import java.util.zip.CRC32;
 
 /**
  * The payment participant of a saga, as a Maelstrom node.
@@ -41,8 +52,8 @@ public final class PaymentNode {
     static final int MAX_LINE_BYTES = 1 << 20;
 
     static final String USAGE = """
-            Usage: ./run.sh [--verbose] < messages.jsonl
-                   java -jar target/payment-node.jar [--verbose]
+            Usage: ./run.sh [--journal FILE] [--verbose] < messages.jsonl
+                   java -jar target/payment-node.jar [--journal FILE] [--verbose]
 
             The payment participant of a saga, as a Maelstrom node. It reads one JSON
             message per line on stdin and writes one JSON reply per line on stdout:
@@ -55,11 +66,15 @@ public final class PaymentNode {
             at the end of its input.
 
             Options:
-              --verbose   also log every request and every cached answer on stderr
-              --help      print this help and exit
+              --journal FILE  keep every charge, refund and closed step in FILE (created
+                              if missing) and replay it on start, so that a restart
+                              forgets nothing; a reply is written only once its record
+                              is on disk. Without it, state lives in memory only and a
+                              restart forgets every idempotency key.
+              --verbose       also log every request and every cached answer on stderr
+              --help          print this help and exit
 
-            stdout carries replies and nothing else; logs go to stderr. State lives in
-            memory only: a restart forgets every idempotency key.
+            stdout carries replies and nothing else; logs go to stderr.
 
             Example:
               printf '%s\\n' '{"src":"c1","dest":"n1","body":{"type":"init","msg_id":1}}' | ./run.sh
@@ -80,7 +95,7 @@ public final class PaymentNode {
 
     PaymentNode(PaymentHandler payments, OutputStream stdout, Log log) {
         this.payments = payments;
-        this.replies = new ReplyWriter(stdout);
+        this.replies = new ReplyWriter(stdout, payments.journal());
         this.log = log;
     }
 
@@ -103,28 +118,77 @@ public final class PaymentNode {
         // carries replies and nothing else.
         System.setOut(System.err);
         Log log = new Log(System.err, options.verbose());
-        PaymentNode node = new PaymentNode(new PaymentHandler(log), stdout, log);
+        PaymentHandler payments = new PaymentHandler(log);
+        if (options.journal() != null) {
+            try {
+                payments = withJournal(options.journal(), log);
+            } catch (IOException | RuntimeException e) {
+                System.err.println("payment-node: cannot use the journal " + options.journal() + ": " + describe(e));
+                System.exit(2);
+                return;
+            }
+        }
+        PaymentNode node = new PaymentNode(payments, stdout, log);
         System.exit(node.serve(new FileInputStream(FileDescriptor.in)));
     }
 
-    record Options(boolean verbose, boolean help) {
+    private static String describe(Exception e) {
+        if (e instanceof NoSuchFileException) {
+            return "its folder does not exist";
+        }
+        if (e instanceof AccessDeniedException) {
+            return "permission denied";
+        }
+        return e instanceof FileSystemException f && f.getReason() != null ? f.getReason() : e.getMessage();
+    }
+
+    /** A handler whose state comes back from the journal and goes on into it. */
+    static PaymentHandler withJournal(Path path, Log log) throws IOException {
+        FileJournal journal = FileJournal.open(path);
+        PaymentHandler payments = new PaymentHandler(log, journal);
+        long records = journal.replay(payments, log);
+        log.info("journal " + path + ": replayed " + records + " records");
+        return payments;
+    }
+
+    /** {@code journal} is null without --journal. */
+    record Options(boolean verbose, boolean help, Path journal) {
         static Options parse(String[] args) {
             boolean verbose = false;
             boolean help = false;
-            for (String arg : args) {
+            Path journal = null;
+            for (int i = 0; i < args.length; i++) {
+                String arg = args[i];
+                if (arg.startsWith("--journal=")) {
+                    journal = journalPath(arg.substring("--journal=".length()));
+                    continue;
+                }
                 switch (arg) {
                     case "--verbose", "-v" -> verbose = true;
                     case "--help", "-h" -> help = true;
+                    case "--journal" -> {
+                        if (++i == args.length) {
+                            throw new IllegalArgumentException("--journal needs a file name");
+                        }
+                        journal = journalPath(args[i]);
+                    }
                     default -> throw new IllegalArgumentException("unknown option: " + arg);
                 }
             }
-            return new Options(verbose, help);
+            return new Options(verbose, help, journal);
+        }
+
+        private static Path journalPath(String name) {
+            if (name.isEmpty()) {
+                throw new IllegalArgumentException("--journal needs a file name");
+            }
+            return Path.of(name);
         }
     }
 
     /** Serves every line of {@code in}; returns the exit status: 0 at end of input, 1 if stdin or stdout failed. */
     int serve(InputStream in) {
-        LineReader lines = new LineReader(in, replies);
+        LineReader lines = new LineReader(in, MAX_LINE_BYTES, replies);
         try {
             while (lines.next()) {
                 lineNumber++;
@@ -184,7 +248,7 @@ public final class PaymentNode {
     // ---------------------------------------------------------------------------------------------
 
     /**
-     * Splits a byte stream into lines. It holds at most {@link #MAX_LINE_BYTES} of any one line (the
+     * Splits a byte stream into lines. It holds at most {@code maxLine} bytes of any one line (the
      * rest of a longer line is read and dropped), and it flushes the replies before every read that
      * could block: replies go out in big batches under a burst, and none is left waiting in a buffer
      * while the node waits for input.
@@ -193,6 +257,7 @@ public final class PaymentNode {
         private static final int CHUNK = 64 * 1024;
 
         private final InputStream in;
+        private final int maxLine;
         private final Flushable beforeBlocking;
         private byte[] buf = new byte[CHUNK];
         private int pos;        // start of the unread bytes
@@ -204,8 +269,9 @@ public final class PaymentNode {
         private byte[] tooLongPrefix;
         private long tooLongLength;
 
-        LineReader(InputStream in, Flushable beforeBlocking) {
+        LineReader(InputStream in, int maxLine, Flushable beforeBlocking) {
             this.in = in;
+            this.maxLine = maxLine;
             this.beforeBlocking = beforeBlocking;
         }
 
@@ -214,7 +280,7 @@ public final class PaymentNode {
             tooLongPrefix = null;
             while (true) {
                 int newline = indexOfNewline(pos + scanned, limit);
-                if (newline >= 0 && newline - pos <= MAX_LINE_BYTES) {
+                if (newline >= 0 && newline - pos <= maxLine) {
                     return takeLine(newline, newline + 1);
                 }
                 if (newline >= 0) {
@@ -223,7 +289,7 @@ public final class PaymentNode {
                     return true;
                 }
                 scanned = limit - pos;
-                if (scanned > MAX_LINE_BYTES) {
+                if (scanned > maxLine) {
                     keepPrefixOfLongLine(scanned);
                     dropRestOfLongLine();
                     return true;
@@ -247,7 +313,7 @@ public final class PaymentNode {
             return lineEnd - lineStart;
         }
 
-        /** The first {@link #MAX_LINE_BYTES} of the current line if it was longer, else null. */
+        /** The first {@code maxLine} bytes of the current line if it was longer, else null. */
         byte[] tooLongPrefix() {
             return tooLongPrefix;
         }
@@ -290,7 +356,7 @@ public final class PaymentNode {
                 pos = 0;
             }
             if (limit == buf.length) {
-                buf = Arrays.copyOf(buf, Math.min(buf.length * 2, MAX_LINE_BYTES + CHUNK));
+                buf = Arrays.copyOf(buf, Math.min(buf.length * 2, maxLine + CHUNK));
             }
             if (in.available() == 0) {
                 beforeBlocking.flush();
@@ -304,7 +370,7 @@ public final class PaymentNode {
         }
 
         private void keepPrefixOfLongLine(long lengthSoFar) {
-            tooLongPrefix = Arrays.copyOfRange(buf, pos, pos + MAX_LINE_BYTES);
+            tooLongPrefix = Arrays.copyOfRange(buf, pos, pos + maxLine);
             tooLongLength = lengthSoFar;
             scanned = 0;
         }
@@ -624,9 +690,19 @@ public final class PaymentNode {
         private final AtomicLong paymentCount = new AtomicLong();
         private final AtomicLong refundCount = new AtomicLong();
         private final Log log;
+        private final Journal journal;
 
         PaymentHandler(Log log) {
+            this(log, Journal.NONE);
+        }
+
+        PaymentHandler(Log log, Journal journal) {
             this.log = log;
+            this.journal = journal;
+        }
+
+        Journal journal() {
+            return journal;
         }
 
         Served<ChargeResult> charge(ChargeRequest request) {
@@ -653,7 +729,8 @@ public final class PaymentNode {
         }
 
         private Charged firstCharge(ChargeRequest request) {
-            Charged charged = new Charged(request, paymentCount.incrementAndGet());
+            Charged charged = new Charged(request.userId(), request.amount().text(), paymentCount.incrementAndGet());
+            journal.charged(request.key(), charged);   // before anyone can refund it, so the journal keeps that order
             payments.add(charged);
             return charged;
         }
@@ -683,17 +760,23 @@ public final class PaymentNode {
             if (!closeStep(request.chargeKey())) {
                 return firstRefund(request);   // the charge won the race after all: refund it
             }
+            Refunded refunded;
             if (request.paymentId() == null) {
-                return new Refunded(request, Refunded.NOTHING, Amount.ZERO.text());
+                refunded = new Refunded(request, Refunded.NOTHING, Amount.ZERO.text());
+            } else {
+                log.warn("refunding " + request.paymentId() + " for " + request.key() + ", a payment this node"
+                        + " does not know (made before a restart or by another node): trusting the saga");
+                refunded = new Refunded(request, refundCount.incrementAndGet(), request.amount().text());
             }
-            log.warn("refunding " + request.paymentId() + " for " + request.key()
-                    + ", a payment this node does not know (made before a restart or by another node): trusting the saga");
-            return new Refunded(request, refundCount.incrementAndGet(), request.amount().text());
+            journal.refunded(request.key(), refunded, null);
+            return refunded;
         }
 
         private Refunded refund(Charged payment, RefundRequest request) {
-            String refunded = payment.refund(request.amount());
-            return new Refunded(request, refundCount.incrementAndGet(), refunded);
+            String amount = payment.refund(request.amount());   // may refuse: then no refund id is used up
+            Refunded refunded = new Refunded(request, refundCount.incrementAndGet(), amount);
+            journal.refunded(request.key(), refunded, payment);
+            return refunded;
         }
 
         /** The payment charged under this step, waiting for a charge in progress; null if there is none. */
@@ -705,7 +788,31 @@ public final class PaymentNode {
         /** Closes a step that has no charge; false if a charge got there first. */
         private boolean closeStep(String chargeKey) {
             Entry existing = entries.putIfAbsent(chargeKey, Compensated.STEP);
+            if (existing == null) {
+                journal.closed(chargeKey);
+            }
             return existing == null || existing == Compensated.STEP;
+        }
+
+        // Replaying a journal: each record puts back the entry it wrote, and the counters move past it.
+
+        void restoreCharge(String key, String userId, String amount, long paymentNumber) {
+            Charged charged = new Charged(userId, amount, paymentNumber);
+            entries.put(key, charged);
+            payments.add(charged);
+            paymentCount.accumulateAndGet(paymentNumber, Math::max);
+        }
+
+        void restoreRefund(String key, String paymentId, String amount, String refunded, long refundNumber, long paymentNumber) {
+            entries.put(key, new Refunded(paymentId, amount, refunded, refundNumber));
+            if (paymentNumber != 0) {
+                payments.get("p" + paymentNumber).restoreRefund(new BigDecimal(refunded));
+            }
+            refundCount.accumulateAndGet(refundNumber, Math::max);
+        }
+
+        void restoreClose(String chargeKey) {
+            entries.put(chargeKey, Compensated.STEP);
         }
 
         /** Runs {@code firstTime} for a key at most once; every other attempt gets the entry it left. */
@@ -783,9 +890,9 @@ public final class PaymentNode {
         private final long paymentNumber;     // the payment id is "p" + paymentNumber
         private BigDecimal refunded;          // guarded by this; null until the first refund
 
-        Charged(ChargeRequest request, long paymentNumber) {
-            this.params = CompactText.of(request.userId() + request.amount().text());
-            this.userIdLength = request.userId().length();
+        Charged(String userId, String amount, long paymentNumber) {
+            this.params = CompactText.of(userId + amount);
+            this.userIdLength = userId.length();
             this.paymentNumber = paymentNumber;
         }
 
@@ -803,13 +910,19 @@ public final class PaymentNode {
 
         /** Retries must repeat the params; amounts are compared by value (99.99 equals 99.990). */
         boolean sameParams(ChargeRequest request) {
-            return request.userId().length() == userIdLength
-                    && CompactText.regionMatches(params, 0, request.userId())
-                    && new BigDecimal(amount()).compareTo(request.amount().value()) == 0;
+            return userId().equals(request.userId()) && new BigDecimal(amount()).compareTo(request.amount().value()) == 0;
         }
 
-        private String amount() {
+        String userId() {
+            return CompactText.substring(params, 0, userIdLength);
+        }
+
+        String amount() {
             return CompactText.substring(params, userIdLength, CompactText.length(params));
+        }
+
+        synchronized void restoreRefund(BigDecimal amount) {
+            refunded = refunded == null ? amount : refunded.add(amount);
         }
 
         /** Refunds {@code requested}, or all that is left when null; never more than was charged. Returns the amount's text. */
@@ -843,8 +956,10 @@ public final class PaymentNode {
         private final long refundNumber;
 
         Refunded(RefundRequest request, long refundNumber, String refunded) {
-            String paymentId = request.paymentId();
-            String amount = request.amount() == null ? null : request.amount().text();
+            this(request.paymentId(), request.amount() == null ? null : request.amount().text(), refunded, refundNumber);
+        }
+
+        Refunded(String paymentId, String amount, String refunded, long refundNumber) {
             this.params = CompactText.of((paymentId == null ? "" : paymentId) + (amount == null ? "" : amount) + refunded);
             this.paymentIdLength = paymentId == null ? -1 : paymentId.length();
             this.amountLength = amount == null ? -1 : amount.length();
@@ -858,14 +973,23 @@ public final class PaymentNode {
 
         /** Retries must repeat the params as first sent (given or not); amounts are compared by value. */
         boolean sameParams(RefundRequest request) {
-            String paymentId = request.paymentId();
-            Amount amount = request.amount();
-            if ((paymentId == null ? -1 : paymentId.length()) != paymentIdLength || (amount == null) != (amountLength < 0)) {
-                return false;
-            }
-            return (paymentId == null || CompactText.regionMatches(params, 0, paymentId))
-                    && (amount == null || new BigDecimal(CompactText.substring(params, amountEnd() - amountLength, amountEnd()))
-                            .compareTo(amount.value()) == 0);
+            return Objects.equals(paymentId(), request.paymentId())
+                    && (amount() == null ? request.amount() == null
+                            : request.amount() != null && new BigDecimal(amount()).compareTo(request.amount().value()) == 0);
+        }
+
+        /** The payment_id as the first request gave it, or null. */
+        String paymentId() {
+            return paymentIdLength < 0 ? null : CompactText.substring(params, 0, paymentIdLength);
+        }
+
+        /** The amount as the first request gave it, or null. */
+        String amount() {
+            return amountLength < 0 ? null : CompactText.substring(params, amountEnd() - amountLength, amountEnd());
+        }
+
+        long refundNumber() {
+            return refundNumber;
         }
 
         private int amountEnd() {
@@ -921,19 +1045,6 @@ public final class PaymentNode {
                 chars[i - from] = charAt(text, i);
             }
             return new String(chars);
-        }
-
-        /** Whether {@code other} stands in {@code text} at {@code from}. */
-        static boolean regionMatches(byte[] text, int from, String other) {
-            if (from + other.length() > length(text)) {
-                return false;
-            }
-            for (int i = 0; i < other.length(); i++) {
-                if (charAt(text, from + i) != other.charAt(i)) {
-                    return false;
-                }
-            }
-            return true;
         }
     }
 
@@ -1065,113 +1176,44 @@ public final class PaymentNode {
     // ---------------------------------------------------------------------------------------------
 
     /**
-     * Writes replies in the layout of Python's {@code json.dumps}: keys in the order of SPEC.md,
-     * {@code ", "} and {@code ": "} between them, ASCII only, one reply per line. The layout is fixed, so
-     * the bytes are written directly; only strings need care (see {@link #string}). Nothing reaches
-     * stdout until {@link #flush} (called when the input runs dry) or until the buffer fills up.
+     * A growable byte buffer that writes JSON in the layout of Python's {@code json.dumps}: ASCII only,
+     * {@code ", "} and {@code ": "} between items. Replies and journal records are both written with it.
      */
-    static final class ReplyWriter implements Flushable {
+    static final class JsonBytes {
         private static final byte[] HEX = "0123456789abcdef".getBytes(StandardCharsets.US_ASCII);
 
-        private final OutputStream out;
-        private final byte[] buf = new byte[64 * 1024];
+        private byte[] buf = new byte[64 * 1024];
         private int count;
-        private long nextMsgId;
 
-        ReplyWriter(OutputStream out) {
-            this.out = out;
+        int size() {
+            return count;
         }
 
-        void initOk(Envelope to) throws IOException {
-            begin(to, "init_ok");
-            end(to);
+        byte[] array() {
+            return buf;
         }
 
-        void chargeOk(Envelope to, ChargeRequest request, Served<ChargeResult> served) throws IOException {
-            begin(to, "ChargePayment_ok");
-            field("saga_id");
-            string(request.sagaId());
-            field("step");
-            number(request.step());
-            ascii(", \"result\": {\"payment_id\": ");
-            string(served.result().paymentId());
-            ascii(", \"charged\": ");
-            ascii(served.result().charged());   // the request's own digits: a JSON number's text is ASCII
-            ascii("}");
-            if (served.replayed()) {
-                ascii(", \"note\": \"cached_result\"");
+        void clear() {
+            count = 0;
+        }
+
+        void ascii(String text) {
+            for (int i = 0; i < text.length(); i++) {
+                put(text.charAt(i));
             }
-            end(to);
         }
 
-        void refundOk(Envelope to, RefundRequest request, Served<RefundResult> served) throws IOException {
-            begin(to, "RefundPayment_ok");
-            field("saga_id");
-            string(request.sagaId());
-            field("step");
-            number(request.step());
-            ascii(", \"result\": {");
-            if (served.result().refundId() != null) {
-                ascii("\"refund_id\": ");
-                string(served.result().refundId());
-                ascii(", ");
-            }
-            ascii("\"refunded\": ");
-            ascii(served.result().refunded());
-            ascii("}");
-            if (served.replayed()) {
-                ascii(", \"note\": \"already_refunded\"");
-            }
-            end(to);
-        }
-
-        void error(Envelope to, RpcError error) throws IOException {
-            begin(to, "error");
-            field("code");
-            number(error.code.code);
-            field("text");
-            string(error.getMessage());
-            end(to);
-        }
-
-        @Override
-        public void flush() throws IOException {
-            drain();
-            out.flush();
-        }
-
-        private void begin(Envelope to, String type) throws IOException {
-            ascii("{\"src\": ");
-            string(to.from());
-            ascii(", \"dest\": ");
-            string(to.to());
-            ascii(", \"body\": {\"type\": ");
-            string(type);
-        }
-
-        private void end(Envelope to) throws IOException {
-            if (to.inReplyTo() != null) {
-                field("in_reply_to");
-                number(to.inReplyTo());
-            }
-            field("msg_id");
-            number(nextMsgId++);
-            ascii("}}\n");
-        }
-
-        private void field(String name) throws IOException {
-            ascii(", \"");
-            ascii(name);
-            ascii("\": ");
+        void number(long value) {
+            ascii(Long.toString(value));
         }
 
         /**
          * A JSON string as json.dumps writes it: printable ASCII as is; a backslash before {@code "} and
          * before a backslash; the short escapes for backspace, form feed, newline, return and tab; and for
          * every other character a backslash-u escape with four lower-case hex digits, one UTF-16 unit at a
-         * time, so that non-ASCII text comes out as surrogate pairs, exactly like Python's.
+         * time, so that non-ASCII text comes out as surrogate pairs, exactly like Python's. Null is null.
          */
-        private void string(String text) throws IOException {
+        void string(String text) {
             if (text == null) {
                 ascii("null");
                 return;
@@ -1204,26 +1246,336 @@ public final class PaymentNode {
             put('"');
         }
 
-        private void number(long value) throws IOException {
-            ascii(Long.toString(value));
-        }
-
-        private void ascii(String text) throws IOException {
-            for (int i = 0; i < text.length(); i++) {
-                put(text.charAt(i));
-            }
-        }
-
-        private void put(int b) throws IOException {
+        void put(int b) {
             if (count == buf.length) {
-                drain();
+                buf = Arrays.copyOf(buf, buf.length * 2);
             }
             buf[count++] = (byte) b;
         }
 
-        private void drain() throws IOException {
+        void writeTo(OutputStream out) throws IOException {
             out.write(buf, 0, count);
             count = 0;
+        }
+    }
+
+    /**
+     * Writes replies: keys in the order of SPEC.md, one reply per line. The layout is fixed, so the bytes
+     * are written directly. Replies gather in a buffer and reach stdout in batches: when the input runs
+     * dry ({@link #flush}) or the batch is full. Before any batch goes out, the journal makes the records
+     * behind it durable, so that no reply ever tells of a charge that a crash could forget.
+     */
+    static final class ReplyWriter implements Flushable {
+        private static final int BATCH_BYTES = 128 * 1024;
+
+        private final OutputStream out;
+        private final Journal journal;
+        private final JsonBytes json = new JsonBytes();
+        private long nextMsgId;
+
+        ReplyWriter(OutputStream out, Journal journal) {
+            this.out = out;
+            this.journal = journal;
+        }
+
+        void initOk(Envelope to) throws IOException {
+            begin(to, "init_ok");
+            end(to);
+        }
+
+        void chargeOk(Envelope to, ChargeRequest request, Served<ChargeResult> served) throws IOException {
+            begin(to, "ChargePayment_ok");
+            field("saga_id");
+            json.string(request.sagaId());
+            field("step");
+            json.number(request.step());
+            json.ascii(", \"result\": {\"payment_id\": ");
+            json.string(served.result().paymentId());
+            json.ascii(", \"charged\": ");
+            json.ascii(served.result().charged());   // the request's own digits: a JSON number's text is ASCII
+            json.ascii("}");
+            if (served.replayed()) {
+                json.ascii(", \"note\": \"cached_result\"");
+            }
+            end(to);
+        }
+
+        void refundOk(Envelope to, RefundRequest request, Served<RefundResult> served) throws IOException {
+            begin(to, "RefundPayment_ok");
+            field("saga_id");
+            json.string(request.sagaId());
+            field("step");
+            json.number(request.step());
+            json.ascii(", \"result\": {");
+            if (served.result().refundId() != null) {
+                json.ascii("\"refund_id\": ");
+                json.string(served.result().refundId());
+                json.ascii(", ");
+            }
+            json.ascii("\"refunded\": ");
+            json.ascii(served.result().refunded());
+            json.ascii("}");
+            if (served.replayed()) {
+                json.ascii(", \"note\": \"already_refunded\"");
+            }
+            end(to);
+        }
+
+        void error(Envelope to, RpcError error) throws IOException {
+            begin(to, "error");
+            field("code");
+            json.number(error.code.code);
+            field("text");
+            json.string(error.getMessage());
+            end(to);
+        }
+
+        @Override
+        public void flush() throws IOException {
+            writeBatch();
+            out.flush();
+        }
+
+        private void begin(Envelope to, String type) {
+            json.ascii("{\"src\": ");
+            json.string(to.from());
+            json.ascii(", \"dest\": ");
+            json.string(to.to());
+            json.ascii(", \"body\": {\"type\": ");
+            json.string(type);
+        }
+
+        private void end(Envelope to) throws IOException {
+            if (to.inReplyTo() != null) {
+                field("in_reply_to");
+                json.number(to.inReplyTo());
+            }
+            field("msg_id");
+            json.number(nextMsgId++);
+            json.ascii("}}\n");
+            if (json.size() >= BATCH_BYTES) {
+                writeBatch();
+            }
+        }
+
+        private void field(String name) {
+            json.ascii(", \"");
+            json.ascii(name);
+            json.ascii("\": ");
+        }
+
+        private void writeBatch() throws IOException {
+            journal.commit();
+            json.writeTo(out);
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // Durability: the journal (--journal FILE)
+    // ---------------------------------------------------------------------------------------------
+
+    /** Where the handler records each change of state; {@link #commit} makes them durable. */
+    interface Journal {
+        /** No journal: the node keeps its state in memory only. */
+        Journal NONE = new Journal() {
+            @Override
+            public void charged(String key, Charged charged) {
+            }
+
+            @Override
+            public void closed(String key) {
+            }
+
+            @Override
+            public void refunded(String key, Refunded refunded, Charged payment) {
+            }
+
+            @Override
+            public void commit() {
+            }
+        };
+
+        void charged(String key, Charged charged);
+
+        void closed(String key);
+
+        /** {@code payment}: the payment of this node whose ledger the refund drew on, else null. */
+        void refunded(String key, Refunded refunded, Charged payment);
+
+        void commit() throws IOException;
+    }
+
+    /**
+     * An append-only file of state changes, one record a line: the CRC-32 of the record in eight hex
+     * digits, a space, and the record as a JSON array ({@code ["charge", key, user_id, amount, number]},
+     * {@code ["refund", key, payment_id, amount, refunded, number, payment_number]}, {@code ["close", key]}).
+     * Records gather in memory and {@link #commit} writes and forces them to disk once per batch of
+     * replies (group commit). On start the records are replayed; a torn tail, the trace of a crash in
+     * mid-write, is cut off with a warning, while a bad record followed by good ones stops the node:
+     * that is damage, not a crash, and dropping good records would forget answered charges.
+     */
+    static final class FileJournal implements Journal {
+        private static final int MAX_RECORD_BYTES = 16 * MAX_LINE_BYTES;
+
+        private final Path path;
+        private final FileChannel file;
+        private final JsonBytes pending = new JsonBytes();
+
+        private FileJournal(Path path, FileChannel file) {
+            this.path = path;
+            this.file = file;
+        }
+
+        /** Opens (or creates) the journal and takes its lock: two nodes on one journal would corrupt it. */
+        static FileJournal open(Path path) throws IOException {
+            FileChannel file = FileChannel.open(path, StandardOpenOption.CREATE, StandardOpenOption.READ, StandardOpenOption.WRITE);
+            try {
+                if (file.tryLock() == null) {
+                    throw new IOException("another node is using it");
+                }
+            } catch (IOException | OverlappingFileLockException e) {
+                file.close();
+                throw e instanceof IOException io ? io : new IOException("another node is using it");
+            }
+            return new FileJournal(path, file);
+        }
+
+        /** Replays every complete record into {@code handler}, then cuts a torn tail; returns the records replayed. */
+        long replay(PaymentHandler handler, Log log) throws IOException {
+            LineReader lines = new LineReader(Channels.newInputStream(file.position(0)), MAX_RECORD_BYTES, () -> { });
+            long offset = 0;
+            long goodEnd = 0;
+            long records = 0;
+            long firstBadLine = 0;
+            for (long lineNumber = 1; lines.next(); lineNumber++) {
+                boolean complete = lines.tooLongPrefix() == null && offset + lines.length() < file.size()
+                        && replayRecord(lines.buffer(), lines.start(), lines.length(), handler);
+                offset += lines.tooLongPrefix() != null ? lines.tooLongLength() + 1 : lines.length() + 1;
+                if (complete && firstBadLine != 0) {
+                    throw new IOException("record " + firstBadLine + " is damaged and good records follow it:"
+                            + " refusing to start rather than forget them (repair the file, or move it aside)");
+                }
+                if (complete) {
+                    records++;
+                    goodEnd = offset;
+                } else if (firstBadLine == 0) {
+                    firstBadLine = lineNumber;
+                }
+            }
+            if (goodEnd < file.size()) {
+                log.warn("journal " + path + ": cut off a torn last record (" + (file.size() - goodEnd)
+                        + " bytes after record " + records + "), the trace of a crash in mid-write");
+                file.truncate(goodEnd);
+                file.force(true);
+            }
+            file.position(goodEnd);
+            return records;
+        }
+
+        private static boolean replayRecord(byte[] line, int start, int length, PaymentHandler handler) {
+            if (length < 10 || line[start + 8] != ' ') {
+                return false;
+            }
+            CRC32 crc = new CRC32();
+            crc.update(line, start + 9, length - 9);
+            String written = new String(line, start, 8, StandardCharsets.US_ASCII);
+            if (!written.equals(String.format("%08x", crc.getValue()))) {
+                return false;
+            }
+            try (JsonParser record = JSON.createParser(line, start + 9, length - 9)) {
+                if (record.nextToken() != JsonToken.START_ARRAY) {
+                    return false;
+                }
+                switch (nextText(record)) {
+                    case "charge" -> handler.restoreCharge(nextText(record), nextText(record), nextText(record),
+                            nextLong(record));
+                    case "refund" -> handler.restoreRefund(nextText(record), nextText(record), nextText(record),
+                            nextText(record), nextLong(record), nextLong(record));
+                    case "close" -> handler.restoreClose(nextText(record));
+                    default -> {
+                        return false;
+                    }
+                }
+                return record.nextToken() == JsonToken.END_ARRAY;
+            } catch (IOException | RuntimeException unreadable) {
+                return false;
+            }
+        }
+
+        private static String nextText(JsonParser record) throws IOException {
+            JsonToken token = record.nextToken();
+            return token == JsonToken.VALUE_NULL ? null : record.getText();
+        }
+
+        private static long nextLong(JsonParser record) throws IOException {
+            record.nextToken();
+            return record.getLongValue();
+        }
+
+        @Override
+        public synchronized void charged(String key, Charged charged) {
+            int start = begin("charge", key);
+            pending.ascii(", ");
+            pending.string(charged.userId());
+            pending.ascii(", ");
+            pending.ascii(charged.amount());
+            pending.ascii(", ");
+            pending.number(charged.paymentNumber());
+            end(start);
+        }
+
+        @Override
+        public synchronized void closed(String key) {
+            end(begin("close", key));
+        }
+
+        @Override
+        public synchronized void refunded(String key, Refunded refunded, Charged payment) {
+            int start = begin("refund", key);
+            pending.ascii(", ");
+            pending.string(refunded.paymentId());
+            pending.ascii(", ");
+            pending.ascii(refunded.amount() == null ? "null" : refunded.amount());
+            pending.ascii(", ");
+            pending.ascii(refunded.result().refunded());
+            pending.ascii(", ");
+            pending.number(refunded.refundNumber());
+            pending.ascii(", ");
+            pending.number(payment == null ? 0 : payment.paymentNumber());
+            end(start);
+        }
+
+        /** Writes the records gathered so far and forces them to disk. */
+        @Override
+        public synchronized void commit() throws IOException {
+            if (pending.size() == 0) {
+                return;
+            }
+            ByteBuffer bytes = ByteBuffer.wrap(pending.array(), 0, pending.size());
+            while (bytes.hasRemaining()) {
+                file.write(bytes);
+            }
+            file.force(false);
+            pending.clear();
+        }
+
+        private int begin(String kind, String key) {
+            int start = pending.size();
+            pending.ascii("00000000 [");
+            pending.string(kind);
+            pending.ascii(", ");
+            pending.string(key);
+            return start;
+        }
+
+        /** Closes the record that starts at {@code start} and writes its checksum in front of it. */
+        private void end(int start) {
+            pending.ascii("]");
+            CRC32 crc = new CRC32();
+            crc.update(pending.array(), start + 9, pending.size() - start - 9);
+            byte[] hex = String.format("%08x", crc.getValue()).getBytes(StandardCharsets.US_ASCII);
+            System.arraycopy(hex, 0, pending.array(), start, 8);
+            pending.put('\n');
         }
     }
 

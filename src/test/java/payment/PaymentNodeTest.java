@@ -80,7 +80,7 @@ class PaymentNodeTest {
         };
         InputStream input = new SequenceInputStream(huge,
                 new ByteArrayInputStream(("\n" + Node.charge(1, "after", 1, "1")).getBytes(StandardCharsets.UTF_8)));
-        PaymentNode.LineReader reader = new PaymentNode.LineReader(input, () -> { });
+        PaymentNode.LineReader reader = new PaymentNode.LineReader(input, LIMIT, () -> { });
         assertTrue(reader.next());
         assertEquals(size, reader.tooLongLength());
         assertEquals(LIMIT, reader.tooLongPrefix().length);
@@ -184,8 +184,8 @@ class PaymentNodeTest {
 
     @Test
     void optionsAreParsedStrictly() {
-        assertEquals(new PaymentNode.Options(true, false), PaymentNode.Options.parse(new String[] {"--verbose"}));
-        assertEquals(new PaymentNode.Options(false, true), PaymentNode.Options.parse(new String[] {"--help"}));
+        assertEquals(new PaymentNode.Options(true, false, null), PaymentNode.Options.parse(new String[] {"--verbose"}));
+        assertEquals(new PaymentNode.Options(false, true, null), PaymentNode.Options.parse(new String[] {"--help"}));
         IllegalArgumentException e = org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
                 () -> PaymentNode.Options.parse(new String[] {"--journa"}));
         assertEquals("unknown option: --journa", e.getMessage());
