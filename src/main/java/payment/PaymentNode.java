@@ -1559,6 +1559,11 @@ public final class PaymentNode {
             pending.clear();
         }
 
+        /** Releases the file and its lock (a process that ends releases them anyway). */
+        void close() throws IOException {
+            file.close();
+        }
+
         private int begin(String kind, String key) {
             int start = pending.size();
             pending.ascii("00000000 [");

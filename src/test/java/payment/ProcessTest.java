@@ -1,18 +1,12 @@
 package payment;
 
-import com.fasterxml.jackson.core.JsonFactory;
 import org.junit.jupiter.api.Test;
 
 import java.io.BufferedReader;
-import java.io.File;
 import java.io.IOException;
 import java.io.InputStreamReader;
 import java.io.OutputStream;
-import java.net.URISyntaxException;
 import java.nio.charset.StandardCharsets;
-import java.nio.file.Path;
-import java.util.ArrayList;
-import java.util.List;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.TimeUnit;
 
@@ -22,17 +16,8 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 /** The node as a real process on real pipes, started the way run.sh starts it. */
 class ProcessTest {
 
-    private static Process start(String... args) throws IOException, URISyntaxException {
-        String java = Path.of(System.getProperty("java.home"), "bin", "java").toString();
-        String classpath = location(PaymentNode.class) + File.pathSeparator + location(JsonFactory.class);
-        List<String> command = new ArrayList<>(List.of(java, "-Xlog:disable", "-Xlog:all=warning:stderr",
-                "-cp", classpath, PaymentNode.class.getName()));
-        command.addAll(List.of(args));
-        return new ProcessBuilder(command).start();
-    }
-
-    private static String location(Class<?> type) throws URISyntaxException {
-        return Path.of(type.getProtectionDomain().getCodeSource().getLocation().toURI()).toString();
+    private static Process start(String... args) throws IOException {
+        return NodeProcess.start(args);
     }
 
     private static String readLineWithin(BufferedReader reader, int seconds) throws Exception {

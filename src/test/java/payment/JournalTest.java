@@ -1,0 +1,321 @@
+package payment;
+
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+import java.io.BufferedReader;
+import java.io.ByteArrayInputStream;
+import java.io.ByteArrayOutputStream;
+import java.io.IOException;
+import java.io.InputStreamReader;
+import java.io.OutputStream;
+import java.io.PrintStream;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.StandardOpenOption;
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Random;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/** The journal: nothing that was answered is ever forgotten, whatever the crash. */
+class JournalTest {
+    @TempDir
+    Path dir;
+
+    private final ByteArrayOutputStream stderr = new ByteArrayOutputStream();
+    private final PaymentNode.Log log = new PaymentNode.Log(new PrintStream(stderr, true, StandardCharsets.UTF_8), false);
+
+    /** Runs {@code input} through a node whose handler comes from (and goes on into) the journal. */
+    private String runWithJournal(Path journal, String input) throws IOException {
+        PaymentNode.PaymentHandler payments = PaymentNode.withJournal(journal, log);
+        try {
+            ByteArrayOutputStream stdout = new ByteArrayOutputStream();
+            int status = new PaymentNode(payments, stdout, log).serve(new ByteArrayInputStream(input.getBytes(StandardCharsets.UTF_8)));
+            assertEquals(0, status);
+            return stdout.toString(StandardCharsets.UTF_8);
+        } finally {
+            ((PaymentNode.FileJournal) payments.journal()).close();
+        }
+    }
+
+    private static final String SESSION = String.join("",
+            Node.charge(1, "trip", 1, "120.50"),
+            Node.charge(2, "trip", 2, "80"),
+            Node.request("{\"type\":\"RefundPayment\",\"msg_id\":3,\"saga_id\":\"trip\",\"step\":2,\"params\":{\"amount\":30}}"),
+            Node.request("{\"type\":\"RefundPayment\",\"msg_id\":4,\"saga_id\":\"trip\",\"step\":3}"),                 // compensation first
+            Node.request("{\"type\":\"RefundPayment\",\"msg_id\":5,\"saga_id\":\"other\",\"step\":1,\"params\":{\"payment_id\":\"p7\",\"amount\":3}}"),
+            Node.request("{\"type\":\"RefundPayment\",\"msg_id\":6,\"saga_id\":\"trip\",\"step\":9,\"params\":{\"payment_id\":\"p2\"}}"),
+            Node.charge(7, "trip", 3, "5"));                                                                         // 14: closed
+
+    @Test
+    void aRestartedNodeAnswersEveryRequestAsBeforeWithItsCachedNote() throws IOException {
+        Path journal = dir.resolve("journal");
+        String first = runWithJournal(journal, SESSION);
+        String second = runWithJournal(journal, SESSION);
+        String expected = first
+                .replace("}, \"in_reply_to\": 1,", "}, \"note\": \"cached_result\", \"in_reply_to\": 1,")
+                .replace("}, \"in_reply_to\": 2,", "}, \"note\": \"cached_result\", \"in_reply_to\": 2,")
+                .replaceAll("(\"refunded\": [0-9.]+\\}), \"in_reply_to\"", "$1, \"note\": \"already_refunded\", \"in_reply_to\"");
+        assertEquals(expected, second);
+        assertTrue(first.contains("\"result\": {\"refund_id\": \"r3\", \"refunded\": 50}"), "the ledger took 30 of p2's 80 first: " + first);
+        assertTrue(first.contains("\"code\": 14"), first);
+
+        // The counters and the ledger came back too: the next payment is p3, and p2 has nothing left.
+        String third = runWithJournal(journal, Node.charge(8, "trip", 4, "1")
+                + Node.request("{\"type\":\"RefundPayment\",\"msg_id\":9,\"saga_id\":\"trip\",\"step\":10,\"params\":{\"payment_id\":\"p2\"}}"));
+        assertEquals(Node.chargeOk(8, 0, "trip", 4, "p3", "1", false)
+                + Node.error(9, 1, 22, "payment p2 is already fully refunded"), third);
+    }
+
+    @Test
+    void aTornLastRecordIsCutWithAWarningAndEveryCompleteRecordIsKept() throws IOException {
+        Path journal = dir.resolve("journal");
+        runWithJournal(journal, SESSION);
+        byte[] complete = Files.readAllBytes(journal);
+        Files.write(journal, "0badc0de [\"charge\", \"trip:st".getBytes(StandardCharsets.US_ASCII), StandardOpenOption.APPEND);
+
+        String again = runWithJournal(journal, Node.charge(1, "trip", 1, "120.50"));
+        assertEquals(Node.chargeOk(1, 0, "trip", 1, "p1", "120.50", true), again);
+        assertTrue(stderr.toString(StandardCharsets.UTF_8).contains("cut off a torn last record (28 bytes after record 8)"), stderr.toString());
+        assertEquals(new String(complete, StandardCharsets.US_ASCII), Files.readString(journal), "the good records are untouched");
+    }
+
+    @Test
+    void aDamagedRecordFollowedByGoodOnesStopsTheNodeAtStartUp() throws IOException {
+        Path journal = dir.resolve("journal");
+        runWithJournal(journal, SESSION);
+        String text = Files.readString(journal);
+        Files.writeString(journal, text.replaceFirst("120\\.50", "920.50"));   // its checksum no longer matches
+        IOException refused = assertThrows(IOException.class, () -> PaymentNode.withJournal(journal, log));
+        assertTrue(refused.getMessage().startsWith("record 1 is damaged and good records follow it"), refused.getMessage());
+    }
+
+    @Test
+    void twoNodesCannotShareAJournal() throws IOException {
+        Path journal = dir.resolve("journal");
+        PaymentNode.PaymentHandler first = PaymentNode.withJournal(journal, log);
+        try {
+            IOException refused = assertThrows(IOException.class, () -> PaymentNode.withJournal(journal, log));
+            assertEquals("another node is using it", refused.getMessage());
+        } finally {
+            ((PaymentNode.FileJournal) first.journal()).close();
+        }
+    }
+
+    /** A reply reaches stdout only once every record made so far is committed. */
+    @Test
+    void noReplyIsWrittenWhileARecordIsStillPending() {
+        AtomicInteger appended = new AtomicInteger();
+        AtomicInteger committed = new AtomicInteger();
+        PaymentNode.Journal counting = new PaymentNode.Journal() {
+            @Override
+            public void charged(String key, PaymentNode.Charged charged) {
+                appended.incrementAndGet();
+            }
+
+            @Override
+            public void closed(String key) {
+                appended.incrementAndGet();
+            }
+
+            @Override
+            public void refunded(String key, PaymentNode.Refunded refunded, PaymentNode.Charged payment) {
+                appended.incrementAndGet();
+            }
+
+            @Override
+            public void commit() {
+                committed.set(appended.get());
+            }
+        };
+        List<Integer> pendingAtWrite = new ArrayList<>();
+        OutputStream stdout = new OutputStream() {
+            @Override
+            public void write(int b) {
+                pendingAtWrite.add(appended.get() - committed.get());
+            }
+
+            @Override
+            public void write(byte[] b, int off, int len) {
+                pendingAtWrite.add(appended.get() - committed.get());
+            }
+        };
+        StringBuilder input = new StringBuilder();
+        for (int i = 0; i < 5_000; i++) {   // enough replies to fill several batches on the way
+            input.append(Node.charge(i, "s" + i, 1, "1.25")).append(Node.charge(i, "s" + i, 1, "1.25"));
+        }
+        new PaymentNode(new PaymentNode.PaymentHandler(log, counting), stdout, log)
+                .serve(new ByteArrayInputStream(input.toString().getBytes(StandardCharsets.UTF_8)));
+        assertEquals(5_000, appended.get());
+        assertTrue(pendingAtWrite.size() > 2, "several batches were written: " + pendingAtWrite.size());
+        assertTrue(pendingAtWrite.stream().allMatch(pending -> pending == 0), "records pending at a write: " + pendingAtWrite);
+    }
+
+    // ---- kill -9 -----------------------------------------------------------------------------------
+
+    private static final Pattern REPLY = Pattern.compile(
+            "\"body\": \\{\"type\": \"(\\w+)\", (?:\"saga_id\": \"([^\"]*)\", \"step\": (\\d+), \"result\": (\\{[^}]*\\})(?:, \"note\": \"(\\w+)\")?"
+                    + "|\"code\": (\\d+), \"text\": \"(?:[^\"\\\\]|\\\\.)*\"), \"in_reply_to\": (\\d+)");
+
+    record Reply(String type, String key, String result, String note, int inReplyTo) {
+        static Reply parse(String line) {
+            Matcher m = REPLY.matcher(line);
+            assertTrue(m.find(), "unexpected reply: " + line);
+            String type = m.group(1);
+            String key = m.group(2) == null ? null : m.group(2) + ":step" + m.group(3) + (type.startsWith("Refund") ? ":refund" : "");
+            return new Reply(type, key, m.group(4) != null ? m.group(4) : "code " + m.group(6), m.group(5), Integer.parseInt(m.group(7)));
+        }
+    }
+
+    /** A saga workload: first charges, their retries, compensations (some before their charge) and their retries. */
+    private static List<String> workload(int size, Random random) {
+        List<String> requests = new ArrayList<>();
+        List<String> issued = new ArrayList<>();   // bodies that may be retried, without msg_id
+        int sagas = 0;
+        while (requests.size() < size) {
+            double r = random.nextDouble();
+            String body;
+            if (r < 0.3 && !issued.isEmpty()) {
+                body = issued.get(issued.size() - 1 - random.nextInt(Math.min(issued.size(), 500)));
+            } else if (r < 0.45 && sagas > 0) {
+                int saga = sagas - random.nextInt(Math.min(sagas, 300));
+                body = "\"type\":\"RefundPayment\",\"saga_id\":\"saga" + saga + "\",\"step\":1,\"compensating\":true";
+                issued.add(body);
+            } else if (r < 0.5) {
+                sagas++;   // a compensation that comes before its charge: the charge, later, must get 14
+                body = "\"type\":\"RefundPayment\",\"saga_id\":\"saga" + sagas + "\",\"step\":1";
+                issued.add(body);
+                issued.add("\"type\":\"ChargePayment\",\"saga_id\":\"saga" + sagas + "\",\"step\":1,\"params\":{\"user_id\":\"u1\",\"amount\":2.5}");
+            } else {
+                sagas++;
+                body = "\"type\":\"ChargePayment\",\"saga_id\":\"saga" + sagas + "\",\"step\":1,\"params\":{\"user_id\":\"u"
+                        + random.nextInt(100) + "\",\"amount\":" + (1 + random.nextInt(999)) + "." + (10 + random.nextInt(90)) + "}";
+                issued.add(body);
+            }
+            requests.add("{\"src\":\"c1\",\"dest\":\"payment\",\"body\":{\"msg_id\":" + requests.size() + "," + body + "}}\n");
+        }
+        return requests;
+    }
+
+    /** SIGKILL (the node gets no chance to flush or close anything) once enough replies have arrived. */
+    private static boolean killIfAnswered(Process node, List<String> lines, int replies) {
+        synchronized (lines) {
+            if (lines.size() < replies) {
+                return false;
+            }
+        }
+        node.destroyForcibly();
+        return true;
+    }
+
+    @Test
+    void aNodeKilledAtRandomMomentsForgetsNothingItAnswered() throws Exception {
+        Path journal = dir.resolve("journal");
+        Random random = new Random(20261127);
+        List<String> requests = workload(60_000, random);
+        Map<Integer, Reply> answeredBeforeAKill = new HashMap<>();
+        Map<String, String> resultByKey = new HashMap<>();   // every ok result ever seen for a key
+        Map<String, String> keyByPaymentId = new HashMap<>();
+        int rounds = 6;
+        int sent = 0;
+        for (int round = 0; round <= rounds; round++) {
+            boolean last = round == rounds;
+            int upTo = last ? requests.size() : Math.min(requests.size(), sent + 10_000);
+            Path stderrFile = dir.resolve("stderr-" + round);
+            Process node = NodeProcess.start(List.of(), stderrFile, "--journal", journal.toString());
+            List<String> lines = new ArrayList<>();
+            Thread reader = new Thread(() -> {
+                try (BufferedReader stdout = new BufferedReader(new InputStreamReader(node.getInputStream(), StandardCharsets.UTF_8))) {
+                    for (String line; (line = stdout.readLine()) != null; ) {
+                        synchronized (lines) {
+                            lines.add(line);
+                        }
+                    }
+                } catch (IOException killed) {
+                    // the pipe breaks when the node is killed
+                }
+            });
+            reader.start();
+            // Every request sent in earlier rounds again (the orchestrator retries), then new ones, in bursts;
+            // the kill comes while requests are still streaming in and replies streaming out.
+            int killAfterReplies = last ? Integer.MAX_VALUE : sent + random.nextInt(upTo - sent);
+            boolean killed = false;
+            OutputStream stdin = node.getOutputStream();
+            try {
+                for (int i = 0; i < upTo && !killed; i++) {
+                    stdin.write(requests.get(i).getBytes(StandardCharsets.UTF_8));
+                    if (i % 200 == 199) {
+                        stdin.flush();
+                        killed = killIfAnswered(node, lines, killAfterReplies);
+                    }
+                }
+                stdin.flush();
+            } catch (IOException brokenPipe) {
+                // the node died under the writer
+            }
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
+            while (!last && !killed && System.nanoTime() < deadline) {
+                killed = killIfAnswered(node, lines, killAfterReplies);
+                Thread.sleep(1);
+            }
+            if (last) {
+                stdin.close();
+            } else {
+                assertTrue(killed, "round " + round + " was never killed");
+            }
+            assertTrue(node.waitFor(60, TimeUnit.SECONDS));
+            reader.join(10_000);
+            String errors = Files.readString(stderrFile);
+            assertFalse(errors.contains("cannot use the journal"), errors);
+            if (last) {
+                assertEquals(0, node.exitValue(), errors);
+                assertEquals(requests.size(), lines.size(), "every request answered in the last round");
+            }
+
+            List<Reply> replies;
+            synchronized (lines) {
+                replies = lines.stream().map(Reply::parse).toList();
+            }
+            for (Reply reply : replies) {
+                Reply before = answeredBeforeAKill.get(reply.inReplyTo());
+                if (before != null && before.key() != null) {
+                    assertEquals(before.result(), reply.result(), "request " + reply.inReplyTo() + " answered differently after a kill");
+                    assertTrue(reply.note() != null, "request " + reply.inReplyTo() + " came back without its cached note: " + reply);
+                }
+                if (reply.key() != null) {
+                    String earlier = resultByKey.putIfAbsent(reply.key(), reply.result());
+                    assertTrue(earlier == null || earlier.equals(reply.result()),
+                            reply.key() + " has two results: " + earlier + " and " + reply.result());
+                    Matcher payment = Pattern.compile("\"payment_id\": \"(p\\d+)\"").matcher(reply.result());
+                    if (payment.find()) {
+                        String otherKey = keyByPaymentId.putIfAbsent(payment.group(1), reply.key());
+                        assertTrue(otherKey == null || otherKey.equals(reply.key()),
+                                payment.group(1) + " was given to " + otherKey + " and to " + reply.key());
+                    }
+                }
+                answeredBeforeAKill.putIfAbsent(reply.inReplyTo(), reply);
+            }
+            sent = Math.max(sent, upTo);
+        }
+        assertTrue(keyByPaymentId.size() > 10_000, "payments made: " + keyByPaymentId.size());
+        Map<String, String> keyByRefundId = new HashMap<>();
+        resultByKey.forEach((key, result) -> {
+            Matcher refund = Pattern.compile("\"refund_id\": \"(r\\d+)\"").matcher(result);
+            if (refund.find()) {
+                assertEquals(null, keyByRefundId.put(refund.group(1), key), refund.group(1) + " was given twice");
+            }
+        });
+    }
+}
