@@ -1,0 +1,440 @@
+package payment;
+
+import org.junit.jupiter.api.Test;
+
+import java.math.BigDecimal;
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.HashSet;
+import java.util.List;
+import java.util.Map;
+import java.util.Objects;
+import java.util.Random;
+import java.util.Set;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+
+import static org.junit.jupiter.api.Assertions.fail;
+
+/**
+ * Random message sequences through the node's real main loop, each reply compared byte for byte with a
+ * reference model of SPEC.md sections 2-5 written here from the spec, sharing no code with the node.
+ */
+class ModelTest {
+    private static final int SEQUENCES = 10_000;
+    private static final int MAX_MESSAGES = 200;
+
+    // ---- the generator ------------------------------------------------------------------------------
+
+    private static final String[] SAGAS = {"s0", "s1", "s2", "saga:step1"};
+    private static final String[] USERS = {"u1", "u2"};
+    private static final String[] AMOUNTS = {"10", "10.0", "1e1", "99.99", "99.990", "0.1", "0.30", "100.50", "5", "2.5", "12345678901234567890.5"};
+    private static final String[] CLIENTS = {"c1", "c2", "orchestrator"};
+
+    private static String pick(Random random, String[] from) {
+        return from[random.nextInt(from.length)];
+    }
+
+    static List<String> generate(Random random) {
+        List<String> lines = new ArrayList<>();
+        int count = 1 + random.nextInt(MAX_MESSAGES);
+        int msgId = 1;
+        for (int i = 0; i < count; i++) {
+            String src = pick(random, CLIENTS);
+            String id = random.nextInt(20) == 0 ? "" : "\"msg_id\":" + msgId++ + ",";
+            String saga = "\"saga_id\":\"" + pick(random, SAGAS) + "\",\"step\":" + random.nextInt(3);
+            int kind = random.nextInt(100);
+            String body;
+            if (kind < 3) {
+                body = "{" + id + "\"type\":\"init\"" + (random.nextBoolean() ? ",\"node_id\":\"n" + random.nextInt(3) + "\",\"node_ids\":[\"n1\"]" : "") + "}";
+            } else if (kind < 45) {
+                body = "{" + id + "\"type\":\"ChargePayment\"," + saga + ",\"params\":{\"user_id\":\"" + pick(random, USERS)
+                        + "\",\"amount\":" + pick(random, AMOUNTS) + "}}";
+            } else if (kind < 85) {
+                List<String> params = new ArrayList<>();
+                int payment = random.nextInt(10);
+                if (payment < 6) {
+                    params.add("\"payment_id\":\"p" + (payment == 5 ? 99 : 1 + payment) + "\"");
+                }
+                if (random.nextBoolean()) {
+                    params.add("\"amount\":" + pick(random, AMOUNTS));
+                }
+                String paramsField = params.isEmpty() && random.nextBoolean() ? "" : ",\"params\":{" + String.join(",", params) + "}";
+                body = "{" + id + "\"type\":\"RefundPayment\"," + saga + (random.nextBoolean() ? ",\"compensating\":true" : "") + paramsField + "}";
+            } else if (kind < 95) {
+                body = switch (random.nextInt(10)) {
+                    case 0 -> "{" + id + "\"type\":\"ChargePayment\",\"step\":1,\"params\":{\"user_id\":\"u1\",\"amount\":5}}";
+                    case 1 -> "{" + id + "\"type\":\"ChargePayment\",\"saga_id\":\"s1\",\"step\":-1,\"params\":{\"user_id\":\"u1\",\"amount\":5}}";
+                    case 2 -> "{" + id + "\"type\":\"ChargePayment\"," + saga + ",\"params\":{\"user_id\":\"u1\",\"amount\":0}}";
+                    case 3 -> "{" + id + "\"type\":\"ChargePayment\"," + saga + ",\"params\":{\"user_id\":\"u1\",\"amount\":\"5\"}}";
+                    case 4 -> "{" + id + "\"type\":\"ChargePayment\"," + saga + ",\"params\":{\"user_id\":\"u1\",\"amount\":1e999999999}}";
+                    case 5 -> "{" + id + "\"type\":\"Transfer\"}";
+                    case 6 -> "{\"msg_id\":\"x\",\"type\":\"init\"}";
+                    case 7 -> "{" + id + "\"type\":\"RefundPayment\"," + saga + ",\"compensating\":\"yes\"}";
+                    case 8 -> "{" + id + "\"type\":\"RefundPayment\"," + saga + ",\"params\":{\"payment_id\":7}}";
+                    default -> "{" + id + "\"type\":\"ChargePayment\"," + saga + ",\"params\":[]}";
+                };
+            } else {
+                lines.add(switch (random.nextInt(4)) {
+                    case 0 -> "not json";
+                    case 1 -> "[1,2]";
+                    case 2 -> "{\"dest\":\"payment\",\"body\":{\"type\":\"init\",\"msg_id\":1}}";
+                    default -> "";
+                });
+                continue;
+            }
+            String dest = random.nextInt(10) == 0 ? "" : "\"dest\":\"payment\",";
+            lines.add("{\"src\":\"" + src + "\"," + dest + "\"body\":" + body + "}");
+        }
+        return lines;
+    }
+
+    // ---- the model ----------------------------------------------------------------------------------
+
+    /** SPEC.md as plain maps: what the node must print for a sequence of lines. */
+    static final class Model {
+        record Charge(String userId, String amount, String paymentId) {
+        }
+
+        record Refund(String paymentId, String amount, String refundId, String refunded) {
+        }
+
+        private final Map<String, Charge> charges = new HashMap<>();
+        private final Set<String> closedSteps = new HashSet<>();
+        private final Map<String, Refund> refunds = new HashMap<>();
+        private final Map<String, BigDecimal> refundedByPayment = new HashMap<>();
+        private final Map<String, String> chargedByPayment = new HashMap<>();
+        private int payments;
+        private int refundIds;
+        private int msgId;
+        private String nodeId;
+        private final StringBuilder out = new StringBuilder();
+
+        private static final Pattern ENVELOPE = Pattern.compile("^\\{\"src\":\"([^\"]+)\",(?:\"dest\":\"([^\"]+)\",)?\"body\":\\{(.*)\\}\\}$");
+
+        String run(List<String> lines) {
+            for (String line : lines) {
+                Matcher envelope = ENVELOPE.matcher(line);
+                if (envelope.matches()) {
+                    handle(envelope.group(1), envelope.group(2), envelope.group(3));
+                }
+            }
+            return out.toString();
+        }
+
+        private static String field(String body, String name) {
+            Matcher m = Pattern.compile("\"" + name + "\":(\\{[^}]*\\}|\\[[^\\]]*\\]|\"[^\"]*\"|[^,}\\]]+)").matcher(body);
+            return m.find() ? m.group(1) : null;
+        }
+
+        private static boolean isString(String value) {
+            return value != null && value.startsWith("\"");
+        }
+
+        private static String text(String value) {
+            return value.substring(1, value.length() - 1);
+        }
+
+        private void handle(String src, String dest, String body) {
+            String rawMsgId = field(body, "msg_id");
+            Long inReplyTo = rawMsgId != null && rawMsgId.matches("-?\\d+") ? Long.valueOf(rawMsgId) : null;
+            String from = nodeId != null ? nodeId : dest;
+            try {
+                if (rawMsgId != null && inReplyTo == null) {
+                    throw new Refusal(12, "msg_id must be an integer");
+                }
+                String type = text(field(body, "type"));
+                switch (type) {
+                    case "init" -> {
+                        String node = field(body, "node_id");
+                        nodeId = node != null ? text(node) : dest != null ? dest : nodeId;
+                        reply(nodeId != null ? nodeId : dest, src, "\"type\": \"init_ok\"", inReplyTo);
+                    }
+                    case "ChargePayment" -> reply(from, src, charge(body), inReplyTo);
+                    case "RefundPayment" -> reply(from, src, refund(body), inReplyTo);
+                    default -> throw new Refusal(10, "unsupported message type: " + type);
+                }
+            } catch (Refusal e) {
+                reply(from, src, "\"type\": \"error\", \"code\": " + e.code + ", \"text\": \"" + e.getMessage() + "\"", inReplyTo);
+            }
+        }
+
+        private void reply(String from, String to, String fields, Long inReplyTo) {
+            out.append("{\"src\": ").append(from == null ? "null" : "\"" + from + "\"").append(", \"dest\": \"").append(to)
+                    .append("\", \"body\": {").append(fields);
+            if (inReplyTo != null) {
+                out.append(", \"in_reply_to\": ").append(inReplyTo);
+            }
+            out.append(", \"msg_id\": ").append(msgId++).append("}}\n");
+        }
+
+        static final class Refusal extends RuntimeException {
+            final int code;
+
+            Refusal(int code, String text) {
+                super(text);
+                this.code = code;
+            }
+        }
+
+        private static String sagaId(String body) {
+            String saga = field(body, "saga_id");
+            if (saga == null) {
+                throw new Refusal(12, "missing saga_id");
+            }
+            return text(saga);
+        }
+
+        private static long step(String body) {
+            String step = field(body, "step");
+            if (!step.matches("\\d+")) {
+                throw new Refusal(12, "step must be an integer from 0 to 9223372036854775807");
+            }
+            return Long.parseLong(step);
+        }
+
+        private static BigDecimal amount(String amount) {
+            if (isString(amount)) {
+                throw new Refusal(12, "params.amount must be a number");
+            }
+            if (amount.contains("999999999")) {
+                throw new Refusal(12, "params.amount " + amount + " is out of range: at most 40 digits before the decimal point and 40 after it");
+            }
+            BigDecimal value = new BigDecimal(amount);
+            if (value.signum() <= 0) {
+                throw new Refusal(12, "params.amount must be greater than 0, got " + amount);
+            }
+            return value;
+        }
+
+        private static boolean sameAmount(String a, String b) {
+            return a == null ? b == null : b != null && new BigDecimal(a).compareTo(new BigDecimal(b)) == 0;
+        }
+
+        private String charge(String body) {
+            String saga = sagaId(body);
+            long step = step(body);
+            String params = field(body, "params");
+            if (!params.startsWith("{")) {
+                throw new Refusal(12, "params must be an object");
+            }
+            String userId = text(field(params, "user_id"));
+            String amount = field(params, "amount");
+            amount(amount);
+            String key = saga + ":step" + step;
+            Charge charge = charges.get(key);
+            String note = "";
+            if (charge != null) {
+                if (!charge.userId().equals(userId) || !sameAmount(charge.amount(), amount)) {
+                    throw new Refusal(22, "idempotency key " + key + " was first used with other params");
+                }
+                note = ", \"note\": \"cached_result\"";
+            } else if (closedSteps.contains(key)) {
+                throw new Refusal(14, "step " + key + " was already compensated: its refund came first, so it is never charged");
+            } else {
+                charge = new Charge(userId, amount, "p" + ++payments);
+                charges.put(key, charge);
+                chargedByPayment.put(charge.paymentId(), amount);
+            }
+            return "\"type\": \"ChargePayment_ok\", \"saga_id\": \"" + saga + "\", \"step\": " + step
+                    + ", \"result\": {\"payment_id\": \"" + charge.paymentId() + "\", \"charged\": " + charge.amount() + "}" + note;
+        }
+
+        private String refund(String body) {
+            String saga = sagaId(body);
+            long step = step(body);
+            String compensating = field(body, "compensating");
+            if (compensating != null && !compensating.equals("true") && !compensating.equals("false")) {
+                throw new Refusal(12, "compensating must be true or false");
+            }
+            String params = Objects.requireNonNullElse(field(body, "params"), "{}");
+            String paymentId = field(params, "payment_id");
+            if (paymentId != null && !isString(paymentId)) {
+                throw new Refusal(12, "params.payment_id must be a non-empty string");
+            }
+            paymentId = paymentId == null ? null : text(paymentId);
+            String amount = field(params, "amount");
+            if (amount != null) {
+                amount(amount);
+            }
+            String chargeKey = saga + ":step" + step;
+            String key = chargeKey + ":refund";
+            Refund refund = refunds.get(key);
+            String note = "";
+            if (refund != null) {
+                if (!Objects.equals(refund.paymentId(), paymentId) || !sameAmount(refund.amount(), amount)) {
+                    throw new Refusal(22, "idempotency key " + key + " was first used with other params");
+                }
+                note = ", \"note\": \"already_refunded\"";
+            } else {
+                Charge charge = charges.get(chargeKey);
+                if (charge != null) {
+                    if (paymentId != null && !paymentId.equals(charge.paymentId())) {
+                        throw new Refusal(22, "payment_id " + paymentId + " is not the payment of step " + chargeKey + " (" + charge.paymentId() + ")");
+                    }
+                    refund = refundOf(charge.paymentId(), paymentId, amount);
+                } else if (paymentId != null && chargedByPayment.containsKey(paymentId)) {
+                    refund = refundOf(paymentId, paymentId, amount);
+                } else if (paymentId != null) {
+                    if (amount == null) {
+                        throw new Refusal(12, "params.amount is required to refund " + paymentId + ", a payment this node does not know");
+                    }
+                    closedSteps.add(chargeKey);
+                    refund = new Refund(paymentId, amount, "r" + ++refundIds, amount);
+                } else {
+                    closedSteps.add(chargeKey);
+                    refund = new Refund(null, amount, null, "0");
+                }
+                refunds.put(key, refund);
+            }
+            return "\"type\": \"RefundPayment_ok\", \"saga_id\": \"" + saga + "\", \"step\": " + step + ", \"result\": {"
+                    + (refund.refundId() == null ? "" : "\"refund_id\": \"" + refund.refundId() + "\", ")
+                    + "\"refunded\": " + refund.refunded() + "}" + note;
+        }
+
+        private Refund refundOf(String payment, String paymentIdGiven, String amount) {
+            String charged = chargedByPayment.get(payment);
+            BigDecimal refunded = refundedByPayment.getOrDefault(payment, BigDecimal.ZERO);
+            BigDecimal left = new BigDecimal(charged).subtract(refunded);
+            String text;
+            if (amount != null) {
+                if (new BigDecimal(amount).compareTo(left) > 0) {
+                    throw new Refusal(22, "refund of " + amount + " is more than is left of payment " + payment
+                            + " (" + left.toPlainString() + " of " + charged + ")");
+                }
+                text = amount;
+            } else if (left.signum() == 0) {
+                throw new Refusal(22, "payment " + payment + " is already fully refunded");
+            } else {
+                text = refunded.signum() == 0 ? charged : left.toPlainString();
+            }
+            refundedByPayment.put(payment, refunded.add(new BigDecimal(text)));
+            return new Refund(paymentIdGiven, amount, "r" + ++refundIds, text);
+        }
+    }
+
+    // ---- invariants, checked on the node's own replies ------------------------------------------------
+
+    private static final Pattern CHARGED = Pattern.compile("\"saga_id\": \"([^\"]*)\", \"step\": (\\d+), \"result\": \\{\"payment_id\": \"p(\\d+)\", \"charged\": ([^}]+)\\}");
+    private static final Pattern REFUNDED = Pattern.compile("\"RefundPayment_ok\", \"saga_id\": \"([^\"]*)\", \"step\": (\\d+), \"result\": \\{(?:\"refund_id\": \"r(\\d+)\", )?\"refunded\": ([^}]+)\\}");
+
+    /** Null when the invariants hold, else what broke. One pass, in output order, as the node saw it. */
+    static String brokenInvariant(List<String> input, String output) {
+        Map<String, String> requestByMsgId = new HashMap<>();
+        for (String line : input) {
+            Matcher id = Pattern.compile("\"src\":\"([^\"]+)\".*\"msg_id\":(\\d+),").matcher(line);
+            if (id.find()) {
+                requestByMsgId.put(id.group(1) + "/" + id.group(2), line);
+            }
+        }
+        Map<String, String> paymentByKey = new HashMap<>();
+        Map<String, BigDecimal> chargedByPayment = new HashMap<>();
+        Map<String, String> refundByKey = new HashMap<>();
+        Map<String, BigDecimal> refundedByPayment = new HashMap<>();
+        for (String line : output.split("\n")) {
+            Matcher charged = CHARGED.matcher(line);
+            if (charged.find()) {
+                String key = charged.group(1) + ":step" + charged.group(2);
+                String earlier = paymentByKey.putIfAbsent(key, charged.group(3));
+                if (earlier != null && !earlier.equals(charged.group(3))) {
+                    return key + " maps to two payments: p" + earlier + " and p" + charged.group(3);
+                }
+                chargedByPayment.put(charged.group(3), new BigDecimal(charged.group(4)));
+                continue;
+            }
+            Matcher refunded = REFUNDED.matcher(line);
+            if (!refunded.find() || refunded.group(3) == null) {
+                continue;
+            }
+            String key = refunded.group(1) + ":step" + refunded.group(2) + ":refund";
+            String result = refunded.group(3) + "/" + refunded.group(4);
+            String earlier = refundByKey.putIfAbsent(key, result);
+            if (earlier != null && !earlier.equals(result)) {
+                return key + " has two results: " + earlier + " and " + result;
+            }
+            if (earlier != null) {
+                continue;
+            }
+            // The payment it drew on: the step's own, else the one the request named.
+            String payment = paymentByKey.get(refunded.group(1) + ":step" + refunded.group(2));
+            Matcher to = Pattern.compile("\"dest\": \"([^\"]+)\".*\"in_reply_to\": (\\d+)").matcher(line);
+            String request = to.find() ? requestByMsgId.get(to.group(1) + "/" + to.group(2)) : null;
+            Matcher named = request == null ? null : Pattern.compile("\"payment_id\":\"p(\\d+)\"").matcher(request);
+            if (payment == null && named != null && named.find()) {
+                payment = named.group(1);
+            }
+            if (payment != null && chargedByPayment.containsKey(payment)) {
+                BigDecimal total = refundedByPayment.merge(payment, new BigDecimal(refunded.group(4)), BigDecimal::add);
+                if (total.compareTo(chargedByPayment.get(payment)) > 0) {
+                    return "refunds of p" + payment + " add up to " + total + ", more than the " + chargedByPayment.get(payment) + " charged";
+                }
+            }
+        }
+        Set<String> ids = new HashSet<>(paymentByKey.values());
+        for (int i = 1; i <= paymentByKey.size(); i++) {
+            if (!ids.contains(String.valueOf(i))) {
+                return "payment ids have a gap at p" + i + " for " + paymentByKey.size() + " charged keys";
+            }
+        }
+        return null;
+    }
+
+    // ---- the run ------------------------------------------------------------------------------------
+
+    /** Null when the node's output equals the model's and the invariants hold, else a description. */
+    static String failure(List<String> lines) {
+        String input = lines.isEmpty() ? "" : String.join("\n", lines) + "\n";
+        String actual = Node.run(input).stdout();
+        String expected = new Model().run(lines);
+        if (!actual.equals(expected)) {
+            String[] a = actual.split("\n", -1);
+            String[] e = expected.split("\n", -1);
+            for (int i = 0; i < Math.max(a.length, e.length); i++) {
+                String got = i < a.length ? a[i] : "(nothing)";
+                String want = i < e.length ? e[i] : "(nothing)";
+                if (!got.equals(want)) {
+                    return "reply " + (i + 1) + " differs:\n  node:  " + got + "\n  model: " + want;
+                }
+            }
+        }
+        return brokenInvariant(lines, actual);
+    }
+
+    /** The smallest sub-sequence that still fails: drop chunks, then single lines, while it does. */
+    static List<String> shrink(List<String> lines) {
+        List<String> smallest = new ArrayList<>(lines);
+        for (int chunk = Math.max(1, smallest.size() / 2); chunk >= 1; chunk /= 2) {
+            for (int start = 0; start < smallest.size(); ) {
+                List<String> candidate = new ArrayList<>(smallest);
+                candidate.subList(start, Math.min(candidate.size(), start + chunk)).clear();
+                if (failure(candidate) != null) {
+                    smallest = candidate;
+                } else {
+                    start += chunk;
+                }
+            }
+        }
+        return smallest;
+    }
+
+    @Test
+    void theNodeAnswersEveryRandomSequenceExactlyAsTheModelDoes() {
+        long base = Long.getLong("model.seed", 20261127L);
+        int messages = 0;
+        for (int i = 0; i < SEQUENCES; i++) {
+            long seed = base + i;
+            List<String> lines = generate(new Random(seed));
+            messages += lines.size();
+            String failure = failure(lines);
+            if (failure != null) {
+                List<String> small = shrink(lines);
+                fail("sequence with seed " + seed + " (rerun: -Dmodel.seed=" + seed + ") fails: " + failure
+                        + "\nshrunk to " + small.size() + " of " + lines.size() + " lines:\n" + String.join("\n", small)
+                        + "\nwhich fails with: " + failure(small));
+            }
+        }
+        if (messages < SEQUENCES) {
+            fail("too few messages generated: " + messages);
+        }
+    }
+}
