@@ -442,7 +442,15 @@ public final class PaymentNode {
                 switch (name) {
                     case "src" -> message.src = Value.read(parser, token);
                     case "dest" -> message.dest = Value.read(parser, token);
-                    case "body" -> message.body = token == JsonToken.START_OBJECT ? parseBody(parser) : skip(parser);
+                    case "body" -> {
+                        // Attached before it is filled in, so that a line cut short keeps what its body began with.
+                        message.body = token == JsonToken.START_OBJECT ? new RawBody() : null;
+                        if (message.body != null) {
+                            parseBody(parser, message.body);
+                        } else {
+                            parser.skipChildren();
+                        }
+                    }
                     default -> parser.skipChildren();
                 }
             }
@@ -452,8 +460,7 @@ public final class PaymentNode {
         }
     }
 
-    private static RawBody parseBody(JsonParser parser) throws IOException {
-        RawBody body = new RawBody();
+    private static void parseBody(JsonParser parser, RawBody body) throws IOException {
         while (parser.nextToken() == JsonToken.FIELD_NAME) {
             String name = parser.currentName();
             JsonToken token = parser.nextToken();
@@ -473,7 +480,6 @@ public final class PaymentNode {
                 default -> parser.skipChildren();
             }
         }
-        return body;
     }
 
     private static Value parseParams(JsonParser parser, RawParams params) throws IOException {
@@ -488,11 +494,6 @@ public final class PaymentNode {
             }
         }
         return new Value(JsonToken.START_OBJECT, null);
-    }
-
-    private static RawBody skip(JsonParser parser) throws IOException {
-        parser.skipChildren();
-        return null;
     }
 
     // ---------------------------------------------------------------------------------------------

@@ -13,16 +13,20 @@ import java.util.List;
 final class NodeProcess {
     /** {@code stderrFile}: where the node's stderr goes (null: a pipe), since killing a process closes its pipes. */
     static Process start(List<String> jvmOptions, Path stderrFile, String... args) throws IOException {
+        ProcessBuilder builder = new ProcessBuilder(command(jvmOptions, args));
+        if (stderrFile != null) {
+            builder.redirectError(stderrFile.toFile());
+        }
+        return builder.start();
+    }
+
+    static List<String> command(List<String> jvmOptions, String... args) {
         String java = Path.of(System.getProperty("java.home"), "bin", "java").toString();
         List<String> command = new ArrayList<>(List.of(java, "-Xlog:disable", "-Xlog:all=warning:stderr"));
         command.addAll(jvmOptions);
         command.addAll(List.of("-cp", classpath(), PaymentNode.class.getName()));
         command.addAll(List.of(args));
-        ProcessBuilder builder = new ProcessBuilder(command);
-        if (stderrFile != null) {
-            builder.redirectError(stderrFile.toFile());
-        }
-        return builder.start();
+        return command;
     }
 
     static Process start(String... args) throws IOException {

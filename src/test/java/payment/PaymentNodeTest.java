@@ -48,6 +48,14 @@ class PaymentNodeTest {
     }
 
     @Test
+    void aLineCutInsideALongStringStillAnswersItsMsgId() {
+        String tooLong = "{\"src\":\"c1\",\"dest\":\"payment\",\"body\":{\"type\":\"ChargePayment\",\"msg_id\":7,\"saga_id\":\""
+                + "x".repeat(2 * LIMIT) + "\",\"step\":1,\"params\":{\"user_id\":\"u1\",\"amount\":1}}}";
+        Node.Run run = Node.run(tooLong + "\n");
+        assertEquals(Node.error(7, 0, 12, "line too long: " + tooLong.length() + " bytes, the limit is 1048576"), run.stdout());
+    }
+
+    @Test
     void aLineOverTheLimitWithoutSrcBeforeTheCutIsOnlyLogged() {
         String tooLong = "{\"pad\":\"" + "y".repeat(3 * LIMIT) + "\",\"src\":\"c1\",\"body\":{\"type\":\"init\",\"msg_id\":1}}";
         Node.Run run = Node.run(tooLong + "\n" + Node.charge(2, "s", 1, "5"));
