@@ -54,6 +54,23 @@ class ProcessTest {
         assertEquals(0, node.exitValue());
     }
 
+    /** run.sh passes a class-data archive when it has one: a broken one must change nothing that is printed. */
+    @Test
+    void aBrokenClassDataArchiveChangesNothingOnStdout() throws Exception {
+        java.nio.file.Path junk = java.nio.file.Files.createTempFile("broken", ".jsa");
+        java.nio.file.Files.writeString(junk, "not an archive");
+        Process node = NodeProcess.start(java.util.List.of("-XX:SharedArchiveFile=" + junk), null);
+        node.getOutputStream().write(("{\"src\":\"c0\",\"dest\":\"payment\",\"body\":{\"type\":\"init\",\"msg_id\":1}}\n"
+                + Node.charge(2, "saga42", 2, "99.99")).getBytes(StandardCharsets.UTF_8));
+        node.getOutputStream().close();
+        String out = new String(node.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        assertTrue(node.waitFor(20, TimeUnit.SECONDS));
+        assertEquals(0, node.exitValue());
+        assertEquals("{\"src\": \"payment\", \"dest\": \"c0\", \"body\": {\"type\": \"init_ok\", \"in_reply_to\": 1, \"msg_id\": 0}}\n"
+                + Node.chargeOk(2, 1, "saga42", 2, "p1", "99.99", false), out);
+        java.nio.file.Files.delete(junk);
+    }
+
     @Test
     void helpGoesToStdoutAndExits0() throws Exception {
         Process node = start("--help");
