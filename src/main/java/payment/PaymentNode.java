@@ -1023,6 +1023,11 @@ public final class PaymentNode {
         }
     }
 
+    /** A charge key closed by a compensation that came first: that step is never charged. */
+    enum Compensated implements Entry {
+        STEP
+    }
+
     /**
      * A string kept without String's 24-byte header, for the texts held in a million entries: one byte a
      * character when every character is below 256 (ids and amounts nearly always are), else two, behind
@@ -1072,11 +1077,6 @@ public final class PaymentNode {
             }
             return new String(chars);
         }
-    }
-
-    /** A charge key closed by a compensation that came first: that step is never charged. */
-    enum Compensated implements Entry {
-        STEP
     }
 
     /** The node's payments by number (p1 is slot 1). Numbers are dense, so an array beats a hash map. */
@@ -1310,11 +1310,7 @@ public final class PaymentNode {
         }
 
         void chargeOk(Envelope to, ChargeRequest request, Served<ChargeResult> served) throws IOException {
-            begin(to, "ChargePayment_ok");
-            field("saga_id");
-            json.string(request.sagaId());
-            field("step");
-            json.number(request.step());
+            beginStepReply(to, "ChargePayment_ok", request.sagaId(), request.step());
             json.ascii(", \"result\": {\"payment_id\": ");
             json.string(served.result().paymentId());
             json.ascii(", \"charged\": ");
@@ -1327,11 +1323,7 @@ public final class PaymentNode {
         }
 
         void refundOk(Envelope to, RefundRequest request, Served<RefundResult> served) throws IOException {
-            begin(to, "RefundPayment_ok");
-            field("saga_id");
-            json.string(request.sagaId());
-            field("step");
-            json.number(request.step());
+            beginStepReply(to, "RefundPayment_ok", request.sagaId(), request.step());
             json.ascii(", \"result\": {");
             if (served.result().refundId() != null) {
                 json.ascii("\"refund_id\": ");
@@ -1369,6 +1361,14 @@ public final class PaymentNode {
             json.string(to.to());
             json.ascii(", \"body\": {\"type\": ");
             json.string(type);
+        }
+
+        private void beginStepReply(Envelope to, String type, String sagaId, long step) {
+            begin(to, type);
+            field("saga_id");
+            json.string(sagaId);
+            field("step");
+            json.number(step);
         }
 
         private void end(Envelope to) throws IOException {
