@@ -211,7 +211,7 @@ public final class PaymentNode {
         }
     }
 
-    /** Serves every line of {@code in}; returns the exit status: 0 at end of input, 1 if stdin or stdout failed. */
+    /** Serves every line of {@code in}; returns the exit status: 0 at end of input, 1 if stdin, stdout or the journal failed. */
     int serve(InputStream in) {
         LineReader lines = new LineReader(in, MAX_LINE_BYTES, replies);
         try {
@@ -222,7 +222,7 @@ public final class PaymentNode {
             replies.flush();
             return 0;
         } catch (IOException e) {
-            log.error("stopping: stdin or stdout failed: " + e, null);
+            log.error("stopping: reading stdin, writing stdout or writing the journal failed: " + e, null);
             return 1;
         }
     }
