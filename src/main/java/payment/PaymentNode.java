@@ -1470,12 +1470,13 @@ public final class PaymentNode {
         /** Replays every complete record into {@code handler}, then cuts a torn tail; returns the records replayed. */
         long replay(PaymentHandler handler, Log log) throws IOException {
             LineReader lines = new LineReader(Channels.newInputStream(file.position(0)), MAX_RECORD_BYTES, () -> { });
+            long size = file.size();
             long offset = 0;
             long goodEnd = 0;
             long records = 0;
             long firstBadLine = 0;
             for (long lineNumber = 1; lines.next(); lineNumber++) {
-                boolean complete = lines.tooLongPrefix() == null && offset + lines.length() < file.size()
+                boolean complete = lines.tooLongPrefix() == null && offset + lines.length() < size
                         && replayRecord(lines.buffer(), lines.start(), lines.length(), handler);
                 offset += lines.tooLongPrefix() != null ? lines.tooLongLength() + 1 : lines.length() + 1;
                 if (complete && firstBadLine != 0) {
@@ -1489,8 +1490,8 @@ public final class PaymentNode {
                     firstBadLine = lineNumber;
                 }
             }
-            if (goodEnd < file.size()) {
-                log.warn("journal " + path + ": cut off a torn last record (" + (file.size() - goodEnd)
+            if (goodEnd < size) {
+                log.warn("journal " + path + ": cut off a torn last record (" + (size - goodEnd)
                         + " bytes after record " + records + "), the trace of a crash in mid-write");
                 file.truncate(goodEnd);
                 file.force(true);
