@@ -686,6 +686,11 @@ public final class PaymentNode {
         static Amount of(BigDecimal value) {
             return new Amount(value.toPlainString(), value);
         }
+
+        /** Whether a stored amount's text has this value (99.99 equals 99.990). */
+        boolean sameValue(String text) {
+            return value.compareTo(new BigDecimal(text)) == 0;
+        }
     }
 
     /** A payment as a reply shows it; {@code charged} is the amount's text as the first request wrote it. */
@@ -832,7 +837,7 @@ public final class PaymentNode {
         void restoreRefund(String key, String paymentId, String amount, String refunded, long refundNumber, long paymentNumber) {
             entries.put(key, new Refunded(paymentId, amount, refunded, refundNumber));
             if (paymentNumber != 0) {
-                payments.get("p" + paymentNumber).restoreRefund(new BigDecimal(refunded));
+                payments.get(paymentNumber).restoreRefund(new BigDecimal(refunded));
             }
             refundCount.accumulateAndGet(refundNumber, Math::max);
         }
@@ -936,7 +941,7 @@ public final class PaymentNode {
 
         /** Retries must repeat the params; amounts are compared by value (99.99 equals 99.990). */
         boolean sameParams(ChargeRequest request) {
-            return userId().equals(request.userId()) && new BigDecimal(amount()).compareTo(request.amount().value()) == 0;
+            return userId().equals(request.userId()) && request.amount().sameValue(amount());
         }
 
         String userId() {
@@ -993,15 +998,18 @@ public final class PaymentNode {
         }
 
         RefundResult result() {
-            String refunded = CompactText.substring(params, amountEnd(), CompactText.length(params));
-            return new RefundResult(refundNumber == NOTHING ? null : "r" + refundNumber, refunded);
+            return new RefundResult(refundNumber == NOTHING ? null : "r" + refundNumber, refunded());
+        }
+
+        /** The text of the amount refunded. */
+        String refunded() {
+            return CompactText.substring(params, amountEnd(), CompactText.length(params));
         }
 
         /** Retries must repeat the params as first sent (given or not); amounts are compared by value. */
         boolean sameParams(RefundRequest request) {
             return Objects.equals(paymentId(), request.paymentId())
-                    && (amount() == null ? request.amount() == null
-                            : request.amount() != null && new BigDecimal(amount()).compareTo(request.amount().value()) == 0);
+                    && (amount() == null ? request.amount() == null : request.amount() != null && request.amount().sameValue(amount()));
         }
 
         /** The payment_id as the first request gave it, or null. */
@@ -1106,6 +1114,10 @@ public final class PaymentNode {
                 }
                 number = number * 10 + (c - '0');
             }
+            return get(number);
+        }
+
+        Charged get(long number) {
             Charged[] current = slots;
             return number < current.length ? current[(int) number] : null;
         }
@@ -1565,7 +1577,7 @@ public final class PaymentNode {
             pending.ascii(", ");
             pending.ascii(refunded.amount() == null ? "null" : refunded.amount());
             pending.ascii(", ");
-            pending.ascii(refunded.result().refunded());
+            pending.ascii(refunded.refunded());
             pending.ascii(", ");
             pending.number(refunded.refundNumber());
             pending.ascii(", ");
