@@ -49,6 +49,10 @@ import java.util.zip.CRC32;
  */
 public final class PaymentNode {
 
+    // ---------------------------------------------------------------------------------------------
+    // 0. Start-up: options, the journal, a warm-up, then the main loop
+    // ---------------------------------------------------------------------------------------------
+
     /** A longer line is refused (error 12) without ever being held in memory whole. */
     static final int MAX_LINE_BYTES = 1 << 20;
 
@@ -136,46 +140,6 @@ public final class PaymentNode {
         System.exit(node.serve(new FileInputStream(FileDescriptor.in)));
     }
 
-    /**
-     * Runs every kind of request once through a throwaway node, on the second core while the real one
-     * starts: the first real charge then finds its classes loaded and linked instead of paying for that
-     * itself (a few milliseconds). It shares nothing with the real node: its own handler, no journal,
-     * no output.
-     */
-    private static void warmUp() {
-        String lines = """
-                {"src":"c0","dest":"w","body":{"type":"init","msg_id":1}}
-                {"src":"c1","dest":"w","body":{"type":"ChargePayment","msg_id":2,"saga_id":"w","step":1,"params":{"user_id":"u","amount":9.99}}}
-                {"src":"c1","dest":"w","body":{"type":"ChargePayment","msg_id":3,"saga_id":"w","step":1,"params":{"user_id":"u","amount":9.99}}}
-                {"src":"c1","dest":"w","body":{"type":"RefundPayment","msg_id":4,"saga_id":"w","step":1,"params":{"payment_id":"p1","amount":1}}}
-                {"src":"c1","dest":"w","body":{"type":"RefundPayment","msg_id":5,"saga_id":"w","step":1,"params":{"payment_id":"p1","amount":1}}}
-                {"src":"c1","dest":"w","body":{"type":"RefundPayment","msg_id":6,"saga_id":"w","step":2}}
-                {"src":"c1","dest":"w","body":{"type":"ChargePayment","msg_id":7,"saga_id":"w","step":2,"params":{"user_id":"u","amount":1}}}
-                """;
-        Log silent = new Log(new PrintStream(OutputStream.nullOutputStream()), false);
-        new PaymentNode(new PaymentHandler(silent), OutputStream.nullOutputStream(), silent)
-                .serve(new ByteArrayInputStream(lines.getBytes(StandardCharsets.UTF_8)));
-    }
-
-    private static String describe(Exception e) {
-        if (e instanceof NoSuchFileException) {
-            return "its folder does not exist";
-        }
-        if (e instanceof AccessDeniedException) {
-            return "permission denied";
-        }
-        return e instanceof FileSystemException f && f.getReason() != null ? f.getReason() : e.getMessage();
-    }
-
-    /** A handler whose state comes back from the journal and goes on into it. */
-    static PaymentHandler withJournal(Path path, Log log) throws IOException {
-        FileJournal journal = FileJournal.open(path);
-        PaymentHandler payments = new PaymentHandler(log, journal);
-        long records = journal.replay(payments, log);
-        log.info("journal " + path + ": replayed " + records + " records");
-        return payments;
-    }
-
     /** {@code journal} is null without --journal. */
     record Options(boolean verbose, boolean help, Path journal) {
         static Options parse(String[] args) {
@@ -209,6 +173,46 @@ public final class PaymentNode {
             }
             return Path.of(name);
         }
+    }
+
+    /** A handler whose state comes back from the journal and goes on into it. */
+    static PaymentHandler withJournal(Path path, Log log) throws IOException {
+        FileJournal journal = FileJournal.open(path);
+        PaymentHandler payments = new PaymentHandler(log, journal);
+        long records = journal.replay(payments, log);
+        log.info("journal " + path + ": replayed " + records + " records");
+        return payments;
+    }
+
+    private static String describe(Exception e) {
+        if (e instanceof NoSuchFileException) {
+            return "its folder does not exist";
+        }
+        if (e instanceof AccessDeniedException) {
+            return "permission denied";
+        }
+        return e instanceof FileSystemException f && f.getReason() != null ? f.getReason() : e.getMessage();
+    }
+
+    /**
+     * Runs every kind of request once through a throwaway node, on the second core while the real one
+     * starts: the first real charge then finds its classes loaded and linked instead of paying for that
+     * itself (a few milliseconds). It shares nothing with the real node: its own handler, no journal,
+     * no output.
+     */
+    private static void warmUp() {
+        String lines = """
+                {"src":"c0","dest":"w","body":{"type":"init","msg_id":1}}
+                {"src":"c1","dest":"w","body":{"type":"ChargePayment","msg_id":2,"saga_id":"w","step":1,"params":{"user_id":"u","amount":9.99}}}
+                {"src":"c1","dest":"w","body":{"type":"ChargePayment","msg_id":3,"saga_id":"w","step":1,"params":{"user_id":"u","amount":9.99}}}
+                {"src":"c1","dest":"w","body":{"type":"RefundPayment","msg_id":4,"saga_id":"w","step":1,"params":{"payment_id":"p1","amount":1}}}
+                {"src":"c1","dest":"w","body":{"type":"RefundPayment","msg_id":5,"saga_id":"w","step":1,"params":{"payment_id":"p1","amount":1}}}
+                {"src":"c1","dest":"w","body":{"type":"RefundPayment","msg_id":6,"saga_id":"w","step":2}}
+                {"src":"c1","dest":"w","body":{"type":"ChargePayment","msg_id":7,"saga_id":"w","step":2,"params":{"user_id":"u","amount":1}}}
+                """;
+        Log silent = new Log(new PrintStream(OutputStream.nullOutputStream()), false);
+        new PaymentNode(new PaymentHandler(silent), OutputStream.nullOutputStream(), silent)
+                .serve(new ByteArrayInputStream(lines.getBytes(StandardCharsets.UTF_8)));
     }
 
     /** Serves every line of {@code in}; returns the exit status: 0 at end of input, 1 if stdin, stdout or the journal failed. */
@@ -246,26 +250,15 @@ public final class PaymentNode {
         dispatch(message);
     }
 
-    /**
-     * A line over the limit is answered from what its first megabyte says: if {@code src} (and
-     * {@code msg_id}) came before the cut, the sender learns why; otherwise it can only be logged.
-     */
-    private void refuseTooLongLine(byte[] prefix, long length) throws IOException {
-        RawMessage message = new RawMessage();
-        try {
-            parse(prefix, 0, prefix.length, message);
-        } catch (IOException | RuntimeException expected) {
-            // The cut left the JSON unfinished: keep whatever was read before it.
-        }
-        String reason = "line too long: " + length + " bytes, the limit is " + MAX_LINE_BYTES;
-        if (!isString(message.src)) {
-            log.warn("line " + lineNumber + " ignored: " + reason + ", and no src before the cut: "
-                    + excerpt(prefix, 0, 200));
-            return;
-        }
-        log.warn("line " + lineNumber + " refused: " + reason);
-        RawBody body = message.body != null ? message.body : new RawBody();
-        replies.error(envelopeFor(message, body), new RpcError(ErrorCode.MALFORMED_REQUEST, reason));
+    private static String excerpt(byte[] bytes, int start, int length) {
+        String text = new String(bytes, start, Math.min(length, 200), StandardCharsets.UTF_8);
+        return length > 200 ? text + "..." : text;
+    }
+
+    /** Jackson's own words, without the location it appends (the log line names the line already). */
+    private static String reason(Exception e) {
+        String text = e instanceof JsonProcessingException json ? json.getOriginalMessage() : e.toString();
+        return text == null ? e.getClass().getSimpleName() : text.lines().findFirst().orElse(text);
     }
 
     // ---------------------------------------------------------------------------------------------
@@ -522,75 +515,89 @@ public final class PaymentNode {
     }
 
     // ---------------------------------------------------------------------------------------------
-    // 3. Dispatch: check the envelope, pick the handler by type, turn failures into error replies
+    // 3. Check: the Maelstrom errors, the field checks, and the checked requests
     // ---------------------------------------------------------------------------------------------
 
-    /** Who a reply goes to: from this node, to the request's src, in reply to its msg_id (null: none). */
-    record Envelope(String from, String to, Long inReplyTo) {
+    enum ErrorCode {
+        NOT_SUPPORTED(10), MALFORMED_REQUEST(12), CRASH(13), ABORT(14), PRECONDITION_FAILED(22);
+
+        final int code;
+
+        ErrorCode(int code) {
+            this.code = code;
+        }
     }
 
-    private void dispatch(RawMessage message) throws IOException {
-        if (!isString(message.src) || message.body == null) {
-            log.warn("line " + lineNumber + " cannot be answered (it needs a string src and a body object), ignored");
-            return;
+    /** A request the node refuses, answered with a Maelstrom error reply. */
+    static final class RpcError extends RuntimeException {
+        private static final long serialVersionUID = 1L;
+        final ErrorCode code;
+
+        RpcError(ErrorCode code, String text) {
+            super(text, null, false, false);   // no stack trace: this is an answer, not a bug
+            this.code = code;
         }
-        RawBody body = message.body;
-        Envelope request = envelopeFor(message, body);
+    }
+
+    static RpcError malformed(String text) {
+        return new RpcError(ErrorCode.MALFORMED_REQUEST, text);
+    }
+
+    /** JSON null counts as missing, like a key that is not there. */
+    static boolean isMissing(Value value) {
+        return value == null || value.token() == JsonToken.VALUE_NULL;
+    }
+
+    static boolean isString(Value value) {
+        return value != null && value.token() == JsonToken.VALUE_STRING;
+    }
+
+    static boolean isBoolean(Value value) {
+        return value.token() == JsonToken.VALUE_TRUE || value.token() == JsonToken.VALUE_FALSE;
+    }
+
+    static String stringOrNull(Value value) {
+        return isString(value) ? value.text() : null;
+    }
+
+    static String requiredString(Value value, String name) {
+        if (isMissing(value)) {
+            throw malformed("missing " + name);
+        }
+        if (!isString(value) || value.text().isEmpty()) {
+            throw malformed(name + " must be a non-empty string");
+        }
+        return value.text();
+    }
+
+    static long requiredStep(Value value) {
+        if (isMissing(value)) {
+            throw malformed("missing step");
+        }
+        Long step = longOrNull(value);
+        if (step == null || step < 0) {
+            throw malformed("step must be an integer from 0 to " + Long.MAX_VALUE);
+        }
+        return step;
+    }
+
+    static RawParams requiredObject(Value value, RawParams fields, String name) {
+        if (value.token() != JsonToken.START_OBJECT) {
+            throw malformed(name + " must be an object");
+        }
+        return fields;
+    }
+
+    /** A JSON integer that fits in a long, else null. */
+    static Long longOrNull(Value value) {
+        if (value == null || value.token() != JsonToken.VALUE_NUMBER_INT || value.text().length() > 20) {
+            return null;
+        }
         try {
-            if (request.inReplyTo() == null && !isMissing(body.msgId)) {
-                throw malformed("msg_id must be an integer");
-            }
-            String type = requiredString(body.type, "type");
-            if (log.verbose()) {
-                log.info("line " + lineNumber + " from " + request.to() + ": " + type + describe(body));
-            }
-            switch (type) {
-                case "init" -> handleInit(message, body);
-                case "ChargePayment" -> handleCharge(request, ChargeRequest.from(body));
-                case "RefundPayment" -> handleRefund(request, RefundRequest.from(body));
-                default -> throw new RpcError(ErrorCode.NOT_SUPPORTED, "unsupported message type: " + type);
-            }
-        } catch (RpcError refused) {
-            replies.error(request, refused);
-        } catch (RuntimeException bug) {
-            log.error("line " + lineNumber + ": internal error, answered with code 13", bug);
-            replies.error(request, new RpcError(ErrorCode.CRASH, "internal error: " + bug));
+            return Long.parseLong(value.text());
+        } catch (NumberFormatException tooBig) {
+            return null;
         }
-    }
-
-    private Envelope envelopeFor(RawMessage message, RawBody body) {
-        String from = nodeId != null ? nodeId : stringOrNull(message.dest);
-        return new Envelope(from, message.src.text(), longOrNull(body.msgId));
-    }
-
-    // ---------------------------------------------------------------------------------------------
-    // 4. Handle
-    // ---------------------------------------------------------------------------------------------
-
-    private void handleInit(RawMessage message, RawBody body) throws IOException {
-        String id = isMissing(body.nodeId) ? stringOrNull(message.dest) : requiredString(body.nodeId, "node_id");
-        if (id != null) {
-            // A repeated init only renames the node: the idempotency table is untouched.
-            nodeId = id;
-        }
-        log.info("initialized as " + nodeId);
-        replies.initOk(envelopeFor(message, body));
-    }
-
-    private void handleCharge(Envelope request, ChargeRequest charge) throws IOException {
-        Served<ChargeResult> served = payments.charge(charge);
-        if (served.replayed()) {
-            log.verboseCacheHit(charge.key());
-        }
-        replies.chargeOk(request, charge, served);
-    }
-
-    private void handleRefund(Envelope request, RefundRequest refund) throws IOException {
-        Served<RefundResult> served = payments.refund(refund);
-        if (served.replayed()) {
-            log.verboseCacheHit(refund.key());
-        }
-        replies.refundOk(request, refund, served);
     }
 
     /** A ChargePayment, checked: section 3 of SPEC.md. */
@@ -693,6 +700,108 @@ public final class PaymentNode {
         }
     }
 
+    private static String abbreviate(String text) {
+        return text.length() > 50 ? text.substring(0, 20) + "...(" + text.length() + " characters)" : text;
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // 4. Dispatch: pick the handler by type, turn failures into error replies
+    // ---------------------------------------------------------------------------------------------
+
+    /** Who a reply goes to: from this node, to the request's src, in reply to its msg_id (null: none). */
+    record Envelope(String from, String to, Long inReplyTo) {
+    }
+
+    private void dispatch(RawMessage message) throws IOException {
+        if (!isString(message.src) || message.body == null) {
+            log.warn("line " + lineNumber + " cannot be answered (it needs a string src and a body object), ignored");
+            return;
+        }
+        RawBody body = message.body;
+        Envelope request = envelopeFor(message, body);
+        try {
+            if (request.inReplyTo() == null && !isMissing(body.msgId)) {
+                throw malformed("msg_id must be an integer");
+            }
+            String type = requiredString(body.type, "type");
+            if (log.verbose()) {
+                log.info("line " + lineNumber + " from " + request.to() + ": " + type + describe(body));
+            }
+            switch (type) {
+                case "init" -> handleInit(message, body);
+                case "ChargePayment" -> handleCharge(request, ChargeRequest.from(body));
+                case "RefundPayment" -> handleRefund(request, RefundRequest.from(body));
+                default -> throw new RpcError(ErrorCode.NOT_SUPPORTED, "unsupported message type: " + type);
+            }
+        } catch (RpcError refused) {
+            replies.error(request, refused);
+        } catch (RuntimeException bug) {
+            log.error("line " + lineNumber + ": internal error, answered with code 13", bug);
+            replies.error(request, new RpcError(ErrorCode.CRASH, "internal error: " + bug));
+        }
+    }
+
+    private static String describe(RawBody body) {
+        return isString(body.sagaId) && body.step != null ? " " + body.sagaId.text() + ":step" + body.step.text() : "";
+    }
+
+    private Envelope envelopeFor(RawMessage message, RawBody body) {
+        String from = nodeId != null ? nodeId : stringOrNull(message.dest);
+        return new Envelope(from, message.src.text(), longOrNull(body.msgId));
+    }
+
+    /**
+     * A line over the limit is answered from what its first megabyte says: if {@code src} (and
+     * {@code msg_id}) came before the cut, the sender learns why; otherwise it can only be logged.
+     */
+    private void refuseTooLongLine(byte[] prefix, long length) throws IOException {
+        RawMessage message = new RawMessage();
+        try {
+            parse(prefix, 0, prefix.length, message);
+        } catch (IOException | RuntimeException expected) {
+            // The cut left the JSON unfinished: keep whatever was read before it.
+        }
+        String reason = "line too long: " + length + " bytes, the limit is " + MAX_LINE_BYTES;
+        if (!isString(message.src)) {
+            log.warn("line " + lineNumber + " ignored: " + reason + ", and no src before the cut: "
+                    + excerpt(prefix, 0, 200));
+            return;
+        }
+        log.warn("line " + lineNumber + " refused: " + reason);
+        RawBody body = message.body != null ? message.body : new RawBody();
+        replies.error(envelopeFor(message, body), new RpcError(ErrorCode.MALFORMED_REQUEST, reason));
+    }
+
+    private void handleInit(RawMessage message, RawBody body) throws IOException {
+        String id = isMissing(body.nodeId) ? stringOrNull(message.dest) : requiredString(body.nodeId, "node_id");
+        if (id != null) {
+            // A repeated init only renames the node: the idempotency table is untouched.
+            nodeId = id;
+        }
+        log.info("initialized as " + nodeId);
+        replies.initOk(envelopeFor(message, body));
+    }
+
+    private void handleCharge(Envelope request, ChargeRequest charge) throws IOException {
+        Served<ChargeResult> served = payments.charge(charge);
+        if (served.replayed()) {
+            log.verboseCacheHit(charge.key());
+        }
+        replies.chargeOk(request, charge, served);
+    }
+
+    private void handleRefund(Envelope request, RefundRequest refund) throws IOException {
+        Served<RefundResult> served = payments.refund(refund);
+        if (served.replayed()) {
+            log.verboseCacheHit(refund.key());
+        }
+        replies.refundOk(request, refund, served);
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // 5. Handle: the idempotency table
+    // ---------------------------------------------------------------------------------------------
+
     /** A payment as a reply shows it; {@code charged} is the amount's text as the first request wrote it. */
     record ChargeResult(String paymentId, String charged) {
     }
@@ -757,6 +866,44 @@ public final class PaymentNode {
                 throw keyReused(key);
             }
             return new Served<>(refunded.result(), !settled.byThisAttempt());
+        }
+
+        /** Runs {@code firstTime} for a key at most once; every other attempt gets the entry it left. */
+        private Settled once(String key, Supplier<Entry> firstTime) {
+            while (true) {
+                Entry existing = entries.get(key);   // a retry needs no claim: read first, lock-free
+                if (existing == null) {
+                    InProgress claim = new InProgress();
+                    existing = entries.putIfAbsent(key, claim);
+                    if (existing == null) {
+                        return new Settled(runClaimed(key, claim, firstTime), true);
+                    }
+                }
+                Entry entry = existing.await();
+                if (entry != null) {
+                    return new Settled(entry, false);
+                }
+                // The attempt we waited for failed and left no record: try to claim the key ourselves.
+            }
+        }
+
+        private Entry runClaimed(String key, InProgress claim, Supplier<Entry> firstTime) {
+            Entry done = null;
+            try {
+                done = firstTime.get();
+                entries.replace(key, claim, done);
+                return done;
+            } finally {
+                if (done == null) {
+                    entries.remove(key, claim);   // failed: leave no record
+                }
+                claim.settled().complete(done);
+            }
+        }
+
+        private static RpcError keyReused(String key) {
+            return new RpcError(ErrorCode.PRECONDITION_FAILED,
+                    "idempotency key " + key + " was first used with other params");
         }
 
         private Charged firstCharge(ChargeRequest request) {
@@ -845,48 +992,14 @@ public final class PaymentNode {
         void restoreClose(String chargeKey) {
             entries.put(chargeKey, Compensated.STEP);
         }
-
-        /** Runs {@code firstTime} for a key at most once; every other attempt gets the entry it left. */
-        private Settled once(String key, Supplier<Entry> firstTime) {
-            while (true) {
-                Entry existing = entries.get(key);   // a retry needs no claim: read first, lock-free
-                if (existing == null) {
-                    InProgress claim = new InProgress();
-                    existing = entries.putIfAbsent(key, claim);
-                    if (existing == null) {
-                        return new Settled(runClaimed(key, claim, firstTime), true);
-                    }
-                }
-                Entry entry = existing.await();
-                if (entry != null) {
-                    return new Settled(entry, false);
-                }
-                // The attempt we waited for failed and left no record: try to claim the key ourselves.
-            }
-        }
-
-        private Entry runClaimed(String key, InProgress claim, Supplier<Entry> firstTime) {
-            Entry done = null;
-            try {
-                done = firstTime.get();
-                entries.replace(key, claim, done);
-                return done;
-            } finally {
-                if (done == null) {
-                    entries.remove(key, claim);   // failed: leave no record
-                }
-                claim.settled().complete(done);
-            }
-        }
-
-        private static RpcError keyReused(String key) {
-            return new RpcError(ErrorCode.PRECONDITION_FAILED,
-                    "idempotency key " + key + " was first used with other params");
-        }
     }
 
     record Settled(Entry entry, boolean byThisAttempt) {
     }
+
+    // ---------------------------------------------------------------------------------------------
+    // 6. Entries and storage: what the table keeps for each key
+    // ---------------------------------------------------------------------------------------------
 
     /** What the idempotency table holds for a key. */
     sealed interface Entry permits InProgress, Charged, Refunded, Compensated {
@@ -1124,93 +1237,7 @@ public final class PaymentNode {
     }
 
     // ---------------------------------------------------------------------------------------------
-    // Checks on the raw fields; each failure is a Maelstrom error 12 that names the field
-    // ---------------------------------------------------------------------------------------------
-
-    enum ErrorCode {
-        NOT_SUPPORTED(10), MALFORMED_REQUEST(12), CRASH(13), ABORT(14), PRECONDITION_FAILED(22);
-
-        final int code;
-
-        ErrorCode(int code) {
-            this.code = code;
-        }
-    }
-
-    /** A request the node refuses, answered with a Maelstrom error reply. */
-    static final class RpcError extends RuntimeException {
-        private static final long serialVersionUID = 1L;
-        final ErrorCode code;
-
-        RpcError(ErrorCode code, String text) {
-            super(text, null, false, false);   // no stack trace: this is an answer, not a bug
-            this.code = code;
-        }
-    }
-
-    static RpcError malformed(String text) {
-        return new RpcError(ErrorCode.MALFORMED_REQUEST, text);
-    }
-
-    /** JSON null counts as missing, like a key that is not there. */
-    static boolean isMissing(Value value) {
-        return value == null || value.token() == JsonToken.VALUE_NULL;
-    }
-
-    static boolean isString(Value value) {
-        return value != null && value.token() == JsonToken.VALUE_STRING;
-    }
-
-    static boolean isBoolean(Value value) {
-        return value.token() == JsonToken.VALUE_TRUE || value.token() == JsonToken.VALUE_FALSE;
-    }
-
-    static String stringOrNull(Value value) {
-        return isString(value) ? value.text() : null;
-    }
-
-    static String requiredString(Value value, String name) {
-        if (isMissing(value)) {
-            throw malformed("missing " + name);
-        }
-        if (!isString(value) || value.text().isEmpty()) {
-            throw malformed(name + " must be a non-empty string");
-        }
-        return value.text();
-    }
-
-    static long requiredStep(Value value) {
-        if (isMissing(value)) {
-            throw malformed("missing step");
-        }
-        Long step = longOrNull(value);
-        if (step == null || step < 0) {
-            throw malformed("step must be an integer from 0 to " + Long.MAX_VALUE);
-        }
-        return step;
-    }
-
-    static RawParams requiredObject(Value value, RawParams fields, String name) {
-        if (value.token() != JsonToken.START_OBJECT) {
-            throw malformed(name + " must be an object");
-        }
-        return fields;
-    }
-
-    /** A JSON integer that fits in a long, else null. */
-    static Long longOrNull(Value value) {
-        if (value == null || value.token() != JsonToken.VALUE_NUMBER_INT || value.text().length() > 20) {
-            return null;
-        }
-        try {
-            return Long.parseLong(value.text());
-        } catch (NumberFormatException tooBig) {
-            return null;
-        }
-    }
-
-    // ---------------------------------------------------------------------------------------------
-    // 5. Reply, and 6. flush
+    // 7. Reply, and flush
     // ---------------------------------------------------------------------------------------------
 
     /**
@@ -1409,7 +1436,7 @@ public final class PaymentNode {
     }
 
     // ---------------------------------------------------------------------------------------------
-    // Durability: the journal (--journal FILE)
+    // 8. Durability: the journal (--journal FILE)
     // ---------------------------------------------------------------------------------------------
 
     /** Where the handler records each change of state; {@link #commit} makes them durable. */
@@ -1634,7 +1661,7 @@ public final class PaymentNode {
     }
 
     // ---------------------------------------------------------------------------------------------
-    // Logging: stderr only
+    // 9. Logging: stderr only
     // ---------------------------------------------------------------------------------------------
 
     static final class Log {
@@ -1672,22 +1699,4 @@ public final class PaymentNode {
         }
     }
 
-    private static String describe(RawBody body) {
-        return isString(body.sagaId) && body.step != null ? " " + body.sagaId.text() + ":step" + body.step.text() : "";
-    }
-
-    private static String excerpt(byte[] bytes, int start, int length) {
-        String text = new String(bytes, start, Math.min(length, 200), StandardCharsets.UTF_8);
-        return length > 200 ? text + "..." : text;
-    }
-
-    private static String abbreviate(String text) {
-        return text.length() > 50 ? text.substring(0, 20) + "...(" + text.length() + " characters)" : text;
-    }
-
-    /** Jackson's own words, without the location it appends (the log line names the line already). */
-    private static String reason(Exception e) {
-        String text = e instanceof JsonProcessingException json ? json.getOriginalMessage() : e.toString();
-        return text == null ? e.getClass().getSimpleName() : text.lines().findFirst().orElse(text);
-    }
 }
