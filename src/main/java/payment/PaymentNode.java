@@ -128,7 +128,7 @@ public final class PaymentNode {
             try {
                 payments = withJournal(options.journal(), log);
             } catch (IOException | RuntimeException e) {
-                System.err.println("payment-node: cannot use the journal " + options.journal() + ": " + describe(e));
+                System.err.println("payment-node: cannot use the journal " + options.journal() + ": " + journalProblem(e));
                 System.exit(2);
                 return;
             }
@@ -184,7 +184,7 @@ public final class PaymentNode {
         return payments;
     }
 
-    private static String describe(Exception e) {
+    private static String journalProblem(Exception e) {
         if (e instanceof NoSuchFileException) {
             return "its folder does not exist";
         }
@@ -718,34 +718,34 @@ public final class PaymentNode {
             return;
         }
         RawBody body = message.body;
-        Envelope request = envelopeFor(message, body);
+        Envelope reply = replyEnvelope(message, body);
         try {
-            if (request.inReplyTo() == null && !isMissing(body.msgId)) {
+            if (reply.inReplyTo() == null && !isMissing(body.msgId)) {
                 throw malformed("msg_id must be an integer");
             }
             String type = requiredString(body.type, "type");
             if (log.verbose()) {
-                log.info("line " + lineNumber + " from " + request.to() + ": " + type + describe(body));
+                log.info("line " + lineNumber + " from " + reply.to() + ": " + type + stepForLog(body));
             }
             switch (type) {
                 case "init" -> handleInit(message, body);
-                case "ChargePayment" -> handleCharge(request, ChargeRequest.from(body));
-                case "RefundPayment" -> handleRefund(request, RefundRequest.from(body));
+                case "ChargePayment" -> handleCharge(reply, ChargeRequest.from(body));
+                case "RefundPayment" -> handleRefund(reply, RefundRequest.from(body));
                 default -> throw new RpcError(ErrorCode.NOT_SUPPORTED, "unsupported message type: " + type);
             }
         } catch (RpcError refused) {
-            replies.error(request, refused);
+            replies.error(reply, refused);
         } catch (RuntimeException bug) {
             log.error("line " + lineNumber + ": internal error, answered with code 13", bug);
-            replies.error(request, new RpcError(ErrorCode.CRASH, "internal error: " + bug));
+            replies.error(reply, new RpcError(ErrorCode.CRASH, "internal error: " + bug));
         }
     }
 
-    private static String describe(RawBody body) {
+    private static String stepForLog(RawBody body) {
         return isString(body.sagaId) && body.step != null ? " " + body.sagaId.text() + ":step" + body.step.text() : "";
     }
 
-    private Envelope envelopeFor(RawMessage message, RawBody body) {
+    private Envelope replyEnvelope(RawMessage message, RawBody body) {
         String from = nodeId != null ? nodeId : stringOrNull(message.dest);
         return new Envelope(from, message.src.text(), longOrNull(body.msgId));
     }
@@ -769,7 +769,7 @@ public final class PaymentNode {
         }
         log.warn("line " + lineNumber + " refused: " + reason);
         RawBody body = message.body != null ? message.body : new RawBody();
-        replies.error(envelopeFor(message, body), new RpcError(ErrorCode.MALFORMED_REQUEST, reason));
+        replies.error(replyEnvelope(message, body), new RpcError(ErrorCode.MALFORMED_REQUEST, reason));
     }
 
     private void handleInit(RawMessage message, RawBody body) throws IOException {
@@ -779,23 +779,23 @@ public final class PaymentNode {
             nodeId = id;
         }
         log.info("initialized as " + nodeId);
-        replies.initOk(envelopeFor(message, body));
+        replies.initOk(replyEnvelope(message, body));
     }
 
-    private void handleCharge(Envelope request, ChargeRequest charge) throws IOException {
+    private void handleCharge(Envelope reply, ChargeRequest charge) throws IOException {
         Served<ChargeResult> served = payments.charge(charge);
         if (served.replayed()) {
             log.verboseCacheHit(charge.key());
         }
-        replies.chargeOk(request, charge, served);
+        replies.chargeOk(reply, charge, served);
     }
 
-    private void handleRefund(Envelope request, RefundRequest refund) throws IOException {
+    private void handleRefund(Envelope reply, RefundRequest refund) throws IOException {
         Served<RefundResult> served = payments.refund(refund);
         if (served.replayed()) {
             log.verboseCacheHit(refund.key());
         }
-        replies.refundOk(request, refund, served);
+        replies.refundOk(reply, refund, served);
     }
 
     // ---------------------------------------------------------------------------------------------
@@ -847,12 +847,12 @@ public final class PaymentNode {
 
         Served<ChargeResult> charge(ChargeRequest request) {
             String key = request.key();
-            Settled settled = once(key, () -> firstCharge(request));
-            if (settled.entry() instanceof Charged charged) {
-                if (!settled.byThisAttempt() && !charged.sameParams(request)) {
+            Served<Entry> settled = once(key, () -> firstCharge(request));
+            if (settled.result() instanceof Charged charged) {
+                if (settled.replayed() && !charged.sameParams(request)) {
                     throw keyReused(key);
                 }
-                return new Served<>(charged.result(), !settled.byThisAttempt());
+                return new Served<>(charged.result(), settled.replayed());
             }
             throw new RpcError(ErrorCode.ABORT,
                     "step " + key + " was already compensated: its refund came first, so it is never charged");
@@ -860,28 +860,28 @@ public final class PaymentNode {
 
         Served<RefundResult> refund(RefundRequest request) {
             String key = request.key();
-            Settled settled = once(key, () -> firstRefund(request));
-            Refunded refunded = (Refunded) settled.entry();
-            if (!settled.byThisAttempt() && !refunded.sameParams(request)) {
+            Served<Entry> settled = once(key, () -> firstRefund(request));
+            Refunded refunded = (Refunded) settled.result();
+            if (settled.replayed() && !refunded.sameParams(request)) {
                 throw keyReused(key);
             }
-            return new Served<>(refunded.result(), !settled.byThisAttempt());
+            return new Served<>(refunded.result(), settled.replayed());
         }
 
         /** Runs {@code firstTime} for a key at most once; every other attempt gets the entry it left. */
-        private Settled once(String key, Supplier<Entry> firstTime) {
+        private Served<Entry> once(String key, Supplier<Entry> firstTime) {
             while (true) {
                 Entry existing = entries.get(key);   // a retry needs no claim: read first, lock-free
                 if (existing == null) {
                     InProgress claim = new InProgress();
                     existing = entries.putIfAbsent(key, claim);
                     if (existing == null) {
-                        return new Settled(runClaimed(key, claim, firstTime), true);
+                        return new Served<>(runClaimed(key, claim, firstTime), false);
                     }
                 }
                 Entry entry = existing.await();
                 if (entry != null) {
-                    return new Settled(entry, false);
+                    return new Served<>(entry, true);
                 }
                 // The attempt we waited for failed and left no record: try to claim the key ourselves.
             }
@@ -921,12 +921,12 @@ public final class PaymentNode {
                     throw new RpcError(ErrorCode.PRECONDITION_FAILED, "payment_id " + request.paymentId()
                             + " is not the payment of step " + request.chargeKey() + " (" + ofThisStep.paymentId() + ")");
                 }
-                return refund(ofThisStep, request);
+                return refundPayment(ofThisStep, request);
             }
             if (request.paymentId() != null) {
                 Charged ofAnotherStep = payments.get(request.paymentId());
                 if (ofAnotherStep != null) {
-                    return refund(ofAnotherStep, request);
+                    return refundPayment(ofAnotherStep, request);
                 }
                 if (request.amount() == null) {
                     throw malformed("params.amount is required to refund " + request.paymentId()
@@ -950,8 +950,8 @@ public final class PaymentNode {
             return refunded;
         }
 
-        private Refunded refund(Charged payment, RefundRequest request) {
-            String amount = payment.refund(request.amount());   // may refuse: then no refund id is used up
+        private Refunded refundPayment(Charged payment, RefundRequest request) {
+            String amount = payment.deductRefund(request.amount());   // may refuse: then no refund id is used up
             Refunded refunded = new Refunded(request, refundCount.incrementAndGet(), amount);
             journal.refunded(request.key(), refunded, payment);
             return refunded;
@@ -984,7 +984,7 @@ public final class PaymentNode {
         void restoreRefund(String key, String paymentId, String amount, String refunded, long refundNumber, long paymentNumber) {
             entries.put(key, new Refunded(paymentId, amount, refunded, refundNumber));
             if (paymentNumber != 0) {
-                payments.get(paymentNumber).restoreRefund(new BigDecimal(refunded));
+                payments.get(paymentNumber).restoreDeducted(new BigDecimal(refunded));
             }
             refundCount.accumulateAndGet(refundNumber, Math::max);
         }
@@ -992,9 +992,6 @@ public final class PaymentNode {
         void restoreClose(String chargeKey) {
             entries.put(chargeKey, Compensated.STEP);
         }
-    }
-
-    record Settled(Entry entry, boolean byThisAttempt) {
     }
 
     // ---------------------------------------------------------------------------------------------
@@ -1065,12 +1062,12 @@ public final class PaymentNode {
             return CompactText.substring(params, userIdLength, CompactText.length(params));
         }
 
-        synchronized void restoreRefund(BigDecimal amount) {
+        synchronized void restoreDeducted(BigDecimal amount) {
             refunded = refunded == null ? amount : refunded.add(amount);
         }
 
         /** Refunds {@code requested}, or all that is left when null; never more than was charged. Returns the amount's text. */
-        synchronized String refund(Amount requested) {
+        synchronized String deductRefund(Amount requested) {
             String charged = amount();
             BigDecimal alreadyRefunded = refunded == null ? BigDecimal.ZERO : refunded;
             BigDecimal left = new BigDecimal(charged).subtract(alreadyRefunded);
