@@ -28,6 +28,7 @@ import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 import java.util.Arrays;
+import java.util.HexFormat;
 import java.util.Objects;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ConcurrentHashMap;
@@ -98,9 +99,9 @@ public final class PaymentNode {
     private String nodeId;
     private long lineNumber;
 
-    PaymentNode(PaymentHandler payments, OutputStream stdout, Log log) {
-        this.payments = payments;
-        this.replies = new ReplyWriter(stdout, payments.journal());
+    PaymentNode(State state, OutputStream stdout, Log log) {
+        this.payments = state.payments();
+        this.replies = new ReplyWriter(stdout, state.journal());
         this.log = log;
     }
 
@@ -123,17 +124,17 @@ public final class PaymentNode {
         // carries replies and nothing else.
         System.setOut(System.err);
         Log log = new Log(System.err, options.verbose());
-        PaymentHandler payments = new PaymentHandler(log);
+        State state = State.inMemory(log);
         if (options.journal() != null) {
             try {
-                payments = withJournal(options.journal(), log);
+                state = State.replayed(options.journal(), log);
             } catch (IOException | RuntimeException e) {
                 System.err.println("payment-node: cannot use the journal " + options.journal() + ": " + journalProblem(e));
                 System.exit(2);
                 return;
             }
         }
-        PaymentNode node = new PaymentNode(payments, stdout, log);
+        PaymentNode node = new PaymentNode(state, stdout, log);
         Thread warmUp = new Thread(PaymentNode::warmUp, "warm-up");
         warmUp.setDaemon(true);
         warmUp.start();
@@ -175,13 +176,20 @@ public final class PaymentNode {
         }
     }
 
-    /** A handler whose state comes back from the journal and goes on into it. */
-    static PaymentHandler withJournal(Path path, Log log) throws IOException {
-        FileJournal journal = FileJournal.open(path);
-        PaymentHandler payments = new PaymentHandler(log, journal);
-        long records = journal.replay(payments, log);
-        log.info("journal " + path + ": replayed " + records + " records");
-        return payments;
+    /** What a node serves from: the idempotency table, and the journal its changes go to. */
+    record State(PaymentHandler payments, Journal journal) {
+        static State inMemory(Log log) {
+            return new State(new PaymentHandler(log), Journal.NONE);
+        }
+
+        /** State that comes back from the journal and goes on into it. */
+        static State replayed(Path path, Log log) throws IOException {
+            FileJournal journal = FileJournal.open(path);
+            PaymentHandler payments = new PaymentHandler(log, journal);
+            long records = journal.replay(payments, log);
+            log.info("journal " + path + ": replayed " + records + " records");
+            return new State(payments, journal);
+        }
     }
 
     private static String journalProblem(Exception e) {
@@ -211,7 +219,7 @@ public final class PaymentNode {
                 {"src":"c1","dest":"w","body":{"type":"ChargePayment","msg_id":7,"saga_id":"w","step":2,"params":{"user_id":"u","amount":1}}}
                 """;
         Log silent = new Log(new PrintStream(OutputStream.nullOutputStream()), false);
-        new PaymentNode(new PaymentHandler(silent), OutputStream.nullOutputStream(), silent)
+        new PaymentNode(State.inMemory(silent), OutputStream.nullOutputStream(), silent)
                 .serve(new ByteArrayInputStream(lines.getBytes(StandardCharsets.UTF_8)));
     }
 
@@ -435,14 +443,18 @@ public final class PaymentNode {
         Value sagaId;
         Value step;
         Value compensating;
-        Value params;
-        RawParams paramFields = new RawParams();
+        RawParams params;   // null when missing
     }
 
     static final class RawParams {
+        final JsonToken token;   // what params was: an object (its fields below), or null, a string, ...
         Value userId;
         Value amount;
         Value paymentId;
+
+        RawParams(JsonToken token) {
+            this.token = token;
+        }
     }
 
     /**
@@ -490,17 +502,19 @@ public final class PaymentNode {
                 case "step" -> body.step = Value.read(parser, token);
                 case "compensating" -> body.compensating = Value.read(parser, token);
                 case "params" -> {
-                    body.paramFields = new RawParams();
-                    body.params = token == JsonToken.START_OBJECT
-                            ? parseParams(parser, body.paramFields)
-                            : Value.read(parser, token);
+                    body.params = new RawParams(token);
+                    if (token == JsonToken.START_OBJECT) {
+                        parseParams(parser, body.params);
+                    } else {
+                        parser.skipChildren();
+                    }
                 }
                 default -> parser.skipChildren();
             }
         }
     }
 
-    private static Value parseParams(JsonParser parser, RawParams params) throws IOException {
+    private static void parseParams(JsonParser parser, RawParams params) throws IOException {
         while (parser.nextToken() == JsonToken.FIELD_NAME) {
             String name = parser.currentName();
             JsonToken token = parser.nextToken();
@@ -511,7 +525,6 @@ public final class PaymentNode {
                 default -> parser.skipChildren();
             }
         }
-        return new Value(JsonToken.START_OBJECT, null);
     }
 
     // ---------------------------------------------------------------------------------------------
@@ -581,11 +594,19 @@ public final class PaymentNode {
         return step;
     }
 
-    static RawParams requiredObject(Value value, RawParams fields, String name) {
-        if (value.token() != JsonToken.START_OBJECT) {
-            throw malformed(name + " must be an object");
+    /** The params object; when params is missing (or null) and may be, an empty one. */
+    static RawParams paramsObject(RawBody body, boolean required) {
+        RawParams params = body.params;
+        if (params == null || params.token == JsonToken.VALUE_NULL) {
+            if (required) {
+                throw malformed("missing params");
+            }
+            return new RawParams(JsonToken.START_OBJECT);
         }
-        return fields;
+        if (params.token != JsonToken.START_OBJECT) {
+            throw malformed("params must be an object");
+        }
+        return params;
     }
 
     /** A JSON integer that fits in a long, else null. */
@@ -605,10 +626,7 @@ public final class PaymentNode {
         static ChargeRequest from(RawBody body) {
             String sagaId = requiredString(body.sagaId, "saga_id");
             long step = requiredStep(body.step);
-            if (isMissing(body.params)) {
-                throw malformed("missing params");
-            }
-            RawParams params = requiredObject(body.params, body.paramFields, "params");
+            RawParams params = paramsObject(body, true);
             return new ChargeRequest(sagaId, step,
                     requiredString(params.userId, "params.user_id"),
                     Amount.parse(params.amount, "params.amount"));
@@ -627,9 +645,7 @@ public final class PaymentNode {
             if (!isMissing(body.compensating) && !isBoolean(body.compensating)) {
                 throw malformed("compensating must be true or false");
             }
-            RawParams params = isMissing(body.params)
-                    ? new RawParams()
-                    : requiredObject(body.params, body.paramFields, "params");
+            RawParams params = paramsObject(body, false);
             String paymentId = isMissing(params.paymentId) ? null : requiredString(params.paymentId, "params.payment_id");
             Amount amount = isMissing(params.amount) ? null : Amount.parse(params.amount, "params.amount");
             return new RefundRequest(sagaId, step, paymentId, amount);
@@ -710,6 +726,9 @@ public final class PaymentNode {
 
     /** Who a reply goes to: from this node, to the request's src, in reply to its msg_id (null: none). */
     record Envelope(String from, String to, Long inReplyTo) {
+        Envelope withFrom(String node) {
+            return new Envelope(node, to, inReplyTo);
+        }
     }
 
     private void dispatch(RawMessage message) throws IOException {
@@ -728,7 +747,7 @@ public final class PaymentNode {
                 log.info("line " + lineNumber + " from " + reply.to() + ": " + type + stepForLog(body));
             }
             switch (type) {
-                case "init" -> handleInit(message, body);
+                case "init" -> handleInit(reply, message, body);
                 case "ChargePayment" -> handleCharge(reply, ChargeRequest.from(body));
                 case "RefundPayment" -> handleRefund(reply, RefundRequest.from(body));
                 default -> throw new RpcError(ErrorCode.NOT_SUPPORTED, "unsupported message type: " + type);
@@ -772,14 +791,14 @@ public final class PaymentNode {
         replies.error(replyEnvelope(message, body), new RpcError(ErrorCode.MALFORMED_REQUEST, reason));
     }
 
-    private void handleInit(RawMessage message, RawBody body) throws IOException {
+    private void handleInit(Envelope reply, RawMessage message, RawBody body) throws IOException {
         String id = isMissing(body.nodeId) ? stringOrNull(message.dest) : requiredString(body.nodeId, "node_id");
         if (id != null) {
             // A repeated init only renames the node: the idempotency table is untouched.
             nodeId = id;
         }
         log.info("initialized as " + nodeId);
-        replies.initOk(replyEnvelope(message, body));
+        replies.initOk(reply.withFrom(nodeId));   // init_ok already comes from the new name
     }
 
     private void handleCharge(Envelope reply, ChargeRequest charge) throws IOException {
@@ -839,10 +858,6 @@ public final class PaymentNode {
         PaymentHandler(Log log, Journal journal) {
             this.log = log;
             this.journal = journal;
-        }
-
-        Journal journal() {
-            return journal;
         }
 
         Served<ChargeResult> charge(ChargeRequest request) {
@@ -908,7 +923,7 @@ public final class PaymentNode {
 
         private Charged firstCharge(ChargeRequest request) {
             Charged charged = new Charged(request.userId(), request.amount().text(), paymentCount.incrementAndGet());
-            journal.charged(request.key(), charged);   // before anyone can refund it, so the journal keeps that order
+            journal.charged(request, charged.paymentNumber());   // before anyone can refund it, so the journal keeps that order
             payments.add(charged);
             return charged;
         }
@@ -938,23 +953,23 @@ public final class PaymentNode {
             if (!closeStep(request.chargeKey())) {
                 return firstRefund(request);   // the charge won the race after all: refund it
             }
-            Refunded refunded;
             if (request.paymentId() == null) {
-                refunded = new Refunded(request, Refunded.NOTHING, Amount.ZERO.text());
-            } else {
-                log.warn("refunding " + request.paymentId() + " for " + request.key() + ", a payment this node"
-                        + " does not know (made before a restart or by another node): trusting the saga");
-                refunded = new Refunded(request, refundCount.incrementAndGet(), request.amount().text());
+                return refunded(request, Refunded.NOTHING, Amount.ZERO.text(), null);
             }
-            journal.refunded(request.key(), refunded, null);
-            return refunded;
+            log.warn("refunding " + request.paymentId() + " for " + request.key() + ", a payment this node"
+                    + " does not know (made before a restart or by another node): trusting the saga");
+            return refunded(request, refundCount.incrementAndGet(), request.amount().text(), null);
         }
 
         private Refunded refundPayment(Charged payment, RefundRequest request) {
             String amount = payment.deductRefund(request.amount());   // may refuse: then no refund id is used up
-            Refunded refunded = new Refunded(request, refundCount.incrementAndGet(), amount);
-            journal.refunded(request.key(), refunded, payment);
-            return refunded;
+            return refunded(request, refundCount.incrementAndGet(), amount, payment);
+        }
+
+        /** {@code payment}: the payment of this node whose ledger the refund drew on, else null. */
+        private Refunded refunded(RefundRequest request, long refundNumber, String amount, Charged payment) {
+            journal.refunded(request, amount, refundNumber, payment == null ? 0 : payment.paymentNumber());
+            return new Refunded(request, refundNumber, amount);
         }
 
         /** The payment charged under this step, waiting for a charge in progress; null if there is none. */
@@ -1441,7 +1456,7 @@ public final class PaymentNode {
         /** No journal: the node keeps its state in memory only. */
         Journal NONE = new Journal() {
             @Override
-            public void charged(String key, Charged charged) {
+            public void charged(ChargeRequest request, long paymentNumber) {
             }
 
             @Override
@@ -1449,7 +1464,7 @@ public final class PaymentNode {
             }
 
             @Override
-            public void refunded(String key, Refunded refunded, Charged payment) {
+            public void refunded(RefundRequest request, String refunded, long refundNumber, long paymentNumber) {
             }
 
             @Override
@@ -1457,14 +1472,18 @@ public final class PaymentNode {
             }
         };
 
-        void charged(String key, Charged charged);
+        void charged(ChargeRequest request, long paymentNumber);
 
-        void closed(String key);
+        void closed(String chargeKey);
 
-        /** {@code payment}: the payment of this node whose ledger the refund drew on, else null. */
-        void refunded(String key, Refunded refunded, Charged payment);
+        /** {@code paymentNumber}: the payment of this node whose ledger the refund drew on, else 0. */
+        void refunded(RefundRequest request, String refunded, long refundNumber, long paymentNumber);
 
         void commit() throws IOException;
+
+        /** Releases the journal (a process that ends releases it anyway). */
+        default void close() throws IOException {
+        }
     }
 
     /**
@@ -1577,35 +1596,35 @@ public final class PaymentNode {
         }
 
         @Override
-        public synchronized void charged(String key, Charged charged) {
-            int start = begin("charge", key);
+        public synchronized void charged(ChargeRequest request, long paymentNumber) {
+            int start = begin("charge", request.key());
             pending.ascii(", ");
-            pending.string(charged.userId());
+            pending.string(request.userId());
             pending.ascii(", ");
-            pending.ascii(charged.amount());
+            pending.ascii(request.amount().text());
             pending.ascii(", ");
-            pending.number(charged.paymentNumber());
+            pending.number(paymentNumber);
             end(start);
         }
 
         @Override
-        public synchronized void closed(String key) {
-            end(begin("close", key));
+        public synchronized void closed(String chargeKey) {
+            end(begin("close", chargeKey));
         }
 
         @Override
-        public synchronized void refunded(String key, Refunded refunded, Charged payment) {
-            int start = begin("refund", key);
+        public synchronized void refunded(RefundRequest request, String refunded, long refundNumber, long paymentNumber) {
+            int start = begin("refund", request.key());
             pending.ascii(", ");
-            pending.string(refunded.paymentId());
+            pending.string(request.paymentId());
             pending.ascii(", ");
-            pending.ascii(refunded.amount() == null ? "null" : refunded.amount());
+            pending.ascii(request.amount() == null ? "null" : request.amount().text());
             pending.ascii(", ");
-            pending.ascii(refunded.refunded());
+            pending.ascii(refunded);
             pending.ascii(", ");
-            pending.number(refunded.refundNumber());
+            pending.number(refundNumber);
             pending.ascii(", ");
-            pending.number(payment == null ? 0 : payment.paymentNumber());
+            pending.number(paymentNumber);
             end(start);
         }
 
@@ -1624,7 +1643,8 @@ public final class PaymentNode {
         }
 
         /** Releases the file and its lock (a process that ends releases them anyway). */
-        void close() throws IOException {
+        @Override
+        public void close() throws IOException {
             file.close();
         }
 
@@ -1648,12 +1668,7 @@ public final class PaymentNode {
 
         /** A CRC-32 as eight lower-case hex digits. */
         private static byte[] hex(long crc) {
-            byte[] digits = new byte[8];
-            for (int i = 7; i >= 0; i--) {
-                digits[i] = (byte) Character.forDigit((int) (crc & 0xf), 16);
-                crc >>>= 4;
-            }
-            return digits;
+            return HexFormat.of().toHexDigits((int) crc).getBytes(StandardCharsets.US_ASCII);
         }
     }
 

@@ -39,14 +39,14 @@ class JournalTest {
 
     /** Runs {@code input} through a node whose handler comes from (and goes on into) the journal. */
     private String runWithJournal(Path journal, String input) throws IOException {
-        PaymentNode.PaymentHandler payments = PaymentNode.withJournal(journal, log);
+        PaymentNode.State state = PaymentNode.State.replayed(journal, log);
         try {
             ByteArrayOutputStream stdout = new ByteArrayOutputStream();
-            int status = new PaymentNode(payments, stdout, log).serve(new ByteArrayInputStream(input.getBytes(StandardCharsets.UTF_8)));
+            int status = new PaymentNode(state, stdout, log).serve(new ByteArrayInputStream(input.getBytes(StandardCharsets.UTF_8)));
             assertEquals(0, status);
             return stdout.toString(StandardCharsets.UTF_8);
         } finally {
-            ((PaymentNode.FileJournal) payments.journal()).close();
+            state.journal().close();
         }
     }
 
@@ -98,19 +98,19 @@ class JournalTest {
         runWithJournal(journal, SESSION);
         String text = Files.readString(journal);
         Files.writeString(journal, text.replaceFirst("120\\.50", "920.50"));   // its checksum no longer matches
-        IOException refused = assertThrows(IOException.class, () -> PaymentNode.withJournal(journal, log));
+        IOException refused = assertThrows(IOException.class, () -> PaymentNode.State.replayed(journal, log));
         assertTrue(refused.getMessage().startsWith("record 1 is damaged and good records follow it"), refused.getMessage());
     }
 
     @Test
     void twoNodesCannotShareAJournal() throws IOException {
         Path journal = dir.resolve("journal");
-        PaymentNode.PaymentHandler first = PaymentNode.withJournal(journal, log);
+        PaymentNode.State first = PaymentNode.State.replayed(journal, log);
         try {
-            IOException refused = assertThrows(IOException.class, () -> PaymentNode.withJournal(journal, log));
+            IOException refused = assertThrows(IOException.class, () -> PaymentNode.State.replayed(journal, log));
             assertEquals("another node is using it", refused.getMessage());
         } finally {
-            ((PaymentNode.FileJournal) first.journal()).close();
+            first.journal().close();
         }
     }
 
@@ -121,7 +121,7 @@ class JournalTest {
         AtomicInteger committed = new AtomicInteger();
         PaymentNode.Journal counting = new PaymentNode.Journal() {
             @Override
-            public void charged(String key, PaymentNode.Charged charged) {
+            public void charged(PaymentNode.ChargeRequest request, long paymentNumber) {
                 appended.incrementAndGet();
             }
 
@@ -131,7 +131,7 @@ class JournalTest {
             }
 
             @Override
-            public void refunded(String key, PaymentNode.Refunded refunded, PaymentNode.Charged payment) {
+            public void refunded(PaymentNode.RefundRequest request, String refunded, long refundNumber, long paymentNumber) {
                 appended.incrementAndGet();
             }
 
@@ -156,7 +156,7 @@ class JournalTest {
         for (int i = 0; i < 5_000; i++) {   // enough replies to fill several batches on the way
             input.append(Node.charge(i, "s" + i, 1, "1.25")).append(Node.charge(i, "s" + i, 1, "1.25"));
         }
-        new PaymentNode(new PaymentNode.PaymentHandler(log, counting), stdout, log)
+        new PaymentNode(new PaymentNode.State(new PaymentNode.PaymentHandler(log, counting), counting), stdout, log)
                 .serve(new ByteArrayInputStream(input.toString().getBytes(StandardCharsets.UTF_8)));
         assertEquals(5_000, appended.get());
         assertTrue(pendingAtWrite.size() > 2, "several batches were written: " + pendingAtWrite.size());

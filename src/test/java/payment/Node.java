@@ -27,7 +27,7 @@ final class Node {
 
     static Run run(InputStream input, PaymentNode.PaymentHandler handler, PaymentNode.Log log, ByteArrayOutputStream stderr) {
         ByteArrayOutputStream stdout = new ByteArrayOutputStream();
-        int status = new PaymentNode(handler, stdout, log).serve(input);
+        int status = new PaymentNode(new PaymentNode.State(handler, PaymentNode.Journal.NONE), stdout, log).serve(input);
         return new Run(status, stdout.toString(StandardCharsets.UTF_8), stderr.toString(StandardCharsets.UTF_8));
     }
 

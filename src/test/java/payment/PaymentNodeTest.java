@@ -184,7 +184,7 @@ class PaymentNodeTest {
         };
         ByteArrayOutputStream stderr = new ByteArrayOutputStream();
         PaymentNode.Log log = new PaymentNode.Log(new PrintStream(stderr, true, StandardCharsets.UTF_8), false);
-        int status = new PaymentNode(new PaymentNode.PaymentHandler(log), broken, log)
+        int status = new PaymentNode(PaymentNode.State.inMemory(log), broken, log)
                 .serve(new ByteArrayInputStream(Node.charge(1, "s", 1, "1").getBytes(StandardCharsets.UTF_8)));
         assertEquals(1, status);
         assertTrue(stderr.toString(StandardCharsets.UTF_8).contains("Broken pipe"));
