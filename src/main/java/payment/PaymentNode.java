@@ -40,9 +40,10 @@ import java.util.zip.CRC32;
  * The payment participant of a saga, as a Maelstrom node.
  *
  * <p>One message per line comes in on stdin and one reply per line goes out on stdout. The story of a
- * line, in the order this file tells it: {@link LineReader read a line} → {@link #parse parse} →
- * {@link #dispatch dispatch} → {@link PaymentHandler handle} → {@link ReplyWriter reply} → flush
- * (when the input runs dry, so that nobody waits for a reply sitting in a buffer).
+ * line, in the order this file tells it (its numbered sections): {@link LineReader read a line} →
+ * {@link #parse parse} → {@link ChargeRequest check} → {@link #dispatch dispatch} →
+ * {@link PaymentHandler handle} → {@link ReplyWriter reply} → flush (when the input runs dry, so that
+ * nobody waits for a reply sitting in a buffer).
  *
  * <p>The heart of it is {@link PaymentHandler}: a table from idempotency key ({@code saga42:step2}) to
  * the result of that step, claimed atomically, so that a step retried any number of times, from any

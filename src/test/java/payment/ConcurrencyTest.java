@@ -2,8 +2,6 @@ package payment;
 
 import org.junit.jupiter.api.Test;
 
-import java.io.OutputStream;
-import java.io.PrintStream;
 import java.math.BigDecimal;
 import java.util.ArrayList;
 import java.util.Collections;
@@ -41,7 +39,7 @@ class ConcurrencyTest {
     private static final int THREADS = 8;
 
     private static PaymentHandler handler() {
-        return new PaymentHandler(new PaymentNode.Log(new PrintStream(OutputStream.nullOutputStream()), false));
+        return new PaymentHandler(Node.silentLog());
     }
 
     private static Amount amount(String text) {

@@ -4,7 +4,6 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
 import java.io.BufferedOutputStream;
-import java.io.IOException;
 import java.io.OutputStream;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
@@ -16,8 +15,6 @@ import java.util.Map;
 import java.util.Random;
 import java.util.TreeMap;
 import java.util.concurrent.TimeUnit;
-import java.util.regex.Matcher;
-import java.util.regex.Pattern;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
@@ -39,9 +36,9 @@ class FuzzTest {
         return text.getBytes(StandardCharsets.UTF_8);
     }
 
+    /** A charge line without its newline. */
     private static String request(int msgId, String sagaId, String amount) {
-        return "{\"src\":\"c1\",\"dest\":\"payment\",\"body\":{\"type\":\"ChargePayment\",\"msg_id\":" + msgId + ",\"saga_id\":\""
-                + sagaId + "\",\"step\":1,\"params\":{\"user_id\":\"u1\",\"amount\":" + amount + "}}}";
+        return Wire.charge(msgId, sagaId, 1, amount).trim();
     }
 
     @Test
@@ -100,7 +97,7 @@ class FuzzTest {
 
         Path stdout = dir.resolve("fuzz.out");
         Path stderr = dir.resolve("fuzz.err");
-        Process fuzzed = new ProcessBuilder(NodeProcess.command(List.of("-Xmx64m")))
+        Process fuzzed = new ProcessBuilder(Node.command(List.of("-Xmx64m")))
                 .redirectInput(input.toFile()).redirectOutput(stdout.toFile()).redirectError(stderr.toFile()).start();
         assertTrue(fuzzed.waitFor(180, TimeUnit.SECONDS), "the node hung");
         String errors = Files.readString(stderr);
@@ -108,21 +105,21 @@ class FuzzTest {
         assertFalse(errors.contains("internal error"), "a bad line reached code 13");
         assertFalse(errors.contains("OutOfMemoryError"), "out of memory");
 
-        Pattern replyTo = Pattern.compile("\"type\": \"(\\w+)\".*\"in_reply_to\": (\\d+)");
-        Pattern probeOk = Pattern.compile("\"ChargePayment_ok\", \"saga_id\": \"probe-(\\d+)\", \"step\": 1, \"result\": \\{\"payment_id\": \"p\\d+\", \"charged\": 1.5}, \"in_reply_to\": (\\d+)");
         int probes = 0;
         Map<Integer, String> answered = new TreeMap<>();
         for (String line : Files.readAllLines(stdout)) {
-            Matcher probe = probeOk.matcher(line);
-            if (probe.find()) {
-                assertEquals(PROBE_IDS + probes, Integer.parseInt(probe.group(2)), "probes answered in order");
-                assertEquals(probes, Integer.parseInt(probe.group(1)));
+            Wire.Reply reply = Wire.read(line);
+            if (reply.sagaId() != null && reply.sagaId().startsWith("probe-")) {
+                assertEquals("ChargePayment_ok", reply.type(), line);
+                assertEquals("1.5", reply.result().get("charged"), line);
+                assertTrue(reply.result().get("payment_id").matches("p\\d+"), line);
+                assertEquals(PROBE_IDS + probes, reply.inReplyTo(), "probes answered in order");
+                assertEquals("probe-" + probes, reply.sagaId());
                 probes++;
                 continue;
             }
-            Matcher reply = replyTo.matcher(line);
-            if (reply.find() && Integer.parseInt(reply.group(2)) >= ANSWERABLE_IDS) {
-                answered.put(Integer.parseInt(reply.group(2)), reply.group(1));
+            if (reply.inReplyTo() != null && reply.inReplyTo() >= ANSWERABLE_IDS) {
+                answered.put(reply.inReplyTo().intValue(), reply.type());
             }
         }
         assertEquals(bad, probes, "every probe after a bad line was served");

@@ -19,6 +19,7 @@ import static org.junit.jupiter.api.DynamicTest.dynamicTest;
 /** Every tests/golden/NAME.in, run through the node's main loop, must print NAME.out byte for byte. */
 class GoldenFilesTest {
     private static final Path GOLDEN = Path.of("tests", "golden");
+    /** The one output line the original task lists for each sample case, byte for byte. */
     private static final String SAMPLE_FIRST_LINE =
             "{\"src\": \"payment\", \"dest\": \"c0\", \"body\": {\"type\": \"init_ok\", \"in_reply_to\": 1, \"msg_id\": 0}}";
 

@@ -5,11 +5,9 @@ import org.junit.jupiter.api.io.TempDir;
 
 import java.io.BufferedReader;
 import java.io.ByteArrayInputStream;
-import java.io.ByteArrayOutputStream;
 import java.io.IOException;
 import java.io.InputStreamReader;
 import java.io.OutputStream;
-import java.io.PrintStream;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -21,8 +19,6 @@ import java.util.Map;
 import java.util.Random;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
-import java.util.regex.Matcher;
-import java.util.regex.Pattern;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
@@ -34,30 +30,29 @@ class JournalTest {
     @TempDir
     Path dir;
 
-    private final ByteArrayOutputStream stderr = new ByteArrayOutputStream();
-    private final PaymentNode.Log log = new PaymentNode.Log(new PrintStream(stderr, true, StandardCharsets.UTF_8), false);
+    private final Node.CapturedLog captured = Node.CapturedLog.of(false);
+    private final PaymentNode.Log log = captured.log();
 
     /** Runs {@code input} through a node whose handler comes from (and goes on into) the journal. */
     private String runWithJournal(Path journal, String input) throws IOException {
         PaymentNode.State state = PaymentNode.State.replayed(journal, log);
         try {
-            ByteArrayOutputStream stdout = new ByteArrayOutputStream();
-            int status = new PaymentNode(state, stdout, log).serve(new ByteArrayInputStream(input.getBytes(StandardCharsets.UTF_8)));
-            assertEquals(0, status);
-            return stdout.toString(StandardCharsets.UTF_8);
+            Node.Run run = Node.run(input.getBytes(StandardCharsets.UTF_8), state, captured);
+            assertEquals(0, run.status());
+            return run.stdout();
         } finally {
             state.journal().close();
         }
     }
 
     private static final String SESSION = String.join("",
-            Node.charge(1, "trip", 1, "120.50"),
-            Node.charge(2, "trip", 2, "80"),
-            Node.request("{\"type\":\"RefundPayment\",\"msg_id\":3,\"saga_id\":\"trip\",\"step\":2,\"params\":{\"amount\":30}}"),
-            Node.request("{\"type\":\"RefundPayment\",\"msg_id\":4,\"saga_id\":\"trip\",\"step\":3}"),                 // compensation first
-            Node.request("{\"type\":\"RefundPayment\",\"msg_id\":5,\"saga_id\":\"other\",\"step\":1,\"params\":{\"payment_id\":\"p7\",\"amount\":3}}"),
-            Node.request("{\"type\":\"RefundPayment\",\"msg_id\":6,\"saga_id\":\"trip\",\"step\":9,\"params\":{\"payment_id\":\"p2\"}}"),
-            Node.charge(7, "trip", 3, "5"));                                                                         // 14: closed
+            Wire.charge(1, "trip", 1, "120.50"),
+            Wire.charge(2, "trip", 2, "80"),
+            Wire.request("{\"type\":\"RefundPayment\",\"msg_id\":3,\"saga_id\":\"trip\",\"step\":2,\"params\":{\"amount\":30}}"),
+            Wire.request("{\"type\":\"RefundPayment\",\"msg_id\":4,\"saga_id\":\"trip\",\"step\":3}"),                 // compensation first
+            Wire.request("{\"type\":\"RefundPayment\",\"msg_id\":5,\"saga_id\":\"other\",\"step\":1,\"params\":{\"payment_id\":\"p7\",\"amount\":3}}"),
+            Wire.request("{\"type\":\"RefundPayment\",\"msg_id\":6,\"saga_id\":\"trip\",\"step\":9,\"params\":{\"payment_id\":\"p2\"}}"),
+            Wire.charge(7, "trip", 3, "5"));                                                                         // 14: closed
 
     @Test
     void aRestartedNodeAnswersEveryRequestAsBeforeWithItsCachedNote() throws IOException {
@@ -73,10 +68,10 @@ class JournalTest {
         assertTrue(first.contains("\"code\": 14"), first);
 
         // The counters and the ledger came back too: the next payment is p3, and p2 has nothing left.
-        String third = runWithJournal(journal, Node.charge(8, "trip", 4, "1")
-                + Node.request("{\"type\":\"RefundPayment\",\"msg_id\":9,\"saga_id\":\"trip\",\"step\":10,\"params\":{\"payment_id\":\"p2\"}}"));
-        assertEquals(Node.chargeOk(8, 0, "trip", 4, "p3", "1", false)
-                + Node.error(9, 1, 22, "payment p2 is already fully refunded"), third);
+        String third = runWithJournal(journal, Wire.charge(8, "trip", 4, "1")
+                + Wire.request("{\"type\":\"RefundPayment\",\"msg_id\":9,\"saga_id\":\"trip\",\"step\":10,\"params\":{\"payment_id\":\"p2\"}}"));
+        assertEquals(Wire.chargeOk("trip", 4, "p3", "1").to(8, 0)
+                + Wire.error(22, "payment p2 is already fully refunded").to(9, 1), third);
     }
 
     @Test
@@ -86,9 +81,9 @@ class JournalTest {
         byte[] complete = Files.readAllBytes(journal);
         Files.write(journal, "0badc0de [\"charge\", \"trip:st".getBytes(StandardCharsets.US_ASCII), StandardOpenOption.APPEND);
 
-        String again = runWithJournal(journal, Node.charge(1, "trip", 1, "120.50"));
-        assertEquals(Node.chargeOk(1, 0, "trip", 1, "p1", "120.50", true), again);
-        assertTrue(stderr.toString(StandardCharsets.UTF_8).contains("cut off a torn last record (28 bytes after record 8)"), stderr.toString());
+        String again = runWithJournal(journal, Wire.charge(1, "trip", 1, "120.50"));
+        assertEquals(Wire.chargeOk("trip", 1, "p1", "120.50").cached().to(1, 0), again);
+        assertTrue(captured.text().contains("cut off a torn last record (28 bytes after record 8)"), captured.text());
         assertEquals(new String(complete, StandardCharsets.US_ASCII), Files.readString(journal), "the good records are untouched");
     }
 
@@ -154,7 +149,7 @@ class JournalTest {
         };
         StringBuilder input = new StringBuilder();
         for (int i = 0; i < 5_000; i++) {   // enough replies to fill several batches on the way
-            input.append(Node.charge(i, "s" + i, 1, "1.25")).append(Node.charge(i, "s" + i, 1, "1.25"));
+            input.append(Wire.charge(i, "s" + i, 1, "1.25")).append(Wire.charge(i, "s" + i, 1, "1.25"));
         }
         new PaymentNode(new PaymentNode.State(new PaymentNode.PaymentHandler(log, counting), counting), stdout, log)
                 .serve(new ByteArrayInputStream(input.toString().getBytes(StandardCharsets.UTF_8)));
@@ -164,20 +159,6 @@ class JournalTest {
     }
 
     // ---- kill -9 -----------------------------------------------------------------------------------
-
-    private static final Pattern REPLY = Pattern.compile(
-            "\"body\": \\{\"type\": \"(\\w+)\", (?:\"saga_id\": \"([^\"]*)\", \"step\": (\\d+), \"result\": (\\{[^}]*\\})(?:, \"note\": \"(\\w+)\")?"
-                    + "|\"code\": (\\d+), \"text\": \"(?:[^\"\\\\]|\\\\.)*\"), \"in_reply_to\": (\\d+)");
-
-    record Reply(String type, String key, String result, String note, int inReplyTo) {
-        static Reply parse(String line) {
-            Matcher m = REPLY.matcher(line);
-            assertTrue(m.find(), "unexpected reply: " + line);
-            String type = m.group(1);
-            String key = m.group(2) == null ? null : m.group(2) + ":step" + m.group(3) + (type.startsWith("Refund") ? ":refund" : "");
-            return new Reply(type, key, m.group(4) != null ? m.group(4) : "code " + m.group(6), m.group(5), Integer.parseInt(m.group(7)));
-        }
-    }
 
     /** A saga workload: first charges, their retries, compensations (some before their charge) and their retries. */
     private static List<String> workload(int size, Random random) {
@@ -204,7 +185,7 @@ class JournalTest {
                         + random.nextInt(100) + "\",\"amount\":" + (1 + random.nextInt(999)) + "." + (10 + random.nextInt(90)) + "}";
                 issued.add(body);
             }
-            requests.add("{\"src\":\"c1\",\"dest\":\"payment\",\"body\":{\"msg_id\":" + requests.size() + "," + body + "}}\n");
+            requests.add(Wire.request("{\"msg_id\":" + requests.size() + "," + body + "}"));
         }
         return requests;
     }
@@ -225,16 +206,17 @@ class JournalTest {
         Path journal = dir.resolve("journal");
         Random random = new Random(20261127);
         List<String> requests = workload(60_000, random);
-        Map<Integer, Reply> answeredBeforeAKill = new HashMap<>();
+        Map<Integer, Wire.Reply> answeredBeforeAKill = new HashMap<>();
         Map<String, String> resultByKey = new HashMap<>();   // every ok result ever seen for a key
         Map<String, String> keyByPaymentId = new HashMap<>();
+        Map<String, String> keyByRefundId = new HashMap<>();
         int rounds = 6;
         int sent = 0;
         for (int round = 0; round <= rounds; round++) {
             boolean last = round == rounds;
             int upTo = last ? requests.size() : Math.min(requests.size(), sent + 10_000);
             Path stderrFile = dir.resolve("stderr-" + round);
-            Process node = NodeProcess.start(List.of(), stderrFile, "--journal", journal.toString());
+            Process node = Node.start(List.of(), stderrFile, "--journal", journal.toString());
             List<String> lines = new ArrayList<>();
             Thread reader = new Thread(() -> {
                 try (BufferedReader stdout = new BufferedReader(new InputStreamReader(node.getInputStream(), StandardCharsets.UTF_8))) {
@@ -284,38 +266,38 @@ class JournalTest {
                 assertEquals(requests.size(), lines.size(), "every request answered in the last round");
             }
 
-            List<Reply> replies;
+            List<Wire.Reply> replies;
             synchronized (lines) {
-                replies = lines.stream().map(Reply::parse).toList();
+                replies = lines.stream().map(Wire::read).toList();
             }
-            for (Reply reply : replies) {
-                Reply before = answeredBeforeAKill.get(reply.inReplyTo());
+            for (Wire.Reply reply : replies) {
+                int request = reply.inReplyTo().intValue();
+                Wire.Reply before = answeredBeforeAKill.get(request);
                 if (before != null && before.key() != null) {
-                    assertEquals(before.result(), reply.result(), "request " + reply.inReplyTo() + " answered differently after a kill");
-                    assertTrue(reply.note() != null, "request " + reply.inReplyTo() + " came back without its cached note: " + reply);
+                    assertEquals(before.outcome(), reply.outcome(), "request " + request + " answered differently after a kill");
+                    assertTrue(reply.note() != null, "request " + request + " came back without its cached note: " + reply);
                 }
                 if (reply.key() != null) {
-                    String earlier = resultByKey.putIfAbsent(reply.key(), reply.result());
-                    assertTrue(earlier == null || earlier.equals(reply.result()),
-                            reply.key() + " has two results: " + earlier + " and " + reply.result());
-                    Matcher payment = Pattern.compile("\"payment_id\": \"(p\\d+)\"").matcher(reply.result());
-                    if (payment.find()) {
-                        String otherKey = keyByPaymentId.putIfAbsent(payment.group(1), reply.key());
+                    String earlier = resultByKey.putIfAbsent(reply.key(), reply.outcome());
+                    assertTrue(earlier == null || earlier.equals(reply.outcome()),
+                            reply.key() + " has two results: " + earlier + " and " + reply.outcome());
+                    String paymentId = reply.result().get("payment_id");
+                    if (paymentId != null) {
+                        String otherKey = keyByPaymentId.putIfAbsent(paymentId, reply.key());
                         assertTrue(otherKey == null || otherKey.equals(reply.key()),
-                                payment.group(1) + " was given to " + otherKey + " and to " + reply.key());
+                                paymentId + " was given to " + otherKey + " and to " + reply.key());
+                    }
+                    String refundId = reply.result().get("refund_id");
+                    if (refundId != null) {
+                        String otherKey = keyByRefundId.putIfAbsent(refundId, reply.key());
+                        assertTrue(otherKey == null || otherKey.equals(reply.key()),
+                                refundId + " was given to " + otherKey + " and to " + reply.key());
                     }
                 }
-                answeredBeforeAKill.putIfAbsent(reply.inReplyTo(), reply);
+                answeredBeforeAKill.putIfAbsent(request, reply);
             }
             sent = Math.max(sent, upTo);
         }
         assertTrue(keyByPaymentId.size() > 10_000, "payments made: " + keyByPaymentId.size());
-        Map<String, String> keyByRefundId = new HashMap<>();
-        resultByKey.forEach((key, result) -> {
-            Matcher refund = Pattern.compile("\"refund_id\": \"(r\\d+)\"").matcher(result);
-            if (refund.find()) {
-                assertEquals(null, keyByRefundId.put(refund.group(1), key), refund.group(1) + " was given twice");
-            }
-        });
     }
 }

@@ -315,9 +315,6 @@ class ModelTest {
 
     // ---- invariants, checked on the node's own replies ------------------------------------------------
 
-    private static final Pattern CHARGED = Pattern.compile("\"saga_id\": \"([^\"]*)\", \"step\": (\\d+), \"result\": \\{\"payment_id\": \"p(\\d+)\", \"charged\": ([^}]+)\\}");
-    private static final Pattern REFUNDED = Pattern.compile("\"RefundPayment_ok\", \"saga_id\": \"([^\"]*)\", \"step\": (\\d+), \"result\": \\{(?:\"refund_id\": \"r(\\d+)\", )?\"refunded\": ([^}]+)\\}");
-
     /** Null when the invariants hold, else what broke. One pass, in output order, as the node saw it. */
     static String brokenInvariant(List<String> input, String output) {
         Map<String, String> requestByMsgId = new HashMap<>();
@@ -331,23 +328,24 @@ class ModelTest {
         Map<String, BigDecimal> chargedByPayment = new HashMap<>();
         Map<String, String> refundByKey = new HashMap<>();
         Map<String, BigDecimal> refundedByPayment = new HashMap<>();
-        for (String line : output.split("\n")) {
-            Matcher charged = CHARGED.matcher(line);
-            if (charged.find()) {
-                String key = charged.group(1) + ":step" + charged.group(2);
-                String earlier = paymentByKey.putIfAbsent(key, charged.group(3));
-                if (earlier != null && !earlier.equals(charged.group(3))) {
-                    return key + " maps to two payments: p" + earlier + " and p" + charged.group(3);
+        for (String line : output.lines().toList()) {
+            Wire.Reply reply = Wire.read(line);
+            if ("ChargePayment_ok".equals(reply.type())) {
+                String key = reply.key();
+                String paymentNumber = reply.result().get("payment_id").substring(1);
+                String earlier = paymentByKey.putIfAbsent(key, paymentNumber);
+                if (earlier != null && !earlier.equals(paymentNumber)) {
+                    return key + " maps to two payments: p" + earlier + " and p" + paymentNumber;
                 }
-                chargedByPayment.put(charged.group(3), new BigDecimal(charged.group(4)));
+                chargedByPayment.put(paymentNumber, new BigDecimal(reply.result().get("charged")));
                 continue;
             }
-            Matcher refunded = REFUNDED.matcher(line);
-            if (!refunded.find() || refunded.group(3) == null) {
+            if (!"RefundPayment_ok".equals(reply.type()) || reply.result().get("refund_id") == null) {
                 continue;
             }
-            String key = refunded.group(1) + ":step" + refunded.group(2) + ":refund";
-            String result = refunded.group(3) + "/" + refunded.group(4);
+            String key = reply.key();
+            String refunded = reply.result().get("refunded");
+            String result = reply.result().get("refund_id").substring(1) + "/" + refunded;
             String earlier = refundByKey.putIfAbsent(key, result);
             if (earlier != null && !earlier.equals(result)) {
                 return key + " has two results: " + earlier + " and " + result;
@@ -356,15 +354,14 @@ class ModelTest {
                 continue;
             }
             // The payment it drew on: the step's own, else the one the request named.
-            String payment = paymentByKey.get(refunded.group(1) + ":step" + refunded.group(2));
-            Matcher to = Pattern.compile("\"dest\": \"([^\"]+)\".*\"in_reply_to\": (\\d+)").matcher(line);
-            String request = to.find() ? requestByMsgId.get(to.group(1) + "/" + to.group(2)) : null;
+            String payment = paymentByKey.get(reply.sagaId() + ":step" + reply.step());
+            String request = reply.inReplyTo() == null ? null : requestByMsgId.get(reply.dest() + "/" + reply.inReplyTo());
             Matcher named = request == null ? null : Pattern.compile("\"payment_id\":\"p(\\d+)\"").matcher(request);
             if (payment == null && named != null && named.find()) {
                 payment = named.group(1);
             }
             if (payment != null && chargedByPayment.containsKey(payment)) {
-                BigDecimal total = refundedByPayment.merge(payment, new BigDecimal(refunded.group(4)), BigDecimal::add);
+                BigDecimal total = refundedByPayment.merge(payment, new BigDecimal(refunded), BigDecimal::add);
                 if (total.compareTo(chargedByPayment.get(payment)) > 0) {
                     return "refunds of p" + payment + " add up to " + total + ", more than the " + chargedByPayment.get(payment) + " charged";
                 }

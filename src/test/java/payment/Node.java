@@ -1,14 +1,42 @@
 package payment;
 
+import com.fasterxml.jackson.core.JsonFactory;
+
 import java.io.ByteArrayInputStream;
 import java.io.ByteArrayOutputStream;
+import java.io.File;
+import java.io.IOException;
 import java.io.InputStream;
+import java.io.OutputStream;
 import java.io.PrintStream;
+import java.net.URISyntaxException;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
 
-/** Runs the node's real main loop in-process, on byte streams instead of stdin/stdout. */
+/**
+ * Runs the node: its real main loop in-process, on byte streams instead of stdin/stdout ({@link #run}),
+ * or as a real process started the way run.sh starts it, JVM logs on stderr ({@link #start}).
+ */
 final class Node {
     record Run(int status, String stdout, String stderr) {
+    }
+
+    /** A node's log, written to memory so that a test can read what it said. */
+    record CapturedLog(PaymentNode.Log log, ByteArrayOutputStream bytes) {
+        static CapturedLog of(boolean verbose) {
+            ByteArrayOutputStream bytes = new ByteArrayOutputStream();
+            return new CapturedLog(new PaymentNode.Log(new PrintStream(bytes, true, StandardCharsets.UTF_8), verbose), bytes);
+        }
+
+        String text() {
+            return bytes.toString(StandardCharsets.UTF_8);
+        }
+    }
+
+    static PaymentNode.Log silentLog() {
+        return new PaymentNode.Log(new PrintStream(OutputStream.nullOutputStream()), false);
     }
 
     static Run run(String input) {
@@ -16,42 +44,58 @@ final class Node {
     }
 
     static Run run(byte[] input) {
-        return run(new ByteArrayInputStream(input), false);
+        return run(input, false);
     }
 
-    static Run run(InputStream input, boolean verbose) {
-        ByteArrayOutputStream stderr = new ByteArrayOutputStream();
-        PaymentNode.Log log = new PaymentNode.Log(new PrintStream(stderr, true, StandardCharsets.UTF_8), verbose);
-        return run(input, new PaymentNode.PaymentHandler(log), log, stderr);
+    static Run run(byte[] input, boolean verbose) {
+        CapturedLog log = CapturedLog.of(verbose);
+        return run(input, PaymentNode.State.inMemory(log.log()), log);
     }
 
-    static Run run(InputStream input, PaymentNode.PaymentHandler handler, PaymentNode.Log log, ByteArrayOutputStream stderr) {
-        ByteArrayOutputStream stdout = new ByteArrayOutputStream();
-        int status = new PaymentNode(new PaymentNode.State(handler, PaymentNode.Journal.NONE), stdout, log).serve(input);
-        return new Run(status, stdout.toString(StandardCharsets.UTF_8), stderr.toString(StandardCharsets.UTF_8));
+    /** Serves {@code input} from {@code state}, logging to {@code log}. */
+    static Run run(byte[] input, PaymentNode.State state, CapturedLog log) {
+        return run(new ByteArrayInputStream(input), state, new ByteArrayOutputStream(), log);
     }
 
-    /** One request line in the wire format, from client c1 to node "payment". */
-    static String request(String body) {
-        return "{\"src\":\"c1\",\"dest\":\"payment\",\"body\":" + body + "}\n";
+    static Run run(InputStream input, PaymentNode.State state, OutputStream stdout, CapturedLog log) {
+        int status = new PaymentNode(state, stdout, log.log()).serve(input);
+        return new Run(status, stdout instanceof ByteArrayOutputStream bytes ? bytes.toString(StandardCharsets.UTF_8) : "", log.text());
     }
 
-    static String charge(int msgId, String sagaId, int step, String amount) {
-        return request("{\"type\":\"ChargePayment\",\"msg_id\":" + msgId + ",\"saga_id\":\"" + sagaId + "\",\"step\":" + step
-                + ",\"params\":{\"user_id\":\"u1\",\"amount\":" + amount + "}}");
+    // ---- as a real process ---------------------------------------------------------------------------
+
+    /** {@code stderrFile}: where the node's stderr goes (null: a pipe), since killing a process closes its pipes. */
+    static Process start(List<String> jvmOptions, Path stderrFile, String... args) throws IOException {
+        ProcessBuilder builder = new ProcessBuilder(command(jvmOptions, args));
+        if (stderrFile != null) {
+            builder.redirectError(stderrFile.toFile());
+        }
+        return builder.start();
     }
 
-    /** The node's reply to {@link #charge} when it charged (or replayed) {@code paymentId}. */
-    static String chargeOk(int inReplyTo, int msgId, String sagaId, int step, String paymentId, String amount, boolean cached) {
-        return "{\"src\": \"payment\", \"dest\": \"c1\", \"body\": {\"type\": \"ChargePayment_ok\", \"saga_id\": \"" + sagaId
-                + "\", \"step\": " + step + ", \"result\": {\"payment_id\": \"" + paymentId + "\", \"charged\": " + amount + "}"
-                + (cached ? ", \"note\": \"cached_result\"" : "")
-                + ", \"in_reply_to\": " + inReplyTo + ", \"msg_id\": " + msgId + "}}\n";
+    static Process start(String... args) throws IOException {
+        return start(List.of(), null, args);
     }
 
-    static String error(Integer inReplyTo, int msgId, int code, String text) {
-        return "{\"src\": \"payment\", \"dest\": \"c1\", \"body\": {\"type\": \"error\", \"code\": " + code + ", \"text\": \"" + text + "\""
-                + (inReplyTo == null ? "" : ", \"in_reply_to\": " + inReplyTo) + ", \"msg_id\": " + msgId + "}}\n";
+    static List<String> command(List<String> jvmOptions, String... args) {
+        String java = Path.of(System.getProperty("java.home"), "bin", "java").toString();
+        List<String> command = new ArrayList<>(List.of(java, "-Xlog:disable", "-Xlog:all=warning:stderr"));
+        command.addAll(jvmOptions);
+        command.addAll(List.of("-cp", classpath(), PaymentNode.class.getName()));
+        command.addAll(List.of(args));
+        return command;
+    }
+
+    private static String classpath() {
+        return location(PaymentNode.class) + File.pathSeparator + location(JsonFactory.class);
+    }
+
+    private static String location(Class<?> type) {
+        try {
+            return Path.of(type.getProtectionDomain().getCodeSource().getLocation().toURI()).toString();
+        } catch (URISyntaxException e) {
+            throw new IllegalStateException(e);
+        }
     }
 
     private Node() {

@@ -7,7 +7,6 @@ import java.io.ByteArrayOutputStream;
 import java.io.IOException;
 import java.io.InputStream;
 import java.io.OutputStream;
-import java.io.PrintStream;
 import java.io.SequenceInputStream;
 import java.nio.charset.StandardCharsets;
 import java.util.List;
@@ -22,10 +21,10 @@ class PaymentNodeTest {
 
     /** A ChargePayment line padded (in an ignored field) to exactly {@code length} bytes, newline excluded. */
     private static String chargePaddedTo(int length, int msgId, String sagaId) {
-        String head = "{\"src\":\"c1\",\"dest\":\"payment\",\"body\":{\"type\":\"ChargePayment\",\"msg_id\":" + msgId
-                + ",\"saga_id\":\"" + sagaId + "\",\"step\":1,\"params\":{\"user_id\":\"u1\",\"amount\":10},\"pad\":\"";
-        String tail = "\"}}";
-        return head + "x".repeat(length - head.length() - tail.length()) + tail;
+        String body = Wire.chargeBody(msgId, sagaId, 1, "10");
+        String unpadded = Wire.request(body.substring(0, body.length() - 1) + ",\"pad\":\"\"}").trim();
+        int at = unpadded.length() - "\"}}".length();
+        return unpadded.substring(0, at) + "x".repeat(length - unpadded.length()) + unpadded.substring(at);
     }
 
     @Test
@@ -33,16 +32,16 @@ class PaymentNodeTest {
         String line = chargePaddedTo(LIMIT, 1, "big");
         assertEquals(LIMIT, line.length());
         Node.Run run = Node.run(line + "\n");
-        assertEquals(Node.chargeOk(1, 0, "big", 1, "p1", "10", false), run.stdout());
+        assertEquals(Wire.chargeOk("big", 1, "p1", "10").to(1, 0), run.stdout());
     }
 
     @Test
     void aLineOverTheLimitIsRefusedWith12WhenItsSrcCameBeforeTheCut() {
         String tooLong = chargePaddedTo(LIMIT + 1, 1, "big");
-        String input = tooLong + "\n" + Node.charge(2, "big", 1, "10");
+        String input = tooLong + "\n" + Wire.charge(2, "big", 1, "10");
         Node.Run run = Node.run(input);
-        assertEquals(Node.error(1, 0, 12, "line too long: 1048577 bytes, the limit is 1048576")
-                + Node.chargeOk(2, 1, "big", 1, "p1", "10", false), run.stdout(),
+        assertEquals(Wire.error(12, "line too long: 1048577 bytes, the limit is 1048576").to(1, 0)
+                + Wire.chargeOk("big", 1, "p1", "10").to(2, 1), run.stdout(),
                 "the refused line must leave no record: the next charge is the first");
         assertTrue(run.stderr().contains("line 1 refused: line too long"), run.stderr());
     }
@@ -52,14 +51,14 @@ class PaymentNodeTest {
         String tooLong = "{\"src\":\"c1\",\"dest\":\"payment\",\"body\":{\"type\":\"ChargePayment\",\"msg_id\":7,\"saga_id\":\""
                 + "x".repeat(2 * LIMIT) + "\",\"step\":1,\"params\":{\"user_id\":\"u1\",\"amount\":1}}}";
         Node.Run run = Node.run(tooLong + "\n");
-        assertEquals(Node.error(7, 0, 12, "line too long: " + tooLong.length() + " bytes, the limit is 1048576"), run.stdout());
+        assertEquals(Wire.error(12, "line too long: " + tooLong.length() + " bytes, the limit is 1048576").to(7, 0), run.stdout());
     }
 
     @Test
     void aLineOverTheLimitWithoutSrcBeforeTheCutIsOnlyLogged() {
         String tooLong = "{\"pad\":\"" + "y".repeat(3 * LIMIT) + "\",\"src\":\"c1\",\"body\":{\"type\":\"init\",\"msg_id\":1}}";
-        Node.Run run = Node.run(tooLong + "\n" + Node.charge(2, "s", 1, "5"));
-        assertEquals(Node.chargeOk(2, 0, "s", 1, "p1", "5", false), run.stdout());
+        Node.Run run = Node.run(tooLong + "\n" + Wire.charge(2, "s", 1, "5"));
+        assertEquals(Wire.chargeOk("s", 1, "p1", "5").to(2, 0), run.stdout());
         assertTrue(run.stderr().contains("line 1 ignored: line too long: " + (tooLong.length()) + " bytes"), run.stderr());
     }
 
@@ -87,13 +86,13 @@ class PaymentNodeTest {
             }
         };
         InputStream input = new SequenceInputStream(huge,
-                new ByteArrayInputStream(("\n" + Node.charge(1, "after", 1, "1")).getBytes(StandardCharsets.UTF_8)));
+                new ByteArrayInputStream(("\n" + Wire.charge(1, "after", 1, "1")).getBytes(StandardCharsets.UTF_8)));
         PaymentNode.LineReader reader = new PaymentNode.LineReader(input, LIMIT, () -> { });
         assertTrue(reader.next());
         assertEquals(size, reader.tooLongLength());
         assertEquals(LIMIT, reader.tooLongPrefix().length);
         assertTrue(reader.next());
-        assertEquals(Node.charge(1, "after", 1, "1").trim(),
+        assertEquals(Wire.charge(1, "after", 1, "1").trim(),
                 new String(reader.buffer(), reader.start(), reader.length(), StandardCharsets.UTF_8));
         assertFalse(reader.next());
         assertTrue(reader.buffer().length <= LIMIT + 64 * 1024, "buffer grew to " + reader.buffer().length);
@@ -110,10 +109,10 @@ class PaymentNodeTest {
         for (byte[] bad : badLines) {
             ByteArrayOutputStream input = new ByteArrayOutputStream();
             input.writeBytes(bad);
-            input.writeBytes(("\n" + Node.charge(1, "s", 1, "2")).getBytes(StandardCharsets.UTF_8));
+            input.writeBytes(("\n" + Wire.charge(1, "s", 1, "2")).getBytes(StandardCharsets.UTF_8));
             Node.Run run = Node.run(input.toByteArray());
             assertEquals(0, run.status());
-            assertEquals(Node.chargeOk(1, 0, "s", 1, "p1", "2", false), run.stdout());
+            assertEquals(Wire.chargeOk("s", 1, "p1", "2").to(1, 0), run.stdout());
             assertTrue(run.stderr().contains("line 1 is not a JSON object, ignored"), run.stderr());
         }
     }
@@ -121,15 +120,15 @@ class PaymentNodeTest {
     @Test
     void anAmountOfAHundredThousandDigitsGetsAClearError() {
         String digits = "9".repeat(100_000);
-        Node.Run run = Node.run(Node.charge(1, "s", 1, digits) + Node.charge(2, "s", 1, "3"));
-        assertEquals(Node.error(1, 0, 12, "params.amount 99999999999999999999...(100000 characters) is out of range:"
-                + " at most 40 digits before the decimal point and 40 after it")
-                + Node.chargeOk(2, 1, "s", 1, "p1", "3", false), run.stdout());
+        Node.Run run = Node.run(Wire.charge(1, "s", 1, digits) + Wire.charge(2, "s", 1, "3"));
+        assertEquals(Wire.error(12, "params.amount 99999999999999999999...(100000 characters) is out of range:"
+                + " at most 40 digits before the decimal point and 40 after it").to(1, 0)
+                + Wire.chargeOk("s", 1, "p1", "3").to(2, 1), run.stdout());
     }
 
     @Test
     void aRefundOfAPaymentThisNodeDoesNotKnowIsTrustedWithAWarning() {
-        Node.Run run = Node.run(Node.request(
+        Node.Run run = Node.run(Wire.request(
                 "{\"type\":\"RefundPayment\",\"msg_id\":1,\"saga_id\":\"s\",\"step\":1,\"params\":{\"payment_id\":\"p9\",\"amount\":4}}"));
         assertTrue(run.stdout().contains("\"result\": {\"refund_id\": \"r1\", \"refunded\": 4}"), run.stdout());
         assertEquals("payment-node: warning: refunding p9 for s:step1:refund, a payment this node does not know"
@@ -138,9 +137,9 @@ class PaymentNodeTest {
 
     @Test
     void verboseLogsEachRequestAndEachCachedAnswerOnStderrOnly() {
-        String input = Node.charge(1, "saga42", 2, "99.99") + Node.charge(2, "saga42", 2, "99.99");
-        Node.Run quiet = Node.run(new ByteArrayInputStream(input.getBytes(StandardCharsets.UTF_8)), false);
-        Node.Run verbose = Node.run(new ByteArrayInputStream(input.getBytes(StandardCharsets.UTF_8)), true);
+        String input = Wire.charge(1, "saga42", 2, "99.99") + Wire.charge(2, "saga42", 2, "99.99");
+        Node.Run quiet = Node.run(input.getBytes(StandardCharsets.UTF_8), false);
+        Node.Run verbose = Node.run(input.getBytes(StandardCharsets.UTF_8), true);
         assertEquals(quiet.stdout(), verbose.stdout());
         assertEquals("", quiet.stderr());
         assertEquals("""
@@ -152,9 +151,8 @@ class PaymentNodeTest {
 
     @Test
     void anInternalFailureIsAnswered13AndTheNodeKeepsServing() {
-        ByteArrayOutputStream stderr = new ByteArrayOutputStream();
-        PaymentNode.Log log = new PaymentNode.Log(new PrintStream(stderr, true, StandardCharsets.UTF_8), false);
-        PaymentNode.PaymentHandler failingOnce = new PaymentNode.PaymentHandler(log) {
+        Node.CapturedLog log = Node.CapturedLog.of(false);
+        PaymentNode.PaymentHandler failingOnce = new PaymentNode.PaymentHandler(log.log()) {
             boolean failed;
 
             @Override
@@ -166,10 +164,10 @@ class PaymentNodeTest {
                 return super.charge(request);
             }
         };
-        String input = Node.charge(1, "s", 1, "7") + Node.charge(2, "s", 1, "7");
-        Node.Run run = Node.run(new ByteArrayInputStream(input.getBytes(StandardCharsets.UTF_8)), failingOnce, log, stderr);
-        assertEquals(Node.error(1, 0, 13, "internal error: java.lang.IllegalStateException: simulated bug")
-                + Node.chargeOk(2, 1, "s", 1, "p1", "7", false), run.stdout());
+        String input = Wire.charge(1, "s", 1, "7") + Wire.charge(2, "s", 1, "7");
+        Node.Run run = Node.run(input.getBytes(StandardCharsets.UTF_8), new PaymentNode.State(failingOnce, PaymentNode.Journal.NONE), log);
+        assertEquals(Wire.error(13, "internal error: java.lang.IllegalStateException: simulated bug").to(1, 0)
+                + Wire.chargeOk("s", 1, "p1", "7").to(2, 1), run.stdout());
         assertTrue(run.stderr().contains("line 1: internal error, answered with code 13"), run.stderr());
         assertTrue(run.stderr().contains("IllegalStateException: simulated bug"), "stack trace logged");
     }
@@ -182,12 +180,11 @@ class PaymentNodeTest {
                 throw new IOException("Broken pipe");
             }
         };
-        ByteArrayOutputStream stderr = new ByteArrayOutputStream();
-        PaymentNode.Log log = new PaymentNode.Log(new PrintStream(stderr, true, StandardCharsets.UTF_8), false);
-        int status = new PaymentNode(PaymentNode.State.inMemory(log), broken, log)
-                .serve(new ByteArrayInputStream(Node.charge(1, "s", 1, "1").getBytes(StandardCharsets.UTF_8)));
-        assertEquals(1, status);
-        assertTrue(stderr.toString(StandardCharsets.UTF_8).contains("Broken pipe"));
+        Node.CapturedLog log = Node.CapturedLog.of(false);
+        Node.Run run = Node.run(new ByteArrayInputStream(Wire.charge(1, "s", 1, "1").getBytes(StandardCharsets.UTF_8)),
+                PaymentNode.State.inMemory(log.log()), broken, log);
+        assertEquals(1, run.status());
+        assertTrue(run.stderr().contains("Broken pipe"), run.stderr());
     }
 
     @Test

@@ -17,7 +17,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 class ProcessTest {
 
     private static Process start(String... args) throws IOException {
-        return NodeProcess.start(args);
+        return Node.start(args);
     }
 
     private static String readLineWithin(BufferedReader reader, int seconds) throws Exception {
@@ -37,18 +37,17 @@ class ProcessTest {
         OutputStream stdin = node.getOutputStream();
         BufferedReader stdout = new BufferedReader(new InputStreamReader(node.getInputStream(), StandardCharsets.UTF_8));
 
-        stdin.write("{\"src\":\"c0\",\"dest\":\"payment\",\"body\":{\"type\":\"init\",\"msg_id\":1}}\n".getBytes(StandardCharsets.UTF_8));
+        stdin.write(Wire.init(1).getBytes(StandardCharsets.UTF_8));
         stdin.flush();
-        assertEquals("{\"src\": \"payment\", \"dest\": \"c0\", \"body\": {\"type\": \"init_ok\", \"in_reply_to\": 1, \"msg_id\": 0}}",
-                readLineWithin(stdout, 20));
+        assertEquals(Wire.initOk(1, 0).trim(), readLineWithin(stdout, 20));
 
-        stdin.write(Node.charge(2, "saga42", 2, "99.99").getBytes(StandardCharsets.UTF_8));
+        stdin.write(Wire.charge(2, "saga42", 2, "99.99").getBytes(StandardCharsets.UTF_8));
         stdin.flush();
-        assertEquals(Node.chargeOk(2, 1, "saga42", 2, "p1", "99.99", false).trim(), readLineWithin(stdout, 10));
+        assertEquals(Wire.chargeOk("saga42", 2, "p1", "99.99").to(2, 1).trim(), readLineWithin(stdout, 10));
 
-        stdin.write(Node.charge(3, "saga42", 2, "99.99").getBytes(StandardCharsets.UTF_8));
+        stdin.write(Wire.charge(3, "saga42", 2, "99.99").getBytes(StandardCharsets.UTF_8));
         stdin.close();
-        assertEquals(Node.chargeOk(3, 2, "saga42", 2, "p1", "99.99", true).trim(), readLineWithin(stdout, 10));
+        assertEquals(Wire.chargeOk("saga42", 2, "p1", "99.99").cached().to(3, 2).trim(), readLineWithin(stdout, 10));
         assertEquals(null, readLineWithin(stdout, 10), "nothing but replies on stdout");
         assertTrue(node.waitFor(10, TimeUnit.SECONDS));
         assertEquals(0, node.exitValue());
@@ -59,15 +58,14 @@ class ProcessTest {
     void aBrokenClassDataArchiveChangesNothingOnStdout() throws Exception {
         java.nio.file.Path junk = java.nio.file.Files.createTempFile("broken", ".jsa");
         java.nio.file.Files.writeString(junk, "not an archive");
-        Process node = NodeProcess.start(java.util.List.of("-XX:SharedArchiveFile=" + junk), null);
-        node.getOutputStream().write(("{\"src\":\"c0\",\"dest\":\"payment\",\"body\":{\"type\":\"init\",\"msg_id\":1}}\n"
-                + Node.charge(2, "saga42", 2, "99.99")).getBytes(StandardCharsets.UTF_8));
+        Process node = Node.start(java.util.List.of("-XX:SharedArchiveFile=" + junk), null);
+        node.getOutputStream().write((Wire.init(1) + Wire.charge(2, "saga42", 2, "99.99")).getBytes(StandardCharsets.UTF_8));
         node.getOutputStream().close();
         String out = new String(node.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
         assertTrue(node.waitFor(20, TimeUnit.SECONDS));
         assertEquals(0, node.exitValue());
-        assertEquals("{\"src\": \"payment\", \"dest\": \"c0\", \"body\": {\"type\": \"init_ok\", \"in_reply_to\": 1, \"msg_id\": 0}}\n"
-                + Node.chargeOk(2, 1, "saga42", 2, "p1", "99.99", false), out);
+        assertEquals(Wire.initOk(1, 0)
+                + Wire.chargeOk("saga42", 2, "p1", "99.99").to(2, 1), out);
         java.nio.file.Files.delete(junk);
     }
 
