@@ -1,43 +1,86 @@
 #!/usr/bin/env bash
-# Runs the payment node on stdin/stdout, from any directory: ./run.sh [--journal FILE] [--verbose] [--help]
-# The first run builds the jar (build output goes to stderr: stdout carries replies only).
+# Runs the payment node on stdin/stdout, from any directory and through symlinks:
+#   ./run.sh [--journal FILE] [--verbose] [--help]     run the node (builds the jar first if needed)
+#   ./run.sh --build                                   only build the jar (and its start-up archive), then exit
+# Build output goes to stderr: stdout carries replies only, whatever JAVA_OPTS asks the JVM to print.
 set -euo pipefail
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# Where the project is: the folder of this script, following symlinks (a harness may link to it).
+src="${BASH_SOURCE[0]}"
+while [ -L "$src" ]; do
+    dir="$(cd -P "$(dirname "$src")" && pwd)"
+    src="$(readlink "$src")"
+    case "$src" in /*) ;; *) src="$dir/$src" ;; esac
+done
+here="$(cd -P "$(dirname "$src")" && pwd)"
 jar="$here/target/payment-node.jar"
 archive="$here/target/payment-node.jsa"
 
 stale() {   # stale FILE: FILE is missing, or older than the sources (the jar) or the jar (the archive)
     case "$1" in
-        "$jar") [ ! -f "$jar" ] || [ -n "$(find "$here/src/main" "$here/pom.xml" -newer "$jar" -print -quit)" ] ;;
+        "$jar") [ ! -f "$jar" ] || [ -n "$(find "$here/src/main" "$here/pom.xml" -newer "$jar" -print -quit 2>/dev/null)" ] ;;
         *) [ ! -f "$1" ] || [ "$jar" -nt "$1" ] ;;
     esac
+}
+
+# Several nodes started at once (a harness starting a cluster) build once, not in parallel. flock where
+# there is one (Linux); elsewhere (stock macOS) a lock folder, taken over when its owner is gone.
+lock_dir="$here/target/.build.lock.d"
+take_lock() {
+    if command -v flock >/dev/null 2>&1; then
+        exec 9>"$here/target/.build.lock"
+        flock 9
+        return
+    fi
+    until mkdir "$lock_dir" 2>/dev/null; do
+        owner="$(cat "$lock_dir/pid" 2>/dev/null || true)"
+        if [ -n "$owner" ] && ! kill -0 "$owner" 2>/dev/null; then
+            rm -rf "$lock_dir"
+        fi
+        sleep 0.2
+    done
+    echo $$ > "$lock_dir/pid"
+}
+release_lock() {
+    if [ -d "$lock_dir" ] && [ "$(cat "$lock_dir/pid" 2>/dev/null)" = "$$" ]; then
+        rm -rf "$lock_dir"
+    fi
+    exec 9>&-
 }
 
 build_if_needed() {
     # A jar older than the sources or the pom is rebuilt, so an edit is never silently ignored.
     stale "$jar" || stale "$archive" || return 0
     mkdir -p "$here/target"
-    # Several nodes started at once (a harness starting a cluster) build once, not in parallel.
-    exec 9>"$here/target/.build.lock"
-    flock 9
+    take_lock
     if stale "$jar"; then
         echo "run.sh: building $jar ..." >&2
-        # (Debian's Maven 3.8 prints bare colour resets even in batch mode: filtered out.)
-        (cd "$here" && mvn -q -B package -DskipTests 2>&1 | sed 's/\x1b\[[0-9;]*m//g') >&2 || {
+        # (Debian's Maven 3.8 prints bare colour resets, even in batch mode, unless .mvn/jvm.config stops them.)
+        if ! (cd "$here" && mvn -q -B package -DskipTests 2>&1 | sed 's/\x1b\[[0-9;]*m//g') >&2; then
+            release_lock
             echo "run.sh: the build failed; see the output above" >&2
             exit 1
-        }
+        fi
     fi
     if stale "$archive"; then
         # A class-data archive of the classes a session uses, recorded on the golden inputs: it cuts
         # start-up by a third. It only ever changes speed: a missing, stale or broken one is skipped by the JVM.
         rm -f "$archive" 2>/dev/null || true
-        cat "$here"/tests/golden/*.in | java -XX:ArchiveClassesAtExit="$archive" -XX:+UseParallelGC -Xlog:disable \
+        cat "$here"/tests/golden/*.in 2>/dev/null | java -XX:ArchiveClassesAtExit="$archive" -XX:+UseParallelGC -Xlog:disable \
             -jar "$jar" >/dev/null 2>&1 || rm -f "$archive" 2>/dev/null || true
     fi
-    exec 9>&-
+    release_lock
 }
+
+if [ "${1:-}" = "--build" ]; then
+    if [ $# -gt 1 ]; then
+        echo "run.sh: --build takes no other arguments" >&2
+        exit 2
+    fi
+    build_if_needed
+    echo "run.sh: $jar is built and up to date" >&2
+    exit 0
+fi
 
 build_if_needed
 
@@ -45,13 +88,22 @@ build_if_needed
 # every JVM log line to stderr instead.
 jvm=(-Xlog:disable -Xlog:all=warning:stderr)
 # The idempotency table grows to millions of long-lived entries: a parallel collector with a young
-# generation half the heap promotes them with both cores and few pauses, and huge pages (where the
-# kernel offers them) spare the TLB misses of lookups spread over a large heap. See README, Performance.
-jvm+=(-XX:+UseParallelGC -XX:NewRatio=1)
+# generation half the heap promotes them with both cores and few pauses. A collector chosen in
+# JAVA_OPTS wins (two would stop the JVM: "Multiple garbage collectors selected").
+collector=""
+for option in ${JAVA_OPTS:-}; do
+    case "$option" in -XX:+Use*GC) collector="$option" ;; esac
+done
+[ -n "$collector" ] || jvm+=(-XX:+UseParallelGC -XX:NewRatio=1)
+# Huge pages (where the kernel offers them) spare the TLB misses of lookups spread over a large heap.
 thp=""
 [ -r /sys/kernel/mm/transparent_hugepage/enabled ] && read -r thp < /sys/kernel/mm/transparent_hugepage/enabled
 case "$thp" in *"[never]"*|"") ;; *) jvm+=(-XX:+UseTransparentHugePages) ;; esac
 [ -f "$archive" ] && jvm+=(-XX:SharedArchiveFile="$archive")
+# Replies go to file descriptor 3, a copy of this script's stdout, and the JVM's own stdout becomes
+# stderr: whatever a JVM option prints (-verbose:gc, -XX:+PrintCommandLineFlags, a start-up error)
+# can never mix with the replies.
+jvm+=(-Dpayment.replies=/dev/fd/3)
 # JAVA_OPTS adds or overrides JVM options, e.g. JAVA_OPTS=-Xmx256m.
 # shellcheck disable=SC2086
-exec java "${jvm[@]}" ${JAVA_OPTS:-} -jar "$jar" "$@"
+exec java "${jvm[@]}" ${JAVA_OPTS:-} -jar "$jar" "$@" 3>&1 1>&2

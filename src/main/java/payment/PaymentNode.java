@@ -27,9 +27,12 @@ import java.nio.file.FileSystemException;
 import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
+import java.nio.file.attribute.PosixFilePermissions;
 import java.util.Arrays;
+import java.util.EnumSet;
 import java.util.HexFormat;
 import java.util.Objects;
+import java.util.Set;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.atomic.AtomicLong;
@@ -58,8 +61,12 @@ public final class PaymentNode {
     /** A longer line is refused (error 12) without ever being held in memory whole. */
     static final int MAX_LINE_BYTES = 1 << 20;
 
+    /** In a --journal path, stands for the node's id: each node of a harness keeps its own file. */
+    static final String NODE_ID = "{node_id}";
+
     static final String USAGE = """
             Usage: ./run.sh [--journal FILE] [--verbose] < messages.jsonl
+                   ./run.sh --build
                    java -jar target/payment-node.jar [--journal FILE] [--verbose]
 
             The payment participant of a saga, as a Maelstrom node. It reads one JSON
@@ -68,20 +75,27 @@ public final class PaymentNode {
               ChargePayment  -> ChargePayment_ok  (once per saga_id and step: a retry gets
                                                    the cached result, never a second charge)
               RefundPayment  -> RefundPayment_ok  (the compensation, just as idempotent)
-            Bad input gets a Maelstrom error reply (codes 10, 12, 13, 14, 22), or a line on
-            stderr when it cannot be answered. The node never stops on bad input; it exits 0
-            at the end of its input.
+            Bad input gets a Maelstrom error reply (codes 10-14, 22), or a line on stderr
+            when it cannot be answered; a message with in_reply_to is a reply and is never
+            answered. The node never stops on bad input; it exits 0 at the end of its input.
 
             Options:
               --journal FILE  keep every charge, refund and closed step in FILE (created
-                              if missing) and replay it on start, so that a restart
-                              forgets nothing; a reply is written only once its record
-                              is on disk. Without it, state lives in memory only and a
-                              restart forgets every idempotency key.
-              --verbose       also log every request and every cached answer on stderr
-              --help          print this help and exit
+                              if missing, readable by its owner only) and replay it on
+                              start, so that a restart forgets nothing; a reply is written
+                              only once its record is on disk. {node_id} in FILE stands
+                              for the node's id: each node of a harness keeps its own
+                              file, opened at its first init (requests before it get
+                              error 11). Without --journal, state lives in memory only
+                              and a restart forgets every idempotency key.
+              -v, --verbose   also log every request and every cached answer on stderr
+              -h, --help      print this help and exit
+              --build         (run.sh only) build the jar ahead, then exit: a fresh
+                              clone's first build takes ~10 s, as long as Maelstrom
+                              waits for init_ok
 
-            stdout carries replies and nothing else; logs go to stderr.
+            stdout carries replies and nothing else; logs go to stderr. JAVA_OPTS adds
+            JVM options (run.sh keeps whatever they print off stdout).
 
             Example:
               printf '%s\\n' '{"src":"c1","dest":"n1","body":{"type":"init","msg_id":1}}' | ./run.sh
@@ -93,17 +107,37 @@ public final class PaymentNode {
             .streamReadConstraints(StreamReadConstraints.builder().maxNumberLength(MAX_LINE_BYTES).build())
             .build();
 
-    private final PaymentHandler payments;
     private final ReplyWriter replies;
     private final Log log;
+    /** A per-node journal's path, {@code {node_id}} still in it: opened at the first init. Else null. */
+    private final String journalAtInit;
+    /** Null only until the first init opens a per-node journal. */
+    private State state;
     /** Set by init; until then a reply is sent from the request's {@code dest}. */
     private String nodeId;
     private long lineNumber;
 
     PaymentNode(State state, OutputStream stdout, Log log) {
-        this.payments = state.payments();
-        this.replies = new ReplyWriter(stdout, state.journal());
+        this(state, null, stdout, log);
+    }
+
+    private PaymentNode(State state, String journalAtInit, OutputStream stdout, Log log) {
+        this.replies = new ReplyWriter(stdout);
         this.log = log;
+        this.journalAtInit = journalAtInit;
+        if (state != null) {
+            use(state);
+        }
+    }
+
+    /** A node whose journal is its own file, named by its id, opened at its first init (SPEC section 7). */
+    static PaymentNode withJournalAtInit(String pathWithNodeId, OutputStream stdout, Log log) {
+        return new PaymentNode(null, pathWithNodeId, stdout, log);
+    }
+
+    private void use(State state) {
+        this.state = state;
+        replies.commitFirst(state.journal());
     }
 
     public static void main(String[] args) {
@@ -120,34 +154,56 @@ public final class PaymentNode {
             System.out.flush();
             return;
         }
-        OutputStream stdout = new FileOutputStream(FileDescriptor.out);
+        OutputStream stdout;
+        try {
+            stdout = replyStream();
+        } catch (IOException e) {
+            System.err.println("payment-node: cannot open the reply stream: " + e.getMessage());
+            System.exit(2);
+            return;
+        }
         // From here on a stray System.out.println, ours or a library's, lands on stderr: stdout
         // carries replies and nothing else.
         System.setOut(System.err);
         Log log = new Log(System.err, options.verbose());
-        State state = State.inMemory(log);
-        if (options.journal() != null) {
-            try {
-                state = State.replayed(options.journal(), log);
-            } catch (IOException | RuntimeException e) {
-                System.err.println("payment-node: cannot use the journal " + options.journal() + ": " + journalProblem(e));
-                System.exit(2);
-                return;
+        PaymentNode node;
+        if (options.journal() != null && options.journal().contains(NODE_ID)) {
+            node = withJournalAtInit(options.journal(), stdout, log);
+        } else {
+            State state = State.inMemory(log);
+            if (options.journal() != null) {
+                try {
+                    state = State.replayed(Path.of(options.journal()), log);
+                } catch (IOException | RuntimeException e) {
+                    System.err.println("payment-node: cannot use the journal " + options.journal() + ": " + journalProblem(e));
+                    System.exit(2);
+                    return;
+                }
             }
+            node = new PaymentNode(state, stdout, log);
         }
-        PaymentNode node = new PaymentNode(state, stdout, log);
         Thread warmUp = new Thread(PaymentNode::warmUp, "warm-up");
         warmUp.setDaemon(true);
         warmUp.start();
         System.exit(node.serve(new FileInputStream(FileDescriptor.in)));
     }
 
+    /**
+     * Where replies go: stdout, or the file that {@code -Dpayment.replies} names. run.sh names a copy of
+     * its stdout there and gives the JVM stderr as stdout, so that nothing a JVM option prints can mix
+     * with the replies. Appending, so that a reopened {@code >>} file is never overwritten.
+     */
+    private static OutputStream replyStream() throws IOException {
+        String path = System.getProperty("payment.replies");
+        return path == null ? new FileOutputStream(FileDescriptor.out) : new FileOutputStream(path, true);
+    }
+
     /** {@code journal} is null without --journal. */
-    record Options(boolean verbose, boolean help, Path journal) {
+    record Options(boolean verbose, boolean help, String journal) {
         static Options parse(String[] args) {
             boolean verbose = false;
             boolean help = false;
-            Path journal = null;
+            String journal = null;
             for (int i = 0; i < args.length; i++) {
                 String arg = args[i];
                 if (arg.startsWith("--journal=")) {
@@ -169,11 +225,12 @@ public final class PaymentNode {
             return new Options(verbose, help, journal);
         }
 
-        private static Path journalPath(String name) {
+        private static String journalPath(String name) {
             if (name.isEmpty()) {
                 throw new IllegalArgumentException("--journal needs a file name");
             }
-            return Path.of(name);
+            Path.of(name.replace(NODE_ID, "n1"));   // a path this system cannot have is a usage error now, not at init
+            return name;
         }
     }
 
@@ -233,7 +290,14 @@ public final class PaymentNode {
                 handleLine(lines);
             }
             replies.flush();
+            if (state != null) {
+                state.journal().close();   // the end of input is the end of this node's run
+            }
             return 0;
+        } catch (JournalUnavailable e) {
+            replies.flushQuietly();
+            log.error("stopping: " + e.getMessage(), null);
+            return 2;
         } catch (IOException e) {
             log.error("stopping: reading stdin, writing stdout or writing the journal failed: " + e, null);
             return 1;
@@ -252,22 +316,102 @@ public final class PaymentNode {
         try {
             parse(lines.buffer(), lines.start(), lines.length(), message);
         } catch (IOException | RuntimeException e) {
-            log.warn("line " + lineNumber + " is not a JSON object, ignored (" + reason(e) + "): "
-                    + excerpt(lines.buffer(), lines.start(), lines.length()));
+            refuseUnreadable(message, plainReason(e), lines.buffer(), lines.start(), lines.length());
+            return;
+        }
+        if (message.body == null || !isString(message.src)) {
+            String reason = !isString(message.src) ? (message.src == null ? "missing src" : "src must be a string")
+                    : message.bodyToken == null ? "missing body" : "body must be an object";
+            refuseUnreadable(message, reason, lines.buffer(), lines.start(), lines.length());
             return;
         }
         dispatch(message);
     }
 
-    private static String excerpt(byte[] bytes, int start, int length) {
-        String text = new String(bytes, start, Math.min(length, 200), StandardCharsets.UTF_8);
-        return length > 200 ? text + "..." : text;
+    /**
+     * A line that cannot be processed (not JSON, too long, no src or body) is answered with error 12 when
+     * a string {@code src} can still be read from it, up to where it breaks: the sender learns why instead
+     * of waiting for its timeout. Otherwise it can only be logged. A broken reply is never answered.
+     */
+    private void refuseUnreadable(RawMessage message, String reason, byte[] text, int start, int length) throws IOException {
+        boolean isReply = message.body != null && !isMissing(message.body.inReplyTo);
+        if (!isString(message.src) || isReply) {
+            String hint = message.typeOutside && message.src == null
+                    ? " (it looks like a message body without its envelope: send {\"src\": ..., \"dest\": ..., \"body\": {...}})" : "";
+            log.warn("line " + lineNumber + " ignored: " + reason + hint + ": " + excerpt(text, start, length));
+            return;
+        }
+        log.warn("line " + lineNumber + " refused: " + reason);
+        RawBody body = message.body != null ? message.body : new RawBody();
+        replies.error(replyEnvelope(message, body), new RpcError(ErrorCode.MALFORMED_REQUEST, reason));
     }
 
-    /** Jackson's own words, without the location it appends (the log line names the line already). */
-    private static String reason(Exception e) {
-        String text = e instanceof JsonProcessingException json ? json.getOriginalMessage() : e.toString();
-        return text == null ? e.getClass().getSimpleName() : text.lines().findFirst().orElse(text);
+    /** Up to 200 characters of a line for a log, escaped: a control character never reaches a terminal raw. */
+    static String excerpt(byte[] bytes, int start, int length) {
+        String text = new String(bytes, start, Math.min(length, 200), StandardCharsets.UTF_8);
+        StringBuilder escaped = new StringBuilder(text.length());
+        for (int i = 0; i < text.length(); i++) {
+            char c = text.charAt(i);
+            if (c < ' ' || c == 0x7f || (c >= 0x80 && c < 0xa0) || c == '\\') {
+                escaped.append(switch (c) {
+                    case '\n' -> "\\n";
+                    case '\r' -> "\\r";
+                    case '\t' -> "\\t";
+                    case '\\' -> "\\\\";
+                    default -> String.format("\\u%04x", (int) c);
+                });
+            } else {
+                escaped.append(c);
+            }
+        }
+        return length > 200 ? escaped + "..." : escaped.toString();
+    }
+
+    /** Why a line is not JSON, in plain words rather than the parser's (no feature names, no locations). */
+    static String plainReason(Exception e) {
+        String text = e instanceof JsonProcessingException json ? json.getOriginalMessage() : e.getMessage();
+        if (text == null) {
+            return e.getClass().getSimpleName();
+        }
+        text = text.lines().findFirst().orElse(text);
+        if (text.contains("JSON value, but not an object") || text.contains("after the JSON object")) {
+            return text;   // our own words
+        }
+        return "not valid JSON: " + plainJacksonReason(text);
+    }
+
+    private static String plainJacksonReason(String text) {
+        java.util.regex.Matcher m;
+        if (text.startsWith("Unexpected end-of-input")) {
+            return "the line ends before the JSON does";
+        }
+        if ((m = java.util.regex.Pattern.compile("^Unexpected character \\('(.*)' \\(code (\\d+)\\)\\)").matcher(text)).find()) {
+            return "unexpected character " + quoted(m.group(1), Integer.parseInt(m.group(2)))
+                    + (text.contains("double-quote to start field name") ? " where a field name in double quotes should be" : "");
+        }
+        if ((m = java.util.regex.Pattern.compile("^Unrecognized token '([^']*)'").matcher(text)).find()
+                || (m = java.util.regex.Pattern.compile("^Non-standard token '([^']*)'").matcher(text)).find()) {
+            return "'" + abbreviate(m.group(1)) + "' is not a JSON value";
+        }
+        if ((m = java.util.regex.Pattern.compile("^Illegal (unquoted )?character \\(\\(CTRL-CHAR, code (\\d+)\\)\\)").matcher(text)).find()) {
+            return "control character " + quoted("", Integer.parseInt(m.group(2)))
+                    + (m.group(1) != null ? " inside a string (it must be escaped)" : " between tokens");
+        }
+        if (text.contains("Invalid UTF-8") || text.contains("UTF-32") || text.contains("UTF-16")) {   // (NULs look like UTF-32 to the parser)
+            return "the line is not valid UTF-8";
+        }
+        if (text.contains("Leading zeroes not allowed")) {
+            return "a number with a leading zero";
+        }
+        if (text.contains("nesting depth")) {
+            return "nested too deeply";
+        }
+        // Anything else: the parser's first sentence, without its hints about parser features.
+        return text.replaceAll("\\s*\\(?(: )?enable `[^`]*`[^)]*\\)?", "").replaceAll("`", "");
+    }
+
+    private static String quoted(String character, int code) {
+        return code >= ' ' && code < 0x7f ? "'" + character + "'" : String.format("U+%04X", code);
     }
 
     // ---------------------------------------------------------------------------------------------
@@ -434,13 +578,17 @@ public final class PaymentNode {
     static final class RawMessage {
         Value src;
         Value dest;
-        RawBody body;   // null when missing or not an object
+        JsonToken bodyToken;   // null when there is no body
+        RawBody body;          // null when missing or not an object
+        boolean typeOutside;   // a "type" next to src: a body pasted without its envelope
     }
 
     static final class RawBody {
         Value type;
         Value msgId;
+        Value inReplyTo;   // set: this is a reply to something this node sent, never a request
         Value nodeId;
+        int nodeIds = -1;  // how many node_ids init named (-1: none)
         Value sagaId;
         Value step;
         Value compensating;
@@ -465,7 +613,7 @@ public final class PaymentNode {
     static void parse(byte[] line, int start, int length, RawMessage message) throws IOException {
         try (JsonParser parser = JSON.createParser(line, start, length)) {
             if (parser.nextToken() != JsonToken.START_OBJECT) {
-                throw new JsonParseException(parser, "not an object");
+                throw new JsonParseException(parser, "a JSON value, but not an object");
             }
             while (parser.nextToken() == JsonToken.FIELD_NAME) {
                 String name = parser.currentName();
@@ -473,8 +621,13 @@ public final class PaymentNode {
                 switch (name) {
                     case "src" -> message.src = Value.read(parser, token);
                     case "dest" -> message.dest = Value.read(parser, token);
+                    case "type" -> {
+                        message.typeOutside = true;
+                        parser.skipChildren();
+                    }
                     case "body" -> {
                         // Attached before it is filled in, so that a line cut short keeps what its body began with.
+                        message.bodyToken = token;
                         message.body = token == JsonToken.START_OBJECT ? new RawBody() : null;
                         if (message.body != null) {
                             parseBody(parser, message.body);
@@ -486,7 +639,7 @@ public final class PaymentNode {
                 }
             }
             if (parser.nextToken() != null) {
-                throw new JsonParseException(parser, "more data after the object");
+                throw new JsonParseException(parser, "more data after the JSON object");
             }
         }
     }
@@ -498,7 +651,9 @@ public final class PaymentNode {
             switch (name) {
                 case "type" -> body.type = Value.read(parser, token);
                 case "msg_id" -> body.msgId = Value.read(parser, token);
+                case "in_reply_to" -> body.inReplyTo = Value.read(parser, token);
                 case "node_id" -> body.nodeId = Value.read(parser, token);
+                case "node_ids" -> body.nodeIds = countItems(parser, token);
                 case "saga_id" -> body.sagaId = Value.read(parser, token);
                 case "step" -> body.step = Value.read(parser, token);
                 case "compensating" -> body.compensating = Value.read(parser, token);
@@ -513,6 +668,20 @@ public final class PaymentNode {
                 default -> parser.skipChildren();
             }
         }
+    }
+
+    /** How many items an array holds; -1 when it is not an array. */
+    private static int countItems(JsonParser parser, JsonToken token) throws IOException {
+        if (token != JsonToken.START_ARRAY) {
+            parser.skipChildren();
+            return -1;
+        }
+        int items = 0;
+        for (JsonToken item = parser.nextToken(); item != JsonToken.END_ARRAY && item != null; item = parser.nextToken()) {
+            parser.skipChildren();
+            items++;
+        }
+        return items;
     }
 
     private static void parseParams(JsonParser parser, RawParams params) throws IOException {
@@ -533,7 +702,7 @@ public final class PaymentNode {
     // ---------------------------------------------------------------------------------------------
 
     enum ErrorCode {
-        NOT_SUPPORTED(10), MALFORMED_REQUEST(12), CRASH(13), ABORT(14), PRECONDITION_FAILED(22);
+        NOT_SUPPORTED(10), TEMPORARILY_UNAVAILABLE(11), MALFORMED_REQUEST(12), CRASH(13), ABORT(14), PRECONDITION_FAILED(22);
 
         final int code;
 
@@ -733,11 +902,14 @@ public final class PaymentNode {
     }
 
     private void dispatch(RawMessage message) throws IOException {
-        if (!isString(message.src) || message.body == null) {
-            log.warn("line " + lineNumber + " cannot be answered (it needs a string src and a body object), ignored");
+        RawBody body = message.body;
+        if (!isMissing(body.inReplyTo)) {
+            // A reply to something this node sent. Answering it (even with an error) would let two nodes
+            // bounce errors at each other for ever.
+            log.warn("line " + lineNumber + ": a reply from " + message.src.text() + " (in_reply_to "
+                    + body.inReplyTo.text() + "), and this node waits for none: dropped");
             return;
         }
-        RawBody body = message.body;
         Envelope reply = replyEnvelope(message, body);
         try {
             if (reply.inReplyTo() == null && !isMissing(body.msgId)) {
@@ -749,8 +921,8 @@ public final class PaymentNode {
             }
             switch (type) {
                 case "init" -> handleInit(reply, message, body);
-                case "ChargePayment" -> handleCharge(reply, ChargeRequest.from(body));
-                case "RefundPayment" -> handleRefund(reply, RefundRequest.from(body));
+                case "ChargePayment" -> handleCharge(reply, ChargeRequest.from(body), openState());
+                case "RefundPayment" -> handleRefund(reply, RefundRequest.from(body), openState());
                 default -> throw new RpcError(ErrorCode.NOT_SUPPORTED, "unsupported message type: " + type);
             }
         } catch (RpcError refused) {
@@ -758,6 +930,28 @@ public final class PaymentNode {
         } catch (RuntimeException bug) {
             log.error("line " + lineNumber + ": internal error, answered with code 13", bug);
             replies.error(reply, new RpcError(ErrorCode.CRASH, "internal error: " + bug));
+        }
+    }
+
+    /** Opens and replays this node's own journal, before its init_ok is written. */
+    private void openJournalAtInit() throws IOException {
+        if (nodeId == null || nodeId.contains("/") || nodeId.contains("\\") || nodeId.equals("..") || nodeId.contains("\0")) {
+            throw new RpcError(ErrorCode.MALFORMED_REQUEST, "node_id " + nodeId + " cannot name a journal file");
+        }
+        String path = journalAtInit.replace(NODE_ID, nodeId);
+        try {
+            use(State.replayed(Path.of(path), log));
+        } catch (IOException | RuntimeException e) {
+            throw new JournalUnavailable("cannot use the journal " + path + ": " + journalProblem(e));
+        }
+    }
+
+    /** A per-node journal that cannot be opened: the node stops (status 2) rather than serve from memory. */
+    static final class JournalUnavailable extends IOException {
+        private static final long serialVersionUID = 1L;
+
+        JournalUnavailable(String message) {
+            super(message);
         }
     }
 
@@ -781,15 +975,7 @@ public final class PaymentNode {
         } catch (IOException | RuntimeException expected) {
             // The cut left the JSON unfinished: keep whatever was read before it.
         }
-        String reason = "line too long: " + length + " bytes, the limit is " + MAX_LINE_BYTES;
-        if (!isString(message.src)) {
-            log.warn("line " + lineNumber + " ignored: " + reason + ", and no src before the cut: "
-                    + excerpt(prefix, 0, 200));
-            return;
-        }
-        log.warn("line " + lineNumber + " refused: " + reason);
-        RawBody body = message.body != null ? message.body : new RawBody();
-        replies.error(replyEnvelope(message, body), new RpcError(ErrorCode.MALFORMED_REQUEST, reason));
+        refuseUnreadable(message, "line too long: " + length + " bytes, the limit is " + MAX_LINE_BYTES, prefix, 0, 200);
     }
 
     private void handleInit(Envelope reply, RawMessage message, RawBody body) throws IOException {
@@ -798,20 +984,36 @@ public final class PaymentNode {
             // A repeated init only renames the node: the idempotency table is untouched.
             nodeId = id;
         }
+        if (state == null) {
+            openJournalAtInit();
+        }
+        if (body.nodeIds > 1) {
+            log.warn("init names " + body.nodeIds + " nodes, and this node shares no state with the others:"
+                    + " a retry sent to another node may charge again");
+        }
         log.info("initialized as " + nodeId);
         replies.initOk(reply.withFrom(nodeId));   // init_ok already comes from the new name
     }
 
-    private void handleCharge(Envelope reply, ChargeRequest charge) throws IOException {
-        Served<ChargeResult> served = payments.charge(charge);
+    /** The state, or error 11 while a per-node journal waits for the first init to open it. */
+    private State openState() {
+        if (state == null) {
+            throw new RpcError(ErrorCode.TEMPORARILY_UNAVAILABLE, "not initialized: this node's journal ("
+                    + journalAtInit + ") opens at its first init; nothing was done");
+        }
+        return state;
+    }
+
+    private void handleCharge(Envelope reply, ChargeRequest charge, State state) throws IOException {
+        Served<ChargeResult> served = state.payments().charge(charge);
         if (served.replayed()) {
             log.verboseCacheHit(charge.key());
         }
         replies.chargeOk(reply, charge, served);
     }
 
-    private void handleRefund(Envelope reply, RefundRequest refund) throws IOException {
-        Served<RefundResult> served = payments.refund(refund);
+    private void handleRefund(Envelope reply, RefundRequest refund, State state) throws IOException {
+        Served<RefundResult> served = state.payments().refund(refund);
         if (served.replayed()) {
             log.verboseCacheHit(refund.key());
         }
@@ -1347,13 +1549,26 @@ public final class PaymentNode {
         private static final int BATCH_BYTES = 128 * 1024;
 
         private final OutputStream out;
-        private final Journal journal;
+        private Journal journal = Journal.NONE;
         private final JsonBytes json = new JsonBytes();
         private long nextMsgId;
 
-        ReplyWriter(OutputStream out, Journal journal) {
+        ReplyWriter(OutputStream out) {
             this.out = out;
+        }
+
+        /** From now on every batch waits for this journal's commit. */
+        void commitFirst(Journal journal) {
             this.journal = journal;
+        }
+
+        /** Writes what is pending while the node stops for another reason; a failure here adds nothing. */
+        void flushQuietly() {
+            try {
+                flush();
+            } catch (IOException ignored) {
+                // the node is stopping with the reason that matters
+            }
         }
 
         void initOk(Envelope to) throws IOException {
@@ -1511,7 +1726,7 @@ public final class PaymentNode {
 
         /** Opens (or creates) the journal and takes its lock: two nodes on one journal would corrupt it. */
         static FileJournal open(Path path) throws IOException {
-            FileChannel file = FileChannel.open(path, StandardOpenOption.CREATE, StandardOpenOption.READ, StandardOpenOption.WRITE);
+            FileChannel file = openOwnerOnly(path);
             try {
                 if (file.tryLock() == null) {
                     throw new IOException("another node is using it");
@@ -1521,6 +1736,16 @@ public final class PaymentNode {
                 throw e instanceof IOException io ? io : new IOException("another node is using it");
             }
             return new FileJournal(path, file);
+        }
+
+        /** A journal holds payment records: a new one is readable and writable by its owner only. */
+        private static FileChannel openOwnerOnly(Path path) throws IOException {
+            Set<StandardOpenOption> options = EnumSet.of(StandardOpenOption.CREATE, StandardOpenOption.READ, StandardOpenOption.WRITE);
+            try {
+                return FileChannel.open(path, options, PosixFilePermissions.asFileAttribute(PosixFilePermissions.fromString("rw-------")));
+            } catch (UnsupportedOperationException notPosix) {
+                return FileChannel.open(path, options);
+            }
         }
 
         /** Replays every complete record into {@code handler}, then cuts a torn tail; returns the records replayed. */

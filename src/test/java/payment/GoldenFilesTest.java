@@ -16,7 +16,10 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.DynamicTest.dynamicTest;
 
-/** Every tests/golden/NAME.in, run through the node's main loop, must print NAME.out byte for byte. */
+/**
+ * Every tests/golden/NAME.in, run through the node's main loop, must print NAME.out byte for byte, and where
+ * a NAME.err exists, log exactly that on stderr.
+ */
 class GoldenFilesTest {
     private static final Path GOLDEN = Path.of("tests", "golden");
     /** The one output line the original task lists for each sample case, byte for byte. */
@@ -40,6 +43,10 @@ class GoldenFilesTest {
             assertEquals(0, run.status());
             assertEquals(new String(expected, StandardCharsets.UTF_8), run.stdout(), "stdout of " + in);
             assertArrayEquals(expected, run.stdout().getBytes(StandardCharsets.UTF_8), "bytes of " + in);
+            Path err = Path.of(in.toString().replaceAll("\\.in$", ".err"));
+            if (Files.exists(err)) {
+                assertEquals(Files.readString(err), run.stderr(), "stderr of " + in);
+            }
         }));
     }
 

@@ -75,10 +75,14 @@ class ModelTest {
                     default -> "{" + id + "\"type\":\"ChargePayment\"," + saga + ",\"params\":[]}";
                 };
             } else {
-                lines.add(switch (random.nextInt(4)) {
+                lines.add(switch (random.nextInt(6)) {
                     case 0 -> "not json";
                     case 1 -> "[1,2]";
                     case 2 -> "{\"dest\":\"payment\",\"body\":{\"type\":\"init\",\"msg_id\":1}}";
+                    case 3 -> "{\"src\":\"" + src + "\",\"dest\":\"payment\",\"body\":{\"type\":\"ChargePayment\",\"msg_id\":" + msgId++
+                            + ",\"saga_id\":\"s1\"";                                            // cut short: answered 12
+                    case 4 -> "{\"src\":\"n2\",\"dest\":\"payment\",\"body\":{\"type\":\"error\",\"code\":10,\"in_reply_to\":"
+                            + random.nextInt(5) + "}}";                                                // a reply: never answered
                     default -> "";
                 });
                 continue;
@@ -111,12 +115,18 @@ class ModelTest {
         private final StringBuilder out = new StringBuilder();
 
         private static final Pattern ENVELOPE = Pattern.compile("^\\{\"src\":\"([^\"]+)\",(?:\"dest\":\"([^\"]+)\",)?\"body\":\\{(.*)\\}\\}$");
+        private static final Pattern CUT_SHORT = Pattern.compile("^\\{\"src\":\"([^\"]+)\",\"dest\":\"([^\"]+)\",\"body\":\\{\"type\":\"ChargePayment\",\"msg_id\":(\\d+),\"saga_id\":\"s1\"$");
 
         String run(List<String> lines) {
             for (String line : lines) {
                 Matcher envelope = ENVELOPE.matcher(line);
+                Matcher cut = CUT_SHORT.matcher(line);
                 if (envelope.matches()) {
                     handle(envelope.group(1), envelope.group(2), envelope.group(3));
+                } else if (cut.matches()) {
+                    reply(nodeId != null ? nodeId : cut.group(2), cut.group(1),
+                            "\"type\": \"error\", \"code\": 12, \"text\": \"not valid JSON: the line ends before the JSON does\"",
+                            Long.valueOf(cut.group(3)));
                 }
             }
             return out.toString();
@@ -136,6 +146,9 @@ class ModelTest {
         }
 
         private void handle(String src, String dest, String body) {
+            if (field(body, "in_reply_to") != null) {
+                return;   // a reply to something the node sent: never answered
+            }
             String rawMsgId = field(body, "msg_id");
             Long inReplyTo = rawMsgId != null && rawMsgId.matches("-?\\d+") ? Long.valueOf(rawMsgId) : null;
             String from = nodeId != null ? nodeId : dest;

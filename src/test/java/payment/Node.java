@@ -58,7 +58,18 @@ final class Node {
     }
 
     static Run run(InputStream input, PaymentNode.State state, OutputStream stdout, CapturedLog log) {
-        int status = new PaymentNode(state, stdout, log.log()).serve(input);
+        return serve(new PaymentNode(state, stdout, log.log()), input, stdout, log);
+    }
+
+    /** A node whose journal is its own file, {@code {node_id}} in its path, opened at its first init. */
+    static Run runWithJournalAtInit(String path, String input, CapturedLog log) {
+        ByteArrayOutputStream stdout = new ByteArrayOutputStream();
+        return serve(PaymentNode.withJournalAtInit(path, stdout, log.log()),
+                new ByteArrayInputStream(input.getBytes(StandardCharsets.UTF_8)), stdout, log);
+    }
+
+    private static Run serve(PaymentNode node, InputStream input, OutputStream stdout, CapturedLog log) {
+        int status = node.serve(input);
         return new Run(status, stdout instanceof ByteArrayOutputStream bytes ? bytes.toString(StandardCharsets.UTF_8) : "", log.text());
     }
 
@@ -90,7 +101,8 @@ final class Node {
         return location(PaymentNode.class) + File.pathSeparator + location(JsonFactory.class);
     }
 
-    private static String location(Class<?> type) {
+    /** The jar or folder a class was loaded from. */
+    static String location(Class<?> type) {
         try {
             return Path.of(type.getProtectionDomain().getCodeSource().getLocation().toURI()).toString();
         } catch (URISyntaxException e) {

@@ -98,22 +98,30 @@ class PaymentNodeTest {
         assertTrue(reader.buffer().length <= LIMIT + 64 * 1024, "buffer grew to " + reader.buffer().length);
     }
 
+    /** Each bad line is answered 12 when its src can still be read, else logged; the next request is served. */
     @Test
-    void badBytesAreLoggedAndTheNextRequestIsServed() {
-        List<byte[]> badLines = List.of(
-                new byte[] {'{', '"', 's', 'r', 'c', '"', ':', '"', (byte) 0xC3, (byte) 0x28, '"', '}'},   // invalid UTF-8
-                new byte[] {0, 0, 0, '{', '}'},                                                           // NUL bytes
-                "{\"src\":\"c1\",\"body\":{\"type\":\"init\"".getBytes(StandardCharsets.UTF_8),            // truncated
-                ("{\"src\":\"c1\",\"dest\":\"payment\",\"body\":{\"type\":\"init\",\"deep\":" + "[".repeat(100_000)
-                        + "]".repeat(100_000) + "}}").getBytes(StandardCharsets.UTF_8));                  // nested 100,000 deep
-        for (byte[] bad : badLines) {
+    void badBytesAreAnsweredOrLoggedAndTheNextRequestIsServed() {
+        record Bad(byte[] line, String reply, String log) {
+        }
+        List<Bad> badLines = List.of(
+                new Bad(new byte[] {'{', '"', 's', 'r', 'c', '"', ':', '"', (byte) 0xC3, (byte) 0x28, '"', '}'},   // invalid UTF-8
+                        "", "line 1 ignored: not valid JSON: the line is not valid UTF-8: {\"src\":\"\uFFFD(\"}"),
+                new Bad(new byte[] {0, 0, 0, '{', '}'},                                                           // NUL bytes
+                        "", "line 1 ignored: not valid JSON: the line is not valid UTF-8: \\u0000\\u0000\\u0000{}"),
+                new Bad("{\"src\":\"c1\",\"body\":{\"type\":\"init\"".getBytes(StandardCharsets.UTF_8),            // truncated, no dest
+                        Wire.error(12, "not valid JSON: the line ends before the JSON does").to(null, 0).replace("\"src\": \"payment\"", "\"src\": null"),
+                        "line 1 refused: not valid JSON: the line ends before the JSON does"),
+                new Bad(("{\"src\":\"c1\",\"dest\":\"payment\",\"body\":{\"type\":\"init\",\"deep\":" + "[".repeat(100_000)
+                        + "]".repeat(100_000) + "}}").getBytes(StandardCharsets.UTF_8),                             // nested 100,000 deep
+                        Wire.error(12, "not valid JSON: nested too deeply").to(null, 0), "line 1 refused: not valid JSON: nested too deeply"));
+        for (Bad bad : badLines) {
             ByteArrayOutputStream input = new ByteArrayOutputStream();
-            input.writeBytes(bad);
+            input.writeBytes(bad.line());
             input.writeBytes(("\n" + Wire.charge(1, "s", 1, "2")).getBytes(StandardCharsets.UTF_8));
             Node.Run run = Node.run(input.toByteArray());
             assertEquals(0, run.status());
-            assertEquals(Wire.chargeOk("s", 1, "p1", "2").to(1, 0), run.stdout());
-            assertTrue(run.stderr().contains("line 1 is not a JSON object, ignored"), run.stderr());
+            assertEquals(bad.reply() + Wire.chargeOk("s", 1, "p1", "2").to(1, bad.reply().isEmpty() ? 0 : 1), run.stdout());
+            assertEquals("payment-node: warning: " + bad.log() + "\n", run.stderr());
         }
     }
 
