@@ -1,0 +1,65 @@
+package payment;
+
+import org.junit.jupiter.api.Test;
+
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+import java.util.stream.Stream;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/** A clone of this repository alone is complete: its README is for users, and its docs hold the whole contract. */
+class DocsTest {
+    private static final Path README = Path.of("README.md");
+    private static final Path DOCS = Path.of("docs");
+
+    private static List<Path> pages() throws IOException {
+        List<Path> pages = new ArrayList<>(List.of(README));
+        try (Stream<Path> docs = Files.list(DOCS)) {
+            pages.addAll(docs.filter(p -> p.toString().endsWith(".md")).sorted().toList());
+        }
+        return pages;
+    }
+
+    @Test
+    void theReadmeIsShortAndNeedsNothingOutsideTheRepository() throws IOException {
+        String readme = Files.readString(README);
+        assertTrue(readme.lines().count() <= 150, "README has " + readme.lines().count() + " lines");
+        assertFalse(readme.contains("../shared") || readme.contains("SPEC.md"), "README points outside the repository");
+        assertTrue(readme.contains("./run.sh < tests/golden/01-sample-idempotent-charge.in"), "the command that runs the node");
+        assertTrue(readme.contains("mvn -B -ntp test"), "the command that runs the tests");
+    }
+
+    @Test
+    void everyRelativeLinkLeadsToAFileOfTheRepository() throws IOException {
+        Pattern link = Pattern.compile("\\]\\(([^)#:]+)(#[^)]*)?\\)");
+        for (Path page : pages()) {
+            Matcher m = link.matcher(Files.readString(page));
+            while (m.find()) {
+                Path target = page.resolveSibling(m.group(1)).normalize();
+                assertTrue(Files.exists(target), page + " links to " + m.group(1) + ", which does not exist");
+            }
+        }
+    }
+
+    /** The contract page names every error code the node can send and every message type it answers. */
+    @Test
+    void theProtocolPageCoversEveryErrorCodeAndMessageType() throws IOException {
+        String protocol = Files.readString(DOCS.resolve("PROTOCOL.md"));
+        for (PaymentNode.ErrorCode code : PaymentNode.ErrorCode.values()) {
+            assertTrue(protocol.contains("| " + code.code + " | " + code.name().toLowerCase().replace('_', '-') + " |"),
+                    "PROTOCOL.md has no row for error " + code.code + " " + code);
+        }
+        for (String type : List.of("init", "ChargePayment", "RefundPayment")) {
+            assertTrue(Pattern.compile("(?m)^## \\d+\\. " + type + "\\b").matcher(protocol).find(), "PROTOCOL.md has no section for " + type);
+        }
+        assertEquals(-1, protocol.indexOf("SPEC.md"), "the contract is in the repository's own words");
+    }
+}
