@@ -61,13 +61,16 @@ public final class PaymentNode {
     /** A longer line is refused (error 12) without ever being held in memory whole. */
     static final int MAX_LINE_BYTES = 1 << 20;
 
+    /** The exit status of an injected crash (--faults crash=P): the work was done and journaled, no reply sent. */
+    static final int EXIT_INJECTED_CRASH = 3;
+
     /** In a --journal path, stands for the node's id: each node of a harness keeps its own file. */
     static final String NODE_ID = "{node_id}";
 
     static final String USAGE = """
-            Usage: ./run.sh [--journal FILE] [--verbose] < messages.jsonl
+            Usage: ./run.sh [--journal FILE] [--balance AMOUNT] [--faults LIST --seed N] [--verbose] < messages.jsonl
                    ./run.sh --build
-                   java -jar target/payment-node.jar [--journal FILE] [--verbose]
+                   java -jar target/payment-node.jar [OPTIONS]
 
             The payment participant of a saga, as a Maelstrom node. It reads one JSON
             message per line on stdin and writes one JSON reply per line on stdout:
@@ -75,6 +78,7 @@ public final class PaymentNode {
               ChargePayment  -> ChargePayment_ok  (once per saga_id and step: a retry gets
                                                    the cached result, never a second charge)
               RefundPayment  -> RefundPayment_ok  (the compensation, just as idempotent)
+              PaymentStatus  -> PaymentStatus_ok  (what is recorded for a step, read only)
             Bad input gets a Maelstrom error reply (codes 10-14, 22), or a line on stderr
             when it cannot be answered; a message with in_reply_to is a reply and is never
             answered. The node never stops on bad input; it exits 0 at the end of its input.
@@ -88,6 +92,23 @@ public final class PaymentNode {
                               file, opened at its first init (requests before it get
                               error 11). Without --journal, state lives in memory only
                               and a restart forgets every idempotency key.
+              --balance AMOUNT
+                              every user starts with AMOUNT; a charge above what is
+                              left is declined (error 14, stored as the step's
+                              result); a refund pays back
+              --faults LIST   inject the faults of a real payment service into
+                              ChargePayment and RefundPayment, at most one per
+                              attempt, e.g. fail=0.05,drop=0.1,unknown=0.02,
+                              delay=0.1:200,duplicate=0.05,crash=0.01:
+                                fail       nothing is done; error 11 (definite)
+                                drop       done; no reply
+                                unknown    done; error 13 (indefinite)
+                                delay=P:MS done; the reply leaves MS ms later
+                                duplicate  done; the reply comes twice
+                                crash      done and journaled; exit 3, no reply
+                              each one logged on stderr with its key and msg_id
+              --seed N        the seed of --faults (default 0): the same seed and
+                              input give the same faults
               -v, --verbose   also log every request and every cached answer on stderr
               -h, --help      print this help and exit
               --build         (run.sh only) build the jar ahead, then exit: a fresh
@@ -111,6 +132,9 @@ public final class PaymentNode {
     private final Log log;
     /** A per-node journal's path, {@code {node_id}} still in it: opened at the first init. Else null. */
     private final String journalAtInit;
+    private final Funds funds;
+    /** Injected faults (--faults): none unless asked for. */
+    private final Faults faults;
     /** Null only until the first init opens a per-node journal. */
     private State state;
     /** Set by init; until then a reply is sent from the request's {@code dest}. */
@@ -118,13 +142,15 @@ public final class PaymentNode {
     private long lineNumber;
 
     PaymentNode(State state, OutputStream stdout, Log log) {
-        this(state, null, stdout, log);
+        this(state, null, Funds.UNLIMITED, Faults.NONE, stdout, log);
     }
 
-    private PaymentNode(State state, String journalAtInit, OutputStream stdout, Log log) {
-        this.replies = new ReplyWriter(stdout);
+    private PaymentNode(State state, String journalAtInit, Funds funds, Faults faults, OutputStream stdout, Log log) {
+        this.replies = new ReplyWriter(stdout, log);
         this.log = log;
         this.journalAtInit = journalAtInit;
+        this.funds = funds;
+        this.faults = faults;
         if (state != null) {
             use(state);
         }
@@ -132,7 +158,21 @@ public final class PaymentNode {
 
     /** A node whose journal is its own file, named by its id, opened at its first init (SPEC section 7). */
     static PaymentNode withJournalAtInit(String pathWithNodeId, OutputStream stdout, Log log) {
-        return new PaymentNode(null, pathWithNodeId, stdout, log);
+        return new PaymentNode(null, pathWithNodeId, Funds.UNLIMITED, Faults.NONE, stdout, log);
+    }
+
+    /**
+     * The node the options describe. The defaults keep every path as plain as it can be: state in memory,
+     * no balances, no faults. A journal that cannot be opened now is an IOException.
+     */
+    static PaymentNode fromOptions(Options options, OutputStream stdout, Log log) throws IOException {
+        Funds funds = options.balance() == null ? Funds.UNLIMITED : new Balances(options.balance());
+        Faults faults = options.faults() == null ? Faults.NONE : new Faults(options.faults(), options.seed());
+        if (options.journal() != null && options.journal().contains(NODE_ID)) {
+            return new PaymentNode(null, options.journal(), funds, faults, stdout, log);
+        }
+        State state = options.journal() == null ? State.inMemory(log, funds) : State.replayed(Path.of(options.journal()), log, funds);
+        return new PaymentNode(state, null, funds, faults, stdout, log);
     }
 
     private void use(State state) {
@@ -167,20 +207,12 @@ public final class PaymentNode {
         System.setOut(System.err);
         Log log = new Log(System.err, options.verbose());
         PaymentNode node;
-        if (options.journal() != null && options.journal().contains(NODE_ID)) {
-            node = withJournalAtInit(options.journal(), stdout, log);
-        } else {
-            State state = State.inMemory(log);
-            if (options.journal() != null) {
-                try {
-                    state = State.replayed(Path.of(options.journal()), log);
-                } catch (IOException | RuntimeException e) {
-                    System.err.println("payment-node: cannot use the journal " + options.journal() + ": " + journalProblem(e));
-                    System.exit(2);
-                    return;
-                }
-            }
-            node = new PaymentNode(state, stdout, log);
+        try {
+            node = fromOptions(options, stdout, log);
+        } catch (IOException | RuntimeException e) {
+            System.err.println("payment-node: cannot use the journal " + options.journal() + ": " + journalProblem(e));
+            System.exit(2);
+            return;
         }
         Thread warmUp = new Thread(PaymentNode::warmUp, "warm-up");
         warmUp.setDaemon(true);
@@ -198,52 +230,95 @@ public final class PaymentNode {
         return path == null ? new FileOutputStream(FileDescriptor.out) : new FileOutputStream(path, true);
     }
 
-    /** {@code journal} is null without --journal. */
-    record Options(boolean verbose, boolean help, String journal) {
+    /** The command line. {@code journal}, {@code balance} and {@code faults} are null when not given. */
+    record Options(boolean verbose, boolean help, String journal, BigDecimal balance, FaultPlan faults, long seed) {
         static Options parse(String[] args) {
             boolean verbose = false;
             boolean help = false;
             String journal = null;
+            BigDecimal balance = null;
+            FaultPlan faults = null;
+            long seed = 0;
             for (int i = 0; i < args.length; i++) {
                 String arg = args[i];
-                if (arg.startsWith("--journal=")) {
-                    journal = journalPath(arg.substring("--journal=".length()));
-                    continue;
-                }
-                switch (arg) {
-                    case "--verbose", "-v" -> verbose = true;
-                    case "--help", "-h" -> help = true;
-                    case "--journal" -> {
-                        if (++i == args.length) {
-                            throw new IllegalArgumentException("--journal needs a file name");
+                int equals = arg.startsWith("--") ? arg.indexOf('=') : -1;
+                String name = equals < 0 ? arg : arg.substring(0, equals);
+                switch (name) {
+                    case "--verbose", "-v", "--help", "-h" -> {
+                        if (equals >= 0) {
+                            throw new IllegalArgumentException(name + " takes no value");
                         }
-                        journal = journalPath(args[i]);
+                        verbose |= name.equals("--verbose") || name.equals("-v");
+                        help |= name.equals("--help") || name.equals("-h");
+                    }
+                    case "--journal", "--balance", "--faults", "--seed" -> {
+                        String value = equals >= 0 ? arg.substring(equals + 1) : ++i < args.length ? args[i] : null;
+                        if (value == null || value.isEmpty()) {
+                            throw new IllegalArgumentException(name + " needs a value" + EXAMPLES.get(name));
+                        }
+                        switch (name) {
+                            case "--journal" -> journal = journalPath(value);
+                            case "--balance" -> balance = balance(value);
+                            case "--faults" -> faults = FaultPlan.parse(value);
+                            default -> seed = seed(value);
+                        }
                     }
                     default -> throw new IllegalArgumentException("unknown option: " + arg);
                 }
             }
-            return new Options(verbose, help, journal);
+            return new Options(verbose, help, journal, balance, faults, seed);
         }
 
+        private static final java.util.Map<String, String> EXAMPLES = java.util.Map.of(
+                "--journal", ", a file name (e.g. --journal 'payments-{node_id}.journal')",
+                "--balance", ", an amount (e.g. --balance 100.00)",
+                "--faults", " (e.g. --faults fail=0.05,drop=0.1,delay=0.1:200)",
+                "--seed", ", an integer (e.g. --seed 7)");
+
         private static String journalPath(String name) {
-            if (name.isEmpty()) {
-                throw new IllegalArgumentException("--journal needs a file name");
-            }
             Path.of(name.replace(NODE_ID, "n1"));   // a path this system cannot have is a usage error now, not at init
             return name;
+        }
+
+        private static BigDecimal balance(String text) {
+            try {
+                BigDecimal amount = new BigDecimal(text);
+                if (amount.signum() >= 0 && amount.precision() - amount.scale() <= Amount.MAX_DIGITS && amount.scale() <= Amount.MAX_DIGITS) {
+                    return amount;
+                }
+            } catch (NumberFormatException notANumber) {
+                // said below
+            }
+            throw new IllegalArgumentException("--balance needs an amount of 0 or more, got " + text);
+        }
+
+        private static long seed(String text) {
+            try {
+                return Long.parseLong(text);
+            } catch (NumberFormatException e) {
+                throw new IllegalArgumentException("--seed needs an integer, got " + text);
+            }
         }
     }
 
     /** What a node serves from: the idempotency table, and the journal its changes go to. */
     record State(PaymentHandler payments, Journal journal) {
         static State inMemory(Log log) {
-            return new State(new PaymentHandler(log), Journal.NONE);
+            return inMemory(log, Funds.UNLIMITED);
+        }
+
+        static State inMemory(Log log, Funds funds) {
+            return new State(new PaymentHandler(log, Journal.NONE, funds), Journal.NONE);
+        }
+
+        static State replayed(Path path, Log log) throws IOException {
+            return replayed(path, log, Funds.UNLIMITED);
         }
 
         /** State that comes back from the journal and goes on into it. */
-        static State replayed(Path path, Log log) throws IOException {
+        static State replayed(Path path, Log log, Funds funds) throws IOException {
             FileJournal journal = FileJournal.open(path);
-            PaymentHandler payments = new PaymentHandler(log, journal);
+            PaymentHandler payments = new PaymentHandler(log, journal, funds);
             long records = journal.replay(payments, log);
             log.info("journal " + path + ": replayed " + records + " records");
             return new State(payments, journal);
@@ -290,10 +365,14 @@ public final class PaymentNode {
                 handleLine(lines);
             }
             replies.flush();
+            replies.awaitDelayed();   // delayed replies (--faults delay) still leave before the node exits
             if (state != null) {
                 state.journal().close();   // the end of input is the end of this node's run
             }
             return 0;
+        } catch (InjectedCrash crash) {
+            replies.flushQuietly();   // what was answered before, and the crashed request's journal record
+            return EXIT_INJECTED_CRASH;
         } catch (JournalUnavailable e) {
             replies.flushQuietly();
             log.error("stopping: " + e.getMessage(), null);
@@ -827,7 +906,22 @@ public final class PaymentNode {
 
         /** Its own key space: a refund is never answered with a charge's result, nor the other way round. */
         String key() {
-            return chargeKey() + ":refund";
+            return chargeKey() + REFUND_SUFFIX;
+        }
+    }
+
+    /** A PaymentStatus, checked: it names a step and reads it. */
+    record StatusRequest(String sagaId, long step) {
+        static StatusRequest from(RawBody body) {
+            return new StatusRequest(requiredString(body.sagaId, "saga_id"), requiredStep(body.step));
+        }
+
+        String chargeKey() {
+            return PaymentNode.chargeKey(sagaId, step);
+        }
+
+        String refundKey() {
+            return chargeKey() + REFUND_SUFFIX;
         }
     }
 
@@ -838,6 +932,8 @@ public final class PaymentNode {
     static String chargeKey(String sagaId, long step) {
         return sagaId + ":step" + step;
     }
+
+    static final String REFUND_SUFFIX = ":refund";
 
     /**
      * A decimal amount of money, kept as the request wrote it ({@code 100.50} stays {@code 100.50}) and
@@ -921,8 +1017,17 @@ public final class PaymentNode {
             }
             switch (type) {
                 case "init" -> handleInit(reply, message, body);
-                case "ChargePayment" -> handleCharge(reply, ChargeRequest.from(body), openState());
-                case "RefundPayment" -> handleRefund(reply, RefundRequest.from(body), openState());
+                case "ChargePayment" -> {
+                    ChargeRequest charge = ChargeRequest.from(body);
+                    State state = openState();
+                    withFault(reply, charge.key(), () -> handleCharge(reply, charge, state));
+                }
+                case "RefundPayment" -> {
+                    RefundRequest refund = RefundRequest.from(body);
+                    State state = openState();
+                    withFault(reply, refund.key(), () -> handleRefund(reply, refund, state));
+                }
+                case "PaymentStatus" -> replies.paymentStatusOk(reply, StatusRequest.from(body), openState());
                 default -> throw new RpcError(ErrorCode.NOT_SUPPORTED, "unsupported message type: " + type);
             }
         } catch (RpcError refused) {
@@ -940,7 +1045,7 @@ public final class PaymentNode {
         }
         String path = journalAtInit.replace(NODE_ID, nodeId);
         try {
-            use(State.replayed(Path.of(path), log));
+            use(State.replayed(Path.of(path), log, funds));
         } catch (IOException | RuntimeException e) {
             throw new JournalUnavailable("cannot use the journal " + path + ": " + journalProblem(e));
         }
@@ -993,6 +1098,174 @@ public final class PaymentNode {
         }
         log.info("initialized as " + nodeId);
         replies.initOk(reply.withFrom(nodeId));   // init_ok already comes from the new name
+    }
+
+    /** A request's handling: it writes the request's reply (or throws the RpcError that is its reply). */
+    interface Handling {
+        void run() throws IOException;
+    }
+
+    /**
+     * Handles a ChargePayment or RefundPayment under the fault it draws (--faults; none by default):
+     * {@code fail} does nothing and answers 11; every other fault lets the work happen, then changes what
+     * becomes of its reply. The reply is held back while the work runs, so that it can be dropped,
+     * replaced, doubled or delayed.
+     */
+    private void withFault(Envelope reply, String key, Handling handling) throws IOException {
+        Fault fault = faults.draw();
+        if (fault == null) {
+            handling.run();
+            return;
+        }
+        log.fault(fault, faults.delayMillis(), key, reply.inReplyTo());
+        if (fault == Fault.FAIL) {
+            throw new RpcError(ErrorCode.TEMPORARILY_UNAVAILABLE, "injected fault: fail: nothing was done; safe to retry");
+        }
+        ReplyWriter.Held held = replies.hold();
+        try {
+            handling.run();
+        } catch (RpcError refused) {
+            replies.error(reply, refused);
+        } catch (RuntimeException bug) {
+            replies.discard(held);
+            throw bug;
+        }
+        switch (fault) {
+            case DROP -> replies.discard(held);
+            case UNKNOWN -> {
+                replies.discard(held);
+                replies.error(reply, new RpcError(ErrorCode.CRASH,
+                        "injected fault: unknown outcome: the request may or may not have been done; a retry will tell"));
+            }
+            case DELAY -> replies.later(replies.release(held), faults.delayMillis());
+            case DUPLICATE -> {
+                byte[] line = replies.release(held);
+                replies.raw(line);
+                replies.raw(line);
+            }
+            case CRASH -> {
+                replies.discard(held);
+                throw new InjectedCrash();
+            }
+            default -> throw new IllegalStateException("fault " + fault);
+        }
+    }
+
+    /** The faults a payment service shows in real life, each with the Maelstrom code of the same meaning. */
+    enum Fault {
+        FAIL("fail"), DROP("drop"), UNKNOWN("unknown"), DELAY("delay"), DUPLICATE("duplicate"), CRASH("crash");
+
+        final String option;
+
+        Fault(String option) {
+            this.option = option;
+        }
+    }
+
+    /** --faults: the probability of each fault per attempt (they add up to at most 1), and the delay. */
+    record FaultPlan(java.util.EnumMap<Fault, Double> probabilities, long delayMillis) {
+        static FaultPlan parse(String list) {
+            java.util.EnumMap<Fault, Double> probabilities = new java.util.EnumMap<>(Fault.class);
+            long delayMillis = 0;
+            double total = 0;
+            for (String item : list.split(",", -1)) {
+                int equals = item.indexOf('=');
+                String name = equals < 0 ? item : item.substring(0, equals);
+                Fault fault = Arrays.stream(Fault.values()).filter(f -> f.option.equals(name)).findFirst().orElseThrow(
+                        () -> new IllegalArgumentException("--faults: unknown fault '" + name + "' (known: fail, drop, unknown,"
+                                + " delay, duplicate, crash; e.g. --faults fail=0.05,delay=0.1:200)"));
+                if (probabilities.containsKey(fault)) {
+                    throw new IllegalArgumentException("--faults: " + name + " is given twice");
+                }
+                String value = equals < 0 ? "" : item.substring(equals + 1);
+                if (fault == Fault.DELAY) {
+                    int colon = value.indexOf(':');
+                    if (colon < 0) {
+                        throw new IllegalArgumentException("--faults: delay needs a probability and milliseconds, e.g. delay=0.1:200");
+                    }
+                    delayMillis = milliseconds(value.substring(colon + 1));
+                    value = value.substring(0, colon);
+                }
+                double probability = probability(name, value);
+                probabilities.put(fault, probability);
+                total += probability;
+            }
+            if (total > 1 + 1e-9) {
+                throw new IllegalArgumentException("--faults: the probabilities add up to " + total + ", more than 1"
+                        + " (each attempt draws at most one fault)");
+            }
+            return new FaultPlan(probabilities, delayMillis);
+        }
+
+        private static double probability(String name, String text) {
+            try {
+                double p = Double.parseDouble(text);
+                if (p >= 0 && p <= 1) {
+                    return p;
+                }
+            } catch (NumberFormatException notANumber) {
+                // said below
+            }
+            throw new IllegalArgumentException("--faults: " + name + " needs a probability from 0 to 1, e.g. " + name + "=0.05,"
+                    + " got '" + text + "'");
+        }
+
+        private static long milliseconds(String text) {
+            try {
+                long ms = Long.parseLong(text);
+                if (ms >= 0 && ms <= 3_600_000) {
+                    return ms;
+                }
+            } catch (NumberFormatException notANumber) {
+                // said below
+            }
+            throw new IllegalArgumentException("--faults: delay needs whole milliseconds from 0 to 3600000, got '" + text + "'");
+        }
+    }
+
+    /**
+     * Draws at most one fault per ChargePayment or RefundPayment attempt, from a generator seeded by
+     * --seed: the same seed and the same input give the same faults. The faults are tried in a fixed
+     * order (fail, drop, unknown, delay, duplicate, crash), whatever order --faults lists them in.
+     */
+    static final class Faults {
+        static final Faults NONE = new Faults(new FaultPlan(new java.util.EnumMap<>(Fault.class), 0), 0);
+
+        private final FaultPlan plan;
+        private final java.util.SplittableRandom random;   // (java.util.Random starts nearly alike for nearby seeds)
+
+        Faults(FaultPlan plan, long seed) {
+            this.plan = plan;
+            this.random = new java.util.SplittableRandom(seed);
+        }
+
+        /** The fault of this attempt, or null. */
+        Fault draw() {
+            if (plan.probabilities().isEmpty()) {
+                return null;
+            }
+            double roll = random.nextDouble();
+            for (var fault : plan.probabilities().entrySet()) {
+                roll -= fault.getValue();
+                if (roll < 0) {
+                    return fault.getKey();
+                }
+            }
+            return null;
+        }
+
+        long delayMillis() {
+            return plan.delayMillis();
+        }
+    }
+
+    /** An injected crash: the node stops at once, its work done and journaled, without the reply. */
+    static final class InjectedCrash extends IOException {
+        private static final long serialVersionUID = 1L;
+
+        InjectedCrash() {
+            super("injected fault: crash", null);
+        }
     }
 
     /** The state, or error 11 while a per-node journal waits for the first init to open it. */
@@ -1053,14 +1326,21 @@ public final class PaymentNode {
         private final AtomicLong refundCount = new AtomicLong();
         private final Log log;
         private final Journal journal;
+        private final Funds funds;
 
         PaymentHandler(Log log) {
-            this(log, Journal.NONE);
+            this(log, Journal.NONE, Funds.UNLIMITED);
         }
 
         PaymentHandler(Log log, Journal journal) {
+            this(log, journal, Funds.UNLIMITED);
+        }
+
+        /** {@code funds}: {@link Funds#UNLIMITED}, or per-user balances (--balance) that can decline a charge. */
+        PaymentHandler(Log log, Journal journal, Funds funds) {
             this.log = log;
             this.journal = journal;
+            this.funds = funds;
         }
 
         Served<ChargeResult> charge(ChargeRequest request) {
@@ -1071,6 +1351,12 @@ public final class PaymentNode {
                     throw keyReused(key);
                 }
                 return new Served<>(charged.result(), settled.replayed());
+            }
+            if (settled.result() instanceof Declined declined) {
+                if (settled.replayed() && !declined.sameParams(request)) {
+                    throw keyReused(key);
+                }
+                throw new RpcError(ErrorCode.ABORT, declined.reason());   // the step's result: every retry gets it again
             }
             throw new RpcError(ErrorCode.ABORT,
                     "step " + key + " was already compensated: its refund came first, so it is never charged");
@@ -1084,6 +1370,22 @@ public final class PaymentNode {
                 throw keyReused(key);
             }
             return new Served<>(refunded.result(), settled.replayed());
+        }
+
+        /**
+         * What is recorded for a step, read without touching it: no key is created, claimed or closed, so
+         * a status read before a compensation never makes that compensation "come first".
+         */
+        StepStatus status(StatusRequest request) {
+            Entry step = settledEntry(request.chargeKey());
+            Entry refund = settledEntry(request.refundKey());
+            return new StepStatus(step, refund instanceof Refunded refunded ? refunded.result() : null);
+        }
+
+        /** The final entry under a key, waiting for an attempt in progress; null if there is none. */
+        private Entry settledEntry(String key) {
+            Entry entry = entries.get(key);
+            return entry == null ? null : entry.await();
         }
 
         /** Runs {@code firstTime} for a key at most once; every other attempt gets the entry it left. */
@@ -1124,7 +1426,14 @@ public final class PaymentNode {
                     "idempotency key " + key + " was first used with other params");
         }
 
-        private Charged firstCharge(ChargeRequest request) {
+        private Entry firstCharge(ChargeRequest request) {
+            String shortfall = funds.withdraw(request.userId(), request.amount().value());
+            if (shortfall != null) {
+                Declined declined = new Declined(request.userId(), request.amount().text(),
+                        "declined: insufficient funds: " + shortfall + " (" + request.key() + ")");
+                journal.declined(request, declined.reason());
+                return declined;
+            }
             Charged charged = new Charged(request.userId(), request.amount().text(), paymentCount.incrementAndGet());
             journal.charged(request, charged.paymentNumber());   // before anyone can refund it, so the journal keeps that order
             payments.add(charged);
@@ -1133,8 +1442,11 @@ public final class PaymentNode {
 
         /** Which payment a compensation refunds: the four cases of SPEC.md section 4, in order. */
         private Refunded firstRefund(RefundRequest request) {
-            Charged ofThisStep = paymentOfStep(request.chargeKey());
-            if (ofThisStep != null) {
+            Entry step = settledEntry(request.chargeKey());
+            if (step instanceof Declined) {
+                return refunded(request, Refunded.NOTHING, Amount.ZERO.text(), null);   // nothing was charged
+            }
+            if (step instanceof Charged ofThisStep) {
                 if (request.paymentId() != null && !request.paymentId().equals(ofThisStep.paymentId())) {
                     throw new RpcError(ErrorCode.PRECONDITION_FAILED, "payment_id " + request.paymentId()
                             + " is not the payment of step " + request.chargeKey() + " (" + ofThisStep.paymentId() + ")");
@@ -1166,6 +1478,7 @@ public final class PaymentNode {
 
         private Refunded refundPayment(Charged payment, RefundRequest request) {
             String amount = payment.deductRefund(request.amount());   // may refuse: then no refund id is used up
+            funds.repay(payment, amount);
             return refunded(request, refundCount.incrementAndGet(), amount, payment);
         }
 
@@ -1175,11 +1488,6 @@ public final class PaymentNode {
             return new Refunded(request, refundNumber, amount);
         }
 
-        /** The payment charged under this step, waiting for a charge in progress; null if there is none. */
-        private Charged paymentOfStep(String chargeKey) {
-            Entry entry = entries.get(chargeKey);
-            return entry != null && entry.await() instanceof Charged charged ? charged : null;
-        }
 
         /** Closes a step that has no charge; false if a charge got there first. */
         private boolean closeStep(String chargeKey) {
@@ -1196,13 +1504,20 @@ public final class PaymentNode {
             Charged charged = new Charged(userId, amount, paymentNumber);
             entries.put(key, charged);
             payments.add(charged);
+            funds.restoreWithdrawal(userId, amount);
             paymentCount.accumulateAndGet(paymentNumber, Math::max);
+        }
+
+        void restoreDecline(String key, String userId, String amount, String reason) {
+            entries.put(key, new Declined(userId, amount, reason));
         }
 
         void restoreRefund(String key, String paymentId, String amount, String refunded, long refundNumber, long paymentNumber) {
             entries.put(key, new Refunded(paymentId, amount, refunded, refundNumber));
             if (paymentNumber != 0) {
-                payments.get(paymentNumber).restoreDeducted(new BigDecimal(refunded));
+                Charged payment = payments.get(paymentNumber);
+                payment.restoreDeducted(new BigDecimal(refunded));
+                funds.repay(payment, refunded);
             }
             refundCount.accumulateAndGet(refundNumber, Math::max);
         }
@@ -1212,12 +1527,93 @@ public final class PaymentNode {
         }
     }
 
+    /** What a step's status read found: its charge key's entry (null: none) and its refund key's result. */
+    record StepStatus(Entry step, RefundResult refund) {
+        String status() {
+            if (step instanceof Charged) {
+                return "charged";
+            }
+            if (step instanceof Declined) {
+                return "declined";
+            }
+            return step == Compensated.STEP ? "compensated" : "none";
+        }
+    }
+
+    /**
+     * Where charges draw money from. By default there is no limit; with --balance every user starts with
+     * the same amount, a charge above what is left is declined, and a refund pays back.
+     */
+    interface Funds {
+        Funds UNLIMITED = new Funds() {
+            @Override
+            public String withdraw(String userId, BigDecimal amount) {
+                return null;
+            }
+
+            @Override
+            public void repay(Charged payment, String amount) {
+            }
+
+            @Override
+            public void restoreWithdrawal(String userId, String amount) {
+            }
+        };
+
+        /** Takes {@code amount} from the user's balance; null when done, else why not (nothing is taken). */
+        String withdraw(String userId, BigDecimal amount);
+
+        /** Gives a refunded amount back to the user who paid it. */
+        void repay(Charged payment, String amount);
+
+        /** Replaying a journal: a charge that happened, taken without a check. */
+        void restoreWithdrawal(String userId, String amount);
+    }
+
+    /** Per-user balances (--balance), exact decimals; each user's updates are atomic. */
+    static final class Balances implements Funds {
+        private final BigDecimal start;
+        private final ConcurrentHashMap<String, BigDecimal> left = new ConcurrentHashMap<>();
+
+        Balances(BigDecimal start) {
+            this.start = start;
+        }
+
+        BigDecimal balance(String userId) {
+            return left.getOrDefault(userId, start);
+        }
+
+        @Override
+        public String withdraw(String userId, BigDecimal amount) {
+            String[] shortfall = new String[1];
+            left.compute(userId, (user, balance) -> {
+                BigDecimal current = balance == null ? start : balance;
+                if (current.compareTo(amount) < 0) {
+                    shortfall[0] = user + " has " + current.toPlainString() + " left, the charge is " + amount.toPlainString();
+                    return current;
+                }
+                return current.subtract(amount);
+            });
+            return shortfall[0];
+        }
+
+        @Override
+        public void repay(Charged payment, String amount) {
+            left.merge(payment.userId(), start.add(new BigDecimal(amount)), (balance, ignored) -> balance.add(new BigDecimal(amount)));
+        }
+
+        @Override
+        public void restoreWithdrawal(String userId, String amount) {
+            left.merge(userId, start.subtract(new BigDecimal(amount)), (balance, ignored) -> balance.subtract(new BigDecimal(amount)));
+        }
+    }
+
     // ---------------------------------------------------------------------------------------------
     // 6. Entries and storage: what the table keeps for each key
     // ---------------------------------------------------------------------------------------------
 
     /** What the idempotency table holds for a key. */
-    sealed interface Entry permits InProgress, Charged, Refunded, Compensated {
+    sealed interface Entry permits InProgress, Charged, Declined, Refunded, Compensated {
         /** The final entry, waiting if an attempt is in progress; null if that attempt failed. */
         default Entry await() {
             return this;
@@ -1278,6 +1674,11 @@ public final class PaymentNode {
 
         String amount() {
             return CompactText.substring(params, userIdLength, CompactText.length(params));
+        }
+
+        /** The exact total refunded from this payment so far, by every refund key. */
+        synchronized String refundedSoFar() {
+            return refunded == null ? "0" : refunded.toPlainString();
         }
 
         synchronized void restoreDeducted(BigDecimal amount) {
@@ -1356,6 +1757,13 @@ public final class PaymentNode {
 
         private int amountEnd() {
             return Math.max(paymentIdLength, 0) + Math.max(amountLength, 0);
+        }
+    }
+
+    /** A charge key whose charge was declined (--balance): the decline is the step's result, as a charge would be. */
+    record Declined(String userId, String amount, String reason) implements Entry {
+        boolean sameParams(ChargeRequest request) {
+            return userId.equals(request.userId()) && request.amount().sameValue(amount);
         }
     }
 
@@ -1477,6 +1885,18 @@ public final class PaymentNode {
             count = 0;
         }
 
+        void truncate(int size) {
+            count = size;
+        }
+
+        void bytes(byte[] bytes) {
+            if (count + bytes.length > buf.length) {
+                buf = Arrays.copyOf(buf, Math.max(buf.length * 2, count + bytes.length));
+            }
+            System.arraycopy(bytes, 0, buf, count, bytes.length);
+            count += bytes.length;
+        }
+
         void ascii(String text) {
             for (int i = 0; i < text.length(); i++) {
                 put(text.charAt(i));
@@ -1548,13 +1968,17 @@ public final class PaymentNode {
     static final class ReplyWriter implements Flushable {
         private static final int BATCH_BYTES = 128 * 1024;
 
-        private final OutputStream out;
+        private final OutputStream out;   // also the lock of every write to it: delayed replies come from a timer thread
+        private final Log log;
         private Journal journal = Journal.NONE;
         private final JsonBytes json = new JsonBytes();
         private long nextMsgId;
+        private boolean holding;          // a reply is held back for a fault to decide its fate
+        private DelayedReplies delayed;   // made at the first delayed reply
 
-        ReplyWriter(OutputStream out) {
+        ReplyWriter(OutputStream out, Log log) {
             this.out = out;
+            this.log = log;
         }
 
         /** From now on every batch waits for this journal's commit. */
@@ -1591,19 +2015,46 @@ public final class PaymentNode {
 
         void refundOk(Envelope to, RefundRequest request, Served<RefundResult> served) throws IOException {
             beginStepReply(to, "RefundPayment_ok", request.sagaId(), request.step());
-            json.ascii(", \"result\": {");
-            if (served.result().refundId() != null) {
-                json.ascii("\"refund_id\": ");
-                json.string(served.result().refundId());
-                json.ascii(", ");
-            }
-            json.ascii("\"refunded\": ");
-            json.ascii(served.result().refunded());
-            json.ascii("}");
+            json.ascii(", \"result\": ");
+            refundResult(served.result());
             if (served.replayed()) {
                 json.ascii(", \"note\": \"already_refunded\"");
             }
             end(to);
+        }
+
+        /** PaymentStatus_ok: the step's status, its payment (when charged) and its refund (when there is one). */
+        void paymentStatusOk(Envelope to, StatusRequest request, State state) throws IOException {
+            StepStatus status = state.payments().status(request);
+            beginStepReply(to, "PaymentStatus_ok", request.sagaId(), request.step());
+            field("status");
+            json.string(status.status());
+            if (status.step() instanceof Charged payment) {
+                json.ascii(", \"payment\": {\"payment_id\": ");
+                json.string(payment.paymentId());
+                json.ascii(", \"charged\": ");
+                json.ascii(payment.amount());
+                json.ascii(", \"refunded\": ");
+                json.ascii(payment.refundedSoFar());
+                json.ascii("}");
+            }
+            if (status.refund() != null) {
+                json.ascii(", \"refund\": ");
+                refundResult(status.refund());
+            }
+            end(to);
+        }
+
+        private void refundResult(RefundResult result) {
+            json.ascii("{");
+            if (result.refundId() != null) {
+                json.ascii("\"refund_id\": ");
+                json.string(result.refundId());
+                json.ascii(", ");
+            }
+            json.ascii("\"refunded\": ");
+            json.ascii(result.refunded());
+            json.ascii("}");
         }
 
         void error(Envelope to, RpcError error) throws IOException {
@@ -1617,8 +2068,10 @@ public final class PaymentNode {
 
         @Override
         public void flush() throws IOException {
-            writeBatch();
-            out.flush();
+            synchronized (out) {
+                writeBatch();
+                out.flush();
+            }
         }
 
         private void begin(Envelope to, String type) {
@@ -1646,8 +2099,69 @@ public final class PaymentNode {
             field("msg_id");
             json.number(nextMsgId++);
             json.ascii("}}\n");
+            if (json.size() >= BATCH_BYTES && !holding) {
+                writeBatch();
+            }
+        }
+
+        // Faults (--faults) decide what becomes of a reply: these hold it back, then drop, take or repeat it.
+
+        /** Where the buffer and the msg_id counter stood before a held reply. */
+        record Held(int size, long msgId) {
+        }
+
+        Held hold() {
+            holding = true;
+            return new Held(json.size(), nextMsgId);
+        }
+
+        /** Drops the held reply as if it had never been written: it uses up no msg_id. */
+        void discard(Held held) {
+            json.truncate(held.size());
+            nextMsgId = held.msgId();
+            holding = false;
+        }
+
+        /** Takes the held reply's line out of the buffer. */
+        byte[] release(Held held) {
+            byte[] line = Arrays.copyOfRange(json.array(), held.size(), json.size());
+            json.truncate(held.size());
+            holding = false;
+            return line;
+        }
+
+        /** Writes a line taken out before (a duplicate). */
+        void raw(byte[] line) throws IOException {
+            json.bytes(line);
             if (json.size() >= BATCH_BYTES) {
                 writeBatch();
+            }
+        }
+
+        /** Writes a line once {@code millis} have passed; later replies may overtake it. */
+        void later(byte[] line, long millis) {
+            if (delayed == null) {
+                delayed = new DelayedReplies();
+            }
+            delayed.schedule(() -> writeNow(line), millis);
+        }
+
+        /** Waits until every delayed reply is written (at the end of input). */
+        void awaitDelayed() throws IOException {
+            if (delayed != null) {
+                delayed.finish();
+            }
+        }
+
+        private void writeNow(byte[] line) {
+            try {
+                synchronized (out) {
+                    journal.commit();
+                    out.write(line);
+                    out.flush();
+                }
+            } catch (IOException e) {
+                log.error("a delayed reply could not be written: " + e, null);
             }
         }
 
@@ -1658,8 +2172,34 @@ public final class PaymentNode {
         }
 
         private void writeBatch() throws IOException {
-            journal.commit();
-            json.writeTo(out);
+            synchronized (out) {
+                journal.commit();
+                json.writeTo(out);
+            }
+        }
+    }
+
+    /** A timer thread that writes delayed replies when they are due; it sleeps in between, never spins. */
+    static final class DelayedReplies {
+        private final java.util.concurrent.ScheduledThreadPoolExecutor timer = new java.util.concurrent.ScheduledThreadPoolExecutor(1, task -> {
+            Thread thread = new Thread(task, "delayed-replies");
+            thread.setDaemon(true);
+            return thread;
+        });
+
+        void schedule(Runnable write, long millis) {
+            timer.schedule(write, millis, java.util.concurrent.TimeUnit.MILLISECONDS);
+        }
+
+        /** Lets every scheduled reply go out, then stops the thread. */
+        void finish() throws IOException {
+            timer.shutdown();   // scheduled tasks still run after shutdown: that is the default policy
+            try {
+                timer.awaitTermination(Long.MAX_VALUE, java.util.concurrent.TimeUnit.NANOSECONDS);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new java.io.InterruptedIOException("interrupted while delayed replies were pending");
+            }
         }
     }
 
@@ -1673,6 +2213,10 @@ public final class PaymentNode {
         Journal NONE = new Journal() {
             @Override
             public void charged(ChargeRequest request, long paymentNumber) {
+            }
+
+            @Override
+            public void declined(ChargeRequest request, String reason) {
             }
 
             @Override
@@ -1690,6 +2234,8 @@ public final class PaymentNode {
 
         void charged(ChargeRequest request, long paymentNumber);
 
+        void declined(ChargeRequest request, String reason);
+
         void closed(String chargeKey);
 
         /** {@code paymentNumber}: the payment of this node whose ledger the refund drew on, else 0. */
@@ -1705,7 +2251,8 @@ public final class PaymentNode {
     /**
      * An append-only file of state changes, one record a line: the CRC-32 of the record in eight hex
      * digits, a space, and the record as a JSON array ({@code ["charge", key, user_id, amount, number]},
-     * {@code ["refund", key, payment_id, amount, refunded, number, payment_number]}, {@code ["close", key]}).
+     * {@code ["refund", key, payment_id, amount, refunded, number, payment_number]}, {@code ["close", key]},
+     * {@code ["decline", key, user_id, amount, reason]}).
      * Records gather in memory and {@link #commit} writes and forces them to disk once per batch of
      * replies (group commit). On start the records are replayed; a torn tail, the trace of a crash in
      * mid-write, is cut off with a warning, while a bad record followed by good ones stops the node:
@@ -1801,6 +2348,7 @@ public final class PaymentNode {
                     case "refund" -> handler.restoreRefund(nextText(record), nextText(record), nextText(record),
                             nextText(record), nextLong(record), nextLong(record));
                     case "close" -> handler.restoreClose(nextText(record));
+                    case "decline" -> handler.restoreDecline(nextText(record), nextText(record), nextText(record), nextText(record));
                     default -> {
                         return false;
                     }
@@ -1830,6 +2378,18 @@ public final class PaymentNode {
             pending.ascii(request.amount().text());
             pending.ascii(", ");
             pending.number(paymentNumber);
+            end(start);
+        }
+
+        @Override
+        public synchronized void declined(ChargeRequest request, String reason) {
+            int start = begin("decline", request.key());
+            pending.ascii(", ");
+            pending.string(request.userId());
+            pending.ascii(", ");
+            pending.ascii(request.amount().text());
+            pending.ascii(", ");
+            pending.string(reason);
             end(start);
         }
 
@@ -1923,6 +2483,12 @@ public final class PaymentNode {
 
         void verboseCacheHit(String key) {
             info("Already processed " + key + ", returning cached result");
+        }
+
+        /** One line per injected fault, so that a checker can tell what really happened. */
+        void fault(Fault fault, long delayMillis, String key, Long msgId) {
+            err.println("payment-node: fault: " + fault.option + (fault == Fault.DELAY ? " " + delayMillis + "ms" : "")
+                    + " " + key + " msg_id " + (msgId == null ? "none" : msgId));
         }
 
         void warn(String message) {

@@ -57,7 +57,7 @@ class DocsTest {
             assertTrue(protocol.contains("| " + code.code + " | " + code.name().toLowerCase().replace('_', '-') + " |"),
                     "PROTOCOL.md has no row for error " + code.code + " " + code);
         }
-        for (String type : List.of("init", "ChargePayment", "RefundPayment")) {
+        for (String type : List.of("init", "ChargePayment", "RefundPayment", "PaymentStatus")) {
             assertTrue(Pattern.compile("(?m)^## \\d+\\. " + type + "\\b").matcher(protocol).find(), "PROTOCOL.md has no section for " + type);
         }
         assertEquals(-1, protocol.indexOf("SPEC.md"), "the contract is in the repository's own words");

@@ -39,7 +39,10 @@ class GoldenFilesTest {
         return inputs.stream().map(in -> dynamicTest(in.getFileName().toString(), () -> {
             Path out = Path.of(in.toString().replaceAll("\\.in$", ".out"));
             byte[] expected = Files.readAllBytes(out);
-            Node.Run run = Node.run(Files.readAllBytes(in));
+            Path args = Path.of(in.toString().replaceAll("\\.in$", ".args"));
+            Node.Run run = Files.exists(args)
+                    ? Node.runWithOptions(Files.readAllBytes(in), Files.readString(args).trim().split("\\s+"))
+                    : Node.run(Files.readAllBytes(in));
             assertEquals(0, run.status());
             assertEquals(new String(expected, StandardCharsets.UTF_8), run.stdout(), "stdout of " + in);
             assertArrayEquals(expected, run.stdout().getBytes(StandardCharsets.UTF_8), "bytes of " + in);

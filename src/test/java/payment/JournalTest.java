@@ -121,6 +121,11 @@ class JournalTest {
             }
 
             @Override
+            public void declined(PaymentNode.ChargeRequest request, String reason) {
+                appended.incrementAndGet();
+            }
+
+            @Override
             public void closed(String key) {
                 appended.incrementAndGet();
             }

@@ -18,11 +18,14 @@ import static org.junit.jupiter.api.Assertions.fail;
 
 /**
  * Random message sequences through the node's real main loop, each reply compared byte for byte with a
- * reference model of SPEC.md sections 2-5 written here from the spec, sharing no code with the node.
+ * reference model of the protocol (docs/PROTOCOL.md: charges, refunds, errors, PaymentStatus, and with
+ * --balance every other sequence, declines) written here from the contract, sharing no code with the node.
  */
 class ModelTest {
     private static final int SEQUENCES = 10_000;
     private static final int MAX_MESSAGES = 200;
+    /** The start balance of the sequences run with --balance: a few charges fit, then some are declined. */
+    private static final BigDecimal BALANCE = new BigDecimal("150.00");
 
     // ---- the generator ------------------------------------------------------------------------------
 
@@ -35,13 +38,14 @@ class ModelTest {
         return from[random.nextInt(from.length)];
     }
 
-    static List<String> generate(Random random) {
+    /** With balances every request has a msg_id, so that the balance invariants can tie each reply to its user. */
+    static List<String> generate(Random random, boolean withBalances) {
         List<String> lines = new ArrayList<>();
         int count = 1 + random.nextInt(MAX_MESSAGES);
         int msgId = 1;
         for (int i = 0; i < count; i++) {
             String src = pick(random, CLIENTS);
-            String id = random.nextInt(20) == 0 ? "" : "\"msg_id\":" + msgId++ + ",";
+            String id = !withBalances && random.nextInt(20) == 0 ? "" : "\"msg_id\":" + msgId++ + ",";
             String saga = "\"saga_id\":\"" + pick(random, SAGAS) + "\",\"step\":" + random.nextInt(3);
             int kind = random.nextInt(100);
             String body;
@@ -50,7 +54,7 @@ class ModelTest {
             } else if (kind < 45) {
                 body = "{" + id + "\"type\":\"ChargePayment\"," + saga + ",\"params\":{\"user_id\":\"" + pick(random, USERS)
                         + "\",\"amount\":" + pick(random, AMOUNTS) + "}}";
-            } else if (kind < 85) {
+            } else if (kind < 80) {
                 List<String> params = new ArrayList<>();
                 int payment = random.nextInt(10);
                 if (payment < 6) {
@@ -61,6 +65,8 @@ class ModelTest {
                 }
                 String paramsField = params.isEmpty() && random.nextBoolean() ? "" : ",\"params\":{" + String.join(",", params) + "}";
                 body = "{" + id + "\"type\":\"RefundPayment\"," + saga + (random.nextBoolean() ? ",\"compensating\":true" : "") + paramsField + "}";
+            } else if (kind < 85) {
+                body = "{" + id + "\"type\":\"PaymentStatus\"," + saga + "}";
             } else if (kind < 95) {
                 body = switch (random.nextInt(10)) {
                     case 0 -> "{" + id + "\"type\":\"ChargePayment\",\"step\":1,\"params\":{\"user_id\":\"u1\",\"amount\":5}}";
@@ -100,9 +106,21 @@ class ModelTest {
         record Charge(String userId, String amount, String paymentId) {
         }
 
+        record Declined(String userId, String amount, String text) {
+        }
+
+        Model(BigDecimal start) {
+            this.start = start;
+        }
+
         record Refund(String paymentId, String amount, String refundId, String refunded) {
         }
 
+        /** Every user's balance at the start (--balance), or null: no limit. */
+        private final BigDecimal start;
+        private final Map<String, BigDecimal> balances = new HashMap<>();
+        private final Map<String, Declined> declines = new HashMap<>();
+        private final Map<String, String> userByPayment = new HashMap<>();
         private final Map<String, Charge> charges = new HashMap<>();
         private final Set<String> closedSteps = new HashSet<>();
         private final Map<String, Refund> refunds = new HashMap<>();
@@ -165,6 +183,7 @@ class ModelTest {
                     }
                     case "ChargePayment" -> reply(from, src, charge(body), inReplyTo);
                     case "RefundPayment" -> reply(from, src, refund(body), inReplyTo);
+                    case "PaymentStatus" -> reply(from, src, status(body), inReplyTo);
                     default -> throw new Refusal(10, "unsupported message type: " + type);
                 }
             } catch (Refusal e) {
@@ -242,12 +261,30 @@ class ModelTest {
                     throw new Refusal(22, "idempotency key " + key + " was first used with other params");
                 }
                 note = ", \"note\": \"cached_result\"";
+            } else if (declines.containsKey(key)) {
+                Declined declined = declines.get(key);
+                if (!declined.userId().equals(userId) || !sameAmount(declined.amount(), amount)) {
+                    throw new Refusal(22, "idempotency key " + key + " was first used with other params");
+                }
+                throw new Refusal(14, declined.text());
             } else if (closedSteps.contains(key)) {
                 throw new Refusal(14, "step " + key + " was already compensated: its refund came first, so it is never charged");
             } else {
+                if (start != null) {
+                    BigDecimal left = balances.getOrDefault(userId, start);
+                    BigDecimal value = new BigDecimal(amount);
+                    if (left.compareTo(value) < 0) {
+                        Declined declined = new Declined(userId, amount, "declined: insufficient funds: " + userId + " has "
+                                + left.toPlainString() + " left, the charge is " + value.toPlainString() + " (" + key + ")");
+                        declines.put(key, declined);
+                        throw new Refusal(14, declined.text());
+                    }
+                    balances.put(userId, left.subtract(value));
+                }
                 charge = new Charge(userId, amount, "p" + ++payments);
                 charges.put(key, charge);
                 chargedByPayment.put(charge.paymentId(), amount);
+                userByPayment.put(charge.paymentId(), userId);
             }
             return "\"type\": \"ChargePayment_ok\", \"saga_id\": \"" + saga + "\", \"step\": " + step
                     + ", \"result\": {\"payment_id\": \"" + charge.paymentId() + "\", \"charged\": " + charge.amount() + "}" + note;
@@ -281,7 +318,9 @@ class ModelTest {
                 note = ", \"note\": \"already_refunded\"";
             } else {
                 Charge charge = charges.get(chargeKey);
-                if (charge != null) {
+                if (declines.containsKey(chargeKey)) {
+                    refund = new Refund(paymentId, amount, null, "0");   // a declined step: nothing was charged
+                } else if (charge != null) {
                     if (paymentId != null && !paymentId.equals(charge.paymentId())) {
                         throw new Refusal(22, "payment_id " + paymentId + " is not the payment of step " + chargeKey + " (" + charge.paymentId() + ")");
                     }
@@ -322,14 +361,37 @@ class ModelTest {
                 text = refunded.signum() == 0 ? charged : left.toPlainString();
             }
             refundedByPayment.put(payment, refunded.add(new BigDecimal(text)));
+            if (start != null) {
+                balances.merge(userByPayment.get(payment), new BigDecimal(text), BigDecimal::add);
+            }
             return new Refund(paymentIdGiven, amount, "r" + ++refundIds, text);
+        }
+
+        private String status(String body) {
+            String saga = sagaId(body);
+            long step = step(body);
+            String key = saga + ":step" + step;
+            Charge charge = charges.get(key);
+            String status = charge != null ? "charged" : declines.containsKey(key) ? "declined" : closedSteps.contains(key) ? "compensated" : "none";
+            StringBuilder reply = new StringBuilder("\"type\": \"PaymentStatus_ok\", \"saga_id\": \"" + saga + "\", \"step\": " + step
+                    + ", \"status\": \"" + status + "\"");
+            if (charge != null) {
+                reply.append(", \"payment\": {\"payment_id\": \"").append(charge.paymentId()).append("\", \"charged\": ").append(charge.amount())
+                        .append(", \"refunded\": ").append(refundedByPayment.getOrDefault(charge.paymentId(), BigDecimal.ZERO).toPlainString()).append("}");
+            }
+            Refund refund = refunds.get(key + ":refund");
+            if (refund != null) {
+                reply.append(", \"refund\": {").append(refund.refundId() == null ? "" : "\"refund_id\": \"" + refund.refundId() + "\", ")
+                        .append("\"refunded\": ").append(refund.refunded()).append("}");
+            }
+            return reply.toString();
         }
     }
 
     // ---- invariants, checked on the node's own replies ------------------------------------------------
 
     /** Null when the invariants hold, else what broke. One pass, in output order, as the node saw it. */
-    static String brokenInvariant(List<String> input, String output) {
+    static String brokenInvariant(List<String> input, String output, BigDecimal start, PaymentNode.Balances balances) {
         Map<String, String> requestByMsgId = new HashMap<>();
         for (String line : input) {
             Matcher id = Pattern.compile("\"src\":\"([^\"]+)\".*\"msg_id\":(\\d+),").matcher(line);
@@ -341,8 +403,11 @@ class ModelTest {
         Map<String, BigDecimal> chargedByPayment = new HashMap<>();
         Map<String, String> refundByKey = new HashMap<>();
         Map<String, BigDecimal> refundedByPayment = new HashMap<>();
+        Map<String, String> userByPayment = new HashMap<>();
+        Map<String, BigDecimal> balanceByUser = new HashMap<>();   // start - charged + refunded, from the replies
         for (String line : output.lines().toList()) {
             Wire.Reply reply = Wire.read(line);
+            String request = reply.inReplyTo() == null ? null : requestByMsgId.get(reply.dest() + "/" + reply.inReplyTo());
             if ("ChargePayment_ok".equals(reply.type())) {
                 String key = reply.key();
                 String paymentNumber = reply.result().get("payment_id").substring(1);
@@ -350,7 +415,18 @@ class ModelTest {
                 if (earlier != null && !earlier.equals(paymentNumber)) {
                     return key + " maps to two payments: p" + earlier + " and p" + paymentNumber;
                 }
-                chargedByPayment.put(paymentNumber, new BigDecimal(reply.result().get("charged")));
+                BigDecimal charged = new BigDecimal(reply.result().get("charged"));
+                chargedByPayment.put(paymentNumber, charged);
+                if (start != null && earlier == null) {
+                    Matcher user = Pattern.compile("\"user_id\":\"([^\"]+)\"").matcher(request);
+                    user.find();
+                    userByPayment.put(paymentNumber, user.group(1));
+                    BigDecimal left = balanceByUser.getOrDefault(user.group(1), start).subtract(charged);
+                    if (left.signum() < 0) {
+                        return user.group(1) + "'s balance fell below 0 (" + left + ") with p" + paymentNumber;
+                    }
+                    balanceByUser.put(user.group(1), left);
+                }
                 continue;
             }
             if (!"RefundPayment_ok".equals(reply.type()) || reply.result().get("refund_id") == null) {
@@ -368,7 +444,6 @@ class ModelTest {
             }
             // The payment it drew on: the step's own, else the one the request named.
             String payment = paymentByKey.get(reply.sagaId() + ":step" + reply.step());
-            String request = reply.inReplyTo() == null ? null : requestByMsgId.get(reply.dest() + "/" + reply.inReplyTo());
             Matcher named = request == null ? null : Pattern.compile("\"payment_id\":\"p(\\d+)\"").matcher(request);
             if (payment == null && named != null && named.find()) {
                 payment = named.group(1);
@@ -377,6 +452,17 @@ class ModelTest {
                 BigDecimal total = refundedByPayment.merge(payment, new BigDecimal(refunded), BigDecimal::add);
                 if (total.compareTo(chargedByPayment.get(payment)) > 0) {
                     return "refunds of p" + payment + " add up to " + total + ", more than the " + chargedByPayment.get(payment) + " charged";
+                }
+                if (start != null) {
+                    balanceByUser.merge(userByPayment.get(payment), new BigDecimal(refunded), BigDecimal::add);
+                }
+            }
+        }
+        if (balances != null) {
+            for (Map.Entry<String, BigDecimal> user : balanceByUser.entrySet()) {
+                if (balances.balance(user.getKey()).compareTo(user.getValue()) != 0) {
+                    return user.getKey() + "'s balance is " + balances.balance(user.getKey()) + ", but start - charged + refunded is "
+                            + user.getValue();
                 }
             }
         }
@@ -392,10 +478,14 @@ class ModelTest {
     // ---- the run ------------------------------------------------------------------------------------
 
     /** Null when the node's output equals the model's and the invariants hold, else a description. */
-    static String failure(List<String> lines) {
+    static String failure(List<String> lines, BigDecimal start) {
         String input = lines.isEmpty() ? "" : String.join("\n", lines) + "\n";
-        String actual = Node.run(input).stdout();
-        String expected = new Model().run(lines);
+        Node.CapturedLog log = Node.CapturedLog.of(false);
+        PaymentNode.Balances balances = start == null ? null : new PaymentNode.Balances(start);
+        PaymentNode.State state = new PaymentNode.State(new PaymentNode.PaymentHandler(log.log(), PaymentNode.Journal.NONE,
+                balances == null ? PaymentNode.Funds.UNLIMITED : balances), PaymentNode.Journal.NONE);
+        String actual = Node.run(input.getBytes(java.nio.charset.StandardCharsets.UTF_8), state, log).stdout();
+        String expected = new Model(start).run(lines);
         if (!actual.equals(expected)) {
             String[] a = actual.split("\n", -1);
             String[] e = expected.split("\n", -1);
@@ -407,17 +497,17 @@ class ModelTest {
                 }
             }
         }
-        return brokenInvariant(lines, actual);
+        return brokenInvariant(lines, actual, start, balances);
     }
 
     /** The smallest sub-sequence that still fails: drop chunks, then single lines, while it does. */
-    static List<String> shrink(List<String> lines) {
+    static List<String> shrink(List<String> lines, BigDecimal balance) {
         List<String> smallest = new ArrayList<>(lines);
         for (int chunk = Math.max(1, smallest.size() / 2); chunk >= 1; chunk /= 2) {
             for (int start = 0; start < smallest.size(); ) {
                 List<String> candidate = new ArrayList<>(smallest);
                 candidate.subList(start, Math.min(candidate.size(), start + chunk)).clear();
-                if (failure(candidate) != null) {
+                if (failure(candidate, balance) != null) {
                     smallest = candidate;
                 } else {
                     start += chunk;
@@ -433,14 +523,16 @@ class ModelTest {
         int messages = 0;
         for (int i = 0; i < SEQUENCES; i++) {
             long seed = base + i;
-            List<String> lines = generate(new Random(seed));
+            BigDecimal start = seed % 2 == 1 ? BALANCE : null;   // every other sequence with --balance
+            List<String> lines = generate(new Random(seed), start != null);
             messages += lines.size();
-            String failure = failure(lines);
+            String failure = failure(lines, start);
             if (failure != null) {
-                List<String> small = shrink(lines);
-                fail("sequence with seed " + seed + " (rerun: -Dmodel.seed=" + seed + ") fails: " + failure
+                List<String> small = shrink(lines, start);
+                fail("sequence with seed " + seed + " (rerun: -Dmodel.seed=" + seed + ")" + (start == null ? "" : " and --balance " + start)
+                        + " fails: " + failure
                         + "\nshrunk to " + small.size() + " of " + lines.size() + " lines:\n" + String.join("\n", small)
-                        + "\nwhich fails with: " + failure(small));
+                        + "\nwhich fails with: " + failure(small, start));
             }
         }
         if (messages < SEQUENCES) {

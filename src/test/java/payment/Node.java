@@ -61,6 +61,18 @@ final class Node {
         return serve(new PaymentNode(state, stdout, log.log()), input, stdout, log);
     }
 
+    /** Serves {@code input} with a node made from these command-line options, as main makes it. */
+    static Run runWithOptions(byte[] input, String... args) {
+        CapturedLog log = CapturedLog.of(false);
+        ByteArrayOutputStream stdout = new ByteArrayOutputStream();
+        try {
+            return serve(PaymentNode.fromOptions(PaymentNode.Options.parse(args), stdout, log.log()),
+                    new ByteArrayInputStream(input), stdout, log);
+        } catch (IOException e) {
+            throw new java.io.UncheckedIOException(e);
+        }
+    }
+
     /** A node whose journal is its own file, {@code {node_id}} in its path, opened at its first init. */
     static Run runWithJournalAtInit(String path, String input, CapturedLog log) {
         ByteArrayOutputStream stdout = new ByteArrayOutputStream();

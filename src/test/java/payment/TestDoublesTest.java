@@ -1,0 +1,228 @@
+package payment;
+
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+import java.io.BufferedReader;
+import java.io.IOException;
+import java.io.InputStreamReader;
+import java.io.OutputStream;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.TimeUnit;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNotEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/** The node as a payment service to test saga orchestrators against: balances, declines, seeded faults. */
+class TestDoublesTest {
+    @TempDir
+    Path dir;
+
+    /** A saga workload: each saga's charge, its retry, a status read, its compensation and the compensation's retry. */
+    private static String sagas(int count) {
+        StringBuilder input = new StringBuilder(Wire.init(1));
+        int msgId = 2;
+        for (int i = 1; i <= count; i++) {
+            input.append(Wire.charge(msgId++, "s" + i, 1, i + ".25"));
+            input.append(Wire.charge(msgId++, "s" + i, 1, i + ".25"));
+            input.append(Wire.request("{\"type\":\"PaymentStatus\",\"msg_id\":" + msgId++ + ",\"saga_id\":\"s" + i + "\",\"step\":1}"));
+            input.append(Wire.refund(msgId++, "s" + i, 1, null, null));
+            input.append(Wire.refund(msgId++, "s" + i, 1, null, null));
+        }
+        return input.toString();
+    }
+
+    private static final String ALL_BUT_TIME = "fail=0.1,drop=0.1,unknown=0.1,duplicate=0.1";
+
+    @Test
+    void theSameSeedGivesTheSameOutputByteForByteAndAnotherSeedDoesNot() {
+        byte[] input = sagas(200).getBytes(StandardCharsets.UTF_8);
+        Node.Run first = Node.runWithOptions(input, "--faults", ALL_BUT_TIME, "--seed", "42");
+        Node.Run again = Node.runWithOptions(input, "--faults", ALL_BUT_TIME, "--seed", "42");
+        Node.Run other = Node.runWithOptions(input, "--faults", ALL_BUT_TIME, "--seed", "43");
+        assertEquals(first.stdout(), again.stdout());
+        assertEquals(first.stderr(), again.stderr());
+        assertNotEquals(first.stdout(), other.stdout());
+        assertEquals(Node.run(input).stdout(), Node.runWithOptions(input, "--faults", "fail=0", "--seed", "42").stdout(),
+                "faults of probability 0 change nothing");
+    }
+
+    /** Every fault is one stderr line naming its key and msg_id, and does to the reply exactly what it says. */
+    @Test
+    void everyInjectedFaultIsLoggedAndDoesWhatItSays() {
+        String input = sagas(300);
+        Node.Run run = Node.runWithOptions(input.getBytes(StandardCharsets.UTF_8), "--faults", ALL_BUT_TIME, "--seed", "7");
+        Map<Long, String> faultByMsgId = new HashMap<>();
+        Matcher line = Pattern.compile("(?m)^payment-node: fault: (\\w+) (s\\d+:step1(?::refund)?) msg_id (\\d+)$").matcher(run.stderr());
+        while (line.find()) {
+            faultByMsgId.put(Long.valueOf(line.group(3)), line.group(1));
+        }
+        assertEquals(run.stderr().lines().count(), faultByMsgId.size(), "every stderr line is one fault: " + run.stderr());
+        assertTrue(faultByMsgId.size() > 200, "faults drawn: " + faultByMsgId.size());
+        Map<Long, List<Wire.Reply>> repliesByRequest = new HashMap<>();
+        for (String reply : run.stdout().lines().toList()) {
+            Wire.Reply read = Wire.read(reply);
+            repliesByRequest.computeIfAbsent(read.inReplyTo(), id -> new ArrayList<>()).add(read);
+        }
+        for (long msgId = 2; msgId < 2 + 5 * 300; msgId++) {
+            List<Wire.Reply> replies = repliesByRequest.getOrDefault(msgId, List.of());
+            String fault = faultByMsgId.get(msgId);
+            String seen = replies.size() == 0 ? "drop" : replies.size() == 2 ? "duplicate"
+                    : Integer.valueOf(11).equals(replies.get(0).code()) ? "fail"
+                    : Integer.valueOf(13).equals(replies.get(0).code()) ? "unknown" : null;
+            assertEquals(fault, seen, "request " + msgId + ": " + replies);
+        }
+    }
+
+    @Test
+    void initAndPaymentStatusAreNeverFaulted() {
+        String input = Wire.init(1) + Wire.request("{\"type\":\"PaymentStatus\",\"msg_id\":2,\"saga_id\":\"s\",\"step\":1}")
+                + Wire.charge(3, "s", 1, "5");
+        Node.Run run = Node.runWithOptions(input.getBytes(StandardCharsets.UTF_8), "--faults", "fail=1", "--seed", "1");
+        assertEquals(Wire.initOk(1, 0)
+                + new Wire.ReplyBody("\"type\": \"PaymentStatus_ok\", \"saga_id\": \"s\", \"step\": 1, \"status\": \"none\"").to(2, 1)
+                + Wire.error(11, "injected fault: fail: nothing was done; safe to retry").to(3, 2), run.stdout());
+        assertEquals("payment-node: fault: fail s:step1 msg_id 3\n", run.stderr());
+    }
+
+    /** A delayed reply is overtaken by later ones, and still written before the node exits. */
+    @Test
+    void aDelayedReplyIsOvertakenAndStillWrittenBeforeTheEnd() {
+        String input = Wire.charge(1, "slow", 1, "5") + Wire.charge(2, "fast", 1, "6");
+        // seed 3 draws the delay (p=0.5) for the first attempt and none for the second
+        Node.Run run = Node.runWithOptions(input.getBytes(StandardCharsets.UTF_8), "--faults", "delay=0.5:300", "--seed", "3");
+        assertEquals(Wire.chargeOk("fast", 1, "p2", "6").to(2, 1) + Wire.chargeOk("slow", 1, "p1", "5").to(1, 0), run.stdout());
+        assertEquals("payment-node: fault: delay 300ms slow:step1 msg_id 1\n", run.stderr());
+    }
+
+    @Test
+    void aBadFaultListIsAUsageErrorThatSaysWhatIsWrong() {
+        assertEquals("--faults: unknown fault 'slow' (known: fail, drop, unknown, delay, duplicate, crash; e.g. --faults fail=0.05,delay=0.1:200)",
+                assertThrows(IllegalArgumentException.class, () -> PaymentNode.Options.parse(new String[] {"--faults", "slow=0.1"})).getMessage());
+        assertEquals("--faults: the probabilities add up to 1.2, more than 1 (each attempt draws at most one fault)",
+                assertThrows(IllegalArgumentException.class, () -> PaymentNode.Options.parse(new String[] {"--faults=fail=0.6,drop=0.6"})).getMessage());
+        assertEquals("--faults: delay needs a probability and milliseconds, e.g. delay=0.1:200",
+                assertThrows(IllegalArgumentException.class, () -> PaymentNode.Options.parse(new String[] {"--faults", "delay=0.1"})).getMessage());
+        assertEquals("--faults: drop needs a probability from 0 to 1, e.g. drop=0.05, got 'often'",
+                assertThrows(IllegalArgumentException.class, () -> PaymentNode.Options.parse(new String[] {"--faults", "drop=often"})).getMessage());
+        assertEquals("--seed needs an integer, got x",
+                assertThrows(IllegalArgumentException.class, () -> PaymentNode.Options.parse(new String[] {"--seed", "x"})).getMessage());
+        assertEquals("--balance needs an amount of 0 or more, got -5",
+                assertThrows(IllegalArgumentException.class, () -> PaymentNode.Options.parse(new String[] {"--balance", "-5"})).getMessage());
+    }
+
+    @Test
+    void aBadFaultListStopsTheProcessWithStatus2() throws Exception {
+        Process node = Node.start("--faults", "fail=2");
+        node.getOutputStream().close();
+        String out = new String(node.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        String err = new String(node.getErrorStream().readAllBytes(), StandardCharsets.UTF_8);
+        assertTrue(node.waitFor(20, TimeUnit.SECONDS));
+        assertEquals(2, node.exitValue());
+        assertEquals("", out);
+        assertEquals("payment-node: --faults: fail needs a probability from 0 to 1, e.g. fail=0.05, got '2' (see --help)\n", err);
+    }
+
+    /** With --journal, balances and declines come back after a restart. */
+    @Test
+    void balancesAndDeclinesSurviveARestartWithTheJournal() {
+        String journal = dir.resolve("j").toString();
+        String first = Wire.charge(1, "trip", 1, "60") + Wire.charge(2, "trip", 2, "50")
+                + Wire.refund(3, "trip", 1, null, "10");
+        Node.Run before = Node.runWithOptions(first.getBytes(StandardCharsets.UTF_8), "--journal", journal, "--balance", "100");
+        String declined = "declined: insufficient funds: u1 has 40 left, the charge is 50 (trip:step2)";
+        assertEquals(Wire.chargeOk("trip", 1, "p1", "60").to(1, 0) + Wire.error(14, declined).to(2, 1)
+                + Wire.refundOk("trip", 1, "r1", "10").to(3, 2), before.stdout());
+
+        String second = Wire.charge(1, "trip", 2, "50") + Wire.charge(2, "trip", 3, "50") + Wire.charge(3, "trip", 4, "0.01");
+        Node.Run after = Node.runWithOptions(second.getBytes(StandardCharsets.UTF_8), "--journal", journal, "--balance", "100");
+        assertEquals(Wire.error(14, declined).to(1, 0) + Wire.chargeOk("trip", 3, "p2", "50").to(2, 1)
+                + Wire.error(14, "declined: insufficient funds: u1 has 0 left, the charge is 0.01 (trip:step4)").to(3, 2), after.stdout());
+    }
+
+    /**
+     * A crash fault with a journal: the node dies (status 3) with the work committed and no reply. Restarted
+     * again and again and sent everything again, it answers every request, and no key ever gets two payments.
+     */
+    @Test
+    void crashesWithAJournalNeverGiveAKeyTwoPayments() throws Exception {
+        String journal = dir.resolve("journal").toString();
+        List<String> requests = new ArrayList<>();
+        for (int i = 0; i < 200; i++) {
+            requests.add(i % 4 == 3 ? Wire.refund(i + 1, "saga" + (i - 1), 1, null, null) : Wire.charge(i + 1, "saga" + i, 1, (i + 1) + ".5"));
+        }
+        Map<String, String> paymentByKey = new HashMap<>();
+        Map<String, String> keyByPayment = new HashMap<>();
+        int crashes = 0;
+        for (int round = 0; round < 100; round++) {
+            Process node = Node.start(List.of(), dir.resolve("stderr-" + round), "--journal", journal,
+                    "--faults", "crash=0.02", "--seed", String.valueOf(round));
+            try (OutputStream stdin = node.getOutputStream()) {
+                for (String request : requests) {
+                    stdin.write(request.getBytes(StandardCharsets.UTF_8));
+                }
+            } catch (IOException crashedWhileWriting) {
+                // the node died under the writer
+            }
+            List<String> lines = new ArrayList<>();
+            try (BufferedReader stdout = new BufferedReader(new InputStreamReader(node.getInputStream(), StandardCharsets.UTF_8))) {
+                for (String line; (line = stdout.readLine()) != null; ) {
+                    lines.add(line);
+                }
+            }
+            assertTrue(node.waitFor(30, TimeUnit.SECONDS));
+            for (String line : lines) {
+                Wire.Reply reply = Wire.read(line);
+                String paymentId = reply.result() == null ? null : reply.result().get("payment_id");
+                if (paymentId != null) {
+                    String earlier = paymentByKey.putIfAbsent(reply.key(), paymentId);
+                    assertTrue(earlier == null || earlier.equals(paymentId), reply.key() + " got " + earlier + " and " + paymentId);
+                    String otherKey = keyByPayment.putIfAbsent(paymentId, reply.key());
+                    assertTrue(otherKey == null || otherKey.equals(reply.key()), paymentId + " went to " + otherKey + " and " + reply.key());
+                }
+            }
+            if (node.exitValue() == 0) {
+                assertEquals(requests.size(), lines.size(), "the run that was not crashed answered everything");
+                assertTrue(crashes > 0, "no crash was drawn");
+                assertEquals(150, paymentByKey.size());
+                return;
+            }
+            assertEquals(PaymentNode.EXIT_INJECTED_CRASH, node.exitValue(), Files.readString(dir.resolve("stderr-" + round)));
+            assertTrue(Files.readString(dir.resolve("stderr-" + round)).contains("fault: crash"));
+            crashes++;
+        }
+        throw new AssertionError("the node crashed in every one of 100 rounds");
+    }
+
+    /** While only delayed replies are pending, the node sleeps: no busy wait. */
+    @Test
+    void pendingDelayedRepliesCostNoCpu() throws Exception {
+        Process node = Node.start("--faults", "delay=1:4000", "--seed", "1");
+        OutputStream stdin = node.getOutputStream();
+        for (int i = 1; i <= 20; i++) {
+            stdin.write(Wire.charge(i, "s" + i, 1, "1").getBytes(StandardCharsets.UTF_8));
+        }
+        stdin.flush();
+        Thread.sleep(1500);   // start-up and the requests are done; 20 replies wait for their time
+        Duration before = node.info().totalCpuDuration().orElseThrow();
+        Thread.sleep(1000);
+        Duration spent = node.info().totalCpuDuration().orElseThrow().minus(before);
+        assertTrue(spent.toMillis() < 150, "CPU while waiting: " + spent.toMillis() + " ms in 1 s");
+        stdin.close();
+        List<String> replies = new String(node.getInputStream().readAllBytes(), StandardCharsets.UTF_8).lines().toList();
+        assertTrue(node.waitFor(20, TimeUnit.SECONDS));
+        assertEquals(0, node.exitValue());
+        assertEquals(20, replies.size(), "every delayed reply was written before the exit");
+    }
+}
