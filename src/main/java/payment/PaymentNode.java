@@ -135,6 +135,8 @@ public final class PaymentNode {
     private final Funds funds;
     /** Injected faults (--faults): none unless asked for. */
     private final Faults faults;
+    /** Where checked requests go: {@link LocalService}, or with --store lin-kv a {@link ClusterService}. */
+    private final Service service;
     /** Null only until the first init opens a per-node journal. */
     private State state;
     /** Set by init; until then a reply is sent from the request's {@code dest}. */
@@ -146,11 +148,17 @@ public final class PaymentNode {
     }
 
     private PaymentNode(State state, String journalAtInit, Funds funds, Faults faults, OutputStream stdout, Log log) {
+        this(state, journalAtInit, funds, faults, 0, stdout, log);
+    }
+
+    /** {@code kvTimeoutMillis} > 0: a node of a cluster, its state in lin-kv. */
+    private PaymentNode(State state, String journalAtInit, Funds funds, Faults faults, long kvTimeoutMillis, OutputStream stdout, Log log) {
         this.replies = new ReplyWriter(stdout, log);
         this.log = log;
         this.journalAtInit = journalAtInit;
         this.funds = funds;
         this.faults = faults;
+        this.service = kvTimeoutMillis > 0 ? new ClusterService(replies, log, () -> nodeId, kvTimeoutMillis) : new LocalService();
         if (state != null) {
             use(state);
         }
@@ -166,6 +174,9 @@ public final class PaymentNode {
      * no balances, no faults. A journal that cannot be opened now is an IOException.
      */
     static PaymentNode fromOptions(Options options, OutputStream stdout, Log log) throws IOException {
+        if (options.linKv()) {
+            return new PaymentNode(null, null, Funds.UNLIMITED, Faults.NONE, options.kvTimeoutMillis(), stdout, log);
+        }
         Funds funds = options.balance() == null ? Funds.UNLIMITED : new Balances(options.balance());
         Faults faults = options.faults() == null ? Faults.NONE : new Faults(options.faults(), options.seed());
         if (options.journal() != null && options.journal().contains(NODE_ID)) {
@@ -231,7 +242,11 @@ public final class PaymentNode {
     }
 
     /** The command line. {@code journal}, {@code balance} and {@code faults} are null when not given. */
-    record Options(boolean verbose, boolean help, String journal, BigDecimal balance, FaultPlan faults, long seed) {
+    record Options(boolean verbose, boolean help, String journal, BigDecimal balance, FaultPlan faults, long seed,
+                   boolean linKv, long kvTimeoutMillis) {
+        /** How long a cluster node waits for a lin-kv reply before it answers its client "outcome unknown". */
+        static final long DEFAULT_KV_TIMEOUT_MILLIS = 1000;
+
         static Options parse(String[] args) {
             boolean verbose = false;
             boolean help = false;
@@ -239,6 +254,8 @@ public final class PaymentNode {
             BigDecimal balance = null;
             FaultPlan faults = null;
             long seed = 0;
+            boolean linKv = false;
+            long kvTimeout = DEFAULT_KV_TIMEOUT_MILLIS;
             for (int i = 0; i < args.length; i++) {
                 String arg = args[i];
                 int equals = arg.startsWith("--") ? arg.indexOf('=') : -1;
@@ -251,7 +268,7 @@ public final class PaymentNode {
                         verbose |= name.equals("--verbose") || name.equals("-v");
                         help |= name.equals("--help") || name.equals("-h");
                     }
-                    case "--journal", "--balance", "--faults", "--seed" -> {
+                    case "--journal", "--balance", "--faults", "--seed", "--store", "--kv-timeout" -> {
                         String value = equals >= 0 ? arg.substring(equals + 1) : ++i < args.length ? args[i] : null;
                         if (value == null || value.isEmpty()) {
                             throw new IllegalArgumentException(name + " needs a value" + EXAMPLES.get(name));
@@ -260,20 +277,50 @@ public final class PaymentNode {
                             case "--journal" -> journal = journalPath(value);
                             case "--balance" -> balance = balance(value);
                             case "--faults" -> faults = FaultPlan.parse(value);
+                            case "--store" -> linKv = store(value);
+                            case "--kv-timeout" -> kvTimeout = kvTimeout(value);
                             default -> seed = seed(value);
                         }
                     }
                     default -> throw new IllegalArgumentException("unknown option: " + arg);
                 }
             }
-            return new Options(verbose, help, journal, balance, faults, seed);
+            if (linKv && journal != null) {
+                throw new IllegalArgumentException("--store lin-kv keeps the state in lin-kv: it goes with no --journal");
+            }
+            if (linKv && (balance != null || faults != null)) {
+                throw new IllegalArgumentException("--balance and --faults are not available with --store lin-kv");
+            }
+            return new Options(verbose, help, journal, balance, faults, seed, linKv, kvTimeout);
+        }
+
+        private static boolean store(String text) {
+            return switch (text) {
+                case "lin-kv" -> true;
+                case "memory" -> false;
+                default -> throw new IllegalArgumentException("--store is lin-kv or memory, got " + text);
+            };
+        }
+
+        private static long kvTimeout(String text) {
+            try {
+                long millis = Long.parseLong(text);
+                if (millis > 0 && millis <= 3_600_000) {
+                    return millis;
+                }
+            } catch (NumberFormatException e) {
+                // said below
+            }
+            throw new IllegalArgumentException("--kv-timeout needs milliseconds from 1 to 3600000, got " + text);
         }
 
         private static final java.util.Map<String, String> EXAMPLES = java.util.Map.of(
                 "--journal", ", a file name (e.g. --journal 'payments-{node_id}.journal')",
                 "--balance", ", an amount (e.g. --balance 100.00)",
                 "--faults", " (e.g. --faults fail=0.05,drop=0.1,delay=0.1:200)",
-                "--seed", ", an integer (e.g. --seed 7)");
+                "--seed", ", an integer (e.g. --seed 7)",
+                "--store", " (--store lin-kv)",
+                "--kv-timeout", ", milliseconds (e.g. --kv-timeout 1000)");
 
         private static String journalPath(String name) {
             Path.of(name.replace(NODE_ID, "n1"));   // a path this system cannot have is a usage error now, not at init
@@ -358,6 +405,9 @@ public final class PaymentNode {
 
     /** Serves every line of {@code in}; returns the exit status: 0 at end of input, 1 if stdin, stdout or the journal failed. */
     int serve(InputStream in) {
+        if (service instanceof ClusterService cluster) {
+            return serveCluster(in, cluster);
+        }
         LineReader lines = new LineReader(in, MAX_LINE_BYTES, replies);
         try {
             while (lines.next()) {
@@ -383,25 +433,95 @@ public final class PaymentNode {
         }
     }
 
+    /** One line read by the cluster's reader thread (a copy: the reader goes on meanwhile). */
+    private record Line(byte[] bytes, byte[] tooLongPrefix, long tooLongLength) {
+    }
+
+    private static final Line END_OF_INPUT = new Line(null, null, 0);
+
+    /**
+     * The main loop of a cluster node. A reader thread reads stdin, and this thread handles each line and
+     * each lin-kv reply as it comes, and answers the calls that lin-kv left unanswered past their time:
+     * the input never waits for lin-kv. At the end of input, calls still waiting can only time out.
+     */
+    private int serveCluster(InputStream in, ClusterService cluster) {
+        java.util.concurrent.BlockingQueue<Line> queue = new java.util.concurrent.ArrayBlockingQueue<>(4096);
+        IOException[] readFailure = new IOException[1];
+        Thread reader = new Thread(() -> {
+            LineReader lines = new LineReader(in, MAX_LINE_BYTES, () -> { });
+            try {
+                while (lines.next()) {
+                    queue.put(new Line(Arrays.copyOfRange(lines.buffer(), lines.start(), lines.start() + lines.length()),
+                            lines.tooLongPrefix(), lines.tooLongLength()));
+                }
+            } catch (IOException e) {
+                readFailure[0] = e;
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+            try {
+                queue.put(END_OF_INPUT);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+        }, "stdin");
+        reader.setDaemon(true);
+        reader.start();
+        try {
+            boolean inputOpen = true;
+            while (inputOpen || cluster.waiting()) {
+                Line line = queue.poll();
+                if (line == null) {
+                    replies.flush();   // before waiting: lin-kv requests and replies never sit in a buffer
+                    long wait = cluster.millisToNextDeadline();
+                    line = wait < 0 ? (inputOpen ? queue.take() : null) : queue.poll(wait, java.util.concurrent.TimeUnit.MILLISECONDS);
+                }
+                cluster.expire();
+                if (line == END_OF_INPUT) {
+                    inputOpen = false;
+                } else if (line != null) {
+                    lineNumber++;
+                    handleLine(line.bytes(), 0, line.bytes().length, line.tooLongPrefix(), line.tooLongLength());
+                }
+            }
+            replies.flush();
+            if (readFailure[0] != null) {
+                throw readFailure[0];
+            }
+            return 0;
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            return 1;
+        } catch (IOException e) {
+            log.error("stopping: reading stdin or writing stdout failed: " + e, null);
+            return 1;
+        }
+    }
+
     private void handleLine(LineReader lines) throws IOException {
-        if (lines.tooLongPrefix() != null) {
-            refuseTooLongLine(lines.tooLongPrefix(), lines.tooLongLength());
+        handleLine(lines.buffer(), lines.start(), lines.length(), lines.tooLongPrefix(), lines.tooLongLength());
+    }
+
+    /** One line's whole trip; {@code tooLongPrefix} is the first megabyte of a line over the limit, else null. */
+    private void handleLine(byte[] line, int start, int length, byte[] tooLongPrefix, long tooLongLength) throws IOException {
+        if (tooLongPrefix != null) {
+            refuseTooLongLine(tooLongPrefix, tooLongLength);
             return;
         }
-        if (lines.isBlank()) {
+        if (LineReader.isBlank(line, start, start + length)) {
             return;
         }
         RawMessage message = new RawMessage();
         try {
-            parse(lines.buffer(), lines.start(), lines.length(), message);
+            parse(line, start, length, message);
         } catch (IOException | RuntimeException e) {
-            refuseUnreadable(message, plainReason(e), lines.buffer(), lines.start(), lines.length());
+            refuseUnreadable(message, plainReason(e), line, start, length);
             return;
         }
         if (message.body == null || !isString(message.src)) {
             String reason = !isString(message.src) ? (message.src == null ? "missing src" : "src must be a string")
                     : message.bodyToken == null ? "missing body" : "body must be an object";
-            refuseUnreadable(message, reason, lines.buffer(), lines.start(), lines.length());
+            refuseUnreadable(message, reason, line, start, length);
             return;
         }
         dispatch(message);
@@ -572,8 +692,8 @@ public final class PaymentNode {
             return tooLongLength;
         }
 
-        boolean isBlank() {
-            for (int i = lineStart; i < lineEnd; i++) {
+        static boolean isBlank(byte[] buf, int from, int to) {
+            for (int i = from; i < to; i++) {
                 byte b = buf[i];
                 if (b != ' ' && b != '\t' && b != '\r') {
                     return false;
@@ -666,6 +786,9 @@ public final class PaymentNode {
         Value type;
         Value msgId;
         Value inReplyTo;   // set: this is a reply to something this node sent, never a request
+        Value code;        // of an error reply
+        Value text;
+        Object value;      // of a lin-kv read_ok: a String, a flat object of strings (a Map), or KvValue.OTHER
         Value nodeId;
         int nodeIds = -1;  // how many node_ids init named (-1: none)
         Value sagaId;
@@ -731,6 +854,9 @@ public final class PaymentNode {
                 case "type" -> body.type = Value.read(parser, token);
                 case "msg_id" -> body.msgId = Value.read(parser, token);
                 case "in_reply_to" -> body.inReplyTo = Value.read(parser, token);
+                case "code" -> body.code = Value.read(parser, token);
+                case "text" -> body.text = Value.read(parser, token);
+                case "value" -> body.value = KvValue.read(parser, token);
                 case "node_id" -> body.nodeId = Value.read(parser, token);
                 case "node_ids" -> body.nodeIds = countItems(parser, token);
                 case "saga_id" -> body.sagaId = Value.read(parser, token);
@@ -781,7 +907,7 @@ public final class PaymentNode {
     // ---------------------------------------------------------------------------------------------
 
     enum ErrorCode {
-        NOT_SUPPORTED(10), TEMPORARILY_UNAVAILABLE(11), MALFORMED_REQUEST(12), CRASH(13), ABORT(14), PRECONDITION_FAILED(22);
+        TIMEOUT(0), NOT_SUPPORTED(10), TEMPORARILY_UNAVAILABLE(11), MALFORMED_REQUEST(12), CRASH(13), ABORT(14), PRECONDITION_FAILED(22);
 
         final int code;
 
@@ -1002,6 +1128,9 @@ public final class PaymentNode {
         if (!isMissing(body.inReplyTo)) {
             // A reply to something this node sent. Answering it (even with an error) would let two nodes
             // bounce errors at each other for ever.
+            if (service.completes(message.src.text(), body)) {
+                return;
+            }
             log.warn("line " + lineNumber + ": a reply from " + message.src.text() + " (in_reply_to "
                     + body.inReplyTo.text() + "), and this node waits for none: dropped");
             return;
@@ -1017,17 +1146,9 @@ public final class PaymentNode {
             }
             switch (type) {
                 case "init" -> handleInit(reply, message, body);
-                case "ChargePayment" -> {
-                    ChargeRequest charge = ChargeRequest.from(body);
-                    State state = openState();
-                    withFault(reply, charge.key(), () -> handleCharge(reply, charge, state));
-                }
-                case "RefundPayment" -> {
-                    RefundRequest refund = RefundRequest.from(body);
-                    State state = openState();
-                    withFault(reply, refund.key(), () -> handleRefund(reply, refund, state));
-                }
-                case "PaymentStatus" -> replies.paymentStatusOk(reply, StatusRequest.from(body), openState());
+                case "ChargePayment" -> service.charge(reply, ChargeRequest.from(body));
+                case "RefundPayment" -> service.refund(reply, RefundRequest.from(body));
+                case "PaymentStatus" -> service.status(reply, StatusRequest.from(body));
                 default -> throw new RpcError(ErrorCode.NOT_SUPPORTED, "unsupported message type: " + type);
             }
         } catch (RpcError refused) {
@@ -1089,7 +1210,7 @@ public final class PaymentNode {
             // A repeated init only renames the node: the idempotency table is untouched.
             nodeId = id;
         }
-        if (state == null) {
+        if (state == null && journalAtInit != null) {
             openJournalAtInit();
         }
         if (body.nodeIds > 1) {
@@ -1098,6 +1219,43 @@ public final class PaymentNode {
         }
         log.info("initialized as " + nodeId);
         replies.initOk(reply.withFrom(nodeId));   // init_ok already comes from the new name
+    }
+
+    /**
+     * Where ChargePayment, RefundPayment and PaymentStatus go once checked: this node's own idempotency
+     * table (the default), or the cluster's, kept in lin-kv (--store lin-kv). Both follow the same rules.
+     */
+    interface Service {
+        void charge(Envelope reply, ChargeRequest request) throws IOException;
+
+        void refund(Envelope reply, RefundRequest request) throws IOException;
+
+        void status(Envelope reply, StatusRequest request) throws IOException;
+
+        /** Takes a reply to a request this node sent (a service's); false when it is not one. */
+        default boolean completes(String src, RawBody reply) throws IOException {
+            return false;
+        }
+    }
+
+    /** This node's own table, journal and test doubles: every request is handled at once, in input order. */
+    private final class LocalService implements Service {
+        @Override
+        public void charge(Envelope reply, ChargeRequest request) throws IOException {
+            State state = openState();
+            withFault(reply, request.key(), () -> handleCharge(reply, request, state));
+        }
+
+        @Override
+        public void refund(Envelope reply, RefundRequest request) throws IOException {
+            State state = openState();
+            withFault(reply, request.key(), () -> handleRefund(reply, request, state));
+        }
+
+        @Override
+        public void status(Envelope reply, StatusRequest request) throws IOException {
+            replies.paymentStatusOk(reply, request, openState().payments().status(request));
+        }
     }
 
     /** A request's handling: it writes the request's reply (or throws the RpcError that is its reply). */
@@ -2024,8 +2182,7 @@ public final class PaymentNode {
         }
 
         /** PaymentStatus_ok: the step's status, its payment (when charged) and its refund (when there is one). */
-        void paymentStatusOk(Envelope to, StatusRequest request, State state) throws IOException {
-            StepStatus status = state.payments().status(request);
+        void paymentStatusOk(Envelope to, StatusRequest request, StepStatus status) throws IOException {
             beginStepReply(to, "PaymentStatus_ok", request.sagaId(), request.step());
             field("status");
             json.string(status.status());
@@ -2128,6 +2285,45 @@ public final class PaymentNode {
             json.truncate(held.size());
             holding = false;
             return line;
+        }
+
+        /** Cluster nodes number their messages from a base no earlier process of the node used (--store lin-kv). */
+        void startMsgIdsAt(long base) {
+            nextMsgId = base;
+        }
+
+        /**
+         * A request to lin-kv ({@code read}, {@code write} or {@code cas}); returns its msg_id. Values are
+         * strings or flat objects of strings ({@link KvValue}); {@code from} and {@code to} are left out when null.
+         */
+        long kvRequest(String from, String type, String key, Object value, Object casFrom, Object casTo, boolean create) throws IOException {
+            long msgId = nextMsgId++;
+            json.ascii("{\"src\": ");
+            json.string(from);
+            json.ascii(", \"dest\": \"" + ClusterService.KV + "\", \"body\": {\"type\": ");
+            json.string(type);
+            field("key");
+            json.string(key);
+            if (value != null) {
+                field("value");
+                KvValue.write(json, value);
+            }
+            if (casFrom != null) {
+                field("from");
+                KvValue.write(json, casFrom);
+                field("to");
+                KvValue.write(json, casTo);
+            }
+            if (create) {
+                json.ascii(", \"create_if_not_exists\": true");
+            }
+            field("msg_id");
+            json.number(msgId);
+            json.ascii("}}\n");
+            if (json.size() >= BATCH_BYTES && !holding) {
+                writeBatch();
+            }
+            return msgId;
         }
 
         /** Writes a line taken out before (a duplicate). */
@@ -2499,6 +2695,680 @@ public final class PaymentNode {
             err.println("payment-node: error: " + message);
             if (cause != null) {
                 cause.printStackTrace(err);
+            }
+        }
+    }
+
+
+    // ---------------------------------------------------------------------------------------------
+    // 10. Cluster: several nodes, one payment service, on lin-kv (--store lin-kv)
+    // ---------------------------------------------------------------------------------------------
+
+    /**
+     * The values this node keeps in lin-kv: strings, or flat objects whose fields are all strings (amounts
+     * included: lin-kv reads JSON numbers as doubles, and 100.50 must stay 100.50). A cas compares whole
+     * values, so a value is always sent back exactly as it was read.
+     */
+    static final class KvValue {
+        /** A value of another shape than this node writes: not ours, never taken for one of ours. */
+        static final Object OTHER = new Object();
+
+        static Object read(JsonParser parser, JsonToken token) throws IOException {
+            if (token == JsonToken.VALUE_STRING) {
+                return parser.getText();
+            }
+            if (token != JsonToken.START_OBJECT) {
+                parser.skipChildren();
+                return OTHER;
+            }
+            java.util.LinkedHashMap<String, String> fields = new java.util.LinkedHashMap<>();
+            boolean flat = true;
+            while (parser.nextToken() == JsonToken.FIELD_NAME) {
+                String name = parser.currentName();
+                if (parser.nextToken() == JsonToken.VALUE_STRING) {
+                    fields.put(name, parser.getText());
+                } else {
+                    parser.skipChildren();
+                    flat = false;
+                }
+            }
+            return flat ? fields : OTHER;
+        }
+
+        static void write(JsonBytes json, Object value) {
+            if (value instanceof String text) {
+                json.string(text);
+                return;
+            }
+            json.ascii("{");
+            boolean first = true;
+            for (var field : ((java.util.Map<?, ?>) value).entrySet()) {
+                json.ascii(first ? "" : ", ");
+                json.string((String) field.getKey());
+                json.ascii(": ");
+                json.string((String) field.getValue());
+                first = false;
+            }
+            json.ascii("}");
+        }
+
+        /** A record: its fields in the order given, as name, value, name, value, ... */
+        static java.util.LinkedHashMap<String, String> record(String... namesAndValues) {
+            java.util.LinkedHashMap<String, String> record = new java.util.LinkedHashMap<>();
+            for (int i = 0; i < namesAndValues.length; i += 2) {
+                record.put(namesAndValues[i], namesAndValues[i + 1]);
+            }
+            return record;
+        }
+
+        private KvValue() {
+        }
+    }
+
+    /**
+     * The cluster's payment service: every node started with --store lin-kv keeps the idempotency table
+     * and the ledgers in Maelstrom's lin-kv, so a retry answered by any node, or by a node killed and
+     * restarted, gets the same result. The state machine (docs/CLUSTER.md) needs no lease: every record is
+     * created by one create-only cas, every later change is a cas from the value read, and a refund that a
+     * node left half done is finished by whoever comes next.
+     *
+     * <p>Keys: {@code charge/<step key>} (the step: charged or compensated, immutable once written),
+     * {@code payment/<payment id>} (which step a payment belongs to), {@code ledger/<payment id>} (what
+     * was refunded from it, by refund key), {@code refund/<refund key>} (pending, refunded or void),
+     * {@code ids/payments} and {@code ids/refunds} (the next free block of ids).
+     *
+     * <p>It runs on the main loop only: a request sends its lin-kv requests and is resumed by their
+     * replies, which come in on stdin; meanwhile later requests go on.
+     */
+    static final class ClusterService implements Service {
+        static final String KV = "lin-kv";
+        /** The {@code from} of a create-only cas: no value this node writes is ever this string. */
+        private static final String ABSENT = "(absent)";
+        private static final long ID_BLOCK = 100;
+
+        private final ReplyWriter replies;
+        private final Log log;
+        private final Supplier<String> nodeId;
+        private final long timeoutMillis;
+        /** lin-kv requests waiting for their reply, oldest (soonest deadline) first. */
+        private final java.util.LinkedHashMap<Long, Call> calls = new java.util.LinkedHashMap<>();
+        /** Step records seen: immutable once written, so a retry to this node costs no lin-kv call. */
+        private final java.util.HashMap<String, java.util.Map<String, String>> steps = new java.util.HashMap<>();
+        /** Final refund records seen: immutable too. */
+        private final java.util.HashMap<String, java.util.Map<String, String>> refunds = new java.util.HashMap<>();
+        private final IdBlock paymentIds = new IdBlock("ids/payments");
+        private final IdBlock refundIds = new IdBlock("ids/refunds");
+
+        ClusterService(ReplyWriter replies, Log log, Supplier<String> nodeId, long timeoutMillis) {
+            this.replies = replies;
+            this.log = log;
+            this.nodeId = nodeId;
+            this.timeoutMillis = timeoutMillis;
+            // A reply meant for an earlier process of this node must never match a request of this one.
+            replies.startMsgIdsAt(System.currentTimeMillis() * 1000);
+        }
+
+        /** What a lin-kv request came back with. */
+        enum Outcome { OK, MISSING, CONFLICT }
+
+        interface Then {
+            void on(Outcome outcome, Object value) throws IOException;
+        }
+
+        interface IdThen {
+            void on(long id) throws IOException;
+        }
+
+        /** One client request in flight: where its reply goes; it is answered once. */
+        class Flight {
+            final Envelope reply;
+            boolean answered;
+
+            Flight(Envelope reply) {
+                this.reply = reply;
+            }
+
+            void fail(RpcError error) throws IOException {
+                if (!answered) {
+                    answered = true;
+                    replies.error(reply, error);
+                }
+            }
+        }
+
+        record Call(long msgId, String type, long deadline, Flight flight, Then then) {
+        }
+
+        // ---- the requests ------------------------------------------------------------------------
+
+        @Override
+        public void charge(Envelope reply, ChargeRequest request) throws IOException {
+            Flight flight = start(reply);
+            java.util.Map<String, String> known = steps.get(request.key());
+            if (known != null) {
+                answerCharge(flight, request, known, true);
+                return;
+            }
+            paymentIds.take(flight, number -> {
+                String paymentId = "p" + number;
+                var charged = KvValue.record("state", "charged", "user_id", request.userId(), "amount", request.amount().text(),
+                        "payment_id", paymentId);
+                // Two calls at once, one round trip: the step (the commit point) and the payment's index.
+                int[] waiting = {2};
+                Object[] outcome = new Object[2];   // the step's record, and whether it was there before
+                Then finish = (o, v) -> {
+                    if (--waiting[0] == 0) {
+                        @SuppressWarnings("unchecked")
+                        var record = (java.util.Map<String, String>) outcome[0];
+                        answerCharge(flight, request, record, (Boolean) outcome[1]);
+                    }
+                };
+                cas(flight, stepKey(request.key()), ABSENT, charged, (o, v) -> {
+                    if (o == Outcome.OK) {
+                        steps.put(request.key(), charged);
+                        outcome[0] = charged;
+                        outcome[1] = false;
+                        finish.on(o, v);
+                        return;
+                    }
+                    readStep(flight, request.key(), record -> {   // the step was there before: a retry, or a reuse
+                        if (record == null) {
+                            throw new RpcError(ErrorCode.CRASH, "lin-kv refused to create " + stepKey(request.key())
+                                    + " and then did not have it; a retry will tell");
+                        }
+                        outcome[0] = record;
+                        outcome[1] = true;
+                        finish.on(Outcome.OK, record);
+                    });
+                });
+                send(flight, "write", "payment/" + paymentId, KvValue.record("step", request.key()), null, null, false, finish);
+            });
+        }
+
+        private void answerCharge(Flight flight, ChargeRequest request, java.util.Map<String, String> record, boolean replayed) throws IOException {
+            if (!"charged".equals(record.get("state"))) {
+                throw new RpcError(ErrorCode.ABORT,
+                        "step " + request.key() + " was already compensated: its refund came first, so it is never charged");
+            }
+            if (replayed && !(record.get("user_id").equals(request.userId()) && request.amount().sameValue(record.get("amount")))) {
+                throw new RpcError(ErrorCode.PRECONDITION_FAILED,
+                        "idempotency key " + request.key() + " was first used with other params");
+            }
+            if (replayed) {
+                log.verboseCacheHit(request.key());
+            }
+            flight.answered = true;
+            replies.chargeOk(flight.reply, request, new Served<>(new ChargeResult(record.get("payment_id"), record.get("amount")), replayed));
+        }
+
+        @Override
+        public void refund(Envelope reply, RefundRequest request) throws IOException {
+            Flight flight = start(reply);
+            java.util.Map<String, String> done = refunds.get(request.key());
+            if (done != null) {
+                answerRefund(flight, request, done, true);
+                return;
+            }
+            resume(flight, request);
+        }
+
+        /** From the refund key's record: finish what is there, or start. */
+        private void resume(Flight flight, RefundRequest request) throws IOException {
+            read(flight, refundKey(request.key()), (o, v) -> {
+                java.util.Map<String, String> record = o == Outcome.OK ? ours(v, refundKey(request.key())) : null;
+                String state = record == null ? "absent" : record.get("state");
+                switch (state) {
+                    case "refunded" -> {
+                        refunds.put(request.key(), record);
+                        answerRefund(flight, request, record, true);
+                    }
+                    case "pending" -> {
+                        requireSameRefundParams(request, record);
+                        apply(flight, request, record);
+                    }
+                    case "void", "absent" -> choosePayment(flight, request, record == null ? ABSENT : record);
+                    default -> throw new RpcError(ErrorCode.CRASH, "unexpected record under " + refundKey(request.key()) + ": " + record);
+                }
+            });
+        }
+
+        /** Which payment a compensation refunds: the same four cases as on one node, cluster-wide. */
+        private void choosePayment(Flight flight, RefundRequest request, Object refundRecord) throws IOException {
+            readStep(flight, request.chargeKey(), step -> {
+                if (step != null && "charged".equals(step.get("state"))) {
+                    String paymentId = step.get("payment_id");
+                    if (request.paymentId() != null && !request.paymentId().equals(paymentId)) {
+                        throw new RpcError(ErrorCode.PRECONDITION_FAILED, "payment_id " + request.paymentId()
+                                + " is not the payment of step " + request.chargeKey() + " (" + paymentId + ")");
+                    }
+                    intend(flight, request, refundRecord, paymentId, step.get("amount"));
+                } else if (request.paymentId() != null) {
+                    read(flight, "payment/" + request.paymentId(), (o, index) -> {
+                        java.util.Map<String, String> payment = o == Outcome.OK ? ours(index, "payment/" + request.paymentId()) : null;
+                        if (payment == null) {
+                            unknownPayment(flight, request, refundRecord);
+                            return;
+                        }
+                        readStep(flight, payment.get("step"), ofIndex -> {
+                            // An index whose step another payment won is an orphan: that payment was never made.
+                            if (ofIndex != null && request.paymentId().equals(ofIndex.get("payment_id"))) {
+                                intend(flight, request, refundRecord, request.paymentId(), ofIndex.get("amount"));
+                            } else {
+                                unknownPayment(flight, request, refundRecord);
+                            }
+                        });
+                    });
+                } else {
+                    // The compensation came before its charge: close the step, refund nothing.
+                    closeStep(flight, request, refundRecord, () -> write(flight, request, refundRecord,
+                            KvValue.record("state", "refunded", "payment_id_given", "", "amount_given", given(request.amount()),
+                                    "refund_id", "", "refunded", Amount.ZERO.text(), "payment", "")));
+                }
+            });
+        }
+
+        /** A payment_id the service does not know: refunded as asked, trusting the saga, and the step is closed. */
+        private void unknownPayment(Flight flight, RefundRequest request, Object refundRecord) throws IOException {
+            if (request.amount() == null) {
+                throw malformed("params.amount is required to refund " + request.paymentId() + ", a payment this service does not know");
+            }
+            closeStep(flight, request, refundRecord, () -> refundIds.take(flight, number -> {
+                log.warn("refunding " + request.paymentId() + " for " + request.key() + ", a payment this service"
+                        + " does not know: trusting the saga");
+                write(flight, request, refundRecord, KvValue.record("state", "refunded", "payment_id_given", request.paymentId(),
+                        "amount_given", request.amount().text(), "refund_id", "r" + number, "refunded", request.amount().text(), "payment", ""));
+            }));
+        }
+
+        interface Step {
+            void run() throws IOException;
+        }
+
+        /** Closes a step that has no charge; if a charge got there first, the refund takes that payment. */
+        private void closeStep(Flight flight, RefundRequest request, Object refundRecord, Step then) throws IOException {
+            var compensated = KvValue.record("state", "compensated");
+            cas(flight, stepKey(request.chargeKey()), ABSENT, compensated, (o, v) -> {
+                if (o == Outcome.OK) {
+                    steps.put(request.chargeKey(), compensated);
+                    then.run();
+                    return;
+                }
+                readStep(flight, request.chargeKey(), step -> {
+                    if (step != null && "charged".equals(step.get("state"))) {
+                        choosePayment(flight, request, refundRecord);   // the charge won the race: refund it
+                    } else {
+                        then.run();
+                    }
+                });
+            });
+        }
+
+        /** The intent: this refund key draws on this payment, with these params. From here anyone can finish it. */
+        private void intend(Flight flight, RefundRequest request, Object refundRecord, String paymentId, String charged) throws IOException {
+            var pending = KvValue.record("state", "pending", "payment_id_given", given(request.paymentId()),
+                    "amount_given", given(request.amount()), "payment", paymentId, "charged", charged);
+            cas(flight, refundKey(request.key()), refundRecord, pending, (o, v) -> {
+                if (o == Outcome.OK) {
+                    apply(flight, request, pending);
+                } else {
+                    resume(flight, request);   // another attempt got there first: go on from what it wrote
+                }
+            });
+        }
+
+        /** Adds this refund key to the payment's ledger, once, never above the charge. */
+        private void apply(Flight flight, RefundRequest request, java.util.Map<String, String> pending) throws IOException {
+            String ledgerKey = "ledger/" + pending.get("payment");
+            read(flight, ledgerKey, (o, v) -> {
+                java.util.Map<String, String> ledger = o == Outcome.OK ? ours(v, ledgerKey) : null;
+                String entry = ledger == null ? null : ledger.get("refund " + request.key());
+                if (entry != null) {
+                    finish(flight, request, pending, entry, true);   // applied by an attempt that did not finish
+                    return;
+                }
+                BigDecimal charged = new BigDecimal(pending.get("charged"));
+                BigDecimal refunded = ledger == null ? BigDecimal.ZERO : new BigDecimal(ledger.get("refunded"));
+                BigDecimal left = charged.subtract(refunded);
+                String givenAmount = pending.get("amount_given");
+                String amount;
+                if (!givenAmount.isEmpty()) {
+                    if (new BigDecimal(givenAmount).compareTo(left) > 0) {
+                        abandon(flight, request, pending, new RpcError(ErrorCode.PRECONDITION_FAILED, "refund of " + givenAmount
+                                + " is more than is left of payment " + pending.get("payment") + " (" + left.toPlainString()
+                                + " of " + pending.get("charged") + ")"));
+                        return;
+                    }
+                    amount = givenAmount;
+                } else if (left.signum() == 0) {
+                    abandon(flight, request, pending, new RpcError(ErrorCode.PRECONDITION_FAILED,
+                            "payment " + pending.get("payment") + " is already fully refunded"));
+                    return;
+                } else {
+                    amount = refunded.signum() == 0 ? pending.get("charged") : left.toPlainString();
+                }
+                refundIds.take(flight, number -> {
+                    var next = ledger == null
+                            ? KvValue.record("payment_id", pending.get("payment"), "charged", pending.get("charged"), "refunded", "0")
+                            : new java.util.LinkedHashMap<>(ledger);
+                    next.put("refunded", refunded.add(new BigDecimal(amount)).toPlainString());
+                    next.put("refund " + request.key(), "r" + number + " " + amount);
+                    cas(flight, ledgerKey, ledger == null ? ABSENT : ledger, next, (o2, v2) -> {
+                        if (o2 == Outcome.OK) {
+                            finish(flight, request, pending, "r" + number + " " + amount, false);
+                        } else {
+                            apply(flight, request, pending);   // the ledger moved on: read it again
+                        }
+                    });
+                });
+            });
+        }
+
+        /** An error leaves no record: the intent is voided, so that a corrected request starts afresh. */
+        private void abandon(Flight flight, RefundRequest request, java.util.Map<String, String> pending, RpcError error) throws IOException {
+            cas(flight, refundKey(request.key()), pending, KvValue.record("state", "void"), (o, v) -> {
+                if (o == Outcome.OK) {
+                    flight.fail(error);
+                } else {
+                    resume(flight, request);
+                }
+            });
+        }
+
+        /** The refund is in the ledger: make the refund key's record final ({@code entry}: "r7 30"). */
+        private void finish(Flight flight, RefundRequest request, java.util.Map<String, String> pending, String entry, boolean replayed) throws IOException {
+            int space = entry.indexOf(' ');
+            var done = KvValue.record("state", "refunded", "payment_id_given", pending.get("payment_id_given"),
+                    "amount_given", pending.get("amount_given"), "refund_id", entry.substring(0, space),
+                    "refunded", entry.substring(space + 1), "payment", pending.get("payment"));
+            cas(flight, refundKey(request.key()), pending, done, (o, v) -> {
+                if (o == Outcome.OK) {
+                    refunds.put(request.key(), done);
+                    answerRefund(flight, request, done, replayed);
+                } else {
+                    resume(flight, request);
+                }
+            });
+        }
+
+        /** Writes a refund key's final record where there was none (or a void one). */
+        private void write(Flight flight, RefundRequest request, Object refundRecord, java.util.Map<String, String> done) throws IOException {
+            cas(flight, refundKey(request.key()), refundRecord, done, (o, v) -> {
+                if (o == Outcome.OK) {
+                    refunds.put(request.key(), done);
+                    answerRefund(flight, request, done, false);
+                } else {
+                    resume(flight, request);
+                }
+            });
+        }
+
+        private static String given(Object param) {
+            return param == null ? "" : param instanceof Amount amount ? amount.text() : param.toString();
+        }
+
+        private static void requireSameRefundParams(RefundRequest request, java.util.Map<String, String> record) {
+            String paymentId = record.get("payment_id_given");
+            String amount = record.get("amount_given");
+            boolean same = paymentId.equals(given(request.paymentId()))
+                    && (amount.isEmpty() ? request.amount() == null : request.amount() != null && request.amount().sameValue(amount));
+            if (!same) {
+                throw new RpcError(ErrorCode.PRECONDITION_FAILED, "idempotency key " + request.key() + " was first used with other params");
+            }
+        }
+
+        private void answerRefund(Flight flight, RefundRequest request, java.util.Map<String, String> done, boolean replayed) throws IOException {
+            requireSameRefundParams(request, done);
+            if (replayed) {
+                log.verboseCacheHit(request.key());
+            }
+            String refundId = done.get("refund_id");
+            flight.answered = true;
+            replies.refundOk(flight.reply, request,
+                    new Served<>(new RefundResult(refundId.isEmpty() ? null : refundId, done.get("refunded")), replayed));
+        }
+
+        @Override
+        public void status(Envelope reply, StatusRequest request) throws IOException {
+            Flight flight = start(reply);
+            readStep(flight, request.chargeKey(), step -> read(flight, refundKey(request.refundKey()), (o, v) -> {
+                java.util.Map<String, String> refund = o == Outcome.OK ? ours(v, refundKey(request.refundKey())) : null;
+                RefundResult result = refund != null && "refunded".equals(refund.get("state"))
+                        ? new RefundResult(refund.get("refund_id").isEmpty() ? null : refund.get("refund_id"), refund.get("refunded"))
+                        : null;
+                if (step == null || !"charged".equals(step.get("state"))) {
+                    flight.answered = true;
+                    replies.paymentStatusOk(reply, request, new StepStatus(step == null ? null : Compensated.STEP, result));
+                    return;
+                }
+                String ledgerKey = "ledger/" + step.get("payment_id");
+                read(flight, ledgerKey, (o2, ledgerValue) -> {
+                    java.util.Map<String, String> ledger = o2 == Outcome.OK ? ours(ledgerValue, ledgerKey) : null;
+                    Charged payment = new Charged(step.get("user_id"), step.get("amount"), Long.parseLong(step.get("payment_id").substring(1)));
+                    if (ledger != null && new BigDecimal(ledger.get("refunded")).signum() > 0) {
+                        payment.restoreDeducted(new BigDecimal(ledger.get("refunded")));
+                    }
+                    flight.answered = true;
+                    replies.paymentStatusOk(reply, request, new StepStatus(payment, result));
+                });
+            }));
+        }
+
+        // ---- lin-kv ------------------------------------------------------------------------------
+
+        interface StepThen {
+            void on(java.util.Map<String, String> step) throws IOException;
+        }
+
+        /** A step's record (null: none), from what this node has seen or from lin-kv. */
+        private void readStep(Flight flight, String chargeKey, StepThen then) throws IOException {
+            java.util.Map<String, String> known = steps.get(chargeKey);
+            if (known != null) {
+                then.on(known);
+                return;
+            }
+            read(flight, stepKey(chargeKey), (o, v) -> {
+                java.util.Map<String, String> step = o == Outcome.OK ? ours(v, stepKey(chargeKey)) : null;
+                if (step != null) {
+                    steps.put(chargeKey, step);
+                }
+                then.on(step);
+            });
+        }
+
+        private Flight start(Envelope reply) {
+            if (nodeId.get() == null) {
+                throw new RpcError(ErrorCode.TEMPORARILY_UNAVAILABLE,
+                        "not initialized: a node of the cluster needs its id (init) to reach lin-kv; nothing was done");
+            }
+            return new Flight(reply);
+        }
+
+        private void read(Flight flight, String key, Then then) throws IOException {
+            send(flight, "read", key, null, null, null, false, then);
+        }
+
+        /** A cas from {@code from} to {@code to}; from {@link #ABSENT}, it creates the key or fails if there is one. */
+        private void cas(Flight flight, String key, Object from, Object to, Then then) throws IOException {
+            send(flight, "cas", key, null, from, to, ABSENT.equals(from), then);
+        }
+
+        private void send(Flight flight, String type, String key, Object value, Object from, Object to, boolean create, Then then) throws IOException {
+            long msgId = replies.kvRequest(nodeId.get(), type, key, value, from, to, create);
+            calls.put(msgId, new Call(msgId, type, System.nanoTime() + timeoutMillis * 1_000_000, flight, then));
+        }
+
+        private static java.util.Map<String, String> ours(Object value, String key) {
+            if (value instanceof java.util.Map<?, ?> map) {
+                @SuppressWarnings("unchecked")
+                java.util.Map<String, String> record = (java.util.Map<String, String>) map;
+                return record;
+            }
+            throw new RpcError(ErrorCode.CRASH, "lin-kv holds a value under " + key + " that this service did not write");
+        }
+
+        private static String stepKey(String chargeKey) {
+            return "charge/" + chargeKey;
+        }
+
+        private static String refundKey(String refundKey) {
+            return "refund/" + refundKey;
+        }
+
+        @Override
+        public boolean completes(String src, RawBody body) throws IOException {
+            Long inReplyTo = longOrNull(body.inReplyTo);
+            Call call = inReplyTo == null ? null : calls.get(inReplyTo);
+            if (call == null || !KV.equals(src)) {
+                return false;   // late (timed out), from an earlier process of this node, or not lin-kv's
+            }
+            String type = stringOrNull(body.type);
+            if (!(call.type() + "_ok").equals(type) && !"error".equals(type)) {
+                log.warn("a reply of type " + type + " to a " + call.type() + " (msg_id " + inReplyTo + "): dropped");
+                return true;   // not the answer to this call: keep waiting for it
+            }
+            calls.remove(inReplyTo);
+            Outcome outcome;
+            if ("error".equals(type)) {
+                Long code = longOrNull(body.code);
+                if (code != null && code == 20) {
+                    outcome = Outcome.MISSING;
+                } else if (code != null && code == 22) {
+                    outcome = Outcome.CONFLICT;
+                } else {
+                    call.flight().fail(new RpcError(ErrorCode.CRASH, "lin-kv answered " + call.type() + " with error " + code
+                            + " (" + stringOrNull(body.text) + "): the outcome is unknown; a retry will tell"));
+                    return true;
+                }
+            } else if ("read".equals(call.type()) && (body.value == null || body.value == KvValue.OTHER)) {
+                call.flight().fail(new RpcError(ErrorCode.CRASH, "lin-kv answered a read with a value this service did not write"));
+                return true;
+            } else {
+                outcome = Outcome.OK;
+            }
+            resumeCall(call, outcome, body.value);
+            return true;
+        }
+
+        private void resumeCall(Call call, Outcome outcome, Object value) throws IOException {
+            if (call.flight().answered) {
+                return;
+            }
+            try {
+                call.then().on(outcome, value);
+            } catch (RpcError refused) {
+                call.flight().fail(refused);
+            } catch (RuntimeException bug) {
+                log.error("internal error in a cluster request, answered with code 13", bug);
+                call.flight().fail(new RpcError(ErrorCode.CRASH, "internal error: " + bug));
+            }
+        }
+
+        /** Milliseconds until the oldest call times out; -1 when none is waiting. */
+        long millisToNextDeadline() {
+            if (calls.isEmpty()) {
+                return -1;
+            }
+            long nanos = calls.values().iterator().next().deadline() - System.nanoTime();
+            return Math.max(0, (nanos + 999_999) / 1_000_000);
+        }
+
+        /** Answers the clients of calls past their deadline: the outcome is unknown, and a late reply is ignored. */
+        void expire() throws IOException {
+            long now = System.nanoTime();
+            var oldest = calls.values().iterator();
+            while (oldest.hasNext()) {
+                Call call = oldest.next();
+                if (call.deadline() - now > 0) {
+                    return;
+                }
+                oldest.remove();
+                call.flight().fail(new RpcError(ErrorCode.TIMEOUT, "lin-kv did not answer a " + call.type() + " within "
+                        + timeoutMillis + " ms: the outcome is unknown; a retry will tell"));
+            }
+        }
+
+        boolean waiting() {
+            return !calls.isEmpty();
+        }
+
+        /** Ids handed out from blocks reserved in lin-kv: unique cluster-wide, with gaps. */
+        final class IdBlock {
+            private final String key;
+            private long next;
+            private long end = -1;
+            private final java.util.ArrayDeque<Waiter> waiters = new java.util.ArrayDeque<>();
+            private boolean reserving;
+
+            record Waiter(Flight flight, IdThen then) {
+            }
+
+            IdBlock(String key) {
+                this.key = key;
+            }
+
+            void take(Flight flight, IdThen then) throws IOException {
+                if (next <= end) {
+                    then.on(next++);
+                    return;
+                }
+                waiters.add(new Waiter(flight, then));
+                if (!reserving) {
+                    reserving = true;
+                    reserve(new Reservation());
+                }
+            }
+
+            /** The lin-kv calls of one reservation; if they fail, every request waiting for an id fails alike. */
+            final class Reservation extends Flight {
+                Reservation() {
+                    super(null);
+                }
+
+                @Override
+                void fail(RpcError error) throws IOException {
+                    if (answered) {
+                        return;
+                    }
+                    answered = true;
+                    reserving = false;
+                    while (!waiters.isEmpty()) {
+                        waiters.poll().flight().fail(error);
+                    }
+                }
+            }
+
+            private void reserve(Reservation reservation) throws IOException {
+                read(reservation, key, (o, v) -> {
+                    String last = o == Outcome.OK && v instanceof String text && text.matches("\\d{1,15}") ? text : null;
+                    if (o == Outcome.OK && last == null) {
+                        throw new RpcError(ErrorCode.CRASH, "lin-kv holds a value under " + key + " that this service did not write");
+                    }
+                    long from = last == null ? 0 : Long.parseLong(last);
+                    cas(reservation, key, last == null ? ABSENT : last, Long.toString(from + ID_BLOCK), (o2, v2) -> {
+                        if (o2 != Outcome.OK) {
+                            reserve(reservation);   // another node took a block meanwhile
+                            return;
+                        }
+                        next = from + 1;
+                        end = from + ID_BLOCK;
+                        reservation.answered = true;
+                        reserving = false;
+                        while (!waiters.isEmpty() && next <= end) {
+                            Waiter waiter = waiters.poll();
+                            if (!waiter.flight().answered) {
+                                try {
+                                    waiter.then().on(next++);
+                                } catch (RpcError refused) {
+                                    waiter.flight().fail(refused);
+                                }
+                            }
+                        }
+                        if (!waiters.isEmpty()) {
+                            reserving = true;
+                            reserve(new Reservation());
+                        }
+                    });
+                });
             }
         }
     }

@@ -197,8 +197,8 @@ class PaymentNodeTest {
 
     @Test
     void optionsAreParsedStrictly() {
-        assertEquals(new PaymentNode.Options(true, false, null, null, null, 0), PaymentNode.Options.parse(new String[] {"--verbose"}));
-        assertEquals(new PaymentNode.Options(false, true, null, null, null, 0), PaymentNode.Options.parse(new String[] {"-h"}));
+        assertEquals(new PaymentNode.Options(true, false, null, null, null, 0, false, 1000), PaymentNode.Options.parse(new String[] {"--verbose"}));
+        assertEquals(new PaymentNode.Options(false, true, null, null, null, 0, false, 1000), PaymentNode.Options.parse(new String[] {"-h"}));
         IllegalArgumentException e = org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
                 () -> PaymentNode.Options.parse(new String[] {"--journa"}));
         assertEquals("unknown option: --journa", e.getMessage());
