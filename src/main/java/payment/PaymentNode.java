@@ -69,6 +69,7 @@ public final class PaymentNode {
 
     static final String USAGE = """
             Usage: ./run.sh [--journal FILE] [--balance AMOUNT] [--faults LIST --seed N] [--verbose] < messages.jsonl
+                   ./run.sh --store lin-kv [--kv-timeout MS] [--verbose]
                    ./run.sh --build
                    java -jar target/payment-node.jar [OPTIONS]
 
@@ -109,6 +110,12 @@ public final class PaymentNode {
                               each one logged on stderr with its key and msg_id
               --seed N        the seed of --faults (default 0): the same seed and
                               input give the same faults
+              --store lin-kv  one payment service across every node started so: the
+                              table and ledgers live in the harness's lin-kv service,
+                              and a retry to any node (or a restarted one) gets the
+                              same result (docs/CLUSTER.md)
+              --kv-timeout MS how long to wait for lin-kv before answering error 0,
+                              outcome unknown (default 1000)
               -v, --verbose   also log every request and every cached answer on stderr
               -h, --help      print this help and exit
               --build         (run.sh only) build the jar ahead, then exit: a fresh
@@ -2794,6 +2801,10 @@ public final class PaymentNode {
         private final java.util.LinkedHashMap<Long, Call> calls = new java.util.LinkedHashMap<>();
         /** Step records seen: immutable once written, so a retry to this node costs no lin-kv call. */
         private final java.util.HashMap<String, java.util.Map<String, String>> steps = new java.util.HashMap<>();
+        /** Steps whose payment index this node knows is written (so that a refund by payment_id finds it). */
+        private final java.util.HashSet<String> indexed = new java.util.HashSet<>();
+        /** Ledgers as this node last saw them: a guess for the next cas, never a ground for a refusal. */
+        private final java.util.HashMap<String, java.util.Map<String, String>> ledgers = new java.util.HashMap<>();
         /** Final refund records seen: immutable too. */
         private final java.util.HashMap<String, java.util.Map<String, String>> refunds = new java.util.HashMap<>();
         private final IdBlock paymentIds = new IdBlock("ids/payments");
@@ -2845,8 +2856,12 @@ public final class PaymentNode {
         public void charge(Envelope reply, ChargeRequest request) throws IOException {
             Flight flight = start(reply);
             java.util.Map<String, String> known = steps.get(request.key());
-            if (known != null) {
+            if (known != null && (indexed.contains(request.key()) || !"charged".equals(known.get("state")))) {
                 answerCharge(flight, request, known, true);
+                return;
+            }
+            if (known != null) {
+                answerChargeIndexed(flight, request, known);
                 return;
             }
             paymentIds.take(flight, number -> {
@@ -2860,6 +2875,7 @@ public final class PaymentNode {
                     if (--waiting[0] == 0) {
                         @SuppressWarnings("unchecked")
                         var record = (java.util.Map<String, String>) outcome[0];
+                        indexed.add(request.key());
                         answerCharge(flight, request, record, (Boolean) outcome[1]);
                     }
                 };
@@ -2878,10 +2894,24 @@ public final class PaymentNode {
                         }
                         outcome[0] = record;
                         outcome[1] = true;
-                        finish.on(Outcome.OK, record);
+                        if (!"charged".equals(record.get("state"))) {
+                            finish.on(Outcome.OK, record);
+                            return;
+                        }
+                        // The node that charged it may have died before its index was written: write it again.
+                        send(flight, "write", "payment/" + record.get("payment_id"), KvValue.record("step", request.key()),
+                                null, null, false, finish);
                     });
                 });
                 send(flight, "write", "payment/" + paymentId, KvValue.record("step", request.key()), null, null, false, finish);
+            });
+        }
+
+        /** A retry of a charge this node has seen but whose index it has not written: write it, then answer. */
+        private void answerChargeIndexed(Flight flight, ChargeRequest request, java.util.Map<String, String> record) throws IOException {
+            send(flight, "write", "payment/" + record.get("payment_id"), KvValue.record("step", request.key()), null, null, false, (o, v) -> {
+                indexed.add(request.key());
+                answerCharge(flight, request, record, true);
             });
         }
 
@@ -3016,49 +3046,74 @@ public final class PaymentNode {
             });
         }
 
-        /** Adds this refund key to the payment's ledger, once, never above the charge. */
+        /**
+         * Adds this refund key to the payment's ledger, once, never above the charge. It starts from the ledger
+         * as this node last saw it (none: it guesses there is none yet, as for a first compensation): the cas
+         * fails on any difference, and then it reads the ledger and decides again. A refusal is only ever
+         * decided on a ledger just read.
+         */
         private void apply(Flight flight, RefundRequest request, java.util.Map<String, String> pending) throws IOException {
+            applyTo(flight, request, pending, ledgers.get(pending.get("payment")), false);
+        }
+
+        private void readLedger(Flight flight, RefundRequest request, java.util.Map<String, String> pending) throws IOException {
             String ledgerKey = "ledger/" + pending.get("payment");
             read(flight, ledgerKey, (o, v) -> {
                 java.util.Map<String, String> ledger = o == Outcome.OK ? ours(v, ledgerKey) : null;
-                String entry = ledger == null ? null : ledger.get("refund " + request.key());
-                if (entry != null) {
-                    finish(flight, request, pending, entry, true);   // applied by an attempt that did not finish
-                    return;
+                if (ledger != null) {
+                    ledgers.put(pending.get("payment"), ledger);
                 }
-                BigDecimal charged = new BigDecimal(pending.get("charged"));
-                BigDecimal refunded = ledger == null ? BigDecimal.ZERO : new BigDecimal(ledger.get("refunded"));
-                BigDecimal left = charged.subtract(refunded);
-                String givenAmount = pending.get("amount_given");
-                String amount;
-                if (!givenAmount.isEmpty()) {
-                    if (new BigDecimal(givenAmount).compareTo(left) > 0) {
-                        abandon(flight, request, pending, new RpcError(ErrorCode.PRECONDITION_FAILED, "refund of " + givenAmount
-                                + " is more than is left of payment " + pending.get("payment") + " (" + left.toPlainString()
-                                + " of " + pending.get("charged") + ")"));
-                        return;
-                    }
-                    amount = givenAmount;
-                } else if (left.signum() == 0) {
-                    abandon(flight, request, pending, new RpcError(ErrorCode.PRECONDITION_FAILED,
-                            "payment " + pending.get("payment") + " is already fully refunded"));
-                    return;
+                applyTo(flight, request, pending, ledger, true);
+            });
+        }
+
+        private void applyTo(Flight flight, RefundRequest request, java.util.Map<String, String> pending,
+                             java.util.Map<String, String> ledger, boolean fresh) throws IOException {
+            String entry = ledger == null ? null : ledger.get("refund " + request.key());
+            if (entry != null) {
+                finish(flight, request, pending, entry, true);   // applied by an attempt that did not finish
+                return;
+            }
+            BigDecimal charged = new BigDecimal(pending.get("charged"));
+            BigDecimal refunded = ledger == null ? BigDecimal.ZERO : new BigDecimal(ledger.get("refunded"));
+            BigDecimal left = charged.subtract(refunded);
+            String givenAmount = pending.get("amount_given");
+            RpcError refused = null;
+            String amount = null;
+            if (!givenAmount.isEmpty()) {
+                if (new BigDecimal(givenAmount).compareTo(left) > 0) {
+                    refused = new RpcError(ErrorCode.PRECONDITION_FAILED, "refund of " + givenAmount + " is more than is left of payment "
+                            + pending.get("payment") + " (" + left.toPlainString() + " of " + pending.get("charged") + ")");
                 } else {
-                    amount = refunded.signum() == 0 ? pending.get("charged") : left.toPlainString();
+                    amount = givenAmount;
                 }
-                refundIds.take(flight, number -> {
-                    var next = ledger == null
-                            ? KvValue.record("payment_id", pending.get("payment"), "charged", pending.get("charged"), "refunded", "0")
-                            : new java.util.LinkedHashMap<>(ledger);
-                    next.put("refunded", refunded.add(new BigDecimal(amount)).toPlainString());
-                    next.put("refund " + request.key(), "r" + number + " " + amount);
-                    cas(flight, ledgerKey, ledger == null ? ABSENT : ledger, next, (o2, v2) -> {
-                        if (o2 == Outcome.OK) {
-                            finish(flight, request, pending, "r" + number + " " + amount, false);
-                        } else {
-                            apply(flight, request, pending);   // the ledger moved on: read it again
-                        }
-                    });
+            } else if (left.signum() == 0) {
+                refused = new RpcError(ErrorCode.PRECONDITION_FAILED, "payment " + pending.get("payment") + " is already fully refunded");
+            } else {
+                amount = refunded.signum() == 0 ? pending.get("charged") : left.toPlainString();
+            }
+            if (refused != null) {
+                if (fresh) {
+                    abandon(flight, request, pending, refused);
+                } else {
+                    readLedger(flight, request, pending);
+                }
+                return;
+            }
+            String refundAmount = amount;
+            refundIds.take(flight, number -> {
+                var next = ledger == null
+                        ? KvValue.record("payment_id", pending.get("payment"), "charged", pending.get("charged"), "refunded", "0")
+                        : new java.util.LinkedHashMap<>(ledger);
+                next.put("refunded", refunded.add(new BigDecimal(refundAmount)).toPlainString());
+                next.put("refund " + request.key(), "r" + number + " " + refundAmount);
+                cas(flight, "ledger/" + pending.get("payment"), ledger == null ? ABSENT : ledger, next, (o, v) -> {
+                    if (o == Outcome.OK) {
+                        ledgers.put(pending.get("payment"), next);
+                        finish(flight, request, pending, "r" + number + " " + refundAmount, false);
+                    } else {
+                        readLedger(flight, request, pending);   // the ledger is not as this node saw it: read it
+                    }
                 });
             });
         }
