@@ -3,8 +3,8 @@ package payment;
 import com.fasterxml.jackson.core.JsonFactory;
 import com.fasterxml.jackson.core.JsonParseException;
 import com.fasterxml.jackson.core.JsonParser;
-import com.fasterxml.jackson.core.JsonToken;
 import com.fasterxml.jackson.core.JsonProcessingException;
+import com.fasterxml.jackson.core.JsonToken;
 import com.fasterxml.jackson.core.StreamReadConstraints;
 
 import java.io.ByteArrayInputStream;
@@ -14,6 +14,7 @@ import java.io.FileOutputStream;
 import java.io.Flushable;
 import java.io.IOException;
 import java.io.InputStream;
+import java.io.InterruptedIOException;
 import java.io.OutputStream;
 import java.io.PrintStream;
 import java.math.BigDecimal;
@@ -28,15 +29,28 @@ import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 import java.nio.file.attribute.PosixFilePermissions;
+import java.util.ArrayDeque;
 import java.util.Arrays;
+import java.util.EnumMap;
 import java.util.EnumSet;
+import java.util.HashMap;
+import java.util.HashSet;
 import java.util.HexFormat;
+import java.util.LinkedHashMap;
+import java.util.Map;
 import java.util.Objects;
 import java.util.Set;
+import java.util.SplittableRandom;
+import java.util.concurrent.ArrayBlockingQueue;
+import java.util.concurrent.BlockingQueue;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.ScheduledThreadPoolExecutor;
+import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.function.Supplier;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
 import java.util.zip.CRC32;
 
 /**
@@ -321,7 +335,7 @@ public final class PaymentNode {
             throw new IllegalArgumentException("--kv-timeout needs milliseconds from 1 to 3600000, got " + text);
         }
 
-        private static final java.util.Map<String, String> EXAMPLES = java.util.Map.of(
+        private static final Map<String, String> EXAMPLES = Map.of(
                 "--journal", ", a file name (e.g. --journal 'payments-{node_id}.journal')",
                 "--balance", ", an amount (e.g. --balance 100.00)",
                 "--faults", " (e.g. --faults fail=0.05,drop=0.1,delay=0.1:200)",
@@ -452,7 +466,7 @@ public final class PaymentNode {
      * the input never waits for lin-kv. At the end of input, calls still waiting can only time out.
      */
     private int serveCluster(InputStream in, ClusterService cluster) {
-        java.util.concurrent.BlockingQueue<Line> queue = new java.util.concurrent.ArrayBlockingQueue<>(4096);
+        BlockingQueue<Line> queue = new ArrayBlockingQueue<>(4096);
         IOException[] readFailure = new IOException[1];
         Thread reader = new Thread(() -> {
             LineReader lines = new LineReader(in, MAX_LINE_BYTES, () -> { });
@@ -481,7 +495,7 @@ public final class PaymentNode {
                 if (line == null) {
                     replies.flush();   // before waiting: lin-kv requests and replies never sit in a buffer
                     long wait = cluster.millisToNextDeadline();
-                    line = wait < 0 ? (inputOpen ? queue.take() : null) : queue.poll(wait, java.util.concurrent.TimeUnit.MILLISECONDS);
+                    line = wait < 0 ? (inputOpen ? queue.take() : null) : queue.poll(wait, TimeUnit.MILLISECONDS);
                 }
                 cluster.expire();
                 if (line == END_OF_INPUT) {
@@ -587,19 +601,19 @@ public final class PaymentNode {
     }
 
     private static String plainJacksonReason(String text) {
-        java.util.regex.Matcher m;
+        Matcher m;
         if (text.startsWith("Unexpected end-of-input")) {
             return "the line ends before the JSON does";
         }
-        if ((m = java.util.regex.Pattern.compile("^Unexpected character \\('(.*)' \\(code (\\d+)\\)\\)").matcher(text)).find()) {
+        if ((m = Pattern.compile("^Unexpected character \\('(.*)' \\(code (\\d+)\\)\\)").matcher(text)).find()) {
             return "unexpected character " + quoted(m.group(1), Integer.parseInt(m.group(2)))
                     + (text.contains("double-quote to start field name") ? " where a field name in double quotes should be" : "");
         }
-        if ((m = java.util.regex.Pattern.compile("^Unrecognized token '([^']*)'").matcher(text)).find()
-                || (m = java.util.regex.Pattern.compile("^Non-standard token '([^']*)'").matcher(text)).find()) {
+        if ((m = Pattern.compile("^Unrecognized token '([^']*)'").matcher(text)).find()
+                || (m = Pattern.compile("^Non-standard token '([^']*)'").matcher(text)).find()) {
             return "'" + abbreviate(m.group(1)) + "' is not a JSON value";
         }
-        if ((m = java.util.regex.Pattern.compile("^Illegal (unquoted )?character \\(\\(CTRL-CHAR, code (\\d+)\\)\\)").matcher(text)).find()) {
+        if ((m = Pattern.compile("^Illegal (unquoted )?character \\(\\(CTRL-CHAR, code (\\d+)\\)\\)").matcher(text)).find()) {
             return "control character " + quoted("", Integer.parseInt(m.group(2)))
                     + (m.group(1) != null ? " inside a string (it must be escaped)" : " between tokens");
         }
@@ -1328,9 +1342,9 @@ public final class PaymentNode {
     }
 
     /** --faults: the probability of each fault per attempt (they add up to at most 1), and the delay. */
-    record FaultPlan(java.util.EnumMap<Fault, Double> probabilities, long delayMillis) {
+    record FaultPlan(EnumMap<Fault, Double> probabilities, long delayMillis) {
         static FaultPlan parse(String list) {
-            java.util.EnumMap<Fault, Double> probabilities = new java.util.EnumMap<>(Fault.class);
+            EnumMap<Fault, Double> probabilities = new EnumMap<>(Fault.class);
             long delayMillis = 0;
             double total = 0;
             for (String item : list.split(",", -1)) {
@@ -1394,14 +1408,14 @@ public final class PaymentNode {
      * order (fail, drop, unknown, delay, duplicate, crash), whatever order --faults lists them in.
      */
     static final class Faults {
-        static final Faults NONE = new Faults(new FaultPlan(new java.util.EnumMap<>(Fault.class), 0), 0);
+        static final Faults NONE = new Faults(new FaultPlan(new EnumMap<>(Fault.class), 0), 0);
 
         private final FaultPlan plan;
-        private final java.util.SplittableRandom random;   // (java.util.Random starts nearly alike for nearby seeds)
+        private final SplittableRandom random;   // (java.util.Random starts nearly alike for nearby seeds)
 
         Faults(FaultPlan plan, long seed) {
             this.plan = plan;
-            this.random = new java.util.SplittableRandom(seed);
+            this.random = new SplittableRandom(seed);
         }
 
         /** The fault of this attempt, or null. */
@@ -2384,24 +2398,24 @@ public final class PaymentNode {
 
     /** A timer thread that writes delayed replies when they are due; it sleeps in between, never spins. */
     static final class DelayedReplies {
-        private final java.util.concurrent.ScheduledThreadPoolExecutor timer = new java.util.concurrent.ScheduledThreadPoolExecutor(1, task -> {
+        private final ScheduledThreadPoolExecutor timer = new ScheduledThreadPoolExecutor(1, task -> {
             Thread thread = new Thread(task, "delayed-replies");
             thread.setDaemon(true);
             return thread;
         });
 
         void schedule(Runnable write, long millis) {
-            timer.schedule(write, millis, java.util.concurrent.TimeUnit.MILLISECONDS);
+            timer.schedule(write, millis, TimeUnit.MILLISECONDS);
         }
 
         /** Lets every scheduled reply go out, then stops the thread. */
         void finish() throws IOException {
             timer.shutdown();   // scheduled tasks still run after shutdown: that is the default policy
             try {
-                timer.awaitTermination(Long.MAX_VALUE, java.util.concurrent.TimeUnit.NANOSECONDS);
+                timer.awaitTermination(Long.MAX_VALUE, TimeUnit.NANOSECONDS);
             } catch (InterruptedException e) {
                 Thread.currentThread().interrupt();
-                throw new java.io.InterruptedIOException("interrupted while delayed replies were pending");
+                throw new InterruptedIOException("interrupted while delayed replies were pending");
             }
         }
     }
@@ -2574,26 +2588,27 @@ public final class PaymentNode {
 
         @Override
         public synchronized void charged(ChargeRequest request, long paymentNumber) {
-            int start = begin("charge", request.key());
-            pending.ascii(", ");
-            pending.string(request.userId());
-            pending.ascii(", ");
-            pending.ascii(request.amount().text());
-            pending.ascii(", ");
+            int start = beginCharge("charge", request);
             pending.number(paymentNumber);
             end(start);
         }
 
         @Override
         public synchronized void declined(ChargeRequest request, String reason) {
-            int start = begin("decline", request.key());
+            int start = beginCharge("decline", request);
+            pending.string(reason);
+            end(start);
+        }
+
+        /** A charge's or a decline's record up to its last field: kind, key, user_id, amount. */
+        private int beginCharge(String kind, ChargeRequest request) {
+            int start = begin(kind, request.key());
             pending.ascii(", ");
             pending.string(request.userId());
             pending.ascii(", ");
             pending.ascii(request.amount().text());
             pending.ascii(", ");
-            pending.string(reason);
-            end(start);
+            return start;
         }
 
         @Override
@@ -2728,7 +2743,7 @@ public final class PaymentNode {
                 parser.skipChildren();
                 return OTHER;
             }
-            java.util.LinkedHashMap<String, String> fields = new java.util.LinkedHashMap<>();
+            LinkedHashMap<String, String> fields = new LinkedHashMap<>();
             boolean flat = true;
             while (parser.nextToken() == JsonToken.FIELD_NAME) {
                 String name = parser.currentName();
@@ -2749,7 +2764,7 @@ public final class PaymentNode {
             }
             json.ascii("{");
             boolean first = true;
-            for (var field : ((java.util.Map<?, ?>) value).entrySet()) {
+            for (var field : ((Map<?, ?>) value).entrySet()) {
                 json.ascii(first ? "" : ", ");
                 json.string((String) field.getKey());
                 json.ascii(": ");
@@ -2760,8 +2775,8 @@ public final class PaymentNode {
         }
 
         /** A record: its fields in the order given, as name, value, name, value, ... */
-        static java.util.LinkedHashMap<String, String> record(String... namesAndValues) {
-            java.util.LinkedHashMap<String, String> record = new java.util.LinkedHashMap<>();
+        static LinkedHashMap<String, String> record(String... namesAndValues) {
+            LinkedHashMap<String, String> record = new LinkedHashMap<>();
             for (int i = 0; i < namesAndValues.length; i += 2) {
                 record.put(namesAndValues[i], namesAndValues[i + 1]);
             }
@@ -2798,15 +2813,15 @@ public final class PaymentNode {
         private final Supplier<String> nodeId;
         private final long timeoutMillis;
         /** lin-kv requests waiting for their reply, oldest (soonest deadline) first. */
-        private final java.util.LinkedHashMap<Long, Call> calls = new java.util.LinkedHashMap<>();
+        private final LinkedHashMap<Long, Call> calls = new LinkedHashMap<>();
         /** Step records seen: immutable once written, so a retry to this node costs no lin-kv call. */
-        private final java.util.HashMap<String, java.util.Map<String, String>> steps = new java.util.HashMap<>();
+        private final HashMap<String, Map<String, String>> steps = new HashMap<>();
         /** Steps whose payment index this node knows is written (so that a refund by payment_id finds it). */
-        private final java.util.HashSet<String> indexed = new java.util.HashSet<>();
+        private final HashSet<String> indexed = new HashSet<>();
         /** Ledgers as this node last saw them: a guess for the next cas, never a ground for a refusal. */
-        private final java.util.HashMap<String, java.util.Map<String, String>> ledgers = new java.util.HashMap<>();
+        private final HashMap<String, Map<String, String>> ledgers = new HashMap<>();
         /** Final refund records seen: immutable too. */
-        private final java.util.HashMap<String, java.util.Map<String, String>> refunds = new java.util.HashMap<>();
+        private final HashMap<String, Map<String, String>> refunds = new HashMap<>();
         private final IdBlock paymentIds = new IdBlock("ids/payments");
         private final IdBlock refundIds = new IdBlock("ids/refunds");
 
@@ -2855,7 +2870,7 @@ public final class PaymentNode {
         @Override
         public void charge(Envelope reply, ChargeRequest request) throws IOException {
             Flight flight = start(reply);
-            java.util.Map<String, String> known = steps.get(request.key());
+            Map<String, String> known = steps.get(request.key());
             if (known != null && (indexed.contains(request.key()) || !"charged".equals(known.get("state")))) {
                 answerCharge(flight, request, known, true);
                 return;
@@ -2874,7 +2889,7 @@ public final class PaymentNode {
                 Then finish = (o, v) -> {
                     if (--waiting[0] == 0) {
                         @SuppressWarnings("unchecked")
-                        var record = (java.util.Map<String, String>) outcome[0];
+                        var record = (Map<String, String>) outcome[0];
                         indexed.add(request.key());
                         answerCharge(flight, request, record, (Boolean) outcome[1]);
                     }
@@ -2908,14 +2923,14 @@ public final class PaymentNode {
         }
 
         /** A retry of a charge this node has seen but whose index it has not written: write it, then answer. */
-        private void answerChargeIndexed(Flight flight, ChargeRequest request, java.util.Map<String, String> record) throws IOException {
+        private void answerChargeIndexed(Flight flight, ChargeRequest request, Map<String, String> record) throws IOException {
             send(flight, "write", "payment/" + record.get("payment_id"), KvValue.record("step", request.key()), null, null, false, (o, v) -> {
                 indexed.add(request.key());
                 answerCharge(flight, request, record, true);
             });
         }
 
-        private void answerCharge(Flight flight, ChargeRequest request, java.util.Map<String, String> record, boolean replayed) throws IOException {
+        private void answerCharge(Flight flight, ChargeRequest request, Map<String, String> record, boolean replayed) throws IOException {
             if (!"charged".equals(record.get("state"))) {
                 throw new RpcError(ErrorCode.ABORT,
                         "step " + request.key() + " was already compensated: its refund came first, so it is never charged");
@@ -2934,7 +2949,7 @@ public final class PaymentNode {
         @Override
         public void refund(Envelope reply, RefundRequest request) throws IOException {
             Flight flight = start(reply);
-            java.util.Map<String, String> done = refunds.get(request.key());
+            Map<String, String> done = refunds.get(request.key());
             if (done != null) {
                 answerRefund(flight, request, done, true);
                 return;
@@ -2945,7 +2960,7 @@ public final class PaymentNode {
         /** From the refund key's record: finish what is there, or start. */
         private void resume(Flight flight, RefundRequest request) throws IOException {
             read(flight, refundKey(request.key()), (o, v) -> {
-                java.util.Map<String, String> record = o == Outcome.OK ? ours(v, refundKey(request.key())) : null;
+                Map<String, String> record = o == Outcome.OK ? ours(v, refundKey(request.key())) : null;
                 String state = record == null ? "absent" : record.get("state");
                 switch (state) {
                     case "refunded" -> {
@@ -2974,7 +2989,7 @@ public final class PaymentNode {
                     intend(flight, request, refundRecord, paymentId, step.get("amount"));
                 } else if (request.paymentId() != null) {
                     read(flight, "payment/" + request.paymentId(), (o, index) -> {
-                        java.util.Map<String, String> payment = o == Outcome.OK ? ours(index, "payment/" + request.paymentId()) : null;
+                        Map<String, String> payment = o == Outcome.OK ? ours(index, "payment/" + request.paymentId()) : null;
                         if (payment == null) {
                             unknownPayment(flight, request, refundRecord);
                             return;
@@ -2990,9 +3005,9 @@ public final class PaymentNode {
                     });
                 } else {
                     // The compensation came before its charge: close the step, refund nothing.
-                    closeStep(flight, request, refundRecord, () -> write(flight, request, refundRecord,
+                    closeStep(flight, request, refundRecord, () -> settle(flight, request, refundRecord,
                             KvValue.record("state", "refunded", "payment_id_given", "", "amount_given", given(request.amount()),
-                                    "refund_id", "", "refunded", Amount.ZERO.text(), "payment", "")));
+                                    "refund_id", "", "refunded", Amount.ZERO.text(), "payment", ""), false));
                 }
             });
         }
@@ -3005,8 +3020,8 @@ public final class PaymentNode {
             closeStep(flight, request, refundRecord, () -> refundIds.take(flight, number -> {
                 log.warn("refunding " + request.paymentId() + " for " + request.key() + ", a payment this service"
                         + " does not know: trusting the saga");
-                write(flight, request, refundRecord, KvValue.record("state", "refunded", "payment_id_given", request.paymentId(),
-                        "amount_given", request.amount().text(), "refund_id", "r" + number, "refunded", request.amount().text(), "payment", ""));
+                settle(flight, request, refundRecord, KvValue.record("state", "refunded", "payment_id_given", request.paymentId(),
+                        "amount_given", request.amount().text(), "refund_id", "r" + number, "refunded", request.amount().text(), "payment", ""), false);
             }));
         }
 
@@ -3052,14 +3067,14 @@ public final class PaymentNode {
          * fails on any difference, and then it reads the ledger and decides again. A refusal is only ever
          * decided on a ledger just read.
          */
-        private void apply(Flight flight, RefundRequest request, java.util.Map<String, String> pending) throws IOException {
+        private void apply(Flight flight, RefundRequest request, Map<String, String> pending) throws IOException {
             applyTo(flight, request, pending, ledgers.get(pending.get("payment")), false);
         }
 
-        private void readLedger(Flight flight, RefundRequest request, java.util.Map<String, String> pending) throws IOException {
+        private void readLedger(Flight flight, RefundRequest request, Map<String, String> pending) throws IOException {
             String ledgerKey = "ledger/" + pending.get("payment");
             read(flight, ledgerKey, (o, v) -> {
-                java.util.Map<String, String> ledger = o == Outcome.OK ? ours(v, ledgerKey) : null;
+                Map<String, String> ledger = o == Outcome.OK ? ours(v, ledgerKey) : null;
                 if (ledger != null) {
                     ledgers.put(pending.get("payment"), ledger);
                 }
@@ -3067,8 +3082,8 @@ public final class PaymentNode {
             });
         }
 
-        private void applyTo(Flight flight, RefundRequest request, java.util.Map<String, String> pending,
-                             java.util.Map<String, String> ledger, boolean fresh) throws IOException {
+        private void applyTo(Flight flight, RefundRequest request, Map<String, String> pending,
+                             Map<String, String> ledger, boolean fresh) throws IOException {
             String entry = ledger == null ? null : ledger.get("refund " + request.key());
             if (entry != null) {
                 finish(flight, request, pending, entry, true);   // applied by an attempt that did not finish
@@ -3104,7 +3119,7 @@ public final class PaymentNode {
             refundIds.take(flight, number -> {
                 var next = ledger == null
                         ? KvValue.record("payment_id", pending.get("payment"), "charged", pending.get("charged"), "refunded", "0")
-                        : new java.util.LinkedHashMap<>(ledger);
+                        : new LinkedHashMap<>(ledger);
                 next.put("refunded", refunded.add(new BigDecimal(refundAmount)).toPlainString());
                 next.put("refund " + request.key(), "r" + number + " " + refundAmount);
                 cas(flight, "ledger/" + pending.get("payment"), ledger == null ? ABSENT : ledger, next, (o, v) -> {
@@ -3119,7 +3134,7 @@ public final class PaymentNode {
         }
 
         /** An error leaves no record: the intent is voided, so that a corrected request starts afresh. */
-        private void abandon(Flight flight, RefundRequest request, java.util.Map<String, String> pending, RpcError error) throws IOException {
+        private void abandon(Flight flight, RefundRequest request, Map<String, String> pending, RpcError error) throws IOException {
             cas(flight, refundKey(request.key()), pending, KvValue.record("state", "void"), (o, v) -> {
                 if (o == Outcome.OK) {
                     flight.fail(error);
@@ -3130,27 +3145,23 @@ public final class PaymentNode {
         }
 
         /** The refund is in the ledger: make the refund key's record final ({@code entry}: "r7 30"). */
-        private void finish(Flight flight, RefundRequest request, java.util.Map<String, String> pending, String entry, boolean replayed) throws IOException {
+        private void finish(Flight flight, RefundRequest request, Map<String, String> pending, String entry, boolean replayed) throws IOException {
             int space = entry.indexOf(' ');
             var done = KvValue.record("state", "refunded", "payment_id_given", pending.get("payment_id_given"),
                     "amount_given", pending.get("amount_given"), "refund_id", entry.substring(0, space),
                     "refunded", entry.substring(space + 1), "payment", pending.get("payment"));
-            cas(flight, refundKey(request.key()), pending, done, (o, v) -> {
+            settle(flight, request, pending, done, replayed);
+        }
+
+        /**
+         * Writes a refund key's final record over what was there ({@code from}: the pending record, a void one,
+         * or none), then answers. If someone else wrote first, goes on from what they wrote.
+         */
+        private void settle(Flight flight, RefundRequest request, Object from, Map<String, String> done, boolean replayed) throws IOException {
+            cas(flight, refundKey(request.key()), from, done, (o, v) -> {
                 if (o == Outcome.OK) {
                     refunds.put(request.key(), done);
                     answerRefund(flight, request, done, replayed);
-                } else {
-                    resume(flight, request);
-                }
-            });
-        }
-
-        /** Writes a refund key's final record where there was none (or a void one). */
-        private void write(Flight flight, RefundRequest request, Object refundRecord, java.util.Map<String, String> done) throws IOException {
-            cas(flight, refundKey(request.key()), refundRecord, done, (o, v) -> {
-                if (o == Outcome.OK) {
-                    refunds.put(request.key(), done);
-                    answerRefund(flight, request, done, false);
                 } else {
                     resume(flight, request);
                 }
@@ -3161,7 +3172,7 @@ public final class PaymentNode {
             return param == null ? "" : param instanceof Amount amount ? amount.text() : param.toString();
         }
 
-        private static void requireSameRefundParams(RefundRequest request, java.util.Map<String, String> record) {
+        private static void requireSameRefundParams(RefundRequest request, Map<String, String> record) {
             String paymentId = record.get("payment_id_given");
             String amount = record.get("amount_given");
             boolean same = paymentId.equals(given(request.paymentId()))
@@ -3171,7 +3182,7 @@ public final class PaymentNode {
             }
         }
 
-        private void answerRefund(Flight flight, RefundRequest request, java.util.Map<String, String> done, boolean replayed) throws IOException {
+        private void answerRefund(Flight flight, RefundRequest request, Map<String, String> done, boolean replayed) throws IOException {
             requireSameRefundParams(request, done);
             if (replayed) {
                 log.verboseCacheHit(request.key());
@@ -3186,7 +3197,7 @@ public final class PaymentNode {
         public void status(Envelope reply, StatusRequest request) throws IOException {
             Flight flight = start(reply);
             readStep(flight, request.chargeKey(), step -> read(flight, refundKey(request.refundKey()), (o, v) -> {
-                java.util.Map<String, String> refund = o == Outcome.OK ? ours(v, refundKey(request.refundKey())) : null;
+                Map<String, String> refund = o == Outcome.OK ? ours(v, refundKey(request.refundKey())) : null;
                 RefundResult result = refund != null && "refunded".equals(refund.get("state"))
                         ? new RefundResult(refund.get("refund_id").isEmpty() ? null : refund.get("refund_id"), refund.get("refunded"))
                         : null;
@@ -3197,7 +3208,7 @@ public final class PaymentNode {
                 }
                 String ledgerKey = "ledger/" + step.get("payment_id");
                 read(flight, ledgerKey, (o2, ledgerValue) -> {
-                    java.util.Map<String, String> ledger = o2 == Outcome.OK ? ours(ledgerValue, ledgerKey) : null;
+                    Map<String, String> ledger = o2 == Outcome.OK ? ours(ledgerValue, ledgerKey) : null;
                     Charged payment = new Charged(step.get("user_id"), step.get("amount"), Long.parseLong(step.get("payment_id").substring(1)));
                     if (ledger != null && new BigDecimal(ledger.get("refunded")).signum() > 0) {
                         payment.restoreDeducted(new BigDecimal(ledger.get("refunded")));
@@ -3211,18 +3222,18 @@ public final class PaymentNode {
         // ---- lin-kv ------------------------------------------------------------------------------
 
         interface StepThen {
-            void on(java.util.Map<String, String> step) throws IOException;
+            void on(Map<String, String> step) throws IOException;
         }
 
         /** A step's record (null: none), from what this node has seen or from lin-kv. */
         private void readStep(Flight flight, String chargeKey, StepThen then) throws IOException {
-            java.util.Map<String, String> known = steps.get(chargeKey);
+            Map<String, String> known = steps.get(chargeKey);
             if (known != null) {
                 then.on(known);
                 return;
             }
             read(flight, stepKey(chargeKey), (o, v) -> {
-                java.util.Map<String, String> step = o == Outcome.OK ? ours(v, stepKey(chargeKey)) : null;
+                Map<String, String> step = o == Outcome.OK ? ours(v, stepKey(chargeKey)) : null;
                 if (step != null) {
                     steps.put(chargeKey, step);
                 }
@@ -3252,10 +3263,10 @@ public final class PaymentNode {
             calls.put(msgId, new Call(msgId, type, System.nanoTime() + timeoutMillis * 1_000_000, flight, then));
         }
 
-        private static java.util.Map<String, String> ours(Object value, String key) {
-            if (value instanceof java.util.Map<?, ?> map) {
+        private static Map<String, String> ours(Object value, String key) {
+            if (value instanceof Map<?, ?> map) {
                 @SuppressWarnings("unchecked")
-                java.util.Map<String, String> record = (java.util.Map<String, String>) map;
+                Map<String, String> record = (Map<String, String>) map;
                 return record;
             }
             throw new RpcError(ErrorCode.CRASH, "lin-kv holds a value under " + key + " that this service did not write");
@@ -3351,7 +3362,7 @@ public final class PaymentNode {
             private final String key;
             private long next;
             private long end = -1;
-            private final java.util.ArrayDeque<Waiter> waiters = new java.util.ArrayDeque<>();
+            private final ArrayDeque<Waiter> waiters = new ArrayDeque<>();
             private boolean reserving;
 
             record Waiter(Flight flight, IdThen then) {

@@ -549,7 +549,8 @@ final class ClusterHarness {
 
     // ---- a run -----------------------------------------------------------------------------------------
 
-    Report run() throws Exception {
+    /** Starts every node (each gets its init), and gives them a moment to answer it. */
+    private void startNodes() throws IOException, InterruptedException {
         Files.createDirectories(settings.workDir());
         for (String id : nodeIds) {
             NodeProcess node = new NodeProcess(id);
@@ -557,6 +558,10 @@ final class ClusterHarness {
             node.start();
         }
         Thread.sleep(300);
+    }
+
+    Report run() throws Exception {
+        startNodes();
         Random nemesisRandom = new Random(settings.seed() * 31 + 7);
         List<Client> clients = new ArrayList<>();
         for (int i = 1; i <= settings.clients(); i++) {
@@ -726,13 +731,7 @@ final class ClusterHarness {
 
     /** lin-kv calls per first charge, per retry (same node and another), per first refund and per status read. */
     Map<String, Double> measureCalls(int count) throws Exception {
-        Files.createDirectories(settings.workDir());
-        for (String id : nodeIds) {
-            NodeProcess node = new NodeProcess(id);
-            nodes.put(id, node);
-            node.start();
-        }
-        Thread.sleep(300);
+        startNodes();
         Client client = new Client("c1", settings.seed());
         String first = nodeIds.get(0);
         String second = nodeIds.get(1 % nodeIds.size());

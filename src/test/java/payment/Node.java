@@ -100,6 +100,19 @@ final class Node {
         return start(List.of(), null, args);
     }
 
+    /** Runs the process with no input to its end: its status, stdout and stderr (a usage error, --help). */
+    static Run runProcess(String... args) throws IOException, InterruptedException {
+        Process node = start(args);
+        node.getOutputStream().close();
+        String out = new String(node.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        String err = new String(node.getErrorStream().readAllBytes(), StandardCharsets.UTF_8);
+        if (!node.waitFor(20, java.util.concurrent.TimeUnit.SECONDS)) {
+            node.destroyForcibly();
+            throw new IllegalStateException("the node did not exit: " + List.of(args));
+        }
+        return new Run(node.exitValue(), out, err);
+    }
+
     static List<String> command(List<String> jvmOptions, String... args) {
         String java = Path.of(System.getProperty("java.home"), "bin", "java").toString();
         List<String> command = new ArrayList<>(List.of(java, "-Xlog:disable", "-Xlog:all=warning:stderr"));

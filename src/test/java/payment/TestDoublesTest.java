@@ -124,14 +124,8 @@ class TestDoublesTest {
 
     @Test
     void aBadFaultListStopsTheProcessWithStatus2() throws Exception {
-        Process node = Node.start("--faults", "fail=2");
-        node.getOutputStream().close();
-        String out = new String(node.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
-        String err = new String(node.getErrorStream().readAllBytes(), StandardCharsets.UTF_8);
-        assertTrue(node.waitFor(20, TimeUnit.SECONDS));
-        assertEquals(2, node.exitValue());
-        assertEquals("", out);
-        assertEquals("payment-node: --faults: fail needs a probability from 0 to 1, e.g. fail=0.05, got '2' (see --help)\n", err);
+        assertEquals(new Node.Run(2, "", "payment-node: --faults: fail needs a probability from 0 to 1, e.g. fail=0.05, got '2' (see --help)\n"),
+                Node.runProcess("--faults", "fail=2"));
     }
 
     /** With --journal, balances and declines come back after a restart. */
