@@ -82,7 +82,8 @@ public final class PaymentNode {
     static final String NODE_ID = "{node_id}";
 
     static final String USAGE = """
-            Usage: ./run.sh [--journal FILE] [--balance AMOUNT] [--faults LIST --seed N] [--verbose] < messages.jsonl
+            Usage: ./run.sh [--journal FILE] [--balance AMOUNT] [--faults LIST --seed N]
+                            [--verbose] < messages.jsonl
                    ./run.sh --store lin-kv [--kv-timeout MS] [--verbose]
                    ./run.sh --build
                    java -jar target/payment-node.jar [OPTIONS]
@@ -185,7 +186,7 @@ public final class PaymentNode {
         }
     }
 
-    /** A node whose journal is its own file, named by its id, opened at its first init (SPEC section 7). */
+    /** A node whose journal is its own file, named by its id, opened at its first init (docs/PROTOCOL.md, section 7). */
     static PaymentNode withJournalAtInit(String pathWithNodeId, OutputStream stdout, Log log) {
         return new PaymentNode(null, pathWithNodeId, Funds.UNLIMITED, Faults.NONE, stdout, log);
     }
@@ -1017,7 +1018,7 @@ public final class PaymentNode {
         }
     }
 
-    /** A ChargePayment, checked: section 3 of SPEC.md. */
+    /** A ChargePayment, checked: docs/PROTOCOL.md, section 3. */
     record ChargeRequest(String sagaId, long step, String userId, Amount amount) {
         static ChargeRequest from(RawBody body) {
             String sagaId = requiredString(body.sagaId, "saga_id");
@@ -1033,7 +1034,7 @@ public final class PaymentNode {
         }
     }
 
-    /** A RefundPayment, checked: section 4 of SPEC.md. Both params are optional (null: not given). */
+    /** A RefundPayment, checked: docs/PROTOCOL.md, section 4. Both params are optional (null: not given). */
     record RefundRequest(String sagaId, long step, String paymentId, Amount amount) {
         static RefundRequest from(RawBody body) {
             String sagaId = requiredString(body.sagaId, "saga_id");
@@ -1619,7 +1620,7 @@ public final class PaymentNode {
             return charged;
         }
 
-        /** Which payment a compensation refunds: the four cases of SPEC.md section 4, in order. */
+        /** Which payment a compensation refunds: the four cases of docs/PROTOCOL.md section 4, in order. */
         private Refunded firstRefund(RefundRequest request) {
             Entry step = settledEntry(request.chargeKey());
             if (step instanceof Declined) {
@@ -2139,7 +2140,7 @@ public final class PaymentNode {
     }
 
     /**
-     * Writes replies: keys in the order of SPEC.md, one reply per line. The layout is fixed, so the bytes
+     * Writes replies: keys in the order of docs/PROTOCOL.md, one reply per line. The layout is fixed, so the bytes
      * are written directly. Replies gather in a buffer and reach stdout in batches: when the input runs
      * dry ({@link #flush}) or the batch is full. Before any batch goes out, the journal makes the records
      * behind it durable, so that no reply ever tells of a charge that a crash could forget.

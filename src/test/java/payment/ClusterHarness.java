@@ -426,16 +426,26 @@ final class ClusterHarness {
             return nodeIds.get(random.nextInt(nodeIds.size()));
         }
 
+        /** A node other than {@code previous} (when there is one). */
+        String otherNode(String previous) {
+            if (nodeIds.size() == 1) {
+                return previous;
+            }
+            String other = nodeIds.get(random.nextInt(nodeIds.size() - 1));
+            return other.equals(previous) ? nodeIds.get(nodeIds.size() - 1) : other;
+        }
+
         /** Sends {@code body} until a definite answer comes (at most 6 attempts); returns that answer, or null. */
         Map<String, Object> call(Map<String, Object> body, String node, boolean duplicate) throws InterruptedException {
             List<Map<String, Object>> replies = new ArrayList<>();
             long first = System.nanoTime();
             Map<String, Object> answer = null;
+            String target = node;
             for (int attempt = 0; attempt < 6 && answer == null; attempt++) {
                 Map<String, Object> request = new LinkedHashMap<>(body);
                 long msgId = nextMsgId++;
                 request.put("msg_id", msgId);
-                String target = attempt == 0 ? node : anyNode();
+                target = attempt == 0 ? node : otherNode(target);   // a retry after a timeout goes to another node
                 nodes.get(target).send(write(Map.of("src", id, "dest", target, "body", request)));
                 if (duplicate && attempt == 0) {   // the same request twice at once, to two nodes
                     Map<String, Object> twin = new LinkedHashMap<>(body);

@@ -107,6 +107,18 @@ class ClusterTest {
 
         // The real reply, late: ignored (and never answered).
         stdin.write(("{\"src\":\"lin-kv\",\"dest\":\"n1\",\"body\":{\"type\":\"error\",\"code\":20,\"in_reply_to\":" + msgId + "}}\n").getBytes(StandardCharsets.UTF_8));
+
+        // A value this service never writes: the client gets an indefinite error, and the node goes on.
+        stdin.write(Wire.charge(3, "s", 1, "5").getBytes(StandardCharsets.UTF_8));
+        stdin.flush();
+        Map<String, Object> again = parse(readLine(stdout, 10));
+        assertEquals("read", body(again).get("type"));
+        stdin.write(("{\"src\":\"lin-kv\",\"dest\":\"n1\",\"body\":{\"type\":\"read_ok\",\"value\":[1,2],\"in_reply_to\":"
+                + body(again).get("msg_id") + "}}\n").getBytes(StandardCharsets.UTF_8));
+        stdin.flush();
+        Map<String, Object> strange = parse(readLine(stdout, 10));
+        assertEquals(13L, body(strange).get("code"), strange.toString());
+        assertEquals(3L, body(strange).get("in_reply_to"));
         stdin.close();
         assertEquals(null, readLine(stdout, 10), "nothing more on stdout");
         assertTrue(node.waitFor(10, TimeUnit.SECONDS));

@@ -34,7 +34,7 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
-/** SPEC section 6: however often and however concurrently a step is retried, it takes effect once. */
+/** docs/PROTOCOL.md section 6: however often and however concurrently a step is retried, it takes effect once. */
 class ConcurrencyTest {
     private static final int THREADS = 8;
 

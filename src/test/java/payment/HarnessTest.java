@@ -19,7 +19,7 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
-/** The node as a citizen of a Maelstrom-style harness: SPEC.md section 7, and the rule of section 5 on broken lines. */
+/** The node as a citizen of a Maelstrom-style harness: docs/PROTOCOL.md section 7, and the rule of section 5 on broken lines. */
 class HarnessTest {
     @TempDir
     Path dir;

@@ -101,7 +101,7 @@ class ModelTest {
 
     // ---- the model ----------------------------------------------------------------------------------
 
-    /** SPEC.md as plain maps: what the node must print for a sequence of lines. */
+    /** The protocol (docs/PROTOCOL.md) as plain maps: what the node must print for a sequence of lines. */
     static final class Model {
         record Charge(String userId, String amount, String paymentId) {
         }
