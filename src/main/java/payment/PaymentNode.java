@@ -1182,11 +1182,11 @@ public final class PaymentNode {
     }
 
     /** Opens and replays this node's own journal, before its init_ok is written. */
-    private void openJournalAtInit() throws IOException {
-        if (nodeId == null || nodeId.contains("/") || nodeId.contains("\\") || nodeId.equals("..") || nodeId.contains("\0")) {
-            throw new RpcError(ErrorCode.MALFORMED_REQUEST, "node_id " + nodeId + " cannot name a journal file");
+    private void openJournalAtInit(String id) throws IOException {
+        if (id == null || id.contains("/") || id.contains("\\") || id.equals("..") || id.contains("\0")) {
+            throw new RpcError(ErrorCode.MALFORMED_REQUEST, "node_id " + id + " cannot name a journal file");
         }
-        String path = journalAtInit.replace(NODE_ID, nodeId);
+        String path = journalAtInit.replace(NODE_ID, id);
         try {
             use(State.replayed(Path.of(path), log, funds));
         } catch (IOException | RuntimeException e) {
@@ -1228,14 +1228,14 @@ public final class PaymentNode {
 
     private void handleInit(Envelope reply, RawMessage message, RawBody body) throws IOException {
         String id = isMissing(body.nodeId) ? stringOrNull(message.dest) : requiredString(body.nodeId, "node_id");
+        if (state == null && journalAtInit != null) {
+            openJournalAtInit(id);   // before the node takes the id: an id that cannot name a file changes nothing
+        }
         if (id != null) {
             // A repeated init only renames the node: the idempotency table is untouched.
             nodeId = id;
         }
-        if (state == null && journalAtInit != null) {
-            openJournalAtInit();
-        }
-        if (body.nodeIds > 1) {
+        if (body.nodeIds > 1 && service instanceof LocalService) {
             log.warn("init names " + body.nodeIds + " nodes, and this node shares no state with the others:"
                     + " a retry sent to another node may charge again");
         }

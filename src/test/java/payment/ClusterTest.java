@@ -126,6 +126,7 @@ class ClusterTest {
         String log = Files.readString(dir.resolve("stderr"));
         assertTrue(log.contains("a reply of type cas_ok to a read (msg_id " + msgId + "): dropped"), log);
         assertTrue(log.contains("a reply from lin-kv (in_reply_to " + msgId + "), and this node waits for none: dropped"), log);
+        assertTrue(!log.contains("shares no state"), "a node of the cluster shares its state: " + log);
     }
 
     @Test

@@ -37,6 +37,16 @@ class DocsTest {
         assertTrue(readme.contains("mvn -B -ntp test"), "the command that runs the tests");
     }
 
+    /** The output the quick start promises is what the node prints for that input. */
+    @Test
+    void theQuickStartShowsExactlyWhatTheNodePrints() throws IOException {
+        String readme = Files.readString(README);
+        String block = readme.substring(readme.indexOf("The first command prints"));
+        block = block.substring(block.indexOf("```text\n") + 8, block.indexOf("\n```", block.indexOf("```text")) + 1);
+        Path in = Path.of("tests", "golden", "01-sample-idempotent-charge.in");
+        assertEquals(Node.run(Files.readAllBytes(in)).stdout(), block);
+    }
+
     @Test
     void everyRelativeLinkLeadsToAFileOfTheRepository() throws IOException {
         Pattern link = Pattern.compile("\\]\\(([^)#:]+)(#[^)]*)?\\)");
