@@ -144,23 +144,35 @@ class RunScriptTest {
     /** Fails on the old run.sh: through a symlink it looked for the jar beside the link. */
     @Test
     void worksThroughASymlinkFromAnotherFolder(@TempDir Path elsewhere) throws Exception {
-        Files.createSymbolicLink(elsewhere.resolve("payment-node"), project.resolve("run.sh"));
-        Result result = runSample(elsewhere, "./payment-node", Map.of());
-        assertRepliesOnly(result);
-        assertFalse(Files.exists(elsewhere.resolve("target")), "nothing is built beside the link");
+        Path link = Files.createSymbolicLink(elsewhere.resolve("payment-node"), project.resolve("run.sh"));
+        try {
+            Result result = runSample(elsewhere, "./payment-node", Map.of());
+            assertRepliesOnly(result);
+            assertFalse(Files.exists(elsewhere.resolve("target")), "nothing is built beside the link");
+        } finally {
+            Files.delete(link);   // (JUnit warns about links that lead out of a temporary folder)
+        }
     }
 
     /** Fails on the old run.sh: "flock: command not found" (stock macOS has no flock). */
     @Test
     void buildsAheadWithoutFlockAndThenStartsAtOnce(@TempDir Path bin) throws Exception {
-        // A PATH with every command of this machine but flock.
-        try (Stream<Path> commands = Files.list(Path.of("/usr/bin"))) {
-            for (Path command : commands.toList()) {
-                if (!command.getFileName().toString().equals("flock")) {
-                    Files.createSymbolicLink(bin.resolve(command.getFileName()), command);
+        // A PATH with the commands run.sh uses, and no flock.
+        for (String command : List.of("bash", "env", "dirname", "readlink", "find", "mkdir", "cat", "rm", "sleep", "sed", "java")) {
+            Files.createSymbolicLink(bin.resolve(command), Path.of("/usr/bin", command).toRealPath());
+        }
+        try {
+            buildAheadOn(bin);
+        } finally {
+            try (Stream<Path> links = Files.list(bin)) {
+                for (Path link : links.toList()) {
+                    Files.delete(link);   // (JUnit warns about links that lead out of a temporary folder)
                 }
             }
         }
+    }
+
+    private static void buildAheadOn(Path bin) throws Exception {
         Files.deleteIfExists(project.resolve("target/payment-node.jsa"));   // stale: --build must make it again
         Map<String, String> noFlock = Map.of("PATH", bin.toString());
         Result built = run(List.of("./run.sh", "--build"), project, noFlock, new byte[0]);
