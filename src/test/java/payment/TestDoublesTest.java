@@ -202,13 +202,13 @@ class TestDoublesTest {
     /** While only delayed replies are pending, the node sleeps: no busy wait. */
     @Test
     void pendingDelayedRepliesCostNoCpu() throws Exception {
-        Process node = Node.start("--faults", "delay=1:4000", "--seed", "1");
+        Process node = Node.start("--faults", "delay=1:6000", "--seed", "1");
         OutputStream stdin = node.getOutputStream();
         for (int i = 1; i <= 20; i++) {
             stdin.write(Wire.charge(i, "s" + i, 1, "1").getBytes(StandardCharsets.UTF_8));
         }
         stdin.flush();
-        Thread.sleep(1500);   // start-up and the requests are done; 20 replies wait for their time
+        Thread.sleep(2500);   // start-up, its compilation and the requests are done; 20 replies wait for their time
         Duration before = node.info().totalCpuDuration().orElseThrow();
         Thread.sleep(1000);
         Duration spent = node.info().totalCpuDuration().orElseThrow().minus(before);
