@@ -461,6 +461,9 @@ public final class PaymentNode {
 
     private static final Line END_OF_INPUT = new Line(null, null, 0);
 
+    /** How long a cluster node may hold its output in a buffer while input keeps coming. */
+    private static final long MAX_HOLD_NANOS = 2_000_000;
+
     /**
      * The main loop of a cluster node. A reader thread reads stdin, and this thread handles each line and
      * each lin-kv reply as it comes, and answers the calls that lin-kv left unanswered past their time:
@@ -491,10 +494,16 @@ public final class PaymentNode {
         reader.start();
         try {
             boolean inputOpen = true;
+            long flushedAt = System.nanoTime();
             while (inputOpen || cluster.waiting()) {
                 Line line = queue.poll();
+                if (line == null || System.nanoTime() - flushedAt > MAX_HOLD_NANOS) {
+                    // Before waiting, and at least every MAX_HOLD_NANOS under a flood of input: lin-kv
+                    // requests and replies never sit in a buffer while their time runs.
+                    replies.flush();
+                    flushedAt = System.nanoTime();
+                }
                 if (line == null) {
-                    replies.flush();   // before waiting: lin-kv requests and replies never sit in a buffer
                     long wait = cluster.millisToNextDeadline();
                     line = wait < 0 ? (inputOpen ? queue.take() : null) : queue.poll(wait, TimeUnit.MILLISECONDS);
                 }
