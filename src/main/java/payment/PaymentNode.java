@@ -325,15 +325,21 @@ public final class PaymentNode {
         }
 
         private static long kvTimeout(String text) {
-            try {
-                long millis = Long.parseLong(text);
-                if (millis > 0 && millis <= 3_600_000) {
-                    return millis;
-                }
-            } catch (NumberFormatException e) {
-                // said below
+            Long millis = wholeNumber(text, 1, 3_600_000);
+            if (millis == null) {
+                throw new IllegalArgumentException("--kv-timeout needs milliseconds from 1 to 3600000, got " + text);
             }
-            throw new IllegalArgumentException("--kv-timeout needs milliseconds from 1 to 3600000, got " + text);
+            return millis;
+        }
+
+        /** A whole number from {@code min} to {@code max} given on the command line, else null. */
+        static Long wholeNumber(String text, long min, long max) {
+            try {
+                long number = Long.parseLong(text);
+                return number >= min && number <= max ? number : null;
+            } catch (NumberFormatException notANumber) {
+                return null;
+            }
         }
 
         private static final Map<String, String> EXAMPLES = Map.of(
@@ -1400,13 +1406,9 @@ public final class PaymentNode {
         }
 
         private static long milliseconds(String text) {
-            try {
-                long ms = Long.parseLong(text);
-                if (ms >= 0 && ms <= 3_600_000) {
-                    return ms;
-                }
-            } catch (NumberFormatException notANumber) {
-                // said below
+            Long millis = Options.wholeNumber(text, 0, 3_600_000);
+            if (millis != null) {
+                return millis;
             }
             throw new IllegalArgumentException("--faults: delay needs whole milliseconds from 0 to 3600000, got '" + text + "'");
         }
@@ -1788,12 +1790,14 @@ public final class PaymentNode {
 
         @Override
         public void repay(Charged payment, String amount) {
-            left.merge(payment.userId(), start.add(new BigDecimal(amount)), (balance, ignored) -> balance.add(new BigDecimal(amount)));
+            BigDecimal repaid = new BigDecimal(amount);
+            left.compute(payment.userId(), (user, balance) -> (balance == null ? start : balance).add(repaid));
         }
 
         @Override
         public void restoreWithdrawal(String userId, String amount) {
-            left.merge(userId, start.subtract(new BigDecimal(amount)), (balance, ignored) -> balance.subtract(new BigDecimal(amount)));
+            BigDecimal charged = new BigDecimal(amount);
+            left.compute(userId, (user, balance) -> (balance == null ? start : balance).subtract(charged));
         }
     }
 
@@ -2287,6 +2291,11 @@ public final class PaymentNode {
             field("msg_id");
             json.number(nextMsgId++);
             json.ascii("}}\n");
+            writeBatchIfFull();
+        }
+
+        /** A full batch goes out, unless a reply is held back for a fault to decide. */
+        private void writeBatchIfFull() throws IOException {
             if (json.size() >= BATCH_BYTES && !holding) {
                 writeBatch();
             }
@@ -2328,11 +2337,9 @@ public final class PaymentNode {
          * strings or flat objects of strings ({@link KvValue}); {@code from} and {@code to} are left out when null.
          */
         long kvRequest(String from, String type, String key, Object value, Object casFrom, Object casTo, boolean create) throws IOException {
-            long msgId = nextMsgId++;
-            json.ascii("{\"src\": ");
-            json.string(from);
-            json.ascii(", \"dest\": \"" + ClusterService.KV + "\", \"body\": {\"type\": ");
-            json.string(type);
+            Envelope to = new Envelope(from, ClusterService.KV, null);
+            long msgId = nextMsgId;
+            begin(to, type);
             field("key");
             json.string(key);
             if (value != null) {
@@ -2348,21 +2355,14 @@ public final class PaymentNode {
             if (create) {
                 json.ascii(", \"create_if_not_exists\": true");
             }
-            field("msg_id");
-            json.number(msgId);
-            json.ascii("}}\n");
-            if (json.size() >= BATCH_BYTES && !holding) {
-                writeBatch();
-            }
+            end(to);
             return msgId;
         }
 
         /** Writes a line taken out before (a duplicate). */
         void raw(byte[] line) throws IOException {
             json.bytes(line);
-            if (json.size() >= BATCH_BYTES) {
-                writeBatch();
-            }
+            writeBatchIfFull();
         }
 
         /** Writes a line once {@code millis} have passed; later replies may overtake it. */
@@ -2924,20 +2924,24 @@ public final class PaymentNode {
                             return;
                         }
                         // The node that charged it may have died before its index was written: write it again.
-                        send(flight, "write", "payment/" + record.get("payment_id"), KvValue.record("step", request.key()),
-                                null, null, false, finish);
+                        writeIndex(flight, record.get("payment_id"), request.key(), finish);
                     });
                 });
-                send(flight, "write", "payment/" + paymentId, KvValue.record("step", request.key()), null, null, false, finish);
+                writeIndex(flight, paymentId, request.key(), finish);
             });
         }
 
         /** A retry of a charge this node has seen but whose index it has not written: write it, then answer. */
         private void answerChargeIndexed(Flight flight, ChargeRequest request, Map<String, String> record) throws IOException {
-            send(flight, "write", "payment/" + record.get("payment_id"), KvValue.record("step", request.key()), null, null, false, (o, v) -> {
+            writeIndex(flight, record.get("payment_id"), request.key(), (o, v) -> {
                 indexed.add(request.key());
                 answerCharge(flight, request, record, true);
             });
+        }
+
+        /** Which step a payment belongs to, so that a refund naming the payment finds it. */
+        private void writeIndex(Flight flight, String paymentId, String chargeKey, Then then) throws IOException {
+            send(flight, "write", "payment/" + paymentId, KvValue.record("step", chargeKey), null, null, false, then);
         }
 
         private void answerCharge(Flight flight, ChargeRequest request, Map<String, String> record, boolean replayed) throws IOException {
