@@ -67,82 +67,12 @@ import java.util.zip.CRC32;
  * number of threads, charges or refunds at most once and every attempt gets the same answer.
  */
 public final class PaymentNode {
-
     // ---------------------------------------------------------------------------------------------
-    // 0. Start-up: options, the journal, a warm-up, then the main loop
+    // 1. The main loop: a line's trip, from stdin to dispatch
     // ---------------------------------------------------------------------------------------------
 
     /** A longer line is refused (error 12) without ever being held in memory whole. */
     static final int MAX_LINE_BYTES = 1 << 20;
-
-    /** The exit status of an injected crash (--faults crash=P): the work was done and journaled, no reply sent. */
-    static final int EXIT_INJECTED_CRASH = 3;
-
-    /** In a --journal path, stands for the node's id: each node of a harness keeps its own file. */
-    static final String NODE_ID = "{node_id}";
-
-    static final String USAGE = """
-            Usage: ./run.sh [--journal FILE] [--balance AMOUNT] [--faults LIST --seed N]
-                            [--verbose] < messages.jsonl
-                   ./run.sh --store lin-kv [--kv-timeout MS] [--verbose]
-                   ./run.sh --build
-                   java -jar target/payment-node.jar [OPTIONS]
-
-            The payment participant of a saga, as a Maelstrom node. It reads one JSON
-            message per line on stdin and writes one JSON reply per line on stdout:
-              init           -> init_ok
-              ChargePayment  -> ChargePayment_ok  (once per saga_id and step: a retry gets
-                                                   the cached result, never a second charge)
-              RefundPayment  -> RefundPayment_ok  (the compensation, just as idempotent)
-              PaymentStatus  -> PaymentStatus_ok  (what is recorded for a step, read only)
-            Bad input gets a Maelstrom error reply (codes 10-14, 22), or a line on stderr
-            when it cannot be answered; a message with in_reply_to is a reply and is never
-            answered. The node never stops on bad input; it exits 0 at the end of its input.
-
-            Options:
-              --journal FILE  keep every charge, refund and closed step in FILE (created
-                              if missing, readable by its owner only) and replay it on
-                              start, so that a restart forgets nothing; a reply is written
-                              only once its record is on disk. {node_id} in FILE stands
-                              for the node's id: each node of a harness keeps its own
-                              file, opened at its first init (requests before it get
-                              error 11). Without --journal, state lives in memory only
-                              and a restart forgets every idempotency key.
-              --balance AMOUNT
-                              every user starts with AMOUNT; a charge above what is
-                              left is declined (error 14, stored as the step's
-                              result); a refund pays back
-              --faults LIST   inject the faults of a real payment service into
-                              ChargePayment and RefundPayment, at most one per
-                              attempt, e.g. fail=0.05,drop=0.1,unknown=0.02,
-                              delay=0.1:200,duplicate=0.05,crash=0.01:
-                                fail       nothing is done; error 11 (definite)
-                                drop       done; no reply
-                                unknown    done; error 13 (indefinite)
-                                delay=P:MS done; the reply leaves MS ms later
-                                duplicate  done; the reply comes twice
-                                crash      done and journaled; exit 3, no reply
-                              each one logged on stderr with its key and msg_id
-              --seed N        the seed of --faults (default 0): the same seed and
-                              input give the same faults
-              --store lin-kv  one payment service across every node started so: the
-                              table and ledgers live in the harness's lin-kv service,
-                              and a retry to any node (or a restarted one) gets the
-                              same result (docs/CLUSTER.md)
-              --kv-timeout MS how long to wait for lin-kv before answering error 0,
-                              outcome unknown (default 1000)
-              -v, --verbose   also log every request and every cached answer on stderr
-              -h, --help      print this help and exit
-              --build         (run.sh only) build the jar ahead, then exit: a fresh
-                              clone's first build takes ~10 s, as long as Maelstrom
-                              waits for init_ok
-
-            stdout carries replies and nothing else; logs go to stderr. JAVA_OPTS adds
-            JVM options (run.sh keeps whatever they print off stdout).
-
-            Example:
-              printf '%s\\n' '{"src":"c1","dest":"n1","body":{"type":"init","msg_id":1}}' | ./run.sh
-            """;
 
     private static final JsonFactory JSON = JsonFactory.builder()
             // Numbers are kept as text and judged by Amount.parse, so that a 100,000-digit amount gets
@@ -213,6 +143,30 @@ public final class PaymentNode {
         replies.commitFirst(state.journal());
     }
 
+    /** What a node serves from: the idempotency table, and the journal its changes go to. */
+    record State(PaymentHandler payments, Journal journal) {
+        static State inMemory(Log log) {
+            return inMemory(log, Funds.UNLIMITED);
+        }
+
+        static State inMemory(Log log, Funds funds) {
+            return new State(new PaymentHandler(log, Journal.NONE, funds), Journal.NONE);
+        }
+
+        static State replayed(Path path, Log log) throws IOException {
+            return replayed(path, log, Funds.UNLIMITED);
+        }
+
+        /** State that comes back from the journal and goes on into it. */
+        static State replayed(Path path, Log log, Funds funds) throws IOException {
+            FileJournal journal = FileJournal.open(path);
+            PaymentHandler payments = new PaymentHandler(log, journal, funds);
+            long records = journal.replay(payments, log);
+            log.info("journal " + path + ": replayed " + records + " records");
+            return new State(payments, journal);
+        }
+    }
+
     public static void main(String[] args) {
         Options options;
         try {
@@ -253,184 +207,6 @@ public final class PaymentNode {
         System.exit(node.serve(new FileInputStream(FileDescriptor.in)));
     }
 
-    /**
-     * Where replies go: stdout, or the file that {@code -Dpayment.replies} names. run.sh names a copy of
-     * its stdout there and gives the JVM stderr as stdout, so that nothing a JVM option prints can mix
-     * with the replies. Appending, so that a reopened {@code >>} file is never overwritten.
-     */
-    private static OutputStream replyStream() throws IOException {
-        String path = System.getProperty("payment.replies");
-        return path == null ? new FileOutputStream(FileDescriptor.out) : new FileOutputStream(path, true);
-    }
-
-    /** The command line. {@code journal}, {@code balance} and {@code faults} are null when not given. */
-    record Options(boolean verbose, boolean help, String journal, BigDecimal balance, FaultPlan faults, long seed,
-                   boolean linKv, long kvTimeoutMillis) {
-        /** How long a cluster node waits for a lin-kv reply before it answers its client "outcome unknown". */
-        static final long DEFAULT_KV_TIMEOUT_MILLIS = 1000;
-
-        static Options parse(String[] args) {
-            boolean verbose = false;
-            boolean help = false;
-            String journal = null;
-            BigDecimal balance = null;
-            FaultPlan faults = null;
-            long seed = 0;
-            boolean linKv = false;
-            long kvTimeout = DEFAULT_KV_TIMEOUT_MILLIS;
-            for (int i = 0; i < args.length; i++) {
-                String arg = args[i];
-                int equals = arg.startsWith("--") ? arg.indexOf('=') : -1;
-                String name = equals < 0 ? arg : arg.substring(0, equals);
-                switch (name) {
-                    case "--verbose", "-v", "--help", "-h" -> {
-                        if (equals >= 0) {
-                            throw new IllegalArgumentException(name + " takes no value");
-                        }
-                        verbose |= name.equals("--verbose") || name.equals("-v");
-                        help |= name.equals("--help") || name.equals("-h");
-                    }
-                    case "--journal", "--balance", "--faults", "--seed", "--store", "--kv-timeout" -> {
-                        String value = equals >= 0 ? arg.substring(equals + 1) : ++i < args.length ? args[i] : null;
-                        if (value == null || value.isEmpty()) {
-                            throw new IllegalArgumentException(name + " needs a value" + EXAMPLES.get(name));
-                        }
-                        switch (name) {
-                            case "--journal" -> journal = journalPath(value);
-                            case "--balance" -> balance = balance(value);
-                            case "--faults" -> faults = FaultPlan.parse(value);
-                            case "--store" -> linKv = store(value);
-                            case "--kv-timeout" -> kvTimeout = kvTimeout(value);
-                            default -> seed = seed(value);
-                        }
-                    }
-                    default -> throw new IllegalArgumentException("unknown option: " + arg);
-                }
-            }
-            if (linKv && journal != null) {
-                throw new IllegalArgumentException("--store lin-kv keeps the state in lin-kv: it goes with no --journal");
-            }
-            if (linKv && (balance != null || faults != null)) {
-                throw new IllegalArgumentException("--balance and --faults are not available with --store lin-kv");
-            }
-            return new Options(verbose, help, journal, balance, faults, seed, linKv, kvTimeout);
-        }
-
-        private static boolean store(String text) {
-            return switch (text) {
-                case "lin-kv" -> true;
-                case "memory" -> false;
-                default -> throw new IllegalArgumentException("--store is lin-kv or memory, got " + text);
-            };
-        }
-
-        private static long kvTimeout(String text) {
-            Long millis = wholeNumber(text, 1, 3_600_000);
-            if (millis == null) {
-                throw new IllegalArgumentException("--kv-timeout needs milliseconds from 1 to 3600000, got " + text);
-            }
-            return millis;
-        }
-
-        /** A whole number from {@code min} to {@code max} given on the command line, else null. */
-        static Long wholeNumber(String text, long min, long max) {
-            try {
-                long number = Long.parseLong(text);
-                return number >= min && number <= max ? number : null;
-            } catch (NumberFormatException notANumber) {
-                return null;
-            }
-        }
-
-        private static final Map<String, String> EXAMPLES = Map.of(
-                "--journal", ", a file name (e.g. --journal 'payments-{node_id}.journal')",
-                "--balance", ", an amount (e.g. --balance 100.00)",
-                "--faults", " (e.g. --faults fail=0.05,drop=0.1,delay=0.1:200)",
-                "--seed", ", an integer (e.g. --seed 7)",
-                "--store", " (--store lin-kv)",
-                "--kv-timeout", ", milliseconds (e.g. --kv-timeout 1000)");
-
-        private static String journalPath(String name) {
-            Path.of(name.replace(NODE_ID, "n1"));   // a path this system cannot have is a usage error now, not at init
-            return name;
-        }
-
-        private static BigDecimal balance(String text) {
-            try {
-                BigDecimal amount = new BigDecimal(text);
-                if (amount.signum() >= 0 && amount.precision() - amount.scale() <= Amount.MAX_DIGITS && amount.scale() <= Amount.MAX_DIGITS) {
-                    return amount;
-                }
-            } catch (NumberFormatException notANumber) {
-                // said below
-            }
-            throw new IllegalArgumentException("--balance needs an amount of 0 or more, got " + text);
-        }
-
-        private static long seed(String text) {
-            try {
-                return Long.parseLong(text);
-            } catch (NumberFormatException e) {
-                throw new IllegalArgumentException("--seed needs an integer, got " + text);
-            }
-        }
-    }
-
-    /** What a node serves from: the idempotency table, and the journal its changes go to. */
-    record State(PaymentHandler payments, Journal journal) {
-        static State inMemory(Log log) {
-            return inMemory(log, Funds.UNLIMITED);
-        }
-
-        static State inMemory(Log log, Funds funds) {
-            return new State(new PaymentHandler(log, Journal.NONE, funds), Journal.NONE);
-        }
-
-        static State replayed(Path path, Log log) throws IOException {
-            return replayed(path, log, Funds.UNLIMITED);
-        }
-
-        /** State that comes back from the journal and goes on into it. */
-        static State replayed(Path path, Log log, Funds funds) throws IOException {
-            FileJournal journal = FileJournal.open(path);
-            PaymentHandler payments = new PaymentHandler(log, journal, funds);
-            long records = journal.replay(payments, log);
-            log.info("journal " + path + ": replayed " + records + " records");
-            return new State(payments, journal);
-        }
-    }
-
-    private static String journalProblem(Exception e) {
-        if (e instanceof NoSuchFileException) {
-            return "its folder does not exist";
-        }
-        if (e instanceof AccessDeniedException) {
-            return "permission denied";
-        }
-        return e instanceof FileSystemException f && f.getReason() != null ? f.getReason() : e.getMessage();
-    }
-
-    /**
-     * Runs every kind of request once through a throwaway node, on the second core while the real one
-     * starts: the first real charge then finds its classes loaded and linked instead of paying for that
-     * itself (a few milliseconds). It shares nothing with the real node: its own handler, no journal,
-     * no output.
-     */
-    private static void warmUp() {
-        String lines = """
-                {"src":"c0","dest":"w","body":{"type":"init","msg_id":1}}
-                {"src":"c1","dest":"w","body":{"type":"ChargePayment","msg_id":2,"saga_id":"w","step":1,"params":{"user_id":"u","amount":9.99}}}
-                {"src":"c1","dest":"w","body":{"type":"ChargePayment","msg_id":3,"saga_id":"w","step":1,"params":{"user_id":"u","amount":9.99}}}
-                {"src":"c1","dest":"w","body":{"type":"RefundPayment","msg_id":4,"saga_id":"w","step":1,"params":{"payment_id":"p1","amount":1}}}
-                {"src":"c1","dest":"w","body":{"type":"RefundPayment","msg_id":5,"saga_id":"w","step":1,"params":{"payment_id":"p1","amount":1}}}
-                {"src":"c1","dest":"w","body":{"type":"RefundPayment","msg_id":6,"saga_id":"w","step":2}}
-                {"src":"c1","dest":"w","body":{"type":"ChargePayment","msg_id":7,"saga_id":"w","step":2,"params":{"user_id":"u","amount":1}}}
-                """;
-        Log silent = new Log(new PrintStream(OutputStream.nullOutputStream()), false);
-        new PaymentNode(State.inMemory(silent), OutputStream.nullOutputStream(), silent)
-                .serve(new ByteArrayInputStream(lines.getBytes(StandardCharsets.UTF_8)));
-    }
-
     /** Serves every line of {@code in}; returns the exit status: 0 at end of input, 1 if stdin, stdout or the journal failed. */
     int serve(InputStream in) {
         if (service instanceof ClusterService cluster) {
@@ -457,80 +233,6 @@ public final class PaymentNode {
             return 2;
         } catch (IOException e) {
             log.error("stopping: reading stdin, writing stdout or writing the journal failed: " + e, null);
-            return 1;
-        }
-    }
-
-    /** One line read by the cluster's reader thread (a copy: the reader goes on meanwhile). */
-    private record Line(byte[] bytes, byte[] tooLongPrefix, long tooLongLength) {
-    }
-
-    private static final Line END_OF_INPUT = new Line(null, null, 0);
-
-    /** How long a cluster node may hold its output in a buffer while input keeps coming. */
-    private static final long MAX_HOLD_NANOS = 2_000_000;
-
-    /**
-     * The main loop of a cluster node. A reader thread reads stdin, and this thread handles each line and
-     * each lin-kv reply as it comes, and answers the calls that lin-kv left unanswered past their time:
-     * the input never waits for lin-kv. At the end of input, calls still waiting can only time out.
-     */
-    private int serveCluster(InputStream in, ClusterService cluster) {
-        BlockingQueue<Line> queue = new ArrayBlockingQueue<>(4096);
-        IOException[] readFailure = new IOException[1];
-        Thread reader = new Thread(() -> {
-            LineReader lines = new LineReader(in, MAX_LINE_BYTES, () -> { });
-            try {
-                while (lines.next()) {
-                    queue.put(new Line(Arrays.copyOfRange(lines.buffer(), lines.start(), lines.start() + lines.length()),
-                            lines.tooLongPrefix(), lines.tooLongLength()));
-                }
-            } catch (IOException e) {
-                readFailure[0] = e;
-            } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
-            }
-            try {
-                queue.put(END_OF_INPUT);
-            } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
-            }
-        }, "stdin");
-        reader.setDaemon(true);
-        reader.start();
-        try {
-            boolean inputOpen = true;
-            long flushedAt = System.nanoTime();
-            while (inputOpen || cluster.waiting()) {
-                Line line = queue.poll();
-                if (line == null || System.nanoTime() - flushedAt > MAX_HOLD_NANOS) {
-                    // Before waiting, and at least every MAX_HOLD_NANOS under a flood of input: lin-kv
-                    // requests and replies never sit in a buffer while their time runs.
-                    replies.flush();
-                    flushedAt = System.nanoTime();
-                }
-                if (line == null) {
-                    long wait = cluster.millisToNextDeadline();
-                    line = wait < 0 ? (inputOpen ? queue.take() : null) : queue.poll(wait, TimeUnit.MILLISECONDS);
-                }
-                cluster.expire();
-                if (line == END_OF_INPUT) {
-                    inputOpen = false;
-                } else if (line != null) {
-                    lineNumber++;
-                    handleLine(line.bytes(), 0, line.bytes().length, line.tooLongPrefix(), line.tooLongLength());
-                }
-            }
-            replies.flush();
-            if (readFailure[0] != null) {
-                throw readFailure[0];
-            }
-            return 0;
-        } catch (InterruptedException e) {
-            Thread.currentThread().interrupt();
-            return 1;
-        } catch (IOException e) {
-            log.error("stopping: reading stdin or writing stdout failed: " + e, null);
             return 1;
         }
     }
@@ -582,576 +284,19 @@ public final class PaymentNode {
         replies.error(replyEnvelope(message, body), new RpcError(ErrorCode.MALFORMED_REQUEST, reason));
     }
 
-    /** Up to 200 characters of a line for a log, escaped: a control character never reaches a terminal raw. */
-    static String excerpt(byte[] bytes, int start, int length) {
-        String text = new String(bytes, start, Math.min(length, 200), StandardCharsets.UTF_8);
-        StringBuilder escaped = new StringBuilder(text.length());
-        for (int i = 0; i < text.length(); i++) {
-            char c = text.charAt(i);
-            if (c < ' ' || c == 0x7f || (c >= 0x80 && c < 0xa0) || c == '\\') {
-                escaped.append(switch (c) {
-                    case '\n' -> "\\n";
-                    case '\r' -> "\\r";
-                    case '\t' -> "\\t";
-                    case '\\' -> "\\\\";
-                    default -> String.format("\\u%04x", (int) c);
-                });
-            } else {
-                escaped.append(c);
-            }
-        }
-        return length > 200 ? escaped + "..." : escaped.toString();
-    }
-
-    /** Why a line is not JSON, in plain words rather than the parser's (no feature names, no locations). */
-    static String plainReason(Exception e) {
-        String text = e instanceof JsonProcessingException json ? json.getOriginalMessage() : e.getMessage();
-        if (text == null) {
-            return e.getClass().getSimpleName();
-        }
-        text = text.lines().findFirst().orElse(text);
-        if (text.contains("JSON value, but not an object") || text.contains("after the JSON object")) {
-            return text;   // our own words
-        }
-        return "not valid JSON: " + plainJacksonReason(text);
-    }
-
-    private static String plainJacksonReason(String text) {
-        Matcher m;
-        if (text.startsWith("Unexpected end-of-input")) {
-            return "the line ends before the JSON does";
-        }
-        if ((m = Pattern.compile("^Unexpected character \\('(.*)' \\(code (\\d+)\\)\\)").matcher(text)).find()) {
-            return "unexpected character " + quoted(m.group(1), Integer.parseInt(m.group(2)))
-                    + (text.contains("double-quote to start field name") ? " where a field name in double quotes should be" : "");
-        }
-        if ((m = Pattern.compile("^Unrecognized token '([^']*)'").matcher(text)).find()
-                || (m = Pattern.compile("^Non-standard token '([^']*)'").matcher(text)).find()) {
-            return "'" + abbreviate(m.group(1)) + "' is not a JSON value";
-        }
-        if ((m = Pattern.compile("^Illegal (unquoted )?character \\(\\(CTRL-CHAR, code (\\d+)\\)\\)").matcher(text)).find()) {
-            return "control character " + quoted("", Integer.parseInt(m.group(2)))
-                    + (m.group(1) != null ? " inside a string (it must be escaped)" : " between tokens");
-        }
-        if (text.contains("Invalid UTF-8") || text.contains("UTF-32") || text.contains("UTF-16")) {   // (NULs look like UTF-32 to the parser)
-            return "the line is not valid UTF-8";
-        }
-        if (text.contains("Leading zeroes not allowed")) {
-            return "a number with a leading zero";
-        }
-        if (text.contains("nesting depth")) {
-            return "nested too deeply";
-        }
-        // Anything else: the parser's first sentence, without its hints about parser features.
-        return text.replaceAll("\\s*\\(?(: )?enable `[^`]*`[^)]*\\)?", "").replaceAll("`", "");
-    }
-
-    private static String quoted(String character, int code) {
-        return code >= ' ' && code < 0x7f ? "'" + character + "'" : String.format("U+%04X", code);
-    }
-
-    // ---------------------------------------------------------------------------------------------
-    // 1. Read a line
-    // ---------------------------------------------------------------------------------------------
-
     /**
-     * Splits a byte stream into lines. It holds at most {@code maxLine} bytes of any one line (the
-     * rest of a longer line is read and dropped), and it flushes the replies before every read that
-     * could block: replies go out in big batches under a burst, and none is left waiting in a buffer
-     * while the node waits for input.
+     * A line over the limit is answered from what its first megabyte says: if {@code src} (and
+     * {@code msg_id}) came before the cut, the sender learns why; otherwise it can only be logged.
      */
-    static final class LineReader {
-        private static final int CHUNK = 64 * 1024;
-
-        private final InputStream in;
-        private final int maxLine;
-        private final Flushable beforeBlocking;
-        private byte[] buf = new byte[CHUNK];
-        private int pos;        // start of the unread bytes
-        private int limit;      // end of the unread bytes
-        private int scanned;    // bytes from pos on already known to hold no newline
-        private boolean eof;
-        private int lineStart;
-        private int lineEnd;
-        private byte[] tooLongPrefix;
-        private long tooLongLength;
-
-        LineReader(InputStream in, int maxLine, Flushable beforeBlocking) {
-            this.in = in;
-            this.maxLine = maxLine;
-            this.beforeBlocking = beforeBlocking;
-        }
-
-        /** Moves to the next line (the last one may lack its newline); false at end of input. */
-        boolean next() throws IOException {
-            tooLongPrefix = null;
-            while (true) {
-                int newline = indexOfNewline(pos + scanned, limit);
-                if (newline >= 0 && newline - pos <= maxLine) {
-                    return takeLine(newline, newline + 1);
-                }
-                if (newline >= 0) {
-                    keepPrefixOfLongLine(newline - pos);
-                    pos = newline + 1;
-                    return true;
-                }
-                scanned = limit - pos;
-                if (scanned > maxLine) {
-                    keepPrefixOfLongLine(scanned);
-                    dropRestOfLongLine();
-                    return true;
-                }
-                if (eof) {
-                    return pos < limit && takeLine(limit, limit);
-                }
-                fill();
-            }
-        }
-
-        byte[] buffer() {
-            return buf;
-        }
-
-        int start() {
-            return lineStart;
-        }
-
-        int length() {
-            return lineEnd - lineStart;
-        }
-
-        /** The first {@code maxLine} bytes of the current line if it was longer, else null. */
-        byte[] tooLongPrefix() {
-            return tooLongPrefix;
-        }
-
-        long tooLongLength() {
-            return tooLongLength;
-        }
-
-        static boolean isBlank(byte[] buf, int from, int to) {
-            for (int i = from; i < to; i++) {
-                byte b = buf[i];
-                if (b != ' ' && b != '\t' && b != '\r') {
-                    return false;
-                }
-            }
-            return true;
-        }
-
-        private boolean takeLine(int end, int next) {
-            lineStart = pos;
-            lineEnd = end;
-            pos = next;
-            scanned = 0;
-            return true;
-        }
-
-        private int indexOfNewline(int from, int to) {
-            for (int i = from; i < to; i++) {
-                if (buf[i] == '\n') {
-                    return i;
-                }
-            }
-            return -1;
-        }
-
-        private void fill() throws IOException {
-            if (pos > 0) {
-                System.arraycopy(buf, pos, buf, 0, limit - pos);
-                limit -= pos;
-                pos = 0;
-            }
-            if (limit == buf.length) {
-                buf = Arrays.copyOf(buf, Math.min(buf.length * 2, maxLine + CHUNK));
-            }
-            if (in.available() == 0) {
-                beforeBlocking.flush();
-            }
-            int n = in.read(buf, limit, buf.length - limit);
-            if (n < 0) {
-                eof = true;
-            } else {
-                limit += n;
-            }
-        }
-
-        private void keepPrefixOfLongLine(long lengthSoFar) {
-            tooLongPrefix = Arrays.copyOfRange(buf, pos, pos + maxLine);
-            tooLongLength = lengthSoFar;
-            scanned = 0;
-        }
-
-        /** Reads on to the end of a too-long line, keeping none of it. */
-        private void dropRestOfLongLine() throws IOException {
-            pos = limit = 0;
-            while (!eof) {
-                fill();
-                int newline = indexOfNewline(0, limit);
-                if (newline >= 0) {
-                    tooLongLength += newline;
-                    pos = newline + 1;
-                    return;
-                }
-                tooLongLength += limit;
-                limit = 0;
-            }
-        }
-    }
-
-    // ---------------------------------------------------------------------------------------------
-    // 2. Parse: the fields the node reads, still unchecked; everything else is skipped unread
-    // ---------------------------------------------------------------------------------------------
-
-    /** A JSON scalar as written (numbers keep their exact text), or the bare token of an object or array. */
-    record Value(JsonToken token, String text) {
-        static Value read(JsonParser parser, JsonToken token) throws IOException {
-            parser.skipChildren();
-            return new Value(token, token.isScalarValue() ? parser.getText() : null);
-        }
-    }
-
-    static final class RawMessage {
-        Value src;
-        Value dest;
-        JsonToken bodyToken;   // null when there is no body
-        RawBody body;          // null when missing or not an object
-        boolean typeOutside;   // a "type" next to src: a body pasted without its envelope
-    }
-
-    static final class RawBody {
-        Value type;
-        Value msgId;
-        Value inReplyTo;   // set: this is a reply to something this node sent, never a request
-        Value code;        // of an error reply
-        Value text;
-        Object value;      // of a lin-kv read_ok: a String, a flat object of strings (a Map), or KvValue.OTHER
-        Value nodeId;
-        int nodeIds = -1;  // how many node_ids init named (-1: none)
-        Value sagaId;
-        Value step;
-        Value compensating;
-        RawParams params;   // null when missing
-    }
-
-    static final class RawParams {
-        final JsonToken token;   // what params was: an object (its fields below), or null, a string, ...
-        Value userId;
-        Value amount;
-        Value paymentId;
-
-        RawParams(JsonToken token) {
-            this.token = token;
-        }
-    }
-
-    /**
-     * Reads one line into {@code message}. Fields fill in as they are read, so a line cut short still
-     * leaves what came before the cut. A repeated key keeps its last value, as in JSON.parse.
-     */
-    static void parse(byte[] line, int start, int length, RawMessage message) throws IOException {
-        try (JsonParser parser = JSON.createParser(line, start, length)) {
-            if (parser.nextToken() != JsonToken.START_OBJECT) {
-                throw new JsonParseException(parser, "a JSON value, but not an object");
-            }
-            while (parser.nextToken() == JsonToken.FIELD_NAME) {
-                String name = parser.currentName();
-                JsonToken token = parser.nextToken();
-                switch (name) {
-                    case "src" -> message.src = Value.read(parser, token);
-                    case "dest" -> message.dest = Value.read(parser, token);
-                    case "type" -> {
-                        message.typeOutside = true;
-                        parser.skipChildren();
-                    }
-                    case "body" -> {
-                        // Attached before it is filled in, so that a line cut short keeps what its body began with.
-                        message.bodyToken = token;
-                        message.body = token == JsonToken.START_OBJECT ? new RawBody() : null;
-                        if (message.body != null) {
-                            parseBody(parser, message.body);
-                        } else {
-                            parser.skipChildren();
-                        }
-                    }
-                    default -> parser.skipChildren();
-                }
-            }
-            if (parser.nextToken() != null) {
-                throw new JsonParseException(parser, "more data after the JSON object");
-            }
-        }
-    }
-
-    private static void parseBody(JsonParser parser, RawBody body) throws IOException {
-        while (parser.nextToken() == JsonToken.FIELD_NAME) {
-            String name = parser.currentName();
-            JsonToken token = parser.nextToken();
-            switch (name) {
-                case "type" -> body.type = Value.read(parser, token);
-                case "msg_id" -> body.msgId = Value.read(parser, token);
-                case "in_reply_to" -> body.inReplyTo = Value.read(parser, token);
-                case "code" -> body.code = Value.read(parser, token);
-                case "text" -> body.text = Value.read(parser, token);
-                case "value" -> body.value = KvValue.read(parser, token);
-                case "node_id" -> body.nodeId = Value.read(parser, token);
-                case "node_ids" -> body.nodeIds = countItems(parser, token);
-                case "saga_id" -> body.sagaId = Value.read(parser, token);
-                case "step" -> body.step = Value.read(parser, token);
-                case "compensating" -> body.compensating = Value.read(parser, token);
-                case "params" -> {
-                    body.params = new RawParams(token);
-                    if (token == JsonToken.START_OBJECT) {
-                        parseParams(parser, body.params);
-                    } else {
-                        parser.skipChildren();
-                    }
-                }
-                default -> parser.skipChildren();
-            }
-        }
-    }
-
-    /** How many items an array holds; -1 when it is not an array. */
-    private static int countItems(JsonParser parser, JsonToken token) throws IOException {
-        if (token != JsonToken.START_ARRAY) {
-            parser.skipChildren();
-            return -1;
-        }
-        int items = 0;
-        for (JsonToken item = parser.nextToken(); item != JsonToken.END_ARRAY && item != null; item = parser.nextToken()) {
-            parser.skipChildren();
-            items++;
-        }
-        return items;
-    }
-
-    private static void parseParams(JsonParser parser, RawParams params) throws IOException {
-        while (parser.nextToken() == JsonToken.FIELD_NAME) {
-            String name = parser.currentName();
-            JsonToken token = parser.nextToken();
-            switch (name) {
-                case "user_id" -> params.userId = Value.read(parser, token);
-                case "amount" -> params.amount = Value.read(parser, token);
-                case "payment_id" -> params.paymentId = Value.read(parser, token);
-                default -> parser.skipChildren();
-            }
-        }
-    }
-
-    // ---------------------------------------------------------------------------------------------
-    // 3. Check: the Maelstrom errors, the field checks, and the checked requests
-    // ---------------------------------------------------------------------------------------------
-
-    enum ErrorCode {
-        TIMEOUT(0), NOT_SUPPORTED(10), TEMPORARILY_UNAVAILABLE(11), MALFORMED_REQUEST(12), CRASH(13), ABORT(14), PRECONDITION_FAILED(22);
-
-        final int code;
-
-        ErrorCode(int code) {
-            this.code = code;
-        }
-    }
-
-    /** A request the node refuses, answered with a Maelstrom error reply. */
-    static final class RpcError extends RuntimeException {
-        private static final long serialVersionUID = 1L;
-        final ErrorCode code;
-
-        RpcError(ErrorCode code, String text) {
-            super(text, null, false, false);   // no stack trace: this is an answer, not a bug
-            this.code = code;
-        }
-    }
-
-    static RpcError malformed(String text) {
-        return new RpcError(ErrorCode.MALFORMED_REQUEST, text);
-    }
-
-    /** JSON null counts as missing, like a key that is not there. */
-    static boolean isMissing(Value value) {
-        return value == null || value.token() == JsonToken.VALUE_NULL;
-    }
-
-    static boolean isString(Value value) {
-        return value != null && value.token() == JsonToken.VALUE_STRING;
-    }
-
-    static boolean isBoolean(Value value) {
-        return value.token() == JsonToken.VALUE_TRUE || value.token() == JsonToken.VALUE_FALSE;
-    }
-
-    static String stringOrNull(Value value) {
-        return isString(value) ? value.text() : null;
-    }
-
-    static String requiredString(Value value, String name) {
-        if (isMissing(value)) {
-            throw malformed("missing " + name);
-        }
-        if (!isString(value) || value.text().isEmpty()) {
-            throw malformed(name + " must be a non-empty string");
-        }
-        return value.text();
-    }
-
-    static long requiredStep(Value value) {
-        if (isMissing(value)) {
-            throw malformed("missing step");
-        }
-        Long step = longOrNull(value);
-        if (step == null || step < 0) {
-            throw malformed("step must be an integer from 0 to " + Long.MAX_VALUE);
-        }
-        return step;
-    }
-
-    /** The params object; when params is missing (or null) and may be, an empty one. */
-    static RawParams paramsObject(RawBody body, boolean required) {
-        RawParams params = body.params;
-        if (params == null || params.token == JsonToken.VALUE_NULL) {
-            if (required) {
-                throw malformed("missing params");
-            }
-            return new RawParams(JsonToken.START_OBJECT);
-        }
-        if (params.token != JsonToken.START_OBJECT) {
-            throw malformed("params must be an object");
-        }
-        return params;
-    }
-
-    /** A JSON integer that fits in a long, else null. */
-    static Long longOrNull(Value value) {
-        if (value == null || value.token() != JsonToken.VALUE_NUMBER_INT || value.text().length() > 20) {
-            return null;
-        }
+    private void refuseTooLongLine(byte[] prefix, long length) throws IOException {
+        RawMessage message = new RawMessage();
         try {
-            return Long.parseLong(value.text());
-        } catch (NumberFormatException tooBig) {
-            return null;
+            parse(prefix, 0, prefix.length, message);
+        } catch (IOException | RuntimeException expected) {
+            // The cut left the JSON unfinished: keep whatever was read before it.
         }
+        refuseUnreadable(message, "line too long: " + length + " bytes, the limit is " + MAX_LINE_BYTES, prefix, 0, 200);
     }
-
-    /** A ChargePayment, checked: docs/PROTOCOL.md, section 3. */
-    record ChargeRequest(String sagaId, long step, String userId, Amount amount) {
-        static ChargeRequest from(RawBody body) {
-            String sagaId = requiredString(body.sagaId, "saga_id");
-            long step = requiredStep(body.step);
-            RawParams params = paramsObject(body, true);
-            return new ChargeRequest(sagaId, step,
-                    requiredString(params.userId, "params.user_id"),
-                    Amount.parse(params.amount, "params.amount"));
-        }
-
-        String key() {
-            return chargeKey(sagaId, step);
-        }
-    }
-
-    /** A RefundPayment, checked: docs/PROTOCOL.md, section 4. Both params are optional (null: not given). */
-    record RefundRequest(String sagaId, long step, String paymentId, Amount amount) {
-        static RefundRequest from(RawBody body) {
-            String sagaId = requiredString(body.sagaId, "saga_id");
-            long step = requiredStep(body.step);
-            if (!isMissing(body.compensating) && !isBoolean(body.compensating)) {
-                throw malformed("compensating must be true or false");
-            }
-            RawParams params = paramsObject(body, false);
-            String paymentId = isMissing(params.paymentId) ? null : requiredString(params.paymentId, "params.payment_id");
-            Amount amount = isMissing(params.amount) ? null : Amount.parse(params.amount, "params.amount");
-            return new RefundRequest(sagaId, step, paymentId, amount);
-        }
-
-        String chargeKey() {
-            return PaymentNode.chargeKey(sagaId, step);
-        }
-
-        /** Its own key space: a refund is never answered with a charge's result, nor the other way round. */
-        String key() {
-            return chargeKey() + REFUND_SUFFIX;
-        }
-    }
-
-    /** A PaymentStatus, checked: it names a step and reads it. */
-    record StatusRequest(String sagaId, long step) {
-        static StatusRequest from(RawBody body) {
-            return new StatusRequest(requiredString(body.sagaId, "saga_id"), requiredStep(body.step));
-        }
-
-        String chargeKey() {
-            return PaymentNode.chargeKey(sagaId, step);
-        }
-
-        String refundKey() {
-            return chargeKey() + REFUND_SUFFIX;
-        }
-    }
-
-    /**
-     * The idempotency key of a step. It is unambiguous: the step is all digits, so the last
-     * {@code ":step"} of a key always separates saga_id from step, whatever the saga_id holds.
-     */
-    static String chargeKey(String sagaId, long step) {
-        return sagaId + ":step" + step;
-    }
-
-    static final String REFUND_SUFFIX = ":refund";
-
-    /**
-     * A decimal amount of money, kept as the request wrote it ({@code 100.50} stays {@code 100.50}) and
-     * never passed through a binary float. Absurd sizes are refused before any arithmetic, so that
-     * {@code 1e999999999} is an error, not a billion digits of memory.
-     */
-    record Amount(String text, BigDecimal value) {
-        static final int MAX_DIGITS = 40;
-        static final Amount ZERO = new Amount("0", BigDecimal.ZERO);
-
-        static Amount parse(Value value, String name) {
-            if (isMissing(value)) {
-                throw malformed("missing " + name);
-            }
-            if (value.token() != JsonToken.VALUE_NUMBER_INT && value.token() != JsonToken.VALUE_NUMBER_FLOAT) {
-                throw malformed(name + " must be a number");
-            }
-            String text = value.text();
-            String outOfRange = name + " " + abbreviate(text) + " is out of range: at most " + MAX_DIGITS
-                    + " digits before the decimal point and " + MAX_DIGITS + " after it";
-            if (text.length() > 3 * MAX_DIGITS) {
-                throw malformed(outOfRange);
-            }
-            BigDecimal decimal;
-            try {
-                decimal = new BigDecimal(text);
-            } catch (NumberFormatException exponentOverflow) {
-                throw malformed(outOfRange);
-            }
-            if (decimal.signum() <= 0) {
-                throw malformed(name + " must be greater than 0, got " + text);
-            }
-            if (decimal.scale() > MAX_DIGITS || decimal.precision() - decimal.scale() > MAX_DIGITS) {
-                throw malformed(outOfRange);
-            }
-            return new Amount(text, decimal);
-        }
-
-        static Amount of(BigDecimal value) {
-            return new Amount(value.toPlainString(), value);
-        }
-
-        /** Whether a stored amount's text has this value (99.99 equals 99.990). */
-        boolean sameValue(String text) {
-            return value.compareTo(new BigDecimal(text)) == 0;
-        }
-    }
-
-    private static String abbreviate(String text) {
-        return text.length() > 50 ? text.substring(0, 20) + "...(" + text.length() + " characters)" : text;
-    }
-
-    // ---------------------------------------------------------------------------------------------
-    // 4. Dispatch: pick the handler by type, turn failures into error replies
-    // ---------------------------------------------------------------------------------------------
 
     /** Who a reply goes to: from this node, to the request's src, in reply to its msg_id (null: none). */
     record Envelope(String from, String to, Long inReplyTo) {
@@ -1196,49 +341,13 @@ public final class PaymentNode {
         }
     }
 
-    /** Opens and replays this node's own journal, before its init_ok is written. */
-    private void openJournalAtInit(String id) throws IOException {
-        if (id == null || id.contains("/") || id.contains("\\") || id.equals("..") || id.contains("\0")) {
-            throw new RpcError(ErrorCode.MALFORMED_REQUEST, "node_id " + id + " cannot name a journal file");
-        }
-        String path = journalAtInit.replace(NODE_ID, id);
-        try {
-            use(State.replayed(Path.of(path), log, funds));
-        } catch (IOException | RuntimeException e) {
-            throw new JournalUnavailable("cannot use the journal " + path + ": " + journalProblem(e));
-        }
-    }
-
-    /** A per-node journal that cannot be opened: the node stops (status 2) rather than serve from memory. */
-    static final class JournalUnavailable extends IOException {
-        private static final long serialVersionUID = 1L;
-
-        JournalUnavailable(String message) {
-            super(message);
-        }
-    }
-
-    private static String stepForLog(RawBody body) {
-        return isString(body.sagaId) && body.step != null ? " " + body.sagaId.text() + ":step" + body.step.text() : "";
-    }
-
     private Envelope replyEnvelope(RawMessage message, RawBody body) {
         String from = nodeId != null ? nodeId : stringOrNull(message.dest);
         return new Envelope(from, message.src.text(), longOrNull(body.msgId));
     }
 
-    /**
-     * A line over the limit is answered from what its first megabyte says: if {@code src} (and
-     * {@code msg_id}) came before the cut, the sender learns why; otherwise it can only be logged.
-     */
-    private void refuseTooLongLine(byte[] prefix, long length) throws IOException {
-        RawMessage message = new RawMessage();
-        try {
-            parse(prefix, 0, prefix.length, message);
-        } catch (IOException | RuntimeException expected) {
-            // The cut left the JSON unfinished: keep whatever was read before it.
-        }
-        refuseUnreadable(message, "line too long: " + length + " bytes, the limit is " + MAX_LINE_BYTES, prefix, 0, 200);
+    private static String stepForLog(RawBody body) {
+        return isString(body.sagaId) && body.step != null ? " " + body.sagaId.text() + ":step" + body.step.text() : "";
     }
 
     private void handleInit(Envelope reply, RawMessage message, RawBody body) throws IOException {
@@ -1295,179 +404,6 @@ public final class PaymentNode {
         }
     }
 
-    /** A request's handling: it writes the request's reply (or throws the RpcError that is its reply). */
-    interface Handling {
-        void run() throws IOException;
-    }
-
-    /**
-     * Handles a ChargePayment or RefundPayment under the fault it draws (--faults; none by default):
-     * {@code fail} does nothing and answers 11; every other fault lets the work happen, then changes what
-     * becomes of its reply. The reply is held back while the work runs, so that it can be dropped,
-     * replaced, doubled or delayed.
-     */
-    private void withFault(Envelope reply, String key, Handling handling) throws IOException {
-        Fault fault = faults.draw();
-        if (fault == null) {
-            handling.run();
-            return;
-        }
-        log.fault(fault, faults.delayMillis(), key, reply.inReplyTo());
-        if (fault == Fault.FAIL) {
-            throw new RpcError(ErrorCode.TEMPORARILY_UNAVAILABLE, "injected fault: fail: nothing was done; safe to retry");
-        }
-        ReplyWriter.Held held = replies.hold();
-        try {
-            handling.run();
-        } catch (RpcError refused) {
-            replies.error(reply, refused);
-        } catch (RuntimeException bug) {
-            replies.discard(held);
-            throw bug;
-        }
-        switch (fault) {
-            case DROP -> replies.discard(held);
-            case UNKNOWN -> {
-                replies.discard(held);
-                replies.error(reply, new RpcError(ErrorCode.CRASH,
-                        "injected fault: unknown outcome: the request may or may not have been done; a retry will tell"));
-            }
-            case DELAY -> replies.later(replies.release(held), faults.delayMillis());
-            case DUPLICATE -> {
-                byte[] line = replies.release(held);
-                replies.raw(line);
-                replies.raw(line);
-            }
-            case CRASH -> {
-                replies.discard(held);
-                throw new InjectedCrash();
-            }
-            default -> throw new IllegalStateException("fault " + fault);
-        }
-    }
-
-    /** The faults a payment service shows in real life, each with the Maelstrom code of the same meaning. */
-    enum Fault {
-        FAIL("fail"), DROP("drop"), UNKNOWN("unknown"), DELAY("delay"), DUPLICATE("duplicate"), CRASH("crash");
-
-        final String option;
-
-        Fault(String option) {
-            this.option = option;
-        }
-    }
-
-    /** --faults: the probability of each fault per attempt (they add up to at most 1), and the delay. */
-    record FaultPlan(EnumMap<Fault, Double> probabilities, long delayMillis) {
-        static FaultPlan parse(String list) {
-            EnumMap<Fault, Double> probabilities = new EnumMap<>(Fault.class);
-            long delayMillis = 0;
-            double total = 0;
-            for (String item : list.split(",", -1)) {
-                int equals = item.indexOf('=');
-                String name = equals < 0 ? item : item.substring(0, equals);
-                Fault fault = Arrays.stream(Fault.values()).filter(f -> f.option.equals(name)).findFirst().orElseThrow(
-                        () -> new IllegalArgumentException("--faults: unknown fault '" + name + "' (known: fail, drop, unknown,"
-                                + " delay, duplicate, crash; e.g. --faults fail=0.05,delay=0.1:200)"));
-                if (probabilities.containsKey(fault)) {
-                    throw new IllegalArgumentException("--faults: " + name + " is given twice");
-                }
-                String value = equals < 0 ? "" : item.substring(equals + 1);
-                if (fault == Fault.DELAY) {
-                    int colon = value.indexOf(':');
-                    if (colon < 0) {
-                        throw new IllegalArgumentException("--faults: delay needs a probability and milliseconds, e.g. delay=0.1:200");
-                    }
-                    delayMillis = milliseconds(value.substring(colon + 1));
-                    value = value.substring(0, colon);
-                }
-                double probability = probability(name, value);
-                probabilities.put(fault, probability);
-                total += probability;
-            }
-            if (total > 1 + 1e-9) {
-                throw new IllegalArgumentException("--faults: the probabilities add up to " + total + ", more than 1"
-                        + " (each attempt draws at most one fault)");
-            }
-            return new FaultPlan(probabilities, delayMillis);
-        }
-
-        private static double probability(String name, String text) {
-            try {
-                double p = Double.parseDouble(text);
-                if (p >= 0 && p <= 1) {
-                    return p;
-                }
-            } catch (NumberFormatException notANumber) {
-                // said below
-            }
-            throw new IllegalArgumentException("--faults: " + name + " needs a probability from 0 to 1, e.g. " + name + "=0.05,"
-                    + " got '" + text + "'");
-        }
-
-        private static long milliseconds(String text) {
-            Long millis = Options.wholeNumber(text, 0, 3_600_000);
-            if (millis != null) {
-                return millis;
-            }
-            throw new IllegalArgumentException("--faults: delay needs whole milliseconds from 0 to 3600000, got '" + text + "'");
-        }
-    }
-
-    /**
-     * Draws at most one fault per ChargePayment or RefundPayment attempt, from a generator seeded by
-     * --seed: the same seed and the same input give the same faults. The faults are tried in a fixed
-     * order (fail, drop, unknown, delay, duplicate, crash), whatever order --faults lists them in.
-     */
-    static final class Faults {
-        static final Faults NONE = new Faults(new FaultPlan(new EnumMap<>(Fault.class), 0), 0);
-
-        private final FaultPlan plan;
-        private final SplittableRandom random;   // (java.util.Random starts nearly alike for nearby seeds)
-
-        Faults(FaultPlan plan, long seed) {
-            this.plan = plan;
-            this.random = new SplittableRandom(seed);
-        }
-
-        /** The fault of this attempt, or null. */
-        Fault draw() {
-            if (plan.probabilities().isEmpty()) {
-                return null;
-            }
-            double roll = random.nextDouble();
-            for (var fault : plan.probabilities().entrySet()) {
-                roll -= fault.getValue();
-                if (roll < 0) {
-                    return fault.getKey();
-                }
-            }
-            return null;
-        }
-
-        long delayMillis() {
-            return plan.delayMillis();
-        }
-    }
-
-    /** An injected crash: the node stops at once, its work done and journaled, without the reply. */
-    static final class InjectedCrash extends IOException {
-        private static final long serialVersionUID = 1L;
-
-        InjectedCrash() {
-            super("injected fault: crash", null);
-        }
-    }
-
-    /** The state, or error 11 while a per-node journal waits for the first init to open it. */
-    private State openState() {
-        if (state == null) {
-            throw new RpcError(ErrorCode.TEMPORARILY_UNAVAILABLE, "not initialized: this node's journal ("
-                    + journalAtInit + ") opens at its first init; nothing was done");
-        }
-        return state;
-    }
-
     private void handleCharge(Envelope reply, ChargeRequest charge, State state) throws IOException {
         Served<ChargeResult> served = state.payments().charge(charge);
         if (served.replayed()) {
@@ -1484,8 +420,17 @@ public final class PaymentNode {
         replies.refundOk(reply, refund, served);
     }
 
+    /** The state, or error 11 while a per-node journal waits for the first init to open it. */
+    private State openState() {
+        if (state == null) {
+            throw new RpcError(ErrorCode.TEMPORARILY_UNAVAILABLE, "not initialized: this node's journal ("
+                    + journalAtInit + ") opens at its first init; nothing was done");
+        }
+        return state;
+    }
+
     // ---------------------------------------------------------------------------------------------
-    // 5. Handle: the idempotency table
+    // 2. The idempotency table: each key served once
     // ---------------------------------------------------------------------------------------------
 
     /** A payment as a reply shows it; {@code charged} is the amount's text as the first request wrote it. */
@@ -1518,6 +463,39 @@ public final class PaymentNode {
         private final Log log;
         private final Journal journal;
         private final Funds funds;
+
+        /** Runs {@code firstTime} for a key at most once; every other attempt gets the entry it left. */
+        private Served<Entry> once(String key, Supplier<Entry> firstTime) {
+            while (true) {
+                Entry existing = entries.get(key);   // a retry needs no claim: read first, lock-free
+                if (existing == null) {
+                    InProgress claim = new InProgress();
+                    existing = entries.putIfAbsent(key, claim);
+                    if (existing == null) {
+                        return new Served<>(runClaimed(key, claim, firstTime), false);
+                    }
+                }
+                Entry entry = existing.await();
+                if (entry != null) {
+                    return new Served<>(entry, true);
+                }
+                // The attempt we waited for failed and left no record: try to claim the key ourselves.
+            }
+        }
+
+        private Entry runClaimed(String key, InProgress claim, Supplier<Entry> firstTime) {
+            Entry done = null;
+            try {
+                done = firstTime.get();
+                entries.replace(key, claim, done);
+                return done;
+            } finally {
+                if (done == null) {
+                    entries.remove(key, claim);   // failed: leave no record
+                }
+                claim.settled().complete(done);
+            }
+        }
 
         PaymentHandler(Log log) {
             this(log, Journal.NONE, Funds.UNLIMITED);
@@ -1561,55 +539,6 @@ public final class PaymentNode {
                 throw keyReused(key);
             }
             return new Served<>(refunded.result(), settled.replayed());
-        }
-
-        /**
-         * What is recorded for a step, read without touching it: no key is created, claimed or closed, so
-         * a status read before a compensation never makes that compensation "come first".
-         */
-        StepStatus status(StatusRequest request) {
-            Entry step = settledEntry(request.chargeKey());
-            Entry refund = settledEntry(request.refundKey());
-            return new StepStatus(step, refund instanceof Refunded refunded ? refunded.result() : null);
-        }
-
-        /** The final entry under a key, waiting for an attempt in progress; null if there is none. */
-        private Entry settledEntry(String key) {
-            Entry entry = entries.get(key);
-            return entry == null ? null : entry.await();
-        }
-
-        /** Runs {@code firstTime} for a key at most once; every other attempt gets the entry it left. */
-        private Served<Entry> once(String key, Supplier<Entry> firstTime) {
-            while (true) {
-                Entry existing = entries.get(key);   // a retry needs no claim: read first, lock-free
-                if (existing == null) {
-                    InProgress claim = new InProgress();
-                    existing = entries.putIfAbsent(key, claim);
-                    if (existing == null) {
-                        return new Served<>(runClaimed(key, claim, firstTime), false);
-                    }
-                }
-                Entry entry = existing.await();
-                if (entry != null) {
-                    return new Served<>(entry, true);
-                }
-                // The attempt we waited for failed and left no record: try to claim the key ourselves.
-            }
-        }
-
-        private Entry runClaimed(String key, InProgress claim, Supplier<Entry> firstTime) {
-            Entry done = null;
-            try {
-                done = firstTime.get();
-                entries.replace(key, claim, done);
-                return done;
-            } finally {
-                if (done == null) {
-                    entries.remove(key, claim);   // failed: leave no record
-                }
-                claim.settled().complete(done);
-            }
         }
 
         private static RpcError keyReused(String key) {
@@ -1679,7 +608,6 @@ public final class PaymentNode {
             return new Refunded(request, refundNumber, amount);
         }
 
-
         /** Closes a step that has no charge; false if a charge got there first. */
         private boolean closeStep(String chargeKey) {
             Entry existing = entries.putIfAbsent(chargeKey, Compensated.STEP);
@@ -1687,6 +615,22 @@ public final class PaymentNode {
                 journal.closed(chargeKey);
             }
             return existing == null || existing == Compensated.STEP;
+        }
+
+        /**
+         * What is recorded for a step, read without touching it: no key is created, claimed or closed, so
+         * a status read before a compensation never makes that compensation "come first".
+         */
+        StepStatus status(StatusRequest request) {
+            Entry step = settledEntry(request.chargeKey());
+            Entry refund = settledEntry(request.refundKey());
+            return new StepStatus(step, refund instanceof Refunded refunded ? refunded.result() : null);
+        }
+
+        /** The final entry under a key, waiting for an attempt in progress; null if there is none. */
+        private Entry settledEntry(String key) {
+            Entry entry = entries.get(key);
+            return entry == null ? null : entry.await();
         }
 
         // Replaying a journal: each record puts back the entry it wrote, and the counters move past it.
@@ -1731,78 +675,8 @@ public final class PaymentNode {
         }
     }
 
-    /**
-     * Where charges draw money from. By default there is no limit; with --balance every user starts with
-     * the same amount, a charge above what is left is declined, and a refund pays back.
-     */
-    interface Funds {
-        Funds UNLIMITED = new Funds() {
-            @Override
-            public String withdraw(String userId, BigDecimal amount) {
-                return null;
-            }
-
-            @Override
-            public void repay(Charged payment, String amount) {
-            }
-
-            @Override
-            public void restoreWithdrawal(String userId, String amount) {
-            }
-        };
-
-        /** Takes {@code amount} from the user's balance; null when done, else why not (nothing is taken). */
-        String withdraw(String userId, BigDecimal amount);
-
-        /** Gives a refunded amount back to the user who paid it. */
-        void repay(Charged payment, String amount);
-
-        /** Replaying a journal: a charge that happened, taken without a check. */
-        void restoreWithdrawal(String userId, String amount);
-    }
-
-    /** Per-user balances (--balance), exact decimals; each user's updates are atomic. */
-    static final class Balances implements Funds {
-        private final BigDecimal start;
-        private final ConcurrentHashMap<String, BigDecimal> left = new ConcurrentHashMap<>();
-
-        Balances(BigDecimal start) {
-            this.start = start;
-        }
-
-        BigDecimal balance(String userId) {
-            return left.getOrDefault(userId, start);
-        }
-
-        @Override
-        public String withdraw(String userId, BigDecimal amount) {
-            String[] shortfall = new String[1];
-            left.compute(userId, (user, balance) -> {
-                BigDecimal current = balance == null ? start : balance;
-                if (current.compareTo(amount) < 0) {
-                    shortfall[0] = user + " has " + current.toPlainString() + " left, the charge is " + amount.toPlainString();
-                    return current;
-                }
-                return current.subtract(amount);
-            });
-            return shortfall[0];
-        }
-
-        @Override
-        public void repay(Charged payment, String amount) {
-            BigDecimal repaid = new BigDecimal(amount);
-            left.compute(payment.userId(), (user, balance) -> (balance == null ? start : balance).add(repaid));
-        }
-
-        @Override
-        public void restoreWithdrawal(String userId, String amount) {
-            BigDecimal charged = new BigDecimal(amount);
-            left.compute(userId, (user, balance) -> (balance == null ? start : balance).subtract(charged));
-        }
-    }
-
     // ---------------------------------------------------------------------------------------------
-    // 6. Entries and storage: what the table keeps for each key
+    // 3. The entries it stores
     // ---------------------------------------------------------------------------------------------
 
     /** What the idempotency table holds for a key. */
@@ -2053,7 +927,566 @@ public final class PaymentNode {
     }
 
     // ---------------------------------------------------------------------------------------------
-    // 7. Reply, and flush
+    // 4. Requests in: read a line, parse it, check it
+    // ---------------------------------------------------------------------------------------------
+
+    /**
+     * Splits a byte stream into lines. It holds at most {@code maxLine} bytes of any one line (the
+     * rest of a longer line is read and dropped), and it flushes the replies before every read that
+     * could block: replies go out in big batches under a burst, and none is left waiting in a buffer
+     * while the node waits for input.
+     */
+    static final class LineReader {
+        private static final int CHUNK = 64 * 1024;
+
+        private final InputStream in;
+        private final int maxLine;
+        private final Flushable beforeBlocking;
+        private byte[] buf = new byte[CHUNK];
+        private int pos;        // start of the unread bytes
+        private int limit;      // end of the unread bytes
+        private int scanned;    // bytes from pos on already known to hold no newline
+        private boolean eof;
+        private int lineStart;
+        private int lineEnd;
+        private byte[] tooLongPrefix;
+        private long tooLongLength;
+
+        LineReader(InputStream in, int maxLine, Flushable beforeBlocking) {
+            this.in = in;
+            this.maxLine = maxLine;
+            this.beforeBlocking = beforeBlocking;
+        }
+
+        /** Moves to the next line (the last one may lack its newline); false at end of input. */
+        boolean next() throws IOException {
+            tooLongPrefix = null;
+            while (true) {
+                int newline = indexOfNewline(pos + scanned, limit);
+                if (newline >= 0 && newline - pos <= maxLine) {
+                    return takeLine(newline, newline + 1);
+                }
+                if (newline >= 0) {
+                    keepPrefixOfLongLine(newline - pos);
+                    pos = newline + 1;
+                    return true;
+                }
+                scanned = limit - pos;
+                if (scanned > maxLine) {
+                    keepPrefixOfLongLine(scanned);
+                    dropRestOfLongLine();
+                    return true;
+                }
+                if (eof) {
+                    return pos < limit && takeLine(limit, limit);
+                }
+                fill();
+            }
+        }
+
+        byte[] buffer() {
+            return buf;
+        }
+
+        int start() {
+            return lineStart;
+        }
+
+        int length() {
+            return lineEnd - lineStart;
+        }
+
+        /** The first {@code maxLine} bytes of the current line if it was longer, else null. */
+        byte[] tooLongPrefix() {
+            return tooLongPrefix;
+        }
+
+        long tooLongLength() {
+            return tooLongLength;
+        }
+
+        static boolean isBlank(byte[] buf, int from, int to) {
+            for (int i = from; i < to; i++) {
+                byte b = buf[i];
+                if (b != ' ' && b != '\t' && b != '\r') {
+                    return false;
+                }
+            }
+            return true;
+        }
+
+        private boolean takeLine(int end, int next) {
+            lineStart = pos;
+            lineEnd = end;
+            pos = next;
+            scanned = 0;
+            return true;
+        }
+
+        private int indexOfNewline(int from, int to) {
+            for (int i = from; i < to; i++) {
+                if (buf[i] == '\n') {
+                    return i;
+                }
+            }
+            return -1;
+        }
+
+        private void fill() throws IOException {
+            if (pos > 0) {
+                System.arraycopy(buf, pos, buf, 0, limit - pos);
+                limit -= pos;
+                pos = 0;
+            }
+            if (limit == buf.length) {
+                buf = Arrays.copyOf(buf, Math.min(buf.length * 2, maxLine + CHUNK));
+            }
+            if (in.available() == 0) {
+                beforeBlocking.flush();
+            }
+            int n = in.read(buf, limit, buf.length - limit);
+            if (n < 0) {
+                eof = true;
+            } else {
+                limit += n;
+            }
+        }
+
+        private void keepPrefixOfLongLine(long lengthSoFar) {
+            tooLongPrefix = Arrays.copyOfRange(buf, pos, pos + maxLine);
+            tooLongLength = lengthSoFar;
+            scanned = 0;
+        }
+
+        /** Reads on to the end of a too-long line, keeping none of it. */
+        private void dropRestOfLongLine() throws IOException {
+            pos = limit = 0;
+            while (!eof) {
+                fill();
+                int newline = indexOfNewline(0, limit);
+                if (newline >= 0) {
+                    tooLongLength += newline;
+                    pos = newline + 1;
+                    return;
+                }
+                tooLongLength += limit;
+                limit = 0;
+            }
+        }
+    }
+
+    /** A JSON scalar as written (numbers keep their exact text), or the bare token of an object or array. */
+    record Value(JsonToken token, String text) {
+        static Value read(JsonParser parser, JsonToken token) throws IOException {
+            parser.skipChildren();
+            return new Value(token, token.isScalarValue() ? parser.getText() : null);
+        }
+    }
+
+    static final class RawMessage {
+        Value src;
+        Value dest;
+        JsonToken bodyToken;   // null when there is no body
+        RawBody body;          // null when missing or not an object
+        boolean typeOutside;   // a "type" next to src: a body pasted without its envelope
+    }
+
+    static final class RawBody {
+        Value type;
+        Value msgId;
+        Value inReplyTo;   // set: this is a reply to something this node sent, never a request
+        Value code;        // of an error reply
+        Value text;
+        Object value;      // of a lin-kv read_ok: a String, a flat object of strings (a Map), or KvValue.OTHER
+        Value nodeId;
+        int nodeIds = -1;  // how many node_ids init named (-1: none)
+        Value sagaId;
+        Value step;
+        Value compensating;
+        RawParams params;   // null when missing
+    }
+
+    static final class RawParams {
+        final JsonToken token;   // what params was: an object (its fields below), or null, a string, ...
+        Value userId;
+        Value amount;
+        Value paymentId;
+
+        RawParams(JsonToken token) {
+            this.token = token;
+        }
+    }
+
+    /**
+     * Reads one line into {@code message}. Fields fill in as they are read, so a line cut short still
+     * leaves what came before the cut. A repeated key keeps its last value, as in JSON.parse.
+     */
+    static void parse(byte[] line, int start, int length, RawMessage message) throws IOException {
+        try (JsonParser parser = JSON.createParser(line, start, length)) {
+            if (parser.nextToken() != JsonToken.START_OBJECT) {
+                throw new JsonParseException(parser, "a JSON value, but not an object");
+            }
+            while (parser.nextToken() == JsonToken.FIELD_NAME) {
+                String name = parser.currentName();
+                JsonToken token = parser.nextToken();
+                switch (name) {
+                    case "src" -> message.src = Value.read(parser, token);
+                    case "dest" -> message.dest = Value.read(parser, token);
+                    case "type" -> {
+                        message.typeOutside = true;
+                        parser.skipChildren();
+                    }
+                    case "body" -> {
+                        // Attached before it is filled in, so that a line cut short keeps what its body began with.
+                        message.bodyToken = token;
+                        message.body = token == JsonToken.START_OBJECT ? new RawBody() : null;
+                        if (message.body != null) {
+                            parseBody(parser, message.body);
+                        } else {
+                            parser.skipChildren();
+                        }
+                    }
+                    default -> parser.skipChildren();
+                }
+            }
+            if (parser.nextToken() != null) {
+                throw new JsonParseException(parser, "more data after the JSON object");
+            }
+        }
+    }
+
+    private static void parseBody(JsonParser parser, RawBody body) throws IOException {
+        while (parser.nextToken() == JsonToken.FIELD_NAME) {
+            String name = parser.currentName();
+            JsonToken token = parser.nextToken();
+            switch (name) {
+                case "type" -> body.type = Value.read(parser, token);
+                case "msg_id" -> body.msgId = Value.read(parser, token);
+                case "in_reply_to" -> body.inReplyTo = Value.read(parser, token);
+                case "code" -> body.code = Value.read(parser, token);
+                case "text" -> body.text = Value.read(parser, token);
+                case "value" -> body.value = KvValue.read(parser, token);
+                case "node_id" -> body.nodeId = Value.read(parser, token);
+                case "node_ids" -> body.nodeIds = countItems(parser, token);
+                case "saga_id" -> body.sagaId = Value.read(parser, token);
+                case "step" -> body.step = Value.read(parser, token);
+                case "compensating" -> body.compensating = Value.read(parser, token);
+                case "params" -> {
+                    body.params = new RawParams(token);
+                    if (token == JsonToken.START_OBJECT) {
+                        parseParams(parser, body.params);
+                    } else {
+                        parser.skipChildren();
+                    }
+                }
+                default -> parser.skipChildren();
+            }
+        }
+    }
+
+    /** How many items an array holds; -1 when it is not an array. */
+    private static int countItems(JsonParser parser, JsonToken token) throws IOException {
+        if (token != JsonToken.START_ARRAY) {
+            parser.skipChildren();
+            return -1;
+        }
+        int items = 0;
+        for (JsonToken item = parser.nextToken(); item != JsonToken.END_ARRAY && item != null; item = parser.nextToken()) {
+            parser.skipChildren();
+            items++;
+        }
+        return items;
+    }
+
+    private static void parseParams(JsonParser parser, RawParams params) throws IOException {
+        while (parser.nextToken() == JsonToken.FIELD_NAME) {
+            String name = parser.currentName();
+            JsonToken token = parser.nextToken();
+            switch (name) {
+                case "user_id" -> params.userId = Value.read(parser, token);
+                case "amount" -> params.amount = Value.read(parser, token);
+                case "payment_id" -> params.paymentId = Value.read(parser, token);
+                default -> parser.skipChildren();
+            }
+        }
+    }
+
+    enum ErrorCode {
+        TIMEOUT(0), NOT_SUPPORTED(10), TEMPORARILY_UNAVAILABLE(11), MALFORMED_REQUEST(12), CRASH(13), ABORT(14), PRECONDITION_FAILED(22);
+
+        final int code;
+
+        ErrorCode(int code) {
+            this.code = code;
+        }
+    }
+
+    /** A request the node refuses, answered with a Maelstrom error reply. */
+    static final class RpcError extends RuntimeException {
+        private static final long serialVersionUID = 1L;
+        final ErrorCode code;
+
+        RpcError(ErrorCode code, String text) {
+            super(text, null, false, false);   // no stack trace: this is an answer, not a bug
+            this.code = code;
+        }
+    }
+
+    static RpcError malformed(String text) {
+        return new RpcError(ErrorCode.MALFORMED_REQUEST, text);
+    }
+
+    /** JSON null counts as missing, like a key that is not there. */
+    static boolean isMissing(Value value) {
+        return value == null || value.token() == JsonToken.VALUE_NULL;
+    }
+
+    static boolean isString(Value value) {
+        return value != null && value.token() == JsonToken.VALUE_STRING;
+    }
+
+    static boolean isBoolean(Value value) {
+        return value.token() == JsonToken.VALUE_TRUE || value.token() == JsonToken.VALUE_FALSE;
+    }
+
+    static String stringOrNull(Value value) {
+        return isString(value) ? value.text() : null;
+    }
+
+    static String requiredString(Value value, String name) {
+        if (isMissing(value)) {
+            throw malformed("missing " + name);
+        }
+        if (!isString(value) || value.text().isEmpty()) {
+            throw malformed(name + " must be a non-empty string");
+        }
+        return value.text();
+    }
+
+    static long requiredStep(Value value) {
+        if (isMissing(value)) {
+            throw malformed("missing step");
+        }
+        Long step = longOrNull(value);
+        if (step == null || step < 0) {
+            throw malformed("step must be an integer from 0 to " + Long.MAX_VALUE);
+        }
+        return step;
+    }
+
+    /** The params object; when params is missing (or null) and may be, an empty one. */
+    static RawParams paramsObject(RawBody body, boolean required) {
+        RawParams params = body.params;
+        if (params == null || params.token == JsonToken.VALUE_NULL) {
+            if (required) {
+                throw malformed("missing params");
+            }
+            return new RawParams(JsonToken.START_OBJECT);
+        }
+        if (params.token != JsonToken.START_OBJECT) {
+            throw malformed("params must be an object");
+        }
+        return params;
+    }
+
+    /** A JSON integer that fits in a long, else null. */
+    static Long longOrNull(Value value) {
+        if (value == null || value.token() != JsonToken.VALUE_NUMBER_INT || value.text().length() > 20) {
+            return null;
+        }
+        try {
+            return Long.parseLong(value.text());
+        } catch (NumberFormatException tooBig) {
+            return null;
+        }
+    }
+
+    /** A ChargePayment, checked: docs/PROTOCOL.md, section 3. */
+    record ChargeRequest(String sagaId, long step, String userId, Amount amount) {
+        static ChargeRequest from(RawBody body) {
+            String sagaId = requiredString(body.sagaId, "saga_id");
+            long step = requiredStep(body.step);
+            RawParams params = paramsObject(body, true);
+            return new ChargeRequest(sagaId, step,
+                    requiredString(params.userId, "params.user_id"),
+                    Amount.parse(params.amount, "params.amount"));
+        }
+
+        String key() {
+            return chargeKey(sagaId, step);
+        }
+    }
+
+    /** A RefundPayment, checked: docs/PROTOCOL.md, section 4. Both params are optional (null: not given). */
+    record RefundRequest(String sagaId, long step, String paymentId, Amount amount) {
+        static RefundRequest from(RawBody body) {
+            String sagaId = requiredString(body.sagaId, "saga_id");
+            long step = requiredStep(body.step);
+            if (!isMissing(body.compensating) && !isBoolean(body.compensating)) {
+                throw malformed("compensating must be true or false");
+            }
+            RawParams params = paramsObject(body, false);
+            String paymentId = isMissing(params.paymentId) ? null : requiredString(params.paymentId, "params.payment_id");
+            Amount amount = isMissing(params.amount) ? null : Amount.parse(params.amount, "params.amount");
+            return new RefundRequest(sagaId, step, paymentId, amount);
+        }
+
+        String chargeKey() {
+            return PaymentNode.chargeKey(sagaId, step);
+        }
+
+        /** Its own key space: a refund is never answered with a charge's result, nor the other way round. */
+        String key() {
+            return chargeKey() + REFUND_SUFFIX;
+        }
+    }
+
+    /** A PaymentStatus, checked: it names a step and reads it. */
+    record StatusRequest(String sagaId, long step) {
+        static StatusRequest from(RawBody body) {
+            return new StatusRequest(requiredString(body.sagaId, "saga_id"), requiredStep(body.step));
+        }
+
+        String chargeKey() {
+            return PaymentNode.chargeKey(sagaId, step);
+        }
+
+        String refundKey() {
+            return chargeKey() + REFUND_SUFFIX;
+        }
+    }
+
+    /**
+     * The idempotency key of a step. It is unambiguous: the step is all digits, so the last
+     * {@code ":step"} of a key always separates saga_id from step, whatever the saga_id holds.
+     */
+    static String chargeKey(String sagaId, long step) {
+        return sagaId + ":step" + step;
+    }
+
+    static final String REFUND_SUFFIX = ":refund";
+
+    /**
+     * A decimal amount of money, kept as the request wrote it ({@code 100.50} stays {@code 100.50}) and
+     * never passed through a binary float. Absurd sizes are refused before any arithmetic, so that
+     * {@code 1e999999999} is an error, not a billion digits of memory.
+     */
+    record Amount(String text, BigDecimal value) {
+        static final int MAX_DIGITS = 40;
+        static final Amount ZERO = new Amount("0", BigDecimal.ZERO);
+
+        static Amount parse(Value value, String name) {
+            if (isMissing(value)) {
+                throw malformed("missing " + name);
+            }
+            if (value.token() != JsonToken.VALUE_NUMBER_INT && value.token() != JsonToken.VALUE_NUMBER_FLOAT) {
+                throw malformed(name + " must be a number");
+            }
+            String text = value.text();
+            String outOfRange = name + " " + abbreviate(text) + " is out of range: at most " + MAX_DIGITS
+                    + " digits before the decimal point and " + MAX_DIGITS + " after it";
+            if (text.length() > 3 * MAX_DIGITS) {
+                throw malformed(outOfRange);
+            }
+            BigDecimal decimal;
+            try {
+                decimal = new BigDecimal(text);
+            } catch (NumberFormatException exponentOverflow) {
+                throw malformed(outOfRange);
+            }
+            if (decimal.signum() <= 0) {
+                throw malformed(name + " must be greater than 0, got " + text);
+            }
+            if (decimal.scale() > MAX_DIGITS || decimal.precision() - decimal.scale() > MAX_DIGITS) {
+                throw malformed(outOfRange);
+            }
+            return new Amount(text, decimal);
+        }
+
+        static Amount of(BigDecimal value) {
+            return new Amount(value.toPlainString(), value);
+        }
+
+        /** Whether a stored amount's text has this value (99.99 equals 99.990). */
+        boolean sameValue(String text) {
+            return value.compareTo(new BigDecimal(text)) == 0;
+        }
+    }
+
+    private static String abbreviate(String text) {
+        return text.length() > 50 ? text.substring(0, 20) + "...(" + text.length() + " characters)" : text;
+    }
+
+    /** Up to 200 characters of a line for a log, escaped: a control character never reaches a terminal raw. */
+    static String excerpt(byte[] bytes, int start, int length) {
+        String text = new String(bytes, start, Math.min(length, 200), StandardCharsets.UTF_8);
+        StringBuilder escaped = new StringBuilder(text.length());
+        for (int i = 0; i < text.length(); i++) {
+            char c = text.charAt(i);
+            if (c < ' ' || c == 0x7f || (c >= 0x80 && c < 0xa0) || c == '\\') {
+                escaped.append(switch (c) {
+                    case '\n' -> "\\n";
+                    case '\r' -> "\\r";
+                    case '\t' -> "\\t";
+                    case '\\' -> "\\\\";
+                    default -> String.format("\\u%04x", (int) c);
+                });
+            } else {
+                escaped.append(c);
+            }
+        }
+        return length > 200 ? escaped + "..." : escaped.toString();
+    }
+
+    /** Why a line is not JSON, in plain words rather than the parser's (no feature names, no locations). */
+    static String plainReason(Exception e) {
+        String text = e instanceof JsonProcessingException json ? json.getOriginalMessage() : e.getMessage();
+        if (text == null) {
+            return e.getClass().getSimpleName();
+        }
+        text = text.lines().findFirst().orElse(text);
+        if (text.contains("JSON value, but not an object") || text.contains("after the JSON object")) {
+            return text;   // our own words
+        }
+        return "not valid JSON: " + plainJacksonReason(text);
+    }
+
+    private static String plainJacksonReason(String text) {
+        Matcher m;
+        if (text.startsWith("Unexpected end-of-input")) {
+            return "the line ends before the JSON does";
+        }
+        if ((m = Pattern.compile("^Unexpected character \\('(.*)' \\(code (\\d+)\\)\\)").matcher(text)).find()) {
+            return "unexpected character " + quoted(m.group(1), Integer.parseInt(m.group(2)))
+                    + (text.contains("double-quote to start field name") ? " where a field name in double quotes should be" : "");
+        }
+        if ((m = Pattern.compile("^Unrecognized token '([^']*)'").matcher(text)).find()
+                || (m = Pattern.compile("^Non-standard token '([^']*)'").matcher(text)).find()) {
+            return "'" + abbreviate(m.group(1)) + "' is not a JSON value";
+        }
+        if ((m = Pattern.compile("^Illegal (unquoted )?character \\(\\(CTRL-CHAR, code (\\d+)\\)\\)").matcher(text)).find()) {
+            return "control character " + quoted("", Integer.parseInt(m.group(2)))
+                    + (m.group(1) != null ? " inside a string (it must be escaped)" : " between tokens");
+        }
+        if (text.contains("Invalid UTF-8") || text.contains("UTF-32") || text.contains("UTF-16")) {   // (NULs look like UTF-32 to the parser)
+            return "the line is not valid UTF-8";
+        }
+        if (text.contains("Leading zeroes not allowed")) {
+            return "a number with a leading zero";
+        }
+        if (text.contains("nesting depth")) {
+            return "nested too deeply";
+        }
+        // Anything else: the parser's first sentence, without its hints about parser features.
+        return text.replaceAll("\\s*\\(?(: )?enable `[^`]*`[^)]*\\)?", "").replaceAll("`", "");
+    }
+
+    private static String quoted(String character, int code) {
+        return code >= ' ' && code < 0x7f ? "'" + character + "'" : String.format("U+%04X", code);
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // 5. Replies out, and flush; the log
     // ---------------------------------------------------------------------------------------------
 
     /**
@@ -2406,33 +1839,91 @@ public final class PaymentNode {
         }
     }
 
-    /** A timer thread that writes delayed replies when they are due; it sleeps in between, never spins. */
-    static final class DelayedReplies {
-        private final ScheduledThreadPoolExecutor timer = new ScheduledThreadPoolExecutor(1, task -> {
-            Thread thread = new Thread(task, "delayed-replies");
-            thread.setDaemon(true);
-            return thread;
-        });
+    static final class Log {
+        private final PrintStream err;
+        private final boolean verbose;
 
-        void schedule(Runnable write, long millis) {
-            timer.schedule(write, millis, TimeUnit.MILLISECONDS);
+        Log(PrintStream err, boolean verbose) {
+            this.err = err;
+            this.verbose = verbose;
         }
 
-        /** Lets every scheduled reply go out, then stops the thread. */
-        void finish() throws IOException {
-            timer.shutdown();   // scheduled tasks still run after shutdown: that is the default policy
-            try {
-                timer.awaitTermination(Long.MAX_VALUE, TimeUnit.NANOSECONDS);
-            } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
-                throw new InterruptedIOException("interrupted while delayed replies were pending");
+        boolean verbose() {
+            return verbose;
+        }
+
+        void info(String message) {
+            if (verbose) {
+                err.println("payment-node: " + message);
+            }
+        }
+
+        void verboseCacheHit(String key) {
+            info("Already processed " + key + ", returning cached result");
+        }
+
+        /** One line per injected fault, so that a checker can tell what really happened. */
+        void fault(Fault fault, long delayMillis, String key, Long msgId) {
+            err.println("payment-node: fault: " + fault.option + (fault == Fault.DELAY ? " " + delayMillis + "ms" : "")
+                    + " " + key + " msg_id " + (msgId == null ? "none" : msgId));
+        }
+
+        void warn(String message) {
+            err.println("payment-node: warning: " + message);
+        }
+
+        void error(String message, Throwable cause) {
+            err.println("payment-node: error: " + message);
+            if (cause != null) {
+                cause.printStackTrace(err);
             }
         }
     }
 
+    // =============================================================================================
+    // Beyond the card: optional modes
+    //
+    // Everything above is the card's node; what follows is used only when an option asks for it.
+    // =============================================================================================
+
     // ---------------------------------------------------------------------------------------------
-    // 8. Durability: the journal (--journal FILE)
+    // 6. Durability: the journal (--journal FILE)
     // ---------------------------------------------------------------------------------------------
+
+    /** In a --journal path, stands for the node's id: each node of a harness keeps its own file. */
+    static final String NODE_ID = "{node_id}";
+
+    /** Opens and replays this node's own journal, before its init_ok is written. */
+    private void openJournalAtInit(String id) throws IOException {
+        if (id == null || id.contains("/") || id.contains("\\") || id.equals("..") || id.contains("\0")) {
+            throw new RpcError(ErrorCode.MALFORMED_REQUEST, "node_id " + id + " cannot name a journal file");
+        }
+        String path = journalAtInit.replace(NODE_ID, id);
+        try {
+            use(State.replayed(Path.of(path), log, funds));
+        } catch (IOException | RuntimeException e) {
+            throw new JournalUnavailable("cannot use the journal " + path + ": " + journalProblem(e));
+        }
+    }
+
+    /** A per-node journal that cannot be opened: the node stops (status 2) rather than serve from memory. */
+    static final class JournalUnavailable extends IOException {
+        private static final long serialVersionUID = 1L;
+
+        JournalUnavailable(String message) {
+            super(message);
+        }
+    }
+
+    private static String journalProblem(Exception e) {
+        if (e instanceof NoSuchFileException) {
+            return "its folder does not exist";
+        }
+        if (e instanceof AccessDeniedException) {
+            return "permission denied";
+        }
+        return e instanceof FileSystemException f && f.getReason() != null ? f.getReason() : e.getMessage();
+    }
 
     /** Where the handler records each change of state; {@link #commit} makes them durable. */
     interface Journal {
@@ -2687,54 +2178,347 @@ public final class PaymentNode {
     }
 
     // ---------------------------------------------------------------------------------------------
-    // 9. Logging: stderr only
+    // 7. Test doubles: balances (--balance) and injected faults (--faults)
     // ---------------------------------------------------------------------------------------------
 
-    static final class Log {
-        private final PrintStream err;
-        private final boolean verbose;
-
-        Log(PrintStream err, boolean verbose) {
-            this.err = err;
-            this.verbose = verbose;
-        }
-
-        boolean verbose() {
-            return verbose;
-        }
-
-        void info(String message) {
-            if (verbose) {
-                err.println("payment-node: " + message);
+    /**
+     * Where charges draw money from. By default there is no limit; with --balance every user starts with
+     * the same amount, a charge above what is left is declined, and a refund pays back.
+     */
+    interface Funds {
+        Funds UNLIMITED = new Funds() {
+            @Override
+            public String withdraw(String userId, BigDecimal amount) {
+                return null;
             }
+
+            @Override
+            public void repay(Charged payment, String amount) {
+            }
+
+            @Override
+            public void restoreWithdrawal(String userId, String amount) {
+            }
+        };
+
+        /** Takes {@code amount} from the user's balance; null when done, else why not (nothing is taken). */
+        String withdraw(String userId, BigDecimal amount);
+
+        /** Gives a refunded amount back to the user who paid it. */
+        void repay(Charged payment, String amount);
+
+        /** Replaying a journal: a charge that happened, taken without a check. */
+        void restoreWithdrawal(String userId, String amount);
+    }
+
+    /** Per-user balances (--balance), exact decimals; each user's updates are atomic. */
+    static final class Balances implements Funds {
+        private final BigDecimal start;
+        private final ConcurrentHashMap<String, BigDecimal> left = new ConcurrentHashMap<>();
+
+        Balances(BigDecimal start) {
+            this.start = start;
         }
 
-        void verboseCacheHit(String key) {
-            info("Already processed " + key + ", returning cached result");
+        BigDecimal balance(String userId) {
+            return left.getOrDefault(userId, start);
         }
 
-        /** One line per injected fault, so that a checker can tell what really happened. */
-        void fault(Fault fault, long delayMillis, String key, Long msgId) {
-            err.println("payment-node: fault: " + fault.option + (fault == Fault.DELAY ? " " + delayMillis + "ms" : "")
-                    + " " + key + " msg_id " + (msgId == null ? "none" : msgId));
+        @Override
+        public String withdraw(String userId, BigDecimal amount) {
+            String[] shortfall = new String[1];
+            left.compute(userId, (user, balance) -> {
+                BigDecimal current = balance == null ? start : balance;
+                if (current.compareTo(amount) < 0) {
+                    shortfall[0] = user + " has " + current.toPlainString() + " left, the charge is " + amount.toPlainString();
+                    return current;
+                }
+                return current.subtract(amount);
+            });
+            return shortfall[0];
         }
 
-        void warn(String message) {
-            err.println("payment-node: warning: " + message);
+        @Override
+        public void repay(Charged payment, String amount) {
+            BigDecimal repaid = new BigDecimal(amount);
+            left.compute(payment.userId(), (user, balance) -> (balance == null ? start : balance).add(repaid));
         }
 
-        void error(String message, Throwable cause) {
-            err.println("payment-node: error: " + message);
-            if (cause != null) {
-                cause.printStackTrace(err);
+        @Override
+        public void restoreWithdrawal(String userId, String amount) {
+            BigDecimal charged = new BigDecimal(amount);
+            left.compute(userId, (user, balance) -> (balance == null ? start : balance).subtract(charged));
+        }
+    }
+
+    /** The exit status of an injected crash (--faults crash=P): the work was done and journaled, no reply sent. */
+    static final int EXIT_INJECTED_CRASH = 3;
+
+    /** A request's handling: it writes the request's reply (or throws the RpcError that is its reply). */
+    interface Handling {
+        void run() throws IOException;
+    }
+
+    /**
+     * Handles a ChargePayment or RefundPayment under the fault it draws (--faults; none by default):
+     * {@code fail} does nothing and answers 11; every other fault lets the work happen, then changes what
+     * becomes of its reply. The reply is held back while the work runs, so that it can be dropped,
+     * replaced, doubled or delayed.
+     */
+    private void withFault(Envelope reply, String key, Handling handling) throws IOException {
+        Fault fault = faults.draw();
+        if (fault == null) {
+            handling.run();
+            return;
+        }
+        log.fault(fault, faults.delayMillis(), key, reply.inReplyTo());
+        if (fault == Fault.FAIL) {
+            throw new RpcError(ErrorCode.TEMPORARILY_UNAVAILABLE, "injected fault: fail: nothing was done; safe to retry");
+        }
+        ReplyWriter.Held held = replies.hold();
+        try {
+            handling.run();
+        } catch (RpcError refused) {
+            replies.error(reply, refused);
+        } catch (RuntimeException bug) {
+            replies.discard(held);
+            throw bug;
+        }
+        switch (fault) {
+            case DROP -> replies.discard(held);
+            case UNKNOWN -> {
+                replies.discard(held);
+                replies.error(reply, new RpcError(ErrorCode.CRASH,
+                        "injected fault: unknown outcome: the request may or may not have been done; a retry will tell"));
+            }
+            case DELAY -> replies.later(replies.release(held), faults.delayMillis());
+            case DUPLICATE -> {
+                byte[] line = replies.release(held);
+                replies.raw(line);
+                replies.raw(line);
+            }
+            case CRASH -> {
+                replies.discard(held);
+                throw new InjectedCrash();
+            }
+            default -> throw new IllegalStateException("fault " + fault);
+        }
+    }
+
+    /** The faults a payment service shows in real life, each with the Maelstrom code of the same meaning. */
+    enum Fault {
+        FAIL("fail"), DROP("drop"), UNKNOWN("unknown"), DELAY("delay"), DUPLICATE("duplicate"), CRASH("crash");
+
+        final String option;
+
+        Fault(String option) {
+            this.option = option;
+        }
+    }
+
+    /** --faults: the probability of each fault per attempt (they add up to at most 1), and the delay. */
+    record FaultPlan(EnumMap<Fault, Double> probabilities, long delayMillis) {
+        static FaultPlan parse(String list) {
+            EnumMap<Fault, Double> probabilities = new EnumMap<>(Fault.class);
+            long delayMillis = 0;
+            double total = 0;
+            for (String item : list.split(",", -1)) {
+                int equals = item.indexOf('=');
+                String name = equals < 0 ? item : item.substring(0, equals);
+                Fault fault = Arrays.stream(Fault.values()).filter(f -> f.option.equals(name)).findFirst().orElseThrow(
+                        () -> new IllegalArgumentException("--faults: unknown fault '" + name + "' (known: fail, drop, unknown,"
+                                + " delay, duplicate, crash; e.g. --faults fail=0.05,delay=0.1:200)"));
+                if (probabilities.containsKey(fault)) {
+                    throw new IllegalArgumentException("--faults: " + name + " is given twice");
+                }
+                String value = equals < 0 ? "" : item.substring(equals + 1);
+                if (fault == Fault.DELAY) {
+                    int colon = value.indexOf(':');
+                    if (colon < 0) {
+                        throw new IllegalArgumentException("--faults: delay needs a probability and milliseconds, e.g. delay=0.1:200");
+                    }
+                    delayMillis = milliseconds(value.substring(colon + 1));
+                    value = value.substring(0, colon);
+                }
+                double probability = probability(name, value);
+                probabilities.put(fault, probability);
+                total += probability;
+            }
+            if (total > 1 + 1e-9) {
+                throw new IllegalArgumentException("--faults: the probabilities add up to " + total + ", more than 1"
+                        + " (each attempt draws at most one fault)");
+            }
+            return new FaultPlan(probabilities, delayMillis);
+        }
+
+        private static double probability(String name, String text) {
+            try {
+                double p = Double.parseDouble(text);
+                if (p >= 0 && p <= 1) {
+                    return p;
+                }
+            } catch (NumberFormatException notANumber) {
+                // said below
+            }
+            throw new IllegalArgumentException("--faults: " + name + " needs a probability from 0 to 1, e.g. " + name + "=0.05,"
+                    + " got '" + text + "'");
+        }
+
+        private static long milliseconds(String text) {
+            Long millis = Options.wholeNumber(text, 0, 3_600_000);
+            if (millis != null) {
+                return millis;
+            }
+            throw new IllegalArgumentException("--faults: delay needs whole milliseconds from 0 to 3600000, got '" + text + "'");
+        }
+    }
+
+    /**
+     * Draws at most one fault per ChargePayment or RefundPayment attempt, from a generator seeded by
+     * --seed: the same seed and the same input give the same faults. The faults are tried in a fixed
+     * order (fail, drop, unknown, delay, duplicate, crash), whatever order --faults lists them in.
+     */
+    static final class Faults {
+        static final Faults NONE = new Faults(new FaultPlan(new EnumMap<>(Fault.class), 0), 0);
+
+        private final FaultPlan plan;
+        private final SplittableRandom random;   // (java.util.Random starts nearly alike for nearby seeds)
+
+        Faults(FaultPlan plan, long seed) {
+            this.plan = plan;
+            this.random = new SplittableRandom(seed);
+        }
+
+        /** The fault of this attempt, or null. */
+        Fault draw() {
+            if (plan.probabilities().isEmpty()) {
+                return null;
+            }
+            double roll = random.nextDouble();
+            for (var fault : plan.probabilities().entrySet()) {
+                roll -= fault.getValue();
+                if (roll < 0) {
+                    return fault.getKey();
+                }
+            }
+            return null;
+        }
+
+        long delayMillis() {
+            return plan.delayMillis();
+        }
+    }
+
+    /** An injected crash: the node stops at once, its work done and journaled, without the reply. */
+    static final class InjectedCrash extends IOException {
+        private static final long serialVersionUID = 1L;
+
+        InjectedCrash() {
+            super("injected fault: crash", null);
+        }
+    }
+
+    /** A timer thread that writes delayed replies when they are due; it sleeps in between, never spins. */
+    static final class DelayedReplies {
+        private final ScheduledThreadPoolExecutor timer = new ScheduledThreadPoolExecutor(1, task -> {
+            Thread thread = new Thread(task, "delayed-replies");
+            thread.setDaemon(true);
+            return thread;
+        });
+
+        void schedule(Runnable write, long millis) {
+            timer.schedule(write, millis, TimeUnit.MILLISECONDS);
+        }
+
+        /** Lets every scheduled reply go out, then stops the thread. */
+        void finish() throws IOException {
+            timer.shutdown();   // scheduled tasks still run after shutdown: that is the default policy
+            try {
+                timer.awaitTermination(Long.MAX_VALUE, TimeUnit.NANOSECONDS);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new InterruptedIOException("interrupted while delayed replies were pending");
             }
         }
     }
 
+    // ---------------------------------------------------------------------------------------------
+    // 8. Cluster: several nodes, one payment service, on lin-kv (--store lin-kv)
+    // ---------------------------------------------------------------------------------------------
 
-    // ---------------------------------------------------------------------------------------------
-    // 10. Cluster: several nodes, one payment service, on lin-kv (--store lin-kv)
-    // ---------------------------------------------------------------------------------------------
+    /** One line read by the cluster's reader thread (a copy: the reader goes on meanwhile). */
+    private record Line(byte[] bytes, byte[] tooLongPrefix, long tooLongLength) {
+    }
+
+    private static final Line END_OF_INPUT = new Line(null, null, 0);
+
+    /** How long a cluster node may hold its output in a buffer while input keeps coming. */
+    private static final long MAX_HOLD_NANOS = 2_000_000;
+
+    /**
+     * The main loop of a cluster node. A reader thread reads stdin, and this thread handles each line and
+     * each lin-kv reply as it comes, and answers the calls that lin-kv left unanswered past their time:
+     * the input never waits for lin-kv. At the end of input, calls still waiting can only time out.
+     */
+    private int serveCluster(InputStream in, ClusterService cluster) {
+        BlockingQueue<Line> queue = new ArrayBlockingQueue<>(4096);
+        IOException[] readFailure = new IOException[1];
+        Thread reader = new Thread(() -> {
+            LineReader lines = new LineReader(in, MAX_LINE_BYTES, () -> { });
+            try {
+                while (lines.next()) {
+                    queue.put(new Line(Arrays.copyOfRange(lines.buffer(), lines.start(), lines.start() + lines.length()),
+                            lines.tooLongPrefix(), lines.tooLongLength()));
+                }
+            } catch (IOException e) {
+                readFailure[0] = e;
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+            try {
+                queue.put(END_OF_INPUT);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+        }, "stdin");
+        reader.setDaemon(true);
+        reader.start();
+        try {
+            boolean inputOpen = true;
+            long flushedAt = System.nanoTime();
+            while (inputOpen || cluster.waiting()) {
+                Line line = queue.poll();
+                if (line == null || System.nanoTime() - flushedAt > MAX_HOLD_NANOS) {
+                    // Before waiting, and at least every MAX_HOLD_NANOS under a flood of input: lin-kv
+                    // requests and replies never sit in a buffer while their time runs.
+                    replies.flush();
+                    flushedAt = System.nanoTime();
+                }
+                if (line == null) {
+                    long wait = cluster.millisToNextDeadline();
+                    line = wait < 0 ? (inputOpen ? queue.take() : null) : queue.poll(wait, TimeUnit.MILLISECONDS);
+                }
+                cluster.expire();
+                if (line == END_OF_INPUT) {
+                    inputOpen = false;
+                } else if (line != null) {
+                    lineNumber++;
+                    handleLine(line.bytes(), 0, line.bytes().length, line.tooLongPrefix(), line.tooLongLength());
+                }
+            }
+            replies.flush();
+            if (readFailure[0] != null) {
+                throw readFailure[0];
+            }
+            return 0;
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            return 1;
+        } catch (IOException e) {
+            log.error("stopping: reading stdin or writing stdout failed: " + e, null);
+            return 1;
+        }
+    }
 
     /**
      * The values this node keeps in lin-kv: strings, or flat objects whose fields are all strings (amounts
@@ -3451,6 +3235,217 @@ public final class PaymentNode {
                 });
             }
         }
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // 9. Start-up details: the reply stream, options, usage, warm-up
+    // ---------------------------------------------------------------------------------------------
+
+    /**
+     * Where replies go: stdout, or the file that {@code -Dpayment.replies} names. run.sh names a copy of
+     * its stdout there and gives the JVM stderr as stdout, so that nothing a JVM option prints can mix
+     * with the replies. Appending, so that a reopened {@code >>} file is never overwritten.
+     */
+    private static OutputStream replyStream() throws IOException {
+        String path = System.getProperty("payment.replies");
+        return path == null ? new FileOutputStream(FileDescriptor.out) : new FileOutputStream(path, true);
+    }
+
+    /** The command line. {@code journal}, {@code balance} and {@code faults} are null when not given. */
+    record Options(boolean verbose, boolean help, String journal, BigDecimal balance, FaultPlan faults, long seed,
+                   boolean linKv, long kvTimeoutMillis) {
+        /** How long a cluster node waits for a lin-kv reply before it answers its client "outcome unknown". */
+        static final long DEFAULT_KV_TIMEOUT_MILLIS = 1000;
+
+        static Options parse(String[] args) {
+            boolean verbose = false;
+            boolean help = false;
+            String journal = null;
+            BigDecimal balance = null;
+            FaultPlan faults = null;
+            long seed = 0;
+            boolean linKv = false;
+            long kvTimeout = DEFAULT_KV_TIMEOUT_MILLIS;
+            for (int i = 0; i < args.length; i++) {
+                String arg = args[i];
+                int equals = arg.startsWith("--") ? arg.indexOf('=') : -1;
+                String name = equals < 0 ? arg : arg.substring(0, equals);
+                switch (name) {
+                    case "--verbose", "-v", "--help", "-h" -> {
+                        if (equals >= 0) {
+                            throw new IllegalArgumentException(name + " takes no value");
+                        }
+                        verbose |= name.equals("--verbose") || name.equals("-v");
+                        help |= name.equals("--help") || name.equals("-h");
+                    }
+                    case "--journal", "--balance", "--faults", "--seed", "--store", "--kv-timeout" -> {
+                        String value = equals >= 0 ? arg.substring(equals + 1) : ++i < args.length ? args[i] : null;
+                        if (value == null || value.isEmpty()) {
+                            throw new IllegalArgumentException(name + " needs a value" + EXAMPLES.get(name));
+                        }
+                        switch (name) {
+                            case "--journal" -> journal = journalPath(value);
+                            case "--balance" -> balance = balance(value);
+                            case "--faults" -> faults = FaultPlan.parse(value);
+                            case "--store" -> linKv = store(value);
+                            case "--kv-timeout" -> kvTimeout = kvTimeout(value);
+                            default -> seed = seed(value);
+                        }
+                    }
+                    default -> throw new IllegalArgumentException("unknown option: " + arg);
+                }
+            }
+            if (linKv && journal != null) {
+                throw new IllegalArgumentException("--store lin-kv keeps the state in lin-kv: it goes with no --journal");
+            }
+            if (linKv && (balance != null || faults != null)) {
+                throw new IllegalArgumentException("--balance and --faults are not available with --store lin-kv");
+            }
+            return new Options(verbose, help, journal, balance, faults, seed, linKv, kvTimeout);
+        }
+
+        private static boolean store(String text) {
+            return switch (text) {
+                case "lin-kv" -> true;
+                case "memory" -> false;
+                default -> throw new IllegalArgumentException("--store is lin-kv or memory, got " + text);
+            };
+        }
+
+        private static long kvTimeout(String text) {
+            Long millis = wholeNumber(text, 1, 3_600_000);
+            if (millis == null) {
+                throw new IllegalArgumentException("--kv-timeout needs milliseconds from 1 to 3600000, got " + text);
+            }
+            return millis;
+        }
+
+        /** A whole number from {@code min} to {@code max} given on the command line, else null. */
+        static Long wholeNumber(String text, long min, long max) {
+            try {
+                long number = Long.parseLong(text);
+                return number >= min && number <= max ? number : null;
+            } catch (NumberFormatException notANumber) {
+                return null;
+            }
+        }
+
+        private static final Map<String, String> EXAMPLES = Map.of(
+                "--journal", ", a file name (e.g. --journal 'payments-{node_id}.journal')",
+                "--balance", ", an amount (e.g. --balance 100.00)",
+                "--faults", " (e.g. --faults fail=0.05,drop=0.1,delay=0.1:200)",
+                "--seed", ", an integer (e.g. --seed 7)",
+                "--store", " (--store lin-kv)",
+                "--kv-timeout", ", milliseconds (e.g. --kv-timeout 1000)");
+
+        private static String journalPath(String name) {
+            Path.of(name.replace(NODE_ID, "n1"));   // a path this system cannot have is a usage error now, not at init
+            return name;
+        }
+
+        private static BigDecimal balance(String text) {
+            try {
+                BigDecimal amount = new BigDecimal(text);
+                if (amount.signum() >= 0 && amount.precision() - amount.scale() <= Amount.MAX_DIGITS && amount.scale() <= Amount.MAX_DIGITS) {
+                    return amount;
+                }
+            } catch (NumberFormatException notANumber) {
+                // said below
+            }
+            throw new IllegalArgumentException("--balance needs an amount of 0 or more, got " + text);
+        }
+
+        private static long seed(String text) {
+            try {
+                return Long.parseLong(text);
+            } catch (NumberFormatException e) {
+                throw new IllegalArgumentException("--seed needs an integer, got " + text);
+            }
+        }
+    }
+
+    static final String USAGE = """
+            Usage: ./run.sh [--journal FILE] [--balance AMOUNT] [--faults LIST --seed N]
+                            [--verbose] < messages.jsonl
+                   ./run.sh --store lin-kv [--kv-timeout MS] [--verbose]
+                   ./run.sh --build
+                   java -jar target/payment-node.jar [OPTIONS]
+
+            The payment participant of a saga, as a Maelstrom node. It reads one JSON
+            message per line on stdin and writes one JSON reply per line on stdout:
+              init           -> init_ok
+              ChargePayment  -> ChargePayment_ok  (once per saga_id and step: a retry gets
+                                                   the cached result, never a second charge)
+              RefundPayment  -> RefundPayment_ok  (the compensation, just as idempotent)
+              PaymentStatus  -> PaymentStatus_ok  (what is recorded for a step, read only)
+            Bad input gets a Maelstrom error reply (codes 10-14, 22), or a line on stderr
+            when it cannot be answered; a message with in_reply_to is a reply and is never
+            answered. The node never stops on bad input; it exits 0 at the end of its input.
+
+            Options:
+              --journal FILE  keep every charge, refund and closed step in FILE (created
+                              if missing, readable by its owner only) and replay it on
+                              start, so that a restart forgets nothing; a reply is written
+                              only once its record is on disk. {node_id} in FILE stands
+                              for the node's id: each node of a harness keeps its own
+                              file, opened at its first init (requests before it get
+                              error 11). Without --journal, state lives in memory only
+                              and a restart forgets every idempotency key.
+              --balance AMOUNT
+                              every user starts with AMOUNT; a charge above what is
+                              left is declined (error 14, stored as the step's
+                              result); a refund pays back
+              --faults LIST   inject the faults of a real payment service into
+                              ChargePayment and RefundPayment, at most one per
+                              attempt, e.g. fail=0.05,drop=0.1,unknown=0.02,
+                              delay=0.1:200,duplicate=0.05,crash=0.01:
+                                fail       nothing is done; error 11 (definite)
+                                drop       done; no reply
+                                unknown    done; error 13 (indefinite)
+                                delay=P:MS done; the reply leaves MS ms later
+                                duplicate  done; the reply comes twice
+                                crash      done and journaled; exit 3, no reply
+                              each one logged on stderr with its key and msg_id
+              --seed N        the seed of --faults (default 0): the same seed and
+                              input give the same faults
+              --store lin-kv  one payment service across every node started so: the
+                              table and ledgers live in the harness's lin-kv service,
+                              and a retry to any node (or a restarted one) gets the
+                              same result (docs/CLUSTER.md)
+              --kv-timeout MS how long to wait for lin-kv before answering error 0,
+                              outcome unknown (default 1000)
+              -v, --verbose   also log every request and every cached answer on stderr
+              -h, --help      print this help and exit
+              --build         (run.sh only) build the jar ahead, then exit: a fresh
+                              clone's first build takes ~10 s, as long as Maelstrom
+                              waits for init_ok
+
+            stdout carries replies and nothing else; logs go to stderr. JAVA_OPTS adds
+            JVM options (run.sh keeps whatever they print off stdout).
+
+            Example:
+              printf '%s\\n' '{"src":"c1","dest":"n1","body":{"type":"init","msg_id":1}}' | ./run.sh
+            """;
+
+    /**
+     * Runs every kind of request once through a throwaway node, on the second core while the real one
+     * starts: the first real charge then finds its classes loaded and linked instead of paying for that
+     * itself (a few milliseconds). It shares nothing with the real node: its own handler, no journal,
+     * no output.
+     */
+    private static void warmUp() {
+        String lines = """
+                {"src":"c0","dest":"w","body":{"type":"init","msg_id":1}}
+                {"src":"c1","dest":"w","body":{"type":"ChargePayment","msg_id":2,"saga_id":"w","step":1,"params":{"user_id":"u","amount":9.99}}}
+                {"src":"c1","dest":"w","body":{"type":"ChargePayment","msg_id":3,"saga_id":"w","step":1,"params":{"user_id":"u","amount":9.99}}}
+                {"src":"c1","dest":"w","body":{"type":"RefundPayment","msg_id":4,"saga_id":"w","step":1,"params":{"payment_id":"p1","amount":1}}}
+                {"src":"c1","dest":"w","body":{"type":"RefundPayment","msg_id":5,"saga_id":"w","step":1,"params":{"payment_id":"p1","amount":1}}}
+                {"src":"c1","dest":"w","body":{"type":"RefundPayment","msg_id":6,"saga_id":"w","step":2}}
+                {"src":"c1","dest":"w","body":{"type":"ChargePayment","msg_id":7,"saga_id":"w","step":2,"params":{"user_id":"u","amount":1}}}
+                """;
+        Log silent = new Log(new PrintStream(OutputStream.nullOutputStream()), false);
+        new PaymentNode(State.inMemory(silent), OutputStream.nullOutputStream(), silent)
+                .serve(new ByteArrayInputStream(lines.getBytes(StandardCharsets.UTF_8)));
     }
 
 }
