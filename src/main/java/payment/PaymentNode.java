@@ -162,7 +162,7 @@ public final class PaymentNode {
             FileJournal journal = FileJournal.open(path);
             PaymentHandler payments = new PaymentHandler(log, journal, funds);
             long records = journal.replay(payments, log);
-            log.info("journal " + path + ": replayed " + records + " records");
+            log.verbose("journal " + path + ": replayed " + records + " records");
             return new State(payments, journal);
         }
     }
@@ -323,8 +323,8 @@ public final class PaymentNode {
                 throw malformed("msg_id must be an integer");
             }
             String type = requiredString(body.type, "type");
-            if (log.verbose()) {
-                log.info("line " + lineNumber + " from " + reply.to() + ": " + type + stepForLog(body));
+            if (log.isVerbose()) {
+                log.verbose("line " + lineNumber + " from " + reply.to() + ": " + type + stepForLog(body));
             }
             switch (type) {
                 case "init" -> handleInit(reply, message, body);
@@ -363,7 +363,7 @@ public final class PaymentNode {
             log.warn("init names " + body.nodeIds + " nodes, and this node shares no state with the others:"
                     + " a retry sent to another node may charge again");
         }
-        log.info("initialized as " + nodeId);
+        log.verbose("initialized as " + nodeId);
         replies.initOk(reply.withFrom(nodeId));   // init_ok already comes from the new name
     }
 
@@ -514,15 +514,15 @@ public final class PaymentNode {
 
         Served<ChargeResult> charge(ChargeRequest request) {
             String key = request.key();
-            Served<Entry> settled = once(key, () -> firstCharge(request));
-            if (settled.result() instanceof Charged charged) {
-                if (settled.replayed() && !charged.sameParams(request)) {
+            Served<Entry> served = once(key, () -> firstCharge(request));
+            if (served.result() instanceof Charged charged) {
+                if (served.replayed() && !charged.sameParams(request)) {
                     throw keyReused(key);
                 }
-                return new Served<>(charged.result(), settled.replayed());
+                return new Served<>(charged.result(), served.replayed());
             }
-            if (settled.result() instanceof Declined declined) {
-                if (settled.replayed() && !declined.sameParams(request)) {
+            if (served.result() instanceof Declined declined) {
+                if (served.replayed() && !declined.sameParams(request)) {
                     throw keyReused(key);
                 }
                 throw new RpcError(ErrorCode.ABORT, declined.reason());   // the step's result: every retry gets it again
@@ -533,12 +533,12 @@ public final class PaymentNode {
 
         Served<RefundResult> refund(RefundRequest request) {
             String key = request.key();
-            Served<Entry> settled = once(key, () -> firstRefund(request));
-            Refunded refunded = (Refunded) settled.result();
-            if (settled.replayed() && !refunded.sameParams(request)) {
+            Served<Entry> served = once(key, () -> firstRefund(request));
+            Refunded refunded = (Refunded) served.result();
+            if (served.replayed() && !refunded.sameParams(request)) {
                 throw keyReused(key);
             }
-            return new Served<>(refunded.result(), settled.replayed());
+            return new Served<>(refunded.result(), served.replayed());
         }
 
         private static RpcError keyReused(String key) {
@@ -1809,7 +1809,7 @@ public final class PaymentNode {
         /** Waits until every delayed reply is written (at the end of input). */
         void awaitDelayed() throws IOException {
             if (delayed != null) {
-                delayed.finish();
+                delayed.drain();
             }
         }
 
@@ -1848,18 +1848,18 @@ public final class PaymentNode {
             this.verbose = verbose;
         }
 
-        boolean verbose() {
+        boolean isVerbose() {
             return verbose;
         }
 
-        void info(String message) {
+        void verbose(String message) {
             if (verbose) {
                 err.println("payment-node: " + message);
             }
         }
 
         void verboseCacheHit(String key) {
-            info("Already processed " + key + ", returning cached result");
+            verbose("Already processed " + key + ", returning cached result");
         }
 
         /** One line per injected fault, so that a checker can tell what really happened. */
@@ -2431,7 +2431,7 @@ public final class PaymentNode {
         }
 
         /** Lets every scheduled reply go out, then stops the thread. */
-        void finish() throws IOException {
+        void drain() throws IOException {
             timer.shutdown();   // scheduled tasks still run after shutdown: that is the default policy
             try {
                 timer.awaitTermination(Long.MAX_VALUE, TimeUnit.NANOSECONDS);
@@ -2688,7 +2688,7 @@ public final class PaymentNode {
                         answerCharge(flight, request, record, (Boolean) outcome[1]);
                     }
                 };
-                cas(flight, stepKey(request.key()), ABSENT, charged, (o, v) -> {
+                cas(flight, stepRecordKey(request.key()), ABSENT, charged, (o, v) -> {
                     if (o == Outcome.OK) {
                         steps.put(request.key(), charged);
                         outcome[0] = charged;
@@ -2698,7 +2698,7 @@ public final class PaymentNode {
                     }
                     readStep(flight, request.key(), record -> {   // the step was there before: a retry, or a reuse
                         if (record == null) {
-                            throw new RpcError(ErrorCode.CRASH, "lin-kv refused to create " + stepKey(request.key())
+                            throw new RpcError(ErrorCode.CRASH, "lin-kv refused to create " + stepRecordKey(request.key())
                                     + " and then did not have it; a retry will tell");
                         }
                         outcome[0] = record;
@@ -2757,8 +2757,8 @@ public final class PaymentNode {
 
         /** From the refund key's record: finish what is there, or start. */
         private void resume(Flight flight, RefundRequest request) throws IOException {
-            read(flight, refundKey(request.key()), (o, v) -> {
-                Map<String, String> record = o == Outcome.OK ? ours(v, refundKey(request.key())) : null;
+            read(flight, refundRecordKey(request.key()), (o, v) -> {
+                Map<String, String> record = o == Outcome.OK ? ours(v, refundRecordKey(request.key())) : null;
                 String state = record == null ? "absent" : record.get("state");
                 switch (state) {
                     case "refunded" -> {
@@ -2770,7 +2770,7 @@ public final class PaymentNode {
                         apply(flight, request, record);
                     }
                     case "void", "absent" -> choosePayment(flight, request, record == null ? ABSENT : record);
-                    default -> throw new RpcError(ErrorCode.CRASH, "unexpected record under " + refundKey(request.key()) + ": " + record);
+                    default -> throw new RpcError(ErrorCode.CRASH, "unexpected record under " + refundRecordKey(request.key()) + ": " + record);
                 }
             });
         }
@@ -2803,7 +2803,7 @@ public final class PaymentNode {
                     });
                 } else {
                     // The compensation came before its charge: close the step, refund nothing.
-                    closeStep(flight, request, refundRecord, () -> settle(flight, request, refundRecord,
+                    closeStep(flight, request, refundRecord, () -> writeFinalRefund(flight, request, refundRecord,
                             KvValue.record("state", "refunded", "payment_id_given", "", "amount_given", given(request.amount()),
                                     "refund_id", "", "refunded", Amount.ZERO.text(), "payment", ""), false));
                 }
@@ -2818,19 +2818,19 @@ public final class PaymentNode {
             closeStep(flight, request, refundRecord, () -> refundIds.take(flight, number -> {
                 log.warn("refunding " + request.paymentId() + " for " + request.key() + ", a payment this service"
                         + " does not know: trusting the saga");
-                settle(flight, request, refundRecord, KvValue.record("state", "refunded", "payment_id_given", request.paymentId(),
+                writeFinalRefund(flight, request, refundRecord, KvValue.record("state", "refunded", "payment_id_given", request.paymentId(),
                         "amount_given", request.amount().text(), "refund_id", "r" + number, "refunded", request.amount().text(), "payment", ""), false);
             }));
         }
 
-        interface Step {
+        interface Next {
             void run() throws IOException;
         }
 
         /** Closes a step that has no charge; if a charge got there first, the refund takes that payment. */
-        private void closeStep(Flight flight, RefundRequest request, Object refundRecord, Step then) throws IOException {
+        private void closeStep(Flight flight, RefundRequest request, Object refundRecord, Next then) throws IOException {
             var compensated = KvValue.record("state", "compensated");
-            cas(flight, stepKey(request.chargeKey()), ABSENT, compensated, (o, v) -> {
+            cas(flight, stepRecordKey(request.chargeKey()), ABSENT, compensated, (o, v) -> {
                 if (o == Outcome.OK) {
                     steps.put(request.chargeKey(), compensated);
                     then.run();
@@ -2850,7 +2850,7 @@ public final class PaymentNode {
         private void intend(Flight flight, RefundRequest request, Object refundRecord, String paymentId, String charged) throws IOException {
             var pending = KvValue.record("state", "pending", "payment_id_given", given(request.paymentId()),
                     "amount_given", given(request.amount()), "payment", paymentId, "charged", charged);
-            cas(flight, refundKey(request.key()), refundRecord, pending, (o, v) -> {
+            cas(flight, refundRecordKey(request.key()), refundRecord, pending, (o, v) -> {
                 if (o == Outcome.OK) {
                     apply(flight, request, pending);
                 } else {
@@ -2884,7 +2884,7 @@ public final class PaymentNode {
                              Map<String, String> ledger, boolean fresh) throws IOException {
             String entry = ledger == null ? null : ledger.get("refund " + request.key());
             if (entry != null) {
-                finish(flight, request, pending, entry, true);   // applied by an attempt that did not finish
+                finishFromLedger(flight, request, pending, entry, true);   // applied by an attempt that did not finish
                 return;
             }
             BigDecimal charged = new BigDecimal(pending.get("charged"));
@@ -2923,7 +2923,7 @@ public final class PaymentNode {
                 cas(flight, "ledger/" + pending.get("payment"), ledger == null ? ABSENT : ledger, next, (o, v) -> {
                     if (o == Outcome.OK) {
                         ledgers.put(pending.get("payment"), next);
-                        finish(flight, request, pending, "r" + number + " " + refundAmount, false);
+                        finishFromLedger(flight, request, pending, "r" + number + " " + refundAmount, false);
                     } else {
                         readLedger(flight, request, pending);   // the ledger is not as this node saw it: read it
                     }
@@ -2933,7 +2933,7 @@ public final class PaymentNode {
 
         /** An error leaves no record: the intent is voided, so that a corrected request starts afresh. */
         private void abandon(Flight flight, RefundRequest request, Map<String, String> pending, RpcError error) throws IOException {
-            cas(flight, refundKey(request.key()), pending, KvValue.record("state", "void"), (o, v) -> {
+            cas(flight, refundRecordKey(request.key()), pending, KvValue.record("state", "void"), (o, v) -> {
                 if (o == Outcome.OK) {
                     flight.fail(error);
                 } else {
@@ -2943,20 +2943,20 @@ public final class PaymentNode {
         }
 
         /** The refund is in the ledger: make the refund key's record final ({@code entry}: "r7 30"). */
-        private void finish(Flight flight, RefundRequest request, Map<String, String> pending, String entry, boolean replayed) throws IOException {
+        private void finishFromLedger(Flight flight, RefundRequest request, Map<String, String> pending, String entry, boolean replayed) throws IOException {
             int space = entry.indexOf(' ');
             var done = KvValue.record("state", "refunded", "payment_id_given", pending.get("payment_id_given"),
                     "amount_given", pending.get("amount_given"), "refund_id", entry.substring(0, space),
                     "refunded", entry.substring(space + 1), "payment", pending.get("payment"));
-            settle(flight, request, pending, done, replayed);
+            writeFinalRefund(flight, request, pending, done, replayed);
         }
 
         /**
          * Writes a refund key's final record over what was there ({@code from}: the pending record, a void one,
          * or none), then answers. If someone else wrote first, goes on from what they wrote.
          */
-        private void settle(Flight flight, RefundRequest request, Object from, Map<String, String> done, boolean replayed) throws IOException {
-            cas(flight, refundKey(request.key()), from, done, (o, v) -> {
+        private void writeFinalRefund(Flight flight, RefundRequest request, Object from, Map<String, String> done, boolean replayed) throws IOException {
+            cas(flight, refundRecordKey(request.key()), from, done, (o, v) -> {
                 if (o == Outcome.OK) {
                     refunds.put(request.key(), done);
                     answerRefund(flight, request, done, replayed);
@@ -2994,8 +2994,8 @@ public final class PaymentNode {
         @Override
         public void status(Envelope reply, StatusRequest request) throws IOException {
             Flight flight = start(reply);
-            readStep(flight, request.chargeKey(), step -> read(flight, refundKey(request.refundKey()), (o, v) -> {
-                Map<String, String> refund = o == Outcome.OK ? ours(v, refundKey(request.refundKey())) : null;
+            readStep(flight, request.chargeKey(), step -> read(flight, refundRecordKey(request.refundKey()), (o, v) -> {
+                Map<String, String> refund = o == Outcome.OK ? ours(v, refundRecordKey(request.refundKey())) : null;
                 RefundResult result = refund != null && "refunded".equals(refund.get("state"))
                         ? new RefundResult(refund.get("refund_id").isEmpty() ? null : refund.get("refund_id"), refund.get("refunded"))
                         : null;
@@ -3030,8 +3030,8 @@ public final class PaymentNode {
                 then.on(known);
                 return;
             }
-            read(flight, stepKey(chargeKey), (o, v) -> {
-                Map<String, String> step = o == Outcome.OK ? ours(v, stepKey(chargeKey)) : null;
+            read(flight, stepRecordKey(chargeKey), (o, v) -> {
+                Map<String, String> step = o == Outcome.OK ? ours(v, stepRecordKey(chargeKey)) : null;
                 if (step != null) {
                     steps.put(chargeKey, step);
                 }
@@ -3070,11 +3070,11 @@ public final class PaymentNode {
             throw new RpcError(ErrorCode.CRASH, "lin-kv holds a value under " + key + " that this service did not write");
         }
 
-        private static String stepKey(String chargeKey) {
+        private static String stepRecordKey(String chargeKey) {
             return "charge/" + chargeKey;
         }
 
-        private static String refundKey(String refundKey) {
+        private static String refundRecordKey(String refundKey) {
             return "refund/" + refundKey;
         }
 
