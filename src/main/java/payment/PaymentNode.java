@@ -48,6 +48,8 @@ import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.ScheduledThreadPoolExecutor;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLong;
+import java.util.function.Consumer;
+import java.util.function.Function;
 import java.util.function.Supplier;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
@@ -82,89 +84,22 @@ public final class PaymentNode {
 
     private final ReplyWriter replies;
     private final Log log;
-    /** A per-node journal's path, {@code {node_id}} still in it: opened at the first init. Else null. */
-    private final String journalAtInit;
-    private final Funds funds;
-    /** Injected faults (--faults): none unless asked for. */
-    private final Faults faults;
-    /** Where checked requests go: {@link LocalService}, or with --store lin-kv a {@link ClusterService}. */
+    /** Where checked requests go: this node's own table ({@link LocalService}) unless an option chose another. */
     private final Service service;
-    /** Null only until the first init opens a per-node journal. */
-    private State state;
     /** Set by init; until then a reply is sent from the request's {@code dest}. */
     private String nodeId;
     private long lineNumber;
 
-    PaymentNode(State state, OutputStream stdout, Log log) {
-        this(state, null, Funds.UNLIMITED, Faults.NONE, stdout, log);
-    }
-
-    private PaymentNode(State state, String journalAtInit, Funds funds, Faults faults, OutputStream stdout, Log log) {
-        this(state, journalAtInit, funds, faults, 0, stdout, log);
-    }
-
-    /** {@code kvTimeoutMillis} > 0: a node of a cluster, its state in lin-kv. */
-    private PaymentNode(State state, String journalAtInit, Funds funds, Faults faults, long kvTimeoutMillis, OutputStream stdout, Log log) {
+    /** {@code service} makes the service that requests go to, writing its replies to this node's reply writer. */
+    PaymentNode(OutputStream stdout, Log log, Function<ReplyWriter, Service> service) {
         this.replies = new ReplyWriter(stdout, log);
         this.log = log;
-        this.journalAtInit = journalAtInit;
-        this.funds = funds;
-        this.faults = faults;
-        this.service = kvTimeoutMillis > 0 ? new ClusterService(replies, log, () -> nodeId, kvTimeoutMillis) : new LocalService();
-        if (state != null) {
-            use(state);
-        }
+        this.service = service.apply(replies);
     }
 
-    /** A node whose journal is its own file, named by its id, opened at its first init (docs/PROTOCOL.md, section 7). */
-    static PaymentNode withJournalAtInit(String pathWithNodeId, OutputStream stdout, Log log) {
-        return new PaymentNode(null, pathWithNodeId, Funds.UNLIMITED, Faults.NONE, stdout, log);
-    }
-
-    /**
-     * The node the options describe. The defaults keep every path as plain as it can be: state in memory,
-     * no balances, no faults. A journal that cannot be opened now is an IOException.
-     */
-    static PaymentNode fromOptions(Options options, OutputStream stdout, Log log) throws IOException {
-        if (options.linKv()) {
-            return new PaymentNode(null, null, Funds.UNLIMITED, Faults.NONE, options.kvTimeoutMillis(), stdout, log);
-        }
-        Funds funds = options.balance() == null ? Funds.UNLIMITED : new Balances(options.balance());
-        Faults faults = options.faults() == null ? Faults.NONE : new Faults(options.faults(), options.seed());
-        if (options.journal() != null && options.journal().contains(NODE_ID)) {
-            return new PaymentNode(null, options.journal(), funds, faults, stdout, log);
-        }
-        State state = options.journal() == null ? State.inMemory(log, funds) : State.replayed(Path.of(options.journal()), log, funds);
-        return new PaymentNode(state, null, funds, faults, stdout, log);
-    }
-
-    private void use(State state) {
-        this.state = state;
-        replies.commitFirst(state.journal());
-    }
-
-    /** What a node serves from: the idempotency table, and the journal its changes go to. */
-    record State(PaymentHandler payments, Journal journal) {
-        static State inMemory(Log log) {
-            return inMemory(log, Funds.UNLIMITED);
-        }
-
-        static State inMemory(Log log, Funds funds) {
-            return new State(new PaymentHandler(log, Journal.NONE, funds), Journal.NONE);
-        }
-
-        static State replayed(Path path, Log log) throws IOException {
-            return replayed(path, log, Funds.UNLIMITED);
-        }
-
-        /** State that comes back from the journal and goes on into it. */
-        static State replayed(Path path, Log log, Funds funds) throws IOException {
-            FileJournal journal = FileJournal.open(path);
-            PaymentHandler payments = new PaymentHandler(log, journal, funds);
-            long records = journal.replay(payments, log);
-            log.verbose("journal " + path + ": replayed " + records + " records");
-            return new State(payments, journal);
-        }
+    /** The card's node: one table (in memory, or replayed from a journal), every request handled at once, in input order. */
+    static PaymentNode serving(PaymentHandler table, OutputStream stdout, Log log) {
+        return new PaymentNode(stdout, log, replies -> new LocalService(table, replies, log));
     }
 
     public static void main(String[] args) {
@@ -209,40 +144,45 @@ public final class PaymentNode {
 
     /** Serves every line of {@code in}; returns the exit status: 0 at end of input, 1 if stdin, stdout or the journal failed. */
     int serve(InputStream in) {
-        if (service instanceof ClusterService cluster) {
-            return serveCluster(in, cluster);
-        }
+        return service.serve(this, in);
+    }
+
+    /** The main loop of a service that answers every request at once: one line after the other, in input order. */
+    int serveInOrder(InputStream in) {
         LineReader lines = new LineReader(in, MAX_LINE_BYTES, replies);
         try {
             while (lines.next()) {
-                lineNumber++;
-                handleLine(lines);
+                handleLine(lines.buffer(), lines.start(), lines.length(), lines.tooLongPrefix(), lines.tooLongLength());
             }
             replies.flush();
-            replies.awaitDelayed();   // delayed replies (--faults delay) still leave before the node exits
-            if (state != null) {
-                state.journal().close();   // the end of input is the end of this node's run
-            }
+            service.close();   // the end of input is the end of this node's run
             return 0;
-        } catch (InjectedCrash crash) {
-            replies.flushQuietly();   // what was answered before, and the crashed request's journal record
-            return EXIT_INJECTED_CRASH;
-        } catch (JournalUnavailable e) {
-            replies.flushQuietly();
-            log.error("stopping: " + e.getMessage(), null);
-            return 2;
+        } catch (Stop stop) {
+            replies.flushQuietly();   // what was answered before, and the journal records behind it
+            if (stop.getMessage() != null) {
+                log.error("stopping: " + stop.getMessage(), null);
+            }
+            return stop.status;
         } catch (IOException e) {
             log.error("stopping: reading stdin, writing stdout or writing the journal failed: " + e, null);
             return 1;
         }
     }
 
-    private void handleLine(LineReader lines) throws IOException {
-        handleLine(lines.buffer(), lines.start(), lines.length(), lines.tooLongPrefix(), lines.tooLongLength());
+    /** An option's mode that must stop the node at once, with this exit status (a journal that cannot open, an injected crash). */
+    static class Stop extends IOException {
+        private static final long serialVersionUID = 1L;
+        final int status;
+
+        Stop(String message, int status) {
+            super(message);
+            this.status = status;
+        }
     }
 
     /** One line's whole trip; {@code tooLongPrefix} is the first megabyte of a line over the limit, else null. */
-    private void handleLine(byte[] line, int start, int length, byte[] tooLongPrefix, long tooLongLength) throws IOException {
+    void handleLine(byte[] line, int start, int length, byte[] tooLongPrefix, long tooLongLength) throws IOException {
+        lineNumber++;
         if (tooLongPrefix != null) {
             refuseTooLongLine(tooLongPrefix, tooLongLength);
             return;
@@ -310,7 +250,7 @@ public final class PaymentNode {
         if (!isMissing(body.inReplyTo)) {
             // A reply to something this node sent. Answering it (even with an error) would let two nodes
             // bounce errors at each other for ever.
-            if (service.completes(message.src.text(), body)) {
+            if (service.completes(message)) {
                 return;
             }
             log.warn("line " + lineNumber + ": a reply from " + message.src.text() + " (in_reply_to "
@@ -352,16 +292,10 @@ public final class PaymentNode {
 
     private void handleInit(Envelope reply, RawMessage message, RawBody body) throws IOException {
         String id = isMissing(body.nodeId) ? stringOrNull(message.dest) : requiredString(body.nodeId, "node_id");
-        if (state == null && journalAtInit != null) {
-            openJournalAtInit(id);   // before the node takes the id: an id that cannot name a file changes nothing
-        }
+        service.init(id, body.nodeIds);   // before the node takes the id: an id the service refuses changes nothing
         if (id != null) {
             // A repeated init only renames the node: the idempotency table is untouched.
             nodeId = id;
-        }
-        if (body.nodeIds > 1 && service instanceof LocalService) {
-            log.warn("init names " + body.nodeIds + " nodes, and this node shares no state with the others:"
-                    + " a retry sent to another node may charge again");
         }
         log.verbose("initialized as " + nodeId);
         replies.initOk(reply.withFrom(nodeId));   // init_ok already comes from the new name
@@ -370,6 +304,7 @@ public final class PaymentNode {
     /**
      * Where ChargePayment, RefundPayment and PaymentStatus go once checked: this node's own idempotency
      * table (the default), or the cluster's, kept in lin-kv (--store lin-kv). Both follow the same rules.
+     * A mode asks for what it needs here, so that the card's path never passes through a mode's code.
      */
     interface Service {
         void charge(Envelope reply, ChargeRequest request) throws IOException;
@@ -378,55 +313,86 @@ public final class PaymentNode {
 
         void status(Envelope reply, StatusRequest request) throws IOException;
 
+        /** init names the node ({@code nodeIds}: how many nodes it names, -1 when none); refusing it, a service changes nothing. */
+        void init(String nodeId, int nodeIds) throws IOException;
+
+        /** The main loop this service needs. */
+        default int serve(PaymentNode node, InputStream in) {
+            return node.serveInOrder(in);
+        }
+
         /** Takes a reply to a request this node sent (a service's); false when it is not one. */
-        default boolean completes(String src, RawBody reply) throws IOException {
+        default boolean completes(RawMessage reply) throws IOException {
             return false;
+        }
+
+        /** The end of input: what the service still owes goes out, and what it holds is released. */
+        default void close() throws IOException {
         }
     }
 
-    /** This node's own table, journal and test doubles: every request is handled at once, in input order. */
-    private final class LocalService implements Service {
+    /** This node's own table: every request is handled at once, in input order. */
+    static class LocalService implements Service {
+        private final ReplyWriter replies;
+        private final Log log;
+        private PaymentHandler table;
+
+        /** {@code table} is null only for a journal opened at init ({@link JournalAtInit}). */
+        LocalService(PaymentHandler table, ReplyWriter replies, Log log) {
+            this.replies = replies;
+            this.log = log;
+            if (table != null) {
+                use(table);
+            }
+        }
+
+        final void use(PaymentHandler table) {
+            this.table = table;
+            replies.commitFirst(table.journal());   // no reply leaves before the records behind it are durable
+        }
+
+        /** The table; a mode that opens it later says why there is none yet. */
+        PaymentHandler table() {
+            return table;
+        }
+
         @Override
         public void charge(Envelope reply, ChargeRequest request) throws IOException {
-            State state = openState();
-            withFault(reply, request.key(), () -> handleCharge(reply, request, state));
+            Served<ChargeResult> served = table().charge(request);
+            if (served.replayed()) {
+                log.verboseCacheHit(request.key());
+            }
+            replies.chargeOk(reply, request, served);
         }
 
         @Override
         public void refund(Envelope reply, RefundRequest request) throws IOException {
-            State state = openState();
-            withFault(reply, request.key(), () -> handleRefund(reply, request, state));
+            Served<RefundResult> served = table().refund(request);
+            if (served.replayed()) {
+                log.verboseCacheHit(request.key());
+            }
+            replies.refundOk(reply, request, served);
         }
 
         @Override
         public void status(Envelope reply, StatusRequest request) throws IOException {
-            replies.paymentStatusOk(reply, request, openState().payments().status(request));
+            replies.paymentStatusOk(reply, request, table().status(request));
         }
-    }
 
-    private void handleCharge(Envelope reply, ChargeRequest charge, State state) throws IOException {
-        Served<ChargeResult> served = state.payments().charge(charge);
-        if (served.replayed()) {
-            log.verboseCacheHit(charge.key());
+        @Override
+        public void init(String nodeId, int nodeIds) throws IOException {
+            if (nodeIds > 1) {
+                log.warn("init names " + nodeIds + " nodes, and this node shares no state with the others:"
+                        + " a retry sent to another node may charge again");
+            }
         }
-        replies.chargeOk(reply, charge, served);
-    }
 
-    private void handleRefund(Envelope reply, RefundRequest refund, State state) throws IOException {
-        Served<RefundResult> served = state.payments().refund(refund);
-        if (served.replayed()) {
-            log.verboseCacheHit(refund.key());
+        @Override
+        public void close() throws IOException {
+            if (table != null) {
+                table.journal().close();
+            }
         }
-        replies.refundOk(reply, refund, served);
-    }
-
-    /** The state, or error 11 while a per-node journal waits for the first init to open it. */
-    private State openState() {
-        if (state == null) {
-            throw new RpcError(ErrorCode.TEMPORARILY_UNAVAILABLE, "not initialized: this node's journal ("
-                    + journalAtInit + ") opens at its first init; nothing was done");
-        }
-        return state;
     }
 
     // ---------------------------------------------------------------------------------------------
@@ -462,7 +428,6 @@ public final class PaymentNode {
         private final AtomicLong refundCount = new AtomicLong();
         private final Log log;
         private final Journal journal;
-        private final Funds funds;
 
         /** Runs {@code firstTime} for a key at most once; every other attempt gets the entry it left. */
         private Served<Entry> once(String key, Supplier<Entry> firstTime) {
@@ -487,7 +452,8 @@ public final class PaymentNode {
             Entry done = null;
             try {
                 done = firstTime.get();
-                entries.replace(key, claim, done);
+                boolean replaced = entries.replace(key, claim, done);
+                assert replaced : "only the attempt that claimed " + key + " settles it";
                 return done;
             } finally {
                 if (done == null) {
@@ -497,19 +463,14 @@ public final class PaymentNode {
             }
         }
 
-        PaymentHandler(Log log) {
-            this(log, Journal.NONE, Funds.UNLIMITED);
-        }
-
+        /** {@code journal}: where each change goes ({@link Journal#NONE}: memory only). */
         PaymentHandler(Log log, Journal journal) {
-            this(log, journal, Funds.UNLIMITED);
-        }
-
-        /** {@code funds}: {@link Funds#UNLIMITED}, or per-user balances (--balance) that can decline a charge. */
-        PaymentHandler(Log log, Journal journal, Funds funds) {
             this.log = log;
             this.journal = journal;
-            this.funds = funds;
+        }
+
+        Journal journal() {
+            return journal;
         }
 
         Served<ChargeResult> charge(ChargeRequest request) {
@@ -546,14 +507,8 @@ public final class PaymentNode {
                     "idempotency key " + key + " was first used with other params");
         }
 
-        private Entry firstCharge(ChargeRequest request) {
-            String shortfall = funds.withdraw(request.userId(), request.amount().value());
-            if (shortfall != null) {
-                Declined declined = new Declined(request.userId(), request.amount().text(),
-                        "declined: insufficient funds: " + shortfall + " (" + request.key() + ")");
-                journal.declined(request, declined.reason());
-                return declined;
-            }
+        /** The charge itself, once per key (with --balance, {@link FundedPaymentHandler} may decline it first). */
+        Entry firstCharge(ChargeRequest request) {
             Charged charged = new Charged(request.userId(), request.amount().text(), paymentCount.incrementAndGet());
             journal.charged(request, charged.paymentNumber());   // before anyone can refund it, so the journal keeps that order
             payments.add(charged);
@@ -596,9 +551,8 @@ public final class PaymentNode {
             return refunded(request, refundCount.incrementAndGet(), request.amount().text(), null);
         }
 
-        private Refunded refundPayment(Charged payment, RefundRequest request) {
+        Refunded refundPayment(Charged payment, RefundRequest request) {
             String amount = payment.deductRefund(request.amount());   // may refuse: then no refund id is used up
-            funds.repay(payment, amount);
             return refunded(request, refundCount.incrementAndGet(), amount, payment);
         }
 
@@ -639,7 +593,6 @@ public final class PaymentNode {
             Charged charged = new Charged(userId, amount, paymentNumber);
             entries.put(key, charged);
             payments.add(charged);
-            funds.restoreWithdrawal(userId, amount);
             paymentCount.accumulateAndGet(paymentNumber, Math::max);
         }
 
@@ -650,15 +603,18 @@ public final class PaymentNode {
         void restoreRefund(String key, String paymentId, String amount, String refunded, long refundNumber, long paymentNumber) {
             entries.put(key, new Refunded(paymentId, amount, refunded, refundNumber));
             if (paymentNumber != 0) {
-                Charged payment = payments.get(paymentNumber);
-                payment.restoreDeducted(new BigDecimal(refunded));
-                funds.repay(payment, refunded);
+                payments.get(paymentNumber).restoreDeducted(new BigDecimal(refunded));
             }
             refundCount.accumulateAndGet(refundNumber, Math::max);
         }
 
         void restoreClose(String chargeKey) {
             entries.put(chargeKey, Compensated.STEP);
+        }
+
+        /** The payment with this number, made by this node (replaying a journal: the payment a refund drew on). */
+        Charged payment(long number) {
+            return payments.get(number);
         }
     }
 
@@ -1089,15 +1045,15 @@ public final class PaymentNode {
         JsonToken bodyToken;   // null when there is no body
         RawBody body;          // null when missing or not an object
         boolean typeOutside;   // a "type" next to src: a body pasted without its envelope
+        byte[] line;           // the line it was read from (valid while the line is handled)
+        int start;
+        int length;
     }
 
     static final class RawBody {
         Value type;
         Value msgId;
         Value inReplyTo;   // set: this is a reply to something this node sent, never a request
-        Value code;        // of an error reply
-        Value text;
-        Object value;      // of a lin-kv read_ok: a String, a flat object of strings (a Map), or KvValue.OTHER
         Value nodeId;
         int nodeIds = -1;  // how many node_ids init named (-1: none)
         Value sagaId;
@@ -1122,6 +1078,9 @@ public final class PaymentNode {
      * leaves what came before the cut. A repeated key keeps its last value, as in JSON.parse.
      */
     static void parse(byte[] line, int start, int length, RawMessage message) throws IOException {
+        message.line = line;
+        message.start = start;
+        message.length = length;
         try (JsonParser parser = JSON.createParser(line, start, length)) {
             if (parser.nextToken() != JsonToken.START_OBJECT) {
                 throw new JsonParseException(parser, "a JSON value, but not an object");
@@ -1163,9 +1122,6 @@ public final class PaymentNode {
                 case "type" -> body.type = Value.read(parser, token);
                 case "msg_id" -> body.msgId = Value.read(parser, token);
                 case "in_reply_to" -> body.inReplyTo = Value.read(parser, token);
-                case "code" -> body.code = Value.read(parser, token);
-                case "text" -> body.text = Value.read(parser, token);
-                case "value" -> body.value = KvValue.read(parser, token);
                 case "node_id" -> body.nodeId = Value.read(parser, token);
                 case "node_ids" -> body.nodeIds = countItems(parser, token);
                 case "saga_id" -> body.sagaId = Value.read(parser, token);
@@ -1533,6 +1489,13 @@ public final class PaymentNode {
             ascii(Long.toString(value));
         }
 
+        /** The separator and name of an object's next field (never its first). */
+        void field(String name) {
+            ascii(", \"");
+            ascii(name);
+            ascii("\": ");
+        }
+
         /**
          * A JSON string as json.dumps writes it: printable ASCII as is; a backslash before {@code "} and
          * before a backslash; the short escapes for backspace, form feed, newline, return and tab; and for
@@ -1592,15 +1555,19 @@ public final class PaymentNode {
      * behind it durable, so that no reply ever tells of a charge that a crash could forget.
      */
     static final class ReplyWriter implements Flushable {
+        /** Writes a reply, or throws the RpcError that is its reply. */
+        interface Writing {
+            void run() throws IOException;
+        }
+
         private static final int BATCH_BYTES = 128 * 1024;
 
-        private final OutputStream out;   // also the lock of every write to it: delayed replies come from a timer thread
+        private final OutputStream out;   // also the lock of every write to it: delayed replies (--faults) come from a timer thread
         private final Log log;
         private Journal journal = Journal.NONE;
         private final JsonBytes json = new JsonBytes();
         private long nextMsgId;
-        private boolean holding;          // a reply is held back for a fault to decide its fate
-        private DelayedReplies delayed;   // made at the first delayed reply
+        private boolean keepingBack;      // a reply is kept back (keepBack): no batch may take it out yet
 
         ReplyWriter(OutputStream out, Log log) {
             this.out = out;
@@ -1652,7 +1619,7 @@ public final class PaymentNode {
         /** PaymentStatus_ok: the step's status, its payment (when charged) and its refund (when there is one). */
         void paymentStatusOk(Envelope to, StatusRequest request, StepStatus status) throws IOException {
             beginStepReply(to, "PaymentStatus_ok", request.sagaId(), request.step());
-            field("status");
+            json.field("status");
             json.string(status.status());
             if (status.step() instanceof Charged payment) {
                 json.ascii(", \"payment\": {\"payment_id\": ");
@@ -1684,9 +1651,9 @@ public final class PaymentNode {
 
         void error(Envelope to, RpcError error) throws IOException {
             begin(to, "error");
-            field("code");
+            json.field("code");
             json.number(error.code.code);
-            field("text");
+            json.field("text");
             json.string(error.getMessage());
             end(to);
         }
@@ -1710,110 +1677,85 @@ public final class PaymentNode {
 
         private void beginStepReply(Envelope to, String type, String sagaId, long step) {
             begin(to, type);
-            field("saga_id");
+            json.field("saga_id");
             json.string(sagaId);
-            field("step");
+            json.field("step");
             json.number(step);
         }
 
-        private void end(Envelope to) throws IOException {
+        /** Ends a message with its in_reply_to and msg_id; returns that msg_id. */
+        private long end(Envelope to) throws IOException {
             if (to.inReplyTo() != null) {
-                field("in_reply_to");
+                json.field("in_reply_to");
                 json.number(to.inReplyTo());
             }
-            field("msg_id");
-            json.number(nextMsgId++);
+            long msgId = nextMsgId++;
+            json.field("msg_id");
+            json.number(msgId);
             json.ascii("}}\n");
             writeBatchIfFull();
+            return msgId;
         }
 
-        /** A full batch goes out, unless a reply is held back for a fault to decide. */
+        /** A full batch goes out, unless a reply is kept back. */
         private void writeBatchIfFull() throws IOException {
-            if (json.size() >= BATCH_BYTES && !holding) {
+            if (json.size() >= BATCH_BYTES && !keepingBack) {
                 writeBatch();
             }
         }
 
-        // Faults (--faults) decide what becomes of a reply: these hold it back, then drop, take or repeat it.
+        // What the modes need beyond replies: a request of the node's own (the cluster's lin-kv calls), its own
+        // msg_id range, and a reply kept back before it leaves (injected faults).
 
-        /** Where the buffer and the msg_id counter stood before a held reply. */
-        record Held(int size, long msgId) {
+        /** A message of this node's own: {@code fields} writes its fields after its type. Returns its msg_id. */
+        long request(Envelope to, String type, Consumer<JsonBytes> fields) throws IOException {
+            begin(to, type);
+            fields.accept(json);
+            return end(to);
         }
 
-        Held hold() {
-            holding = true;
-            return new Held(json.size(), nextMsgId);
-        }
-
-        /** Drops the held reply as if it had never been written: it uses up no msg_id. */
-        void discard(Held held) {
-            json.truncate(held.size());
-            nextMsgId = held.msgId();
-            holding = false;
-        }
-
-        /** Takes the held reply's line out of the buffer. */
-        byte[] release(Held held) {
-            byte[] line = Arrays.copyOfRange(json.array(), held.size(), json.size());
-            json.truncate(held.size());
-            holding = false;
-            return line;
-        }
-
-        /** Cluster nodes number their messages from a base no earlier process of the node used (--store lin-kv). */
+        /** msg_ids from here on start at {@code base}. */
         void startMsgIdsAt(long base) {
             nextMsgId = base;
         }
 
-        /**
-         * A request to lin-kv ({@code read}, {@code write} or {@code cas}); returns its msg_id. Values are
-         * strings or flat objects of strings ({@link KvValue}); {@code from} and {@code to} are left out when null.
-         */
-        long kvRequest(String from, String type, String key, Object value, Object casFrom, Object casTo, boolean create) throws IOException {
-            Envelope to = new Envelope(from, ClusterService.KV, null);
-            long msgId = nextMsgId;
-            begin(to, type);
-            field("key");
-            json.string(key);
-            if (value != null) {
-                field("value");
-                KvValue.write(json, value);
-            }
-            if (casFrom != null) {
-                field("from");
-                KvValue.write(json, casFrom);
-                field("to");
-                KvValue.write(json, casTo);
-            }
-            if (create) {
-                json.ascii(", \"create_if_not_exists\": true");
-            }
-            end(to);
-            return msgId;
+        /** A reply kept back: its line, and the msg_id the writer stood at before it. */
+        record Kept(byte[] line, long msgIdBefore) {
         }
 
-        /** Writes a line taken out before (a duplicate). */
-        void raw(byte[] line) throws IOException {
+        /** Runs {@code writing} with what it writes kept out of every batch, then takes it out of the buffer. */
+        Kept keepBack(Writing writing) throws IOException {
+            int size = json.size();
+            long msgIdBefore = nextMsgId;
+            keepingBack = true;
+            try {
+                writing.run();
+            } catch (IOException | RuntimeException e) {
+                json.truncate(size);
+                nextMsgId = msgIdBefore;
+                throw e;
+            } finally {
+                keepingBack = false;
+            }
+            byte[] line = Arrays.copyOfRange(json.array(), size, json.size());
+            json.truncate(size);
+            return new Kept(line, msgIdBefore);
+        }
+
+        /** Makes a kept reply as if it had never been written: it uses up no msg_id. Nothing may have been written since. */
+        void forget(Kept kept) {
+            assert nextMsgId == kept.msgIdBefore() + 1 : "a reply is forgotten right after it was kept back";
+            nextMsgId = kept.msgIdBefore();
+        }
+
+        /** Writes a line made before (a kept reply). */
+        void writeLine(byte[] line) throws IOException {
             json.bytes(line);
             writeBatchIfFull();
         }
 
-        /** Writes a line once {@code millis} have passed; later replies may overtake it. */
-        void later(byte[] line, long millis) {
-            if (delayed == null) {
-                delayed = new DelayedReplies();
-            }
-            delayed.schedule(() -> writeNow(line), millis);
-        }
-
-        /** Waits until every delayed reply is written (at the end of input). */
-        void awaitDelayed() throws IOException {
-            if (delayed != null) {
-                delayed.drain();
-            }
-        }
-
-        private void writeNow(byte[] line) {
+        /** Writes a line made before straight to stdout, from any thread, once the journal has committed. */
+        void writeAtOnce(byte[] line) {
             try {
                 synchronized (out) {
                     journal.commit();
@@ -1823,12 +1765,6 @@ public final class PaymentNode {
             } catch (IOException e) {
                 log.error("a delayed reply could not be written: " + e, null);
             }
-        }
-
-        private void field(String name) {
-            json.ascii(", \"");
-            json.ascii(name);
-            json.ascii("\": ");
         }
 
         private void writeBatch() throws IOException {
@@ -1862,10 +1798,9 @@ public final class PaymentNode {
             verbose("Already processed " + key + ", returning cached result");
         }
 
-        /** One line per injected fault, so that a checker can tell what really happened. */
-        void fault(Fault fault, long delayMillis, String key, Long msgId) {
-            err.println("payment-node: fault: " + fault.option + (fault == Fault.DELAY ? " " + delayMillis + "ms" : "")
-                    + " " + key + " msg_id " + (msgId == null ? "none" : msgId));
+        /** A line whatever the verbosity, for a checker to read (an injected fault: what really happened). */
+        void event(String message) {
+            err.println("payment-node: " + message);
         }
 
         void warn(String message) {
@@ -1893,25 +1828,59 @@ public final class PaymentNode {
     /** In a --journal path, stands for the node's id: each node of a harness keeps its own file. */
     static final String NODE_ID = "{node_id}";
 
-    /** Opens and replays this node's own journal, before its init_ok is written. */
-    private void openJournalAtInit(String id) throws IOException {
-        if (id == null || id.contains("/") || id.contains("\\") || id.equals("..") || id.contains("\0")) {
-            throw new RpcError(ErrorCode.MALFORMED_REQUEST, "node_id " + id + " cannot name a journal file");
-        }
-        String path = journalAtInit.replace(NODE_ID, id);
-        try {
-            use(State.replayed(Path.of(path), log, funds));
-        } catch (IOException | RuntimeException e) {
-            throw new JournalUnavailable("cannot use the journal " + path + ": " + journalProblem(e));
-        }
+    /**
+     * The table that comes back from the journal at {@code path} and goes on into it; {@code balances} (null:
+     * none) are replayed with it. A journal that cannot be opened or read is an IOException.
+     */
+    static PaymentHandler tableFromJournal(Path path, Log log, Balances balances) throws IOException {
+        FileJournal journal = FileJournal.open(path);
+        PaymentHandler table = balances == null ? new PaymentHandler(log, journal) : new FundedPaymentHandler(log, journal, balances);
+        long records = journal.replay(table, log);
+        log.verbose("journal " + path + ": replayed " + records + " records");
+        return table;
     }
 
-    /** A per-node journal that cannot be opened: the node stops (status 2) rather than serve from memory. */
-    static final class JournalUnavailable extends IOException {
-        private static final long serialVersionUID = 1L;
+    /**
+     * A node whose journal is its own file, named by its id (docs/PROTOCOL.md, section 7): the journal opens
+     * at the first init, before init_ok; until then requests get error 11. A journal that cannot be opened
+     * then stops the node (status 2) rather than let it serve from memory.
+     */
+    static final class JournalAtInit extends LocalService {
+        private final String pathWithNodeId;
+        private final Log log;
+        private final Balances balances;
 
-        JournalUnavailable(String message) {
-            super(message);
+        JournalAtInit(String pathWithNodeId, Balances balances, ReplyWriter replies, Log log) {
+            super(null, replies, log);
+            this.pathWithNodeId = pathWithNodeId;
+            this.log = log;
+            this.balances = balances;
+        }
+
+        @Override
+        PaymentHandler table() {
+            PaymentHandler table = super.table();
+            if (table == null) {
+                throw new RpcError(ErrorCode.TEMPORARILY_UNAVAILABLE, "not initialized: this node's journal ("
+                        + pathWithNodeId + ") opens at its first init; nothing was done");
+            }
+            return table;
+        }
+
+        @Override
+        public void init(String nodeId, int nodeIds) throws IOException {
+            if (super.table() == null) {
+                if (nodeId == null || nodeId.contains("/") || nodeId.contains("\\") || nodeId.equals("..") || nodeId.contains("\0")) {
+                    throw new RpcError(ErrorCode.MALFORMED_REQUEST, "node_id " + nodeId + " cannot name a journal file");
+                }
+                String path = pathWithNodeId.replace(NODE_ID, nodeId);
+                try {
+                    use(tableFromJournal(Path.of(path), log, balances));
+                } catch (IOException | RuntimeException e) {
+                    throw new Stop("cannot use the journal " + path + ": " + journalProblem(e), 2);
+                }
+            }
+            super.init(nodeId, nodeIds);
         }
     }
 
@@ -2182,37 +2151,53 @@ public final class PaymentNode {
     // ---------------------------------------------------------------------------------------------
 
     /**
-     * Where charges draw money from. By default there is no limit; with --balance every user starts with
-     * the same amount, a charge above what is left is declined, and a refund pays back.
+     * The table with balances (--balance): every user starts with the same amount, a charge above what is
+     * left is declined, and the decline is that step's result; a refund pays back.
      */
-    interface Funds {
-        Funds UNLIMITED = new Funds() {
-            @Override
-            public String withdraw(String userId, BigDecimal amount) {
-                return null;
+    static final class FundedPaymentHandler extends PaymentHandler {
+        private final Balances balances;
+
+        FundedPaymentHandler(Log log, Journal journal, Balances balances) {
+            super(log, journal);
+            this.balances = balances;
+        }
+
+        @Override
+        Entry firstCharge(ChargeRequest request) {
+            String shortfall = balances.withdraw(request.userId(), request.amount().value());
+            if (shortfall == null) {
+                return super.firstCharge(request);
             }
+            Declined declined = new Declined(request.userId(), request.amount().text(),
+                    "declined: insufficient funds: " + shortfall + " (" + request.key() + ")");
+            journal().declined(request, declined.reason());
+            return declined;
+        }
 
-            @Override
-            public void repay(Charged payment, String amount) {
+        @Override
+        Refunded refundPayment(Charged payment, RefundRequest request) {
+            Refunded refunded = super.refundPayment(payment, request);
+            balances.repay(payment, refunded.refunded());
+            return refunded;
+        }
+
+        @Override
+        void restoreCharge(String key, String userId, String amount, long paymentNumber) {
+            super.restoreCharge(key, userId, amount, paymentNumber);
+            balances.restoreWithdrawal(userId, amount);
+        }
+
+        @Override
+        void restoreRefund(String key, String paymentId, String amount, String refunded, long refundNumber, long paymentNumber) {
+            super.restoreRefund(key, paymentId, amount, refunded, refundNumber, paymentNumber);
+            if (paymentNumber != 0) {
+                balances.repay(payment(paymentNumber), refunded);
             }
-
-            @Override
-            public void restoreWithdrawal(String userId, String amount) {
-            }
-        };
-
-        /** Takes {@code amount} from the user's balance; null when done, else why not (nothing is taken). */
-        String withdraw(String userId, BigDecimal amount);
-
-        /** Gives a refunded amount back to the user who paid it. */
-        void repay(Charged payment, String amount);
-
-        /** Replaying a journal: a charge that happened, taken without a check. */
-        void restoreWithdrawal(String userId, String amount);
+        }
     }
 
     /** Per-user balances (--balance), exact decimals; each user's updates are atomic. */
-    static final class Balances implements Funds {
+    static final class Balances {
         private final BigDecimal start;
         private final ConcurrentHashMap<String, BigDecimal> left = new ConcurrentHashMap<>();
 
@@ -2224,8 +2209,8 @@ public final class PaymentNode {
             return left.getOrDefault(userId, start);
         }
 
-        @Override
-        public String withdraw(String userId, BigDecimal amount) {
+        /** Takes {@code amount} from the user's balance; null when done, else why not (nothing is taken). */
+        String withdraw(String userId, BigDecimal amount) {
             String[] shortfall = new String[1];
             left.compute(userId, (user, balance) -> {
                 BigDecimal current = balance == null ? start : balance;
@@ -2238,14 +2223,14 @@ public final class PaymentNode {
             return shortfall[0];
         }
 
-        @Override
-        public void repay(Charged payment, String amount) {
+        /** Gives a refunded amount back to the user who paid it. */
+        void repay(Charged payment, String amount) {
             BigDecimal repaid = new BigDecimal(amount);
             left.compute(payment.userId(), (user, balance) -> (balance == null ? start : balance).add(repaid));
         }
 
-        @Override
-        public void restoreWithdrawal(String userId, String amount) {
+        /** Replaying a journal: a charge that happened, taken without a check. */
+        void restoreWithdrawal(String userId, String amount) {
             BigDecimal charged = new BigDecimal(amount);
             left.compute(userId, (user, balance) -> (balance == null ? start : balance).subtract(charged));
         }
@@ -2254,54 +2239,96 @@ public final class PaymentNode {
     /** The exit status of an injected crash (--faults crash=P): the work was done and journaled, no reply sent. */
     static final int EXIT_INJECTED_CRASH = 3;
 
-    /** A request's handling: it writes the request's reply (or throws the RpcError that is its reply). */
-    interface Handling {
-        void run() throws IOException;
-    }
-
     /**
-     * Handles a ChargePayment or RefundPayment under the fault it draws (--faults; none by default):
-     * {@code fail} does nothing and answers 11; every other fault lets the work happen, then changes what
-     * becomes of its reply. The reply is held back while the work runs, so that it can be dropped,
-     * replaced, doubled or delayed.
+     * A service under injected faults (--faults): ChargePayment and RefundPayment draw at most one fault an
+     * attempt. {@code fail} does nothing and answers 11; every other fault lets the work happen, then changes
+     * what becomes of its reply, which the reply writer keeps back while the work runs, so that it can be
+     * dropped, replaced, doubled or delayed. init and PaymentStatus are never faulted.
      */
-    private void withFault(Envelope reply, String key, Handling handling) throws IOException {
-        Fault fault = faults.draw();
-        if (fault == null) {
-            handling.run();
-            return;
+    static final class FaultyService implements Service {
+        private final Service service;
+        private final Faults faults;
+        private final ReplyWriter replies;
+        private final Log log;
+        private DelayedReplies delayed;   // made at the first delayed reply
+
+        FaultyService(Service service, Faults faults, ReplyWriter replies, Log log) {
+            this.service = service;
+            this.faults = faults;
+            this.replies = replies;
+            this.log = log;
         }
-        log.fault(fault, faults.delayMillis(), key, reply.inReplyTo());
-        if (fault == Fault.FAIL) {
-            throw new RpcError(ErrorCode.TEMPORARILY_UNAVAILABLE, "injected fault: fail: nothing was done; safe to retry");
+
+        @Override
+        public void charge(Envelope reply, ChargeRequest request) throws IOException {
+            withFault(reply, request.key(), () -> service.charge(reply, request));
         }
-        ReplyWriter.Held held = replies.hold();
-        try {
-            handling.run();
-        } catch (RpcError refused) {
-            replies.error(reply, refused);
-        } catch (RuntimeException bug) {
-            replies.discard(held);
-            throw bug;
+
+        @Override
+        public void refund(Envelope reply, RefundRequest request) throws IOException {
+            withFault(reply, request.key(), () -> service.refund(reply, request));
         }
-        switch (fault) {
-            case DROP -> replies.discard(held);
-            case UNKNOWN -> {
-                replies.discard(held);
-                replies.error(reply, new RpcError(ErrorCode.CRASH,
-                        "injected fault: unknown outcome: the request may or may not have been done; a retry will tell"));
+
+        @Override
+        public void status(Envelope reply, StatusRequest request) throws IOException {
+            service.status(reply, request);
+        }
+
+        @Override
+        public void init(String nodeId, int nodeIds) throws IOException {
+            service.init(nodeId, nodeIds);
+        }
+
+        /** Delayed replies still leave before the node exits. */
+        @Override
+        public void close() throws IOException {
+            if (delayed != null) {
+                delayed.drain();
             }
-            case DELAY -> replies.later(replies.release(held), faults.delayMillis());
-            case DUPLICATE -> {
-                byte[] line = replies.release(held);
-                replies.raw(line);
-                replies.raw(line);
+            service.close();
+        }
+
+        private void withFault(Envelope reply, String key, ReplyWriter.Writing handling) throws IOException {
+            Fault fault = faults.draw();
+            if (fault == null) {
+                handling.run();
+                return;
             }
-            case CRASH -> {
-                replies.discard(held);
-                throw new InjectedCrash();
+            log.event("fault: " + fault.option + (fault == Fault.DELAY ? " " + faults.delayMillis() + "ms" : "")
+                    + " " + key + " msg_id " + (reply.inReplyTo() == null ? "none" : reply.inReplyTo()));
+            if (fault == Fault.FAIL) {
+                throw new RpcError(ErrorCode.TEMPORARILY_UNAVAILABLE, "injected fault: fail: nothing was done; safe to retry");
             }
-            default -> throw new IllegalStateException("fault " + fault);
+            ReplyWriter.Kept kept = replies.keepBack(() -> {
+                try {
+                    handling.run();
+                } catch (RpcError refused) {
+                    replies.error(reply, refused);
+                }
+            });
+            switch (fault) {
+                case DROP -> replies.forget(kept);
+                case UNKNOWN -> {
+                    replies.forget(kept);
+                    replies.error(reply, new RpcError(ErrorCode.CRASH,
+                            "injected fault: unknown outcome: the request may or may not have been done; a retry will tell"));
+                }
+                case DELAY -> {
+                    if (delayed == null) {
+                        delayed = new DelayedReplies();
+                    }
+                    delayed.schedule(() -> replies.writeAtOnce(kept.line()), faults.delayMillis());   // later replies may overtake it
+                }
+                case DUPLICATE -> {
+                    replies.writeLine(kept.line());
+                    replies.writeLine(kept.line());
+                }
+                case CRASH -> {
+                    replies.forget(kept);
+                    throw new Stop(null, EXIT_INJECTED_CRASH);   // the fault's line said it all
+                }
+                default -> throw new IllegalStateException("fault " + fault);
+            }
         }
     }
 
@@ -2409,15 +2436,6 @@ public final class PaymentNode {
         }
     }
 
-    /** An injected crash: the node stops at once, its work done and journaled, without the reply. */
-    static final class InjectedCrash extends IOException {
-        private static final long serialVersionUID = 1L;
-
-        InjectedCrash() {
-            super("injected fault: crash", null);
-        }
-    }
-
     /** A timer thread that writes delayed replies when they are due; it sleeps in between, never spins. */
     static final class DelayedReplies {
         private final ScheduledThreadPoolExecutor timer = new ScheduledThreadPoolExecutor(1, task -> {
@@ -2445,80 +2463,6 @@ public final class PaymentNode {
     // ---------------------------------------------------------------------------------------------
     // 8. Cluster: several nodes, one payment service, on lin-kv (--store lin-kv)
     // ---------------------------------------------------------------------------------------------
-
-    /** One line read by the cluster's reader thread (a copy: the reader goes on meanwhile). */
-    private record Line(byte[] bytes, byte[] tooLongPrefix, long tooLongLength) {
-    }
-
-    private static final Line END_OF_INPUT = new Line(null, null, 0);
-
-    /** How long a cluster node may hold its output in a buffer while input keeps coming. */
-    private static final long MAX_HOLD_NANOS = 2_000_000;
-
-    /**
-     * The main loop of a cluster node. A reader thread reads stdin, and this thread handles each line and
-     * each lin-kv reply as it comes, and answers the calls that lin-kv left unanswered past their time:
-     * the input never waits for lin-kv. At the end of input, calls still waiting can only time out.
-     */
-    private int serveCluster(InputStream in, ClusterService cluster) {
-        BlockingQueue<Line> queue = new ArrayBlockingQueue<>(4096);
-        IOException[] readFailure = new IOException[1];
-        Thread reader = new Thread(() -> {
-            LineReader lines = new LineReader(in, MAX_LINE_BYTES, () -> { });
-            try {
-                while (lines.next()) {
-                    queue.put(new Line(Arrays.copyOfRange(lines.buffer(), lines.start(), lines.start() + lines.length()),
-                            lines.tooLongPrefix(), lines.tooLongLength()));
-                }
-            } catch (IOException e) {
-                readFailure[0] = e;
-            } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
-            }
-            try {
-                queue.put(END_OF_INPUT);
-            } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
-            }
-        }, "stdin");
-        reader.setDaemon(true);
-        reader.start();
-        try {
-            boolean inputOpen = true;
-            long flushedAt = System.nanoTime();
-            while (inputOpen || cluster.waiting()) {
-                Line line = queue.poll();
-                if (line == null || System.nanoTime() - flushedAt > MAX_HOLD_NANOS) {
-                    // Before waiting, and at least every MAX_HOLD_NANOS under a flood of input: lin-kv
-                    // requests and replies never sit in a buffer while their time runs.
-                    replies.flush();
-                    flushedAt = System.nanoTime();
-                }
-                if (line == null) {
-                    long wait = cluster.millisToNextDeadline();
-                    line = wait < 0 ? (inputOpen ? queue.take() : null) : queue.poll(wait, TimeUnit.MILLISECONDS);
-                }
-                cluster.expire();
-                if (line == END_OF_INPUT) {
-                    inputOpen = false;
-                } else if (line != null) {
-                    lineNumber++;
-                    handleLine(line.bytes(), 0, line.bytes().length, line.tooLongPrefix(), line.tooLongLength());
-                }
-            }
-            replies.flush();
-            if (readFailure[0] != null) {
-                throw readFailure[0];
-            }
-            return 0;
-        } catch (InterruptedException e) {
-            Thread.currentThread().interrupt();
-            return 1;
-        } catch (IOException e) {
-            log.error("stopping: reading stdin or writing stdout failed: " + e, null);
-            return 1;
-        }
-    }
 
     /**
      * The values this node keeps in lin-kv: strings, or flat objects whose fields are all strings (amounts
@@ -2582,6 +2526,40 @@ public final class PaymentNode {
     }
 
     /**
+     * The fields of a lin-kv reply, read from its line again: only the cluster reads them, so the parse of
+     * every other line skips them. {@code value} is as {@link KvValue#read} gives it (null: none).
+     */
+    record KvReply(String type, Long code, String text, Object value) {
+        static KvReply parse(RawMessage message) throws IOException {
+            String type = stringOrNull(message.body.type);
+            Long code = null;
+            String text = null;
+            Object value = null;
+            try (JsonParser parser = JSON.createParser(message.line, message.start, message.length)) {
+                parser.nextToken();
+                while (parser.nextToken() == JsonToken.FIELD_NAME) {
+                    String name = parser.currentName();
+                    if (parser.nextToken() != JsonToken.START_OBJECT || !name.equals("body")) {
+                        parser.skipChildren();
+                        continue;
+                    }
+                    while (parser.nextToken() == JsonToken.FIELD_NAME) {
+                        String field = parser.currentName();
+                        JsonToken token = parser.nextToken();
+                        switch (field) {
+                            case "code" -> code = longOrNull(Value.read(parser, token));
+                            case "text" -> text = stringOrNull(Value.read(parser, token));
+                            case "value" -> value = KvValue.read(parser, token);
+                            default -> parser.skipChildren();
+                        }
+                    }
+                }
+            }
+            return new KvReply(type, code, text, value);
+        }
+    }
+
+    /**
      * The cluster's payment service: every node started with --store lin-kv keeps the idempotency table
      * and the ledgers in Maelstrom's lin-kv, so a retry answered by any node, or by a node killed and
      * restarted, gets the same result. The state machine (docs/CLUSTER.md) needs no lease: every record is
@@ -2604,7 +2582,8 @@ public final class PaymentNode {
 
         private final ReplyWriter replies;
         private final Log log;
-        private final Supplier<String> nodeId;
+        /** This node's id, from init: lin-kv requests come from it. */
+        private String nodeId;
         private final long timeoutMillis;
         /** lin-kv requests waiting for their reply, oldest (soonest deadline) first. */
         private final LinkedHashMap<Long, Call> calls = new LinkedHashMap<>();
@@ -2619,13 +2598,86 @@ public final class PaymentNode {
         private final IdBlock paymentIds = new IdBlock("ids/payments");
         private final IdBlock refundIds = new IdBlock("ids/refunds");
 
-        ClusterService(ReplyWriter replies, Log log, Supplier<String> nodeId, long timeoutMillis) {
+        ClusterService(ReplyWriter replies, Log log, long timeoutMillis) {
             this.replies = replies;
             this.log = log;
-            this.nodeId = nodeId;
             this.timeoutMillis = timeoutMillis;
             // A reply meant for an earlier process of this node must never match a request of this one.
             replies.startMsgIdsAt(System.currentTimeMillis() * 1000);
+        }
+
+        /** One line read by the cluster's reader thread (a copy: the reader goes on meanwhile). */
+        private record Line(byte[] bytes, byte[] tooLongPrefix, long tooLongLength) {
+        }
+
+        private static final Line END_OF_INPUT = new Line(null, null, 0);
+
+        /** How long a cluster node may hold its output in a buffer while input keeps coming. */
+        private static final long MAX_HOLD_NANOS = 2_000_000;
+
+        /**
+         * The main loop of a cluster node. A reader thread reads stdin, and this thread handles each line and
+         * each lin-kv reply as it comes, and answers the calls that lin-kv left unanswered past their time:
+         * the input never waits for lin-kv. At the end of input, calls still waiting can only time out.
+         */
+        @Override
+        public int serve(PaymentNode node, InputStream in) {
+            BlockingQueue<Line> queue = new ArrayBlockingQueue<>(4096);
+            IOException[] readFailure = new IOException[1];
+            Thread reader = new Thread(() -> {
+                LineReader lines = new LineReader(in, MAX_LINE_BYTES, () -> { });
+                try {
+                    while (lines.next()) {
+                        queue.put(new Line(Arrays.copyOfRange(lines.buffer(), lines.start(), lines.start() + lines.length()),
+                                lines.tooLongPrefix(), lines.tooLongLength()));
+                    }
+                } catch (IOException e) {
+                    readFailure[0] = e;
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                }
+                try {
+                    queue.put(END_OF_INPUT);
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                }
+            }, "stdin");
+            reader.setDaemon(true);
+            reader.start();
+            try {
+                boolean inputOpen = true;
+                long flushedAt = System.nanoTime();
+                while (inputOpen || waiting()) {
+                    Line line = queue.poll();
+                    if (line == null || System.nanoTime() - flushedAt > MAX_HOLD_NANOS) {
+                        // Before waiting, and at least every MAX_HOLD_NANOS under a flood of input: lin-kv
+                        // requests and replies never sit in a buffer while their time runs.
+                        replies.flush();
+                        flushedAt = System.nanoTime();
+                    }
+                    if (line == null) {
+                        long wait = millisToNextDeadline();
+                        line = wait < 0 ? (inputOpen ? queue.take() : null) : queue.poll(wait, TimeUnit.MILLISECONDS);
+                    }
+                    expire();
+                    if (line == END_OF_INPUT) {
+                        inputOpen = false;
+                    } else if (line != null) {
+                        node.handleLine(line.bytes(), 0, line.bytes().length, line.tooLongPrefix(), line.tooLongLength());
+                    }
+                }
+                replies.flush();
+                if (readFailure[0] != null) {
+                    throw readFailure[0];
+                }
+                return 0;
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                return 1;
+            } catch (IOException e) {
+                log.error("stopping: reading stdin or writing stdout failed: " + e, null);
+                return 1;
+            }
         }
 
         /** What a lin-kv request came back with. */
@@ -2660,6 +2712,13 @@ public final class PaymentNode {
         }
 
         // ---- the requests ------------------------------------------------------------------------
+
+        @Override
+        public void init(String id, int nodeIds) {
+            if (id != null) {
+                nodeId = id;
+            }
+        }
 
         @Override
         public void charge(Envelope reply, ChargeRequest request) throws IOException {
@@ -3040,7 +3099,7 @@ public final class PaymentNode {
         }
 
         private Flight start(Envelope reply) {
-            if (nodeId.get() == null) {
+            if (nodeId == null) {
                 throw new RpcError(ErrorCode.TEMPORARILY_UNAVAILABLE,
                         "not initialized: a node of the cluster needs its id (init) to reach lin-kv; nothing was done");
             }
@@ -3057,7 +3116,23 @@ public final class PaymentNode {
         }
 
         private void send(Flight flight, String type, String key, Object value, Object from, Object to, boolean create, Then then) throws IOException {
-            long msgId = replies.kvRequest(nodeId.get(), type, key, value, from, to, create);
+            long msgId = replies.request(new Envelope(nodeId, KV, null), type, json -> {
+                json.field("key");
+                json.string(key);
+                if (value != null) {
+                    json.field("value");
+                    KvValue.write(json, value);
+                }
+                if (from != null) {
+                    json.field("from");
+                    KvValue.write(json, from);
+                    json.field("to");
+                    KvValue.write(json, to);
+                }
+                if (create) {
+                    json.ascii(", \"create_if_not_exists\": true");
+                }
+            });
             calls.put(msgId, new Call(msgId, type, System.nanoTime() + timeoutMillis * 1_000_000, flight, then));
         }
 
@@ -3079,13 +3154,14 @@ public final class PaymentNode {
         }
 
         @Override
-        public boolean completes(String src, RawBody body) throws IOException {
-            Long inReplyTo = longOrNull(body.inReplyTo);
+        public boolean completes(RawMessage message) throws IOException {
+            Long inReplyTo = longOrNull(message.body.inReplyTo);
             Call call = inReplyTo == null ? null : calls.get(inReplyTo);
-            if (call == null || !KV.equals(src)) {
+            if (call == null || !KV.equals(message.src.text())) {
                 return false;   // late (timed out), from an earlier process of this node, or not lin-kv's
             }
-            String type = stringOrNull(body.type);
+            KvReply body = KvReply.parse(message);
+            String type = body.type();
             if (!(call.type() + "_ok").equals(type) && !"error".equals(type)) {
                 log.warn("a reply of type " + type + " to a " + call.type() + " (msg_id " + inReplyTo + "): dropped");
                 return true;   // not the answer to this call: keep waiting for it
@@ -3093,23 +3169,23 @@ public final class PaymentNode {
             calls.remove(inReplyTo);
             Outcome outcome;
             if ("error".equals(type)) {
-                Long code = longOrNull(body.code);
+                Long code = body.code();
                 if (code != null && code == 20) {
                     outcome = Outcome.MISSING;
                 } else if (code != null && code == 22) {
                     outcome = Outcome.CONFLICT;
                 } else {
                     call.flight().fail(new RpcError(ErrorCode.CRASH, "lin-kv answered " + call.type() + " with error " + code
-                            + " (" + stringOrNull(body.text) + "): the outcome is unknown; a retry will tell"));
+                            + " (" + body.text() + "): the outcome is unknown; a retry will tell"));
                     return true;
                 }
-            } else if ("read".equals(call.type()) && (body.value == null || body.value == KvValue.OTHER)) {
+            } else if ("read".equals(call.type()) && (body.value() == null || body.value() == KvValue.OTHER)) {
                 call.flight().fail(new RpcError(ErrorCode.CRASH, "lin-kv answered a read with a value this service did not write"));
                 return true;
             } else {
                 outcome = Outcome.OK;
             }
-            resumeCall(call, outcome, body.value);
+            resumeCall(call, outcome, body.value());
             return true;
         }
 
@@ -3249,6 +3325,32 @@ public final class PaymentNode {
     private static OutputStream replyStream() throws IOException {
         String path = System.getProperty("payment.replies");
         return path == null ? new FileOutputStream(FileDescriptor.out) : new FileOutputStream(path, true);
+    }
+
+    /**
+     * The node the options describe. The defaults keep every path as plain as it can be: one table in
+     * memory, no balances, no faults; each option adds its mode around it. A journal that cannot be opened
+     * now is an IOException.
+     */
+    static PaymentNode fromOptions(Options options, OutputStream stdout, Log log) throws IOException {
+        if (options.linKv()) {
+            return new PaymentNode(stdout, log, replies -> new ClusterService(replies, log, options.kvTimeoutMillis()));
+        }
+        Balances balances = options.balance() == null ? null : new Balances(options.balance());
+        Function<ReplyWriter, Service> local;
+        if (options.journal() != null && options.journal().contains(NODE_ID)) {
+            local = replies -> new JournalAtInit(options.journal(), balances, replies, log);
+        } else {
+            PaymentHandler table = options.journal() != null ? tableFromJournal(Path.of(options.journal()), log, balances)
+                    : balances != null ? new FundedPaymentHandler(log, Journal.NONE, balances)
+                    : new PaymentHandler(log, Journal.NONE);
+            local = replies -> new LocalService(table, replies, log);
+        }
+        if (options.faults() == null) {
+            return new PaymentNode(stdout, log, local);
+        }
+        Faults faults = new Faults(options.faults(), options.seed());
+        return new PaymentNode(stdout, log, replies -> new FaultyService(local.apply(replies), faults, replies, log));
     }
 
     /** The command line. {@code journal}, {@code balance} and {@code faults} are null when not given. */
@@ -3444,7 +3546,7 @@ public final class PaymentNode {
                 {"src":"c1","dest":"w","body":{"type":"ChargePayment","msg_id":7,"saga_id":"w","step":2,"params":{"user_id":"u","amount":1}}}
                 """;
         Log silent = new Log(new PrintStream(OutputStream.nullOutputStream()), false);
-        new PaymentNode(State.inMemory(silent), OutputStream.nullOutputStream(), silent)
+        serving(new PaymentHandler(silent, Journal.NONE), OutputStream.nullOutputStream(), silent)
                 .serve(new ByteArrayInputStream(lines.getBytes(StandardCharsets.UTF_8)));
     }
 

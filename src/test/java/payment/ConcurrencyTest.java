@@ -39,7 +39,7 @@ class ConcurrencyTest {
     private static final int THREADS = 8;
 
     private static PaymentHandler handler() {
-        return new PaymentHandler(Node.silentLog());
+        return new PaymentHandler(Node.silentLog(), PaymentNode.Journal.NONE);
     }
 
     private static Amount amount(String text) {

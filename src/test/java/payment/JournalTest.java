@@ -35,13 +35,13 @@ class JournalTest {
 
     /** Runs {@code input} through a node whose handler comes from (and goes on into) the journal. */
     private String runWithJournal(Path journal, String input) throws IOException {
-        PaymentNode.State state = PaymentNode.State.replayed(journal, log);
+        PaymentNode.PaymentHandler table = PaymentNode.tableFromJournal(journal, log, null);
         try {
-            Node.Run run = Node.run(input.getBytes(StandardCharsets.UTF_8), state, captured);
+            Node.Run run = Node.run(input.getBytes(StandardCharsets.UTF_8), table, captured);
             assertEquals(0, run.status());
             return run.stdout();
         } finally {
-            state.journal().close();
+            table.journal().close();
         }
     }
 
@@ -93,16 +93,16 @@ class JournalTest {
         runWithJournal(journal, SESSION);
         String text = Files.readString(journal);
         Files.writeString(journal, text.replaceFirst("120\\.50", "920.50"));   // its checksum no longer matches
-        IOException refused = assertThrows(IOException.class, () -> PaymentNode.State.replayed(journal, log));
+        IOException refused = assertThrows(IOException.class, () -> PaymentNode.tableFromJournal(journal, log, null));
         assertTrue(refused.getMessage().startsWith("record 1 is damaged and good records follow it"), refused.getMessage());
     }
 
     @Test
     void twoNodesCannotShareAJournal() throws IOException {
         Path journal = dir.resolve("journal");
-        PaymentNode.State first = PaymentNode.State.replayed(journal, log);
+        PaymentNode.PaymentHandler first = PaymentNode.tableFromJournal(journal, log, null);
         try {
-            IOException refused = assertThrows(IOException.class, () -> PaymentNode.State.replayed(journal, log));
+            IOException refused = assertThrows(IOException.class, () -> PaymentNode.tableFromJournal(journal, log, null));
             assertEquals("another node is using it", refused.getMessage());
         } finally {
             first.journal().close();
@@ -156,7 +156,7 @@ class JournalTest {
         for (int i = 0; i < 5_000; i++) {   // enough replies to fill several batches on the way
             input.append(Wire.charge(i, "s" + i, 1, "1.25")).append(Wire.charge(i, "s" + i, 1, "1.25"));
         }
-        new PaymentNode(new PaymentNode.State(new PaymentNode.PaymentHandler(log, counting), counting), stdout, log)
+        PaymentNode.serving(new PaymentNode.PaymentHandler(log, counting), stdout, log)
                 .serve(new ByteArrayInputStream(input.toString().getBytes(StandardCharsets.UTF_8)));
         assertEquals(5_000, appended.get());
         assertTrue(pendingAtWrite.size() > 2, "several batches were written: " + pendingAtWrite.size());

@@ -482,9 +482,9 @@ class ModelTest {
         String input = lines.isEmpty() ? "" : String.join("\n", lines) + "\n";
         Node.CapturedLog log = Node.CapturedLog.of(false);
         PaymentNode.Balances balances = start == null ? null : new PaymentNode.Balances(start);
-        PaymentNode.State state = new PaymentNode.State(new PaymentNode.PaymentHandler(log.log(), PaymentNode.Journal.NONE,
-                balances == null ? PaymentNode.Funds.UNLIMITED : balances), PaymentNode.Journal.NONE);
-        String actual = Node.run(input.getBytes(java.nio.charset.StandardCharsets.UTF_8), state, log).stdout();
+        PaymentNode.PaymentHandler table = balances == null ? new PaymentNode.PaymentHandler(log.log(), PaymentNode.Journal.NONE)
+                : new PaymentNode.FundedPaymentHandler(log.log(), PaymentNode.Journal.NONE, balances);
+        String actual = Node.run(input.getBytes(java.nio.charset.StandardCharsets.UTF_8), table, log).stdout();
         String expected = new Model(start).run(lines);
         if (!actual.equals(expected)) {
             String[] a = actual.split("\n", -1);

@@ -49,16 +49,16 @@ final class Node {
 
     static Run run(byte[] input, boolean verbose) {
         CapturedLog log = CapturedLog.of(verbose);
-        return run(input, PaymentNode.State.inMemory(log.log()), log);
+        return run(input, new PaymentNode.PaymentHandler(log.log(), PaymentNode.Journal.NONE), log);
     }
 
-    /** Serves {@code input} from {@code state}, logging to {@code log}. */
-    static Run run(byte[] input, PaymentNode.State state, CapturedLog log) {
-        return run(new ByteArrayInputStream(input), state, new ByteArrayOutputStream(), log);
+    /** Serves {@code input} from {@code table}, logging to {@code log}. */
+    static Run run(byte[] input, PaymentNode.PaymentHandler table, CapturedLog log) {
+        return run(new ByteArrayInputStream(input), table, new ByteArrayOutputStream(), log);
     }
 
-    static Run run(InputStream input, PaymentNode.State state, OutputStream stdout, CapturedLog log) {
-        return serve(new PaymentNode(state, stdout, log.log()), input, stdout, log);
+    static Run run(InputStream input, PaymentNode.PaymentHandler table, OutputStream stdout, CapturedLog log) {
+        return serve(PaymentNode.serving(table, stdout, log.log()), input, stdout, log);
     }
 
     /** Serves {@code input} with a node made from these command-line options, as main makes it. */
@@ -76,8 +76,12 @@ final class Node {
     /** A node whose journal is its own file, {@code {node_id}} in its path, opened at its first init. */
     static Run runWithJournalAtInit(String path, String input, CapturedLog log) {
         ByteArrayOutputStream stdout = new ByteArrayOutputStream();
-        return serve(PaymentNode.withJournalAtInit(path, stdout, log.log()),
-                new ByteArrayInputStream(input.getBytes(StandardCharsets.UTF_8)), stdout, log);
+        try {
+            return serve(PaymentNode.fromOptions(PaymentNode.Options.parse(new String[] {"--journal", path}), stdout, log.log()),
+                    new ByteArrayInputStream(input.getBytes(StandardCharsets.UTF_8)), stdout, log);
+        } catch (IOException e) {
+            throw new java.io.UncheckedIOException(e);
+        }
     }
 
     private static Run serve(PaymentNode node, InputStream input, OutputStream stdout, CapturedLog log) {

@@ -160,7 +160,7 @@ class PaymentNodeTest {
     @Test
     void anInternalFailureIsAnswered13AndTheNodeKeepsServing() {
         Node.CapturedLog log = Node.CapturedLog.of(false);
-        PaymentNode.PaymentHandler failingOnce = new PaymentNode.PaymentHandler(log.log()) {
+        PaymentNode.PaymentHandler failingOnce = new PaymentNode.PaymentHandler(log.log(), PaymentNode.Journal.NONE) {
             boolean failed;
 
             @Override
@@ -173,7 +173,7 @@ class PaymentNodeTest {
             }
         };
         String input = Wire.charge(1, "s", 1, "7") + Wire.charge(2, "s", 1, "7");
-        Node.Run run = Node.run(input.getBytes(StandardCharsets.UTF_8), new PaymentNode.State(failingOnce, PaymentNode.Journal.NONE), log);
+        Node.Run run = Node.run(input.getBytes(StandardCharsets.UTF_8), failingOnce, log);
         assertEquals(Wire.error(13, "internal error: java.lang.IllegalStateException: simulated bug").to(1, 0)
                 + Wire.chargeOk("s", 1, "p1", "7").to(2, 1), run.stdout());
         assertTrue(run.stderr().contains("line 1: internal error, answered with code 13"), run.stderr());
@@ -190,7 +190,7 @@ class PaymentNodeTest {
         };
         Node.CapturedLog log = Node.CapturedLog.of(false);
         Node.Run run = Node.run(new ByteArrayInputStream(Wire.charge(1, "s", 1, "1").getBytes(StandardCharsets.UTF_8)),
-                PaymentNode.State.inMemory(log.log()), broken, log);
+                new PaymentNode.PaymentHandler(log.log(), PaymentNode.Journal.NONE), broken, log);
         assertEquals(1, run.status());
         assertTrue(run.stderr().contains("Broken pipe"), run.stderr());
     }
