@@ -477,34 +477,28 @@ public final class PaymentNode {
             String key = request.key();
             Served<Entry> served = once(key, () -> firstCharge(request));
             if (served.result() instanceof Charged charged) {
-                if (served.replayed() && !charged.sameParams(request)) {
-                    throw keyReused(key);
+                if (served.replayed() && !Rules.sameCharge(charged.userId(), charged.amount(), request)) {
+                    throw Rules.keyReused(key);
                 }
                 return new Served<>(charged.result(), served.replayed());
             }
             if (served.result() instanceof Declined declined) {
-                if (served.replayed() && !declined.sameParams(request)) {
-                    throw keyReused(key);
+                if (served.replayed() && !Rules.sameCharge(declined.userId(), declined.amount(), request)) {
+                    throw Rules.keyReused(key);
                 }
                 throw new RpcError(ErrorCode.ABORT, declined.reason());   // the step's result: every retry gets it again
             }
-            throw new RpcError(ErrorCode.ABORT,
-                    "step " + key + " was already compensated: its refund came first, so it is never charged");
+            throw Rules.compensatedFirst(key);
         }
 
         Served<RefundResult> refund(RefundRequest request) {
             String key = request.key();
             Served<Entry> served = once(key, () -> firstRefund(request));
             Refunded refunded = (Refunded) served.result();
-            if (served.replayed() && !refunded.sameParams(request)) {
-                throw keyReused(key);
+            if (served.replayed() && !Rules.sameRefund(refunded.paymentId(), refunded.amount(), request)) {
+                throw Rules.keyReused(key);
             }
             return new Served<>(refunded.result(), served.replayed());
-        }
-
-        private static RpcError keyReused(String key) {
-            return new RpcError(ErrorCode.PRECONDITION_FAILED,
-                    "idempotency key " + key + " was first used with other params");
         }
 
         /** The charge itself, once per key (with --balance, {@link FundedPaymentHandler} may decline it first). */
@@ -518,24 +512,22 @@ public final class PaymentNode {
         /** Which payment a compensation refunds: the four cases of docs/PROTOCOL.md section 4, in order. */
         private Refunded firstRefund(RefundRequest request) {
             Entry step = settledEntry(request.chargeKey());
-            if (step instanceof Declined) {
-                return refunded(request, Refunded.NOTHING, Amount.ZERO.text(), null);   // nothing was charged
-            }
-            if (step instanceof Charged ofThisStep) {
-                if (request.paymentId() != null && !request.paymentId().equals(ofThisStep.paymentId())) {
-                    throw new RpcError(ErrorCode.PRECONDITION_FAILED, "payment_id " + request.paymentId()
-                            + " is not the payment of step " + request.chargeKey() + " (" + ofThisStep.paymentId() + ")");
+            Charged ofThisStep = step instanceof Charged charged ? charged : null;
+            switch (Rules.refundCase(ofThisStep == null ? null : ofThisStep.paymentId(), step instanceof Declined, request)) {
+                case NOTHING_CHARGED -> {
+                    return refunded(request, Refunded.NOTHING, Amount.ZERO.text(), null);
                 }
-                return refundPayment(ofThisStep, request);
-            }
-            if (request.paymentId() != null) {
-                Charged ofAnotherStep = payments.get(request.paymentId());
-                if (ofAnotherStep != null) {
-                    return refundPayment(ofAnotherStep, request);
+                case OWN_PAYMENT -> {
+                    return refundPayment(ofThisStep, request);
                 }
-                if (request.amount() == null) {
-                    throw malformed("params.amount is required to refund " + request.paymentId()
-                            + ", a payment this node does not know");
+                case NAMED_PAYMENT -> {
+                    Charged ofAnotherStep = payments.get(request.paymentId());
+                    if (ofAnotherStep != null) {
+                        return refundPayment(ofAnotherStep, request);
+                    }
+                    Rules.requireAmountOfUnknownPayment(request, "this node");
+                }
+                case CLOSE_STEP -> {
                 }
             }
             // The compensation came before its charge (or names a payment made elsewhere): close the
@@ -546,8 +538,7 @@ public final class PaymentNode {
             if (request.paymentId() == null) {
                 return refunded(request, Refunded.NOTHING, Amount.ZERO.text(), null);
             }
-            log.warn("refunding " + request.paymentId() + " for " + request.key() + ", a payment this node"
-                    + " does not know (made before a restart or by another node): trusting the saga");
+            log.warn(Rules.trustingTheSaga(request, "this node", " (made before a restart or by another node)"));
             return refunded(request, refundCount.incrementAndGet(), request.amount().text(), null);
         }
 
@@ -618,6 +609,115 @@ public final class PaymentNode {
         }
     }
 
+    /**
+     * The contract's rules (docs/PROTOCOL.md sections 3 to 5), written once: this node's table and the
+     * cluster's service (section 8) decide with them and answer in their words.
+     */
+    static final class Rules {
+        /** Which payment a compensation refunds: the four cases of docs/PROTOCOL.md section 4, in order. */
+        enum RefundCase {
+            /** Case 1: the charge made under the same step. */
+            OWN_PAYMENT,
+            /** Cases 2 and 3: the payment it names; one the service does not know is refunded trusting the saga, and the step is closed. */
+            NAMED_PAYMENT,
+            /** Case 4: nothing charged and nothing named: the step is closed, nothing is refunded. */
+            CLOSE_STEP,
+            /** The step's charge was declined (--balance): nothing was charged, nothing is refunded. */
+            NOTHING_CHARGED
+        }
+
+        /** {@code stepPaymentId}: the payment of the refund's own step, null when it has none. */
+        static RefundCase refundCase(String stepPaymentId, boolean stepDeclined, RefundRequest request) {
+            if (stepDeclined) {
+                return RefundCase.NOTHING_CHARGED;
+            }
+            if (stepPaymentId != null) {
+                if (request.paymentId() != null && !request.paymentId().equals(stepPaymentId)) {
+                    throw new RpcError(ErrorCode.PRECONDITION_FAILED, "payment_id " + request.paymentId()
+                            + " is not the payment of step " + request.chargeKey() + " (" + stepPaymentId + ")");
+                }
+                return RefundCase.OWN_PAYMENT;
+            }
+            return request.paymentId() != null ? RefundCase.NAMED_PAYMENT : RefundCase.CLOSE_STEP;
+        }
+
+        /** A payment the service does not know is refunded as asked, so the amount must be given. {@code who}: "this node". */
+        static void requireAmountOfUnknownPayment(RefundRequest request, String who) {
+            if (request.amount() == null) {
+                throw malformed("params.amount is required to refund " + request.paymentId() + ", a payment " + who + " does not know");
+            }
+        }
+
+        static String trustingTheSaga(RefundRequest request, String who, String why) {
+            return "refunding " + request.paymentId() + " for " + request.key() + ", a payment " + who + " does not know" + why
+                    + ": trusting the saga";
+        }
+
+        /**
+         * What a refund takes from a payment of {@code charged} that has {@code refunded} refunded so far (null:
+         * nothing yet): {@code requested}, or all that is left when null, computed exactly; never more than
+         * was charged (error 22). Returns the amount's text.
+         */
+        static String refundAmount(String paymentId, String charged, BigDecimal refunded, Amount requested) {
+            BigDecimal alreadyRefunded = refunded == null ? BigDecimal.ZERO : refunded;
+            BigDecimal left = new BigDecimal(charged).subtract(alreadyRefunded);
+            if (requested != null) {
+                if (requested.value().compareTo(left) > 0) {
+                    throw new RpcError(ErrorCode.PRECONDITION_FAILED, "refund of " + requested.text() + " is more than is left of payment "
+                            + paymentId + " (" + left.toPlainString() + " of " + charged + ")");
+                }
+                return requested.text();
+            }
+            if (left.signum() == 0) {
+                throw new RpcError(ErrorCode.PRECONDITION_FAILED, "payment " + paymentId + " is already fully refunded");
+            }
+            return alreadyRefunded.signum() == 0 ? charged : left.toPlainString();   // untouched, it keeps its digits
+        }
+
+        /** A retry must repeat the params; amounts are compared by value (99.99 equals 99.990). */
+        static boolean sameCharge(String userId, String amount, ChargeRequest request) {
+            return userId.equals(request.userId()) && request.amount().sameValue(amount);
+        }
+
+        /** A refund's retry must repeat the params as first sent, given or not ({@code paymentId}, {@code amount}: null when not). */
+        static boolean sameRefund(String paymentId, String amount, RefundRequest request) {
+            return Objects.equals(paymentId, request.paymentId())
+                    && (amount == null ? request.amount() == null : request.amount() != null && request.amount().sameValue(amount));
+        }
+
+        static RpcError keyReused(String key) {
+            return new RpcError(ErrorCode.PRECONDITION_FAILED, "idempotency key " + key + " was first used with other params");
+        }
+
+        static RpcError compensatedFirst(String key) {
+            return new RpcError(ErrorCode.ABORT, "step " + key + " was already compensated: its refund came first, so it is never charged");
+        }
+
+        static String paymentId(long number) {
+            return "p" + number;
+        }
+
+        static String refundId(long number) {
+            return "r" + number;
+        }
+
+        /** The number of a payment id this service gives ("p" and a number, no leading zero), else -1. */
+        static long paymentNumber(String paymentId) {
+            if (paymentId.length() < 2 || paymentId.length() > 19 || paymentId.charAt(0) != 'p' || paymentId.charAt(1) == '0') {
+                return -1;
+            }
+            long number = 0;
+            for (int i = 1; i < paymentId.length(); i++) {
+                char c = paymentId.charAt(i);
+                if (c < '0' || c > '9') {
+                    return -1;
+                }
+                number = number * 10 + (c - '0');
+            }
+            return number;
+        }
+    }
+
     /** What a step's status read found: its charge key's entry (null: none) and its refund key's result. */
     record StepStatus(Entry step, RefundResult refund) {
         String status() {
@@ -675,7 +775,7 @@ public final class PaymentNode {
         }
 
         String paymentId() {
-            return "p" + paymentNumber;
+            return Rules.paymentId(paymentNumber);
         }
 
         long paymentNumber() {
@@ -684,11 +784,6 @@ public final class PaymentNode {
 
         ChargeResult result() {
             return new ChargeResult(paymentId(), amount());
-        }
-
-        /** Retries must repeat the params; amounts are compared by value (99.99 equals 99.990). */
-        boolean sameParams(ChargeRequest request) {
-            return userId().equals(request.userId()) && request.amount().sameValue(amount());
         }
 
         String userId() {
@@ -710,23 +805,10 @@ public final class PaymentNode {
 
         /** Refunds {@code requested}, or all that is left when null; never more than was charged. Returns the amount's text. */
         synchronized String deductRefund(Amount requested) {
-            String charged = amount();
-            BigDecimal alreadyRefunded = refunded == null ? BigDecimal.ZERO : refunded;
-            BigDecimal left = new BigDecimal(charged).subtract(alreadyRefunded);
-            Amount amount;
-            if (requested != null) {
-                if (requested.value().compareTo(left) > 0) {
-                    throw new RpcError(ErrorCode.PRECONDITION_FAILED, "refund of " + requested.text() + " is more than is left of payment "
-                            + paymentId() + " (" + left.toPlainString() + " of " + charged + ")");
-                }
-                amount = requested;
-            } else if (left.signum() == 0) {
-                throw new RpcError(ErrorCode.PRECONDITION_FAILED, "payment " + paymentId() + " is already fully refunded");
-            } else {
-                amount = refunded == null ? new Amount(charged, left) : Amount.of(left);
-            }
-            refunded = alreadyRefunded.add(amount.value());
-            return amount.text();
+            String amount = Rules.refundAmount(paymentId(), amount(), refunded, requested);
+            refunded = refunded == null ? new BigDecimal(amount) : refunded.add(new BigDecimal(amount));
+            assert refunded.compareTo(new BigDecimal(amount())) <= 0 : "the refunds of " + paymentId() + " exceed its charge";
+            return amount;
         }
     }
 
@@ -750,18 +832,12 @@ public final class PaymentNode {
         }
 
         RefundResult result() {
-            return new RefundResult(refundNumber == NOTHING ? null : "r" + refundNumber, refunded());
+            return new RefundResult(refundNumber == NOTHING ? null : Rules.refundId(refundNumber), refunded());
         }
 
         /** The text of the amount refunded. */
         String refunded() {
             return CompactText.substring(params, amountEnd(), CompactText.length(params));
-        }
-
-        /** Retries must repeat the params as first sent (given or not); amounts are compared by value. */
-        boolean sameParams(RefundRequest request) {
-            return Objects.equals(paymentId(), request.paymentId())
-                    && (amount() == null ? request.amount() == null : request.amount() != null && request.amount().sameValue(amount()));
         }
 
         /** The payment_id as the first request gave it, or null. */
@@ -785,9 +861,6 @@ public final class PaymentNode {
 
     /** A charge key whose charge was declined (--balance): the decline is the step's result, as a charge would be. */
     record Declined(String userId, String amount, String reason) implements Entry {
-        boolean sameParams(ChargeRequest request) {
-            return userId.equals(request.userId()) && request.amount().sameValue(amount);
-        }
     }
 
     /** A charge key closed by a compensation that came first: that step is never charged. */
@@ -860,20 +933,10 @@ public final class PaymentNode {
             slots = current;   // the volatile write publishes the new slot to readers
         }
 
-        /** The payment with this id if this node made it (ids are "p" and a number), else null. */
+        /** The payment with this id if this node made it, else null. */
         Charged get(String paymentId) {
-            if (paymentId.length() < 2 || paymentId.length() > 19 || paymentId.charAt(0) != 'p' || paymentId.charAt(1) == '0') {
-                return null;
-            }
-            long number = 0;
-            for (int i = 1; i < paymentId.length(); i++) {
-                char c = paymentId.charAt(i);
-                if (c < '0' || c > '9') {
-                    return null;
-                }
-                number = number * 10 + (c - '0');
-            }
-            return get(number);
+            long number = Rules.paymentNumber(paymentId);
+            return number < 0 ? null : get(number);
         }
 
         Charged get(long number) {
