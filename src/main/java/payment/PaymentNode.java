@@ -30,13 +30,13 @@ import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 import java.nio.file.attribute.PosixFilePermissions;
 import java.util.ArrayDeque;
+import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.EnumMap;
 import java.util.EnumSet;
-import java.util.HashMap;
-import java.util.HashSet;
 import java.util.HexFormat;
 import java.util.LinkedHashMap;
+import java.util.List;
 import java.util.Map;
 import java.util.Objects;
 import java.util.Set;
@@ -2622,17 +2622,288 @@ public final class PaymentNode {
         }
     }
 
+    /*
+     * The records this service keeps in lin-kv (docs/CLUSTER.md, "The keys"), each a flat object of strings.
+     * Only what a node of this service wrote is believed: a value is decoded strictly (every field there,
+     * no other, a known state, well-formed amounts and ids), and anything else is an indefinite error
+     * naming the key, never a decision and never cached.
+     */
+
+    /** A lin-kv value that no node of this service wrote: the outcome of the request is unknown. */
+    static RpcError notOurs(String key, String why) {
+        return new RpcError(ErrorCode.CRASH, "lin-kv holds a value under " + key + " that this service did not write (" + why
+                + "): the outcome is unknown; a retry will tell");
+    }
+
+    /** The fields of a record as read, checked against the names its kind has (in any order). */
+    static Map<String, String> fields(String key, Object value, String... names) {
+        if (!(value instanceof Map<?, ?> map)) {
+            throw notOurs(key, value instanceof String ? "a string, not a record" : "not a flat record of strings");
+        }
+        @SuppressWarnings("unchecked")
+        Map<String, String> record = (Map<String, String>) map;
+        for (String name : names) {
+            if (!record.containsKey(name)) {
+                throw notOurs(key, "no " + name);
+            }
+        }
+        return record;
+    }
+
+    static String decimal(String key, String text, boolean positive) {
+        try {
+            BigDecimal value = new BigDecimal(text);
+            if (positive ? value.signum() > 0 : value.signum() >= 0) {
+                return text;
+            }
+        } catch (NumberFormatException notANumber) {
+            // said below
+        }
+        throw notOurs(key, "'" + abbreviate(text) + "' is not an amount");
+    }
+
+    static String paymentIdIn(String key, String text) {
+        if (Rules.paymentNumber(text) < 0) {
+            throw notOurs(key, "'" + abbreviate(text) + "' is not a payment id");
+        }
+        return text;
+    }
+
+    /** A refund id, or "" for a refund that refunded nothing. */
+    static String refundIdIn(String key, String text) {
+        if (!text.isEmpty() && (text.length() < 2 || text.charAt(0) != 'r' || Rules.paymentNumber("p" + text.substring(1)) < 0)) {
+            throw notOurs(key, "'" + abbreviate(text) + "' is not a refund id");
+        }
+        return text;
+    }
+
+    /** A param as a record keeps it: its text, or "" when it was not given. */
+    static String given(Object param) {
+        return param == null ? "" : param instanceof Amount amount ? amount.text() : param.toString();
+    }
+
+    static String givenOrNull(String text) {
+        return text.isEmpty() ? null : text;
+    }
+
+    /**
+     * {@code charge/<step key>}: the step's record, the commit point of its charge, never changed once written.
+     * Charged (with the payment it made) or compensated (its refund came first: it is never charged).
+     */
+    record StepRecord(boolean charged, String userId, String amount, String paymentId) {
+        static final StepRecord COMPENSATED = new StepRecord(false, null, null, null);
+
+        static StepRecord charged(String userId, String amount, String paymentId) {
+            return new StepRecord(true, userId, amount, paymentId);
+        }
+
+        Map<String, String> encode() {
+            return charged ? KvValue.record("state", "charged", "user_id", userId, "amount", amount, "payment_id", paymentId)
+                    : KvValue.record("state", "compensated");
+        }
+
+        static StepRecord decode(String key, Object value) {
+            Map<String, String> record = fields(key, value, "state");
+            switch (record.get("state")) {
+                case "charged" -> {
+                    fields(key, value, "state", "user_id", "amount", "payment_id");
+                    if (record.size() != 4 || record.get("user_id").isEmpty()) {
+                        throw notOurs(key, "not a charged step's fields");
+                    }
+                    return charged(record.get("user_id"), decimal(key, record.get("amount"), true), paymentIdIn(key, record.get("payment_id")));
+                }
+                case "compensated" -> {
+                    if (record.size() != 1) {
+                        throw notOurs(key, "not a compensated step's fields");
+                    }
+                    return COMPENSATED;
+                }
+                default -> throw notOurs(key, "unknown state '" + abbreviate(record.get("state")) + "'");
+            }
+        }
+    }
+
+    /**
+     * One refund in a payment's ledger: its id, the amount it took, and the params it was first asked with
+     * (so that whoever finds it there answers it alike).
+     */
+    record LedgerEntry(String refundId, String refunded, String paymentIdGiven, String amountGiven) {
+        /** As a ledger field's value: {@code "r7 30.00 30.00 p1"}; the last two are "-" when not given. */
+        String encode() {
+            return refundId + " " + refunded + " " + (amountGiven.isEmpty() ? "-" : amountGiven) + " "
+                    + (paymentIdGiven.isEmpty() ? "-" : "=" + paymentIdGiven);
+        }
+
+        static LedgerEntry decode(String key, String text) {
+            String[] parts = text.split(" ", 4);
+            if (parts.length != 4 || !(parts[3].equals("-") || parts[3].startsWith("="))) {
+                throw notOurs(key, "'" + abbreviate(text) + "' is not a ledger entry");
+            }
+            return new LedgerEntry(refundIdIn(key, parts[0]), decimal(key, parts[1], true),
+                    parts[3].equals("-") ? "" : parts[3].substring(1), parts[2].equals("-") ? "" : decimal(key, parts[2], true));
+        }
+    }
+
+    /**
+     * {@code payment/<payment id>}: a payment and its ledger, created before its payment id can be seen
+     * anywhere (the step's record comes after it), so that every refund of the payment, under any key,
+     * draws on this one record. A payment id this service never charged but a saga named gets a ledger
+     * too, of a payment not known ({@code charged} ""): its id is then taken for good, and no charge
+     * can ever make it a payment with refunds already outside its ledger.
+     */
+    record PaymentRecord(String step, String charged, String refunded, LinkedHashMap<String, LedgerEntry> entries) {
+        private static final String ENTRY = "refund ";
+
+        static PaymentRecord of(String step, String charged) {
+            return new PaymentRecord(step, charged, "0", new LinkedHashMap<>());
+        }
+
+        static PaymentRecord notKnown() {
+            return new PaymentRecord("", "", "0", new LinkedHashMap<>());
+        }
+
+        /** A payment this service charged (its refunds are held to its charge). */
+        boolean known() {
+            return !charged.isEmpty();
+        }
+
+        LedgerEntry entry(String refundKey) {
+            return entries.get(refundKey);
+        }
+
+        PaymentRecord with(String refundKey, LedgerEntry entry) {
+            LinkedHashMap<String, LedgerEntry> more = new LinkedHashMap<>(entries);
+            more.put(refundKey, entry);
+            return new PaymentRecord(step, charged, new BigDecimal(refunded).add(new BigDecimal(entry.refunded())).toPlainString(), more);
+        }
+
+        Map<String, String> encode() {
+            LinkedHashMap<String, String> record = KvValue.record("step", step, "charged", charged, "refunded", refunded);
+            entries.forEach((refundKey, entry) -> record.put(ENTRY + refundKey, entry.encode()));
+            return record;
+        }
+
+        static PaymentRecord decode(String key, Object value) {
+            Map<String, String> record = fields(key, value, "step", "charged", "refunded");
+            String charged = record.get("charged");
+            if (!charged.isEmpty()) {
+                decimal(key, charged, true);
+            }
+            if (charged.isEmpty() != record.get("step").isEmpty()) {
+                throw notOurs(key, "a step without a charge, or a charge without a step");
+            }
+            LinkedHashMap<String, LedgerEntry> entries = new LinkedHashMap<>();
+            BigDecimal sum = BigDecimal.ZERO;
+            for (var field : record.entrySet()) {
+                if (field.getKey().startsWith(ENTRY)) {
+                    LedgerEntry entry = LedgerEntry.decode(key, field.getValue());
+                    entries.put(field.getKey().substring(ENTRY.length()), entry);
+                    sum = sum.add(new BigDecimal(entry.refunded()));
+                } else if (!List.of("step", "charged", "refunded").contains(field.getKey())) {
+                    throw notOurs(key, "a field named '" + abbreviate(field.getKey()) + "'");
+                }
+            }
+            String refunded = decimal(key, record.get("refunded"), false);
+            if (sum.compareTo(new BigDecimal(refunded)) != 0 || !charged.isEmpty() && sum.compareTo(new BigDecimal(charged)) > 0) {
+                throw notOurs(key, "its refunds do not add up");
+            }
+            return new PaymentRecord(record.get("step"), charged, refunded, entries);
+        }
+    }
+
+    /**
+     * {@code refund/<refund key>}: none → pending (the payment it draws on, and the params) → refunded (the
+     * result), or pending → void when the refund is refused; a void record counts as none.
+     */
+    record RefundRecord(String state, String paymentIdGiven, String amountGiven, String payment, String refundId, String refunded) {
+        static final RefundRecord VOID = new RefundRecord("void", "", "", "", "", "");
+
+        static RefundRecord pending(RefundRequest request, String payment) {
+            return new RefundRecord("pending", given(request.paymentId()), given(request.amount()), payment, "", "");
+        }
+
+        /** The final record of a refund drawn from a ledger: the params it was first asked with, and what it took. */
+        static RefundRecord refunded(LedgerEntry entry, String payment) {
+            return new RefundRecord("refunded", entry.paymentIdGiven(), entry.amountGiven(), payment, entry.refundId(), entry.refunded());
+        }
+
+        /** The final record of a compensation that refunded nothing. */
+        static RefundRecord nothing(RefundRequest request) {
+            return new RefundRecord("refunded", given(request.paymentId()), given(request.amount()), "", "", Amount.ZERO.text());
+        }
+
+        boolean isPending() {
+            return state.equals("pending");
+        }
+
+        boolean isRefunded() {
+            return state.equals("refunded");
+        }
+
+        boolean sameParams(RefundRequest request) {
+            return Rules.sameRefund(givenOrNull(paymentIdGiven), givenOrNull(amountGiven), request);
+        }
+
+        RefundResult result() {
+            return new RefundResult(givenOrNull(refundId), refunded);
+        }
+
+        Map<String, String> encode() {
+            return switch (state) {
+                case "pending" -> KvValue.record("state", state, "payment_id_given", paymentIdGiven, "amount_given", amountGiven, "payment", payment);
+                case "refunded" -> KvValue.record("state", state, "payment_id_given", paymentIdGiven, "amount_given", amountGiven,
+                        "payment", payment, "refund_id", refundId, "refunded", refunded);
+                default -> KvValue.record("state", state);
+            };
+        }
+
+        static RefundRecord decode(String key, Object value) {
+            Map<String, String> record = fields(key, value, "state");
+            RefundRecord decoded = switch (record.get("state")) {
+                case "pending" -> {
+                    fields(key, value, "state", "payment_id_given", "amount_given", "payment");
+                    yield new RefundRecord("pending", record.get("payment_id_given"), amountGivenIn(key, record.get("amount_given")),
+                            paymentIdIn(key, record.get("payment")), "", "");
+                }
+                case "refunded" -> {
+                    fields(key, value, "state", "payment_id_given", "amount_given", "payment", "refund_id", "refunded");
+                    String payment = record.get("payment");
+                    String refundId = refundIdIn(key, record.get("refund_id"));
+                    if (payment.isEmpty() != refundId.isEmpty()) {
+                        throw notOurs(key, "a refund without a payment, or a payment without a refund");
+                    }
+                    yield new RefundRecord("refunded", record.get("payment_id_given"), amountGivenIn(key, record.get("amount_given")),
+                            payment.isEmpty() ? "" : paymentIdIn(key, payment), refundId,
+                            decimal(key, record.get("refunded"), !refundId.isEmpty()));
+                }
+                case "void" -> VOID;
+                default -> throw notOurs(key, "unknown state '" + abbreviate(record.get("state")) + "'");
+            };
+            if (record.size() != decoded.encode().size()) {
+                throw notOurs(key, "not a " + decoded.state() + " refund's fields");
+            }
+            return decoded;
+        }
+
+        private static String amountGivenIn(String key, String text) {
+            return text.isEmpty() ? text : decimal(key, text, true);
+        }
+    }
+
+    /** {@code ids/payments} and {@code ids/refunds}: the last id handed out, as a string. */
+    static long lastIdIn(String key, Object value) {
+        if (value instanceof String text && text.matches("\\d{1,15}")) {
+            return Long.parseLong(text);
+        }
+        throw notOurs(key, "not an id count");
+    }
+
     /**
      * The cluster's payment service: every node started with --store lin-kv keeps the idempotency table
      * and the ledgers in Maelstrom's lin-kv, so a retry answered by any node, or by a node killed and
      * restarted, gets the same result. The state machine (docs/CLUSTER.md) needs no lease: every record is
      * created by one create-only cas, every later change is a cas from the value read, and a refund that a
-     * node left half done is finished by whoever comes next.
-     *
-     * <p>Keys: {@code charge/<step key>} (the step: charged or compensated, immutable once written),
-     * {@code payment/<payment id>} (which step a payment belongs to), {@code ledger/<payment id>} (what
-     * was refunded from it, by refund key), {@code refund/<refund key>} (pending, refunded or void),
-     * {@code ids/payments} and {@code ids/refunds} (the next free block of ids).
+     * node left half done is finished (or voided) by whoever comes next.
      *
      * <p>It runs on the main loop only: a request sends its lin-kv requests and is resumed by their
      * replies, which come in on stdin; meanwhile later requests go on.
@@ -2641,25 +2912,41 @@ public final class PaymentNode {
         static final String KV = "lin-kv";
         /** The {@code from} of a create-only cas: no value this node writes is ever this string. */
         private static final String ABSENT = "(absent)";
+        /** Ids reserved by one cas on {@code ids/payments} or {@code ids/refunds}. */
         private static final long ID_BLOCK = 100;
+        /** lin-kv calls in flight at most; a request beyond gets error 11 (nothing done). Requests waiting for ids, likewise. */
+        static final int MAX_CALLS = 10_000;
+        /** Conflicting writes one request goes through at most before it gives up (error 13: the outcome is unknown). */
+        static final int MAX_ROUNDS = 16;
+        /** Entries each cache below keeps at most, the least recently used leaving first. */
+        static final int CACHE_ENTRIES = 1 << 16;
 
         private final ReplyWriter replies;
         private final Log log;
         /** This node's id, from init: lin-kv requests come from it. */
         private String nodeId;
         private final long timeoutMillis;
-        /** lin-kv requests waiting for their reply, oldest (soonest deadline) first. */
+        /** lin-kv requests waiting for their reply, oldest (soonest deadline) first; at most {@link #MAX_CALLS}. */
         private final LinkedHashMap<Long, Call> calls = new LinkedHashMap<>();
         /** Step records seen: immutable once written, so a retry to this node costs no lin-kv call. */
-        private final HashMap<String, Map<String, String>> steps = new HashMap<>();
-        /** Steps whose payment index this node knows is written (so that a refund by payment_id finds it). */
-        private final HashSet<String> indexed = new HashSet<>();
-        /** Ledgers as this node last saw them: a guess for the next cas, never a ground for a refusal. */
-        private final HashMap<String, Map<String, String>> ledgers = new HashMap<>();
+        private final Map<String, StepRecord> steps = lru();
+        /** Payment records (ledgers) as this node last saw them: a guess for the next cas, never a ground for a refusal. */
+        private final Map<String, PaymentRecord> ledgers = lru();
         /** Final refund records seen: immutable too. */
-        private final HashMap<String, Map<String, String>> refunds = new HashMap<>();
+        private final Map<String, RefundRecord> refunds = lru();
         private final IdBlock paymentIds = new IdBlock("ids/payments");
         private final IdBlock refundIds = new IdBlock("ids/refunds");
+
+        private static <V> Map<String, V> lru() {
+            return new LinkedHashMap<>(16, 0.75f, true) {
+                private static final long serialVersionUID = 1L;
+
+                @Override
+                protected boolean removeEldestEntry(Map.Entry<String, V> eldest) {
+                    return size() > CACHE_ENTRIES;
+                }
+            };
+        }
 
         ClusterService(ReplyWriter replies, Log log, long timeoutMillis) {
             this.replies = replies;
@@ -2750,217 +3037,227 @@ public final class PaymentNode {
             void on(Outcome outcome, Object value) throws IOException;
         }
 
-        interface IdThen {
-            void on(long id) throws IOException;
-        }
-
-        /** One client request in flight: where its reply goes; it is answered once. */
-        class Flight {
-            final Envelope reply;
-            boolean answered;
-
-            Flight(Envelope reply) {
-                this.reply = reply;
-            }
-
-            void fail(RpcError error) throws IOException {
-                if (!answered) {
-                    answered = true;
-                    replies.error(reply, error);
-                }
-            }
-        }
-
-        record Call(long msgId, String type, long deadline, Flight flight, Then then) {
-        }
-
-        // ---- the requests ------------------------------------------------------------------------
-
-        @Override
-        public void init(String id, int nodeIds) {
-            if (id != null) {
-                nodeId = id;
-            }
-        }
-
-        @Override
-        public void charge(Envelope reply, ChargeRequest request) throws IOException {
-            Flight flight = start(reply);
-            Map<String, String> known = steps.get(request.key());
-            if (known != null && (indexed.contains(request.key()) || !"charged".equals(known.get("state")))) {
-                answerCharge(flight, request, known, true);
-                return;
-            }
-            if (known != null) {
-                answerChargeIndexed(flight, request, known);
-                return;
-            }
-            paymentIds.take(flight, number -> {
-                String paymentId = "p" + number;
-                var charged = KvValue.record("state", "charged", "user_id", request.userId(), "amount", request.amount().text(),
-                        "payment_id", paymentId);
-                // Two calls at once, one round trip: the step (the commit point) and the payment's index.
-                int[] waiting = {2};
-                Object[] outcome = new Object[2];   // the step's record, and whether it was there before
-                Then finish = (o, v) -> {
-                    if (--waiting[0] == 0) {
-                        @SuppressWarnings("unchecked")
-                        var record = (Map<String, String>) outcome[0];
-                        indexed.add(request.key());
-                        answerCharge(flight, request, record, (Boolean) outcome[1]);
-                    }
-                };
-                cas(flight, stepRecordKey(request.key()), ABSENT, charged, (o, v) -> {
-                    if (o == Outcome.OK) {
-                        steps.put(request.key(), charged);
-                        outcome[0] = charged;
-                        outcome[1] = false;
-                        finish.on(o, v);
-                        return;
-                    }
-                    readStep(flight, request.key(), record -> {   // the step was there before: a retry, or a reuse
-                        if (record == null) {
-                            throw new RpcError(ErrorCode.CRASH, "lin-kv refused to create " + stepRecordKey(request.key())
-                                    + " and then did not have it; a retry will tell");
-                        }
-                        outcome[0] = record;
-                        outcome[1] = true;
-                        if (!"charged".equals(record.get("state"))) {
-                            finish.on(Outcome.OK, record);
-                            return;
-                        }
-                        // The node that charged it may have died before its index was written: write it again.
-                        writeIndex(flight, record.get("payment_id"), request.key(), finish);
-                    });
-                });
-                writeIndex(flight, paymentId, request.key(), finish);
-            });
-        }
-
-        /** A retry of a charge this node has seen but whose index it has not written: write it, then answer. */
-        private void answerChargeIndexed(Flight flight, ChargeRequest request, Map<String, String> record) throws IOException {
-            writeIndex(flight, record.get("payment_id"), request.key(), (o, v) -> {
-                indexed.add(request.key());
-                answerCharge(flight, request, record, true);
-            });
-        }
-
-        /** Which step a payment belongs to, so that a refund naming the payment finds it. */
-        private void writeIndex(Flight flight, String paymentId, String chargeKey, Then then) throws IOException {
-            send(flight, "write", "payment/" + paymentId, KvValue.record("step", chargeKey), null, null, false, then);
-        }
-
-        private void answerCharge(Flight flight, ChargeRequest request, Map<String, String> record, boolean replayed) throws IOException {
-            if (!"charged".equals(record.get("state"))) {
-                throw new RpcError(ErrorCode.ABORT,
-                        "step " + request.key() + " was already compensated: its refund came first, so it is never charged");
-            }
-            if (replayed && !(record.get("user_id").equals(request.userId()) && request.amount().sameValue(record.get("amount")))) {
-                throw new RpcError(ErrorCode.PRECONDITION_FAILED,
-                        "idempotency key " + request.key() + " was first used with other params");
-            }
-            if (replayed) {
-                log.verboseCacheHit(request.key());
-            }
-            flight.answered = true;
-            replies.chargeOk(flight.reply, request, new Served<>(new ChargeResult(record.get("payment_id"), record.get("amount")), replayed));
-        }
-
-        @Override
-        public void refund(Envelope reply, RefundRequest request) throws IOException {
-            Flight flight = start(reply);
-            Map<String, String> done = refunds.get(request.key());
-            if (done != null) {
-                answerRefund(flight, request, done, true);
-                return;
-            }
-            resume(flight, request);
-        }
-
-        /** From the refund key's record: finish what is there, or start. */
-        private void resume(Flight flight, RefundRequest request) throws IOException {
-            read(flight, refundRecordKey(request.key()), (o, v) -> {
-                Map<String, String> record = o == Outcome.OK ? ours(v, refundRecordKey(request.key())) : null;
-                String state = record == null ? "absent" : record.get("state");
-                switch (state) {
-                    case "refunded" -> {
-                        refunds.put(request.key(), record);
-                        answerRefund(flight, request, record, true);
-                    }
-                    case "pending" -> {
-                        requireSameRefundParams(request, record);
-                        apply(flight, request, record);
-                    }
-                    case "void", "absent" -> choosePayment(flight, request, record == null ? ABSENT : record);
-                    default -> throw new RpcError(ErrorCode.CRASH, "unexpected record under " + refundRecordKey(request.key()) + ": " + record);
-                }
-            });
-        }
-
-        /** Which payment a compensation refunds: the same four cases as on one node, cluster-wide. */
-        private void choosePayment(Flight flight, RefundRequest request, Object refundRecord) throws IOException {
-            readStep(flight, request.chargeKey(), step -> {
-                if (step != null && "charged".equals(step.get("state"))) {
-                    String paymentId = step.get("payment_id");
-                    if (request.paymentId() != null && !request.paymentId().equals(paymentId)) {
-                        throw new RpcError(ErrorCode.PRECONDITION_FAILED, "payment_id " + request.paymentId()
-                                + " is not the payment of step " + request.chargeKey() + " (" + paymentId + ")");
-                    }
-                    intend(flight, request, refundRecord, paymentId, step.get("amount"));
-                } else if (request.paymentId() != null) {
-                    read(flight, "payment/" + request.paymentId(), (o, index) -> {
-                        Map<String, String> payment = o == Outcome.OK ? ours(index, "payment/" + request.paymentId()) : null;
-                        if (payment == null) {
-                            unknownPayment(flight, request, refundRecord);
-                            return;
-                        }
-                        readStep(flight, payment.get("step"), ofIndex -> {
-                            // An index whose step another payment won is an orphan: that payment was never made.
-                            if (ofIndex != null && request.paymentId().equals(ofIndex.get("payment_id"))) {
-                                intend(flight, request, refundRecord, request.paymentId(), ofIndex.get("amount"));
-                            } else {
-                                unknownPayment(flight, request, refundRecord);
-                            }
-                        });
-                    });
-                } else {
-                    // The compensation came before its charge: close the step, refund nothing.
-                    closeStep(flight, request, refundRecord, () -> writeFinalRefund(flight, request, refundRecord,
-                            KvValue.record("state", "refunded", "payment_id_given", "", "amount_given", given(request.amount()),
-                                    "refund_id", "", "refunded", Amount.ZERO.text(), "payment", ""), false));
-                }
-            });
-        }
-
-        /** A payment_id the service does not know: refunded as asked, trusting the saga, and the step is closed. */
-        private void unknownPayment(Flight flight, RefundRequest request, Object refundRecord) throws IOException {
-            if (request.amount() == null) {
-                throw malformed("params.amount is required to refund " + request.paymentId() + ", a payment this service does not know");
-            }
-            closeStep(flight, request, refundRecord, () -> refundIds.take(flight, number -> {
-                log.warn("refunding " + request.paymentId() + " for " + request.key() + ", a payment this service"
-                        + " does not know: trusting the saga");
-                writeFinalRefund(flight, request, refundRecord, KvValue.record("state", "refunded", "payment_id_given", request.paymentId(),
-                        "amount_given", request.amount().text(), "refund_id", "r" + number, "refunded", request.amount().text(), "payment", ""), false);
-            }));
+        interface With<T> {
+            void on(T value) throws IOException;
         }
 
         interface Next {
             void run() throws IOException;
         }
 
-        /** Closes a step that has no charge; if a charge got there first, the refund takes that payment. */
-        private void closeStep(Flight flight, RefundRequest request, Object refundRecord, Next then) throws IOException {
-            var compensated = KvValue.record("state", "compensated");
-            cas(flight, stepRecordKey(request.chargeKey()), ABSENT, compensated, (o, v) -> {
+        /**
+         * One client request in flight: where its reply goes (null for the node's own work, an id reservation),
+         * the records it wrote itself (so that a record found after a lost or doubled reply is known for its
+         * own, not taken for a retry's), and how many rounds of conflicting writes it has been through.
+         */
+        class Flight {
+            final Envelope reply;
+            private boolean answered;
+            private int rounds;
+            private final List<Object> written = new ArrayList<>(2);
+
+            Flight(Envelope reply) {
+                this.reply = reply;
+            }
+
+            /** Writes the request's one reply; anything after it (a late call's reply) is ignored. */
+            void answer(ReplyWriter.Writing writing) throws IOException {
+                if (!answered) {
+                    answered = true;
+                    writing.run();
+                }
+            }
+
+            void fail(RpcError error) throws IOException {
+                answer(() -> replies.error(reply, error));
+            }
+
+            boolean answered() {
+                return answered;
+            }
+
+            /** After a conflict: one more round, up to {@link #MAX_ROUNDS}; then the request gives up, its outcome unknown. */
+            void nextRound() {
+                if (++rounds > MAX_ROUNDS) {
+                    throw new RpcError(ErrorCode.CRASH, "lin-kv changed under this request " + MAX_ROUNDS
+                            + " times in a row: the outcome is unknown; a retry will tell");
+                }
+            }
+
+            void wrote(Object record) {
+                written.add(record);
+            }
+
+            boolean wroteItself(Object record) {
+                return written.contains(record);
+            }
+        }
+
+        record Call(long msgId, String type, String key, long deadline, Flight flight, Then then) {
+        }
+
+        // ---- the requests ------------------------------------------------------------------------
+
+        /** init: the node's id (lin-kv requests come from it), and the first id blocks, so that no first charge waits for one. */
+        @Override
+        public void init(String id, int nodeIds) throws IOException {
+            if (id != null) {
+                nodeId = id;
+                paymentIds.refillAhead();
+                refundIds.refillAhead();
+            }
+        }
+
+        @Override
+        public void charge(Envelope reply, ChargeRequest request) throws IOException {
+            Flight flight = start(reply);
+            StepRecord known = steps.get(request.key());
+            if (known != null) {
+                answerCharge(flight, request, known, true);   // a step record never changes: no lin-kv call
+                return;
+            }
+            chargeWithNewId(flight, request);
+        }
+
+        /**
+         * The payment's record first, then the step's (the commit point): by the time a payment id can be
+         * seen anywhere, its ledger exists, so every refund of it is held to its charge.
+         */
+        private void chargeWithNewId(Flight flight, ChargeRequest request) throws IOException {
+            paymentIds.take(flight, number -> {
+                String paymentId = Rules.paymentId(number);
+                PaymentRecord payment = PaymentRecord.of(request.key(), request.amount().text());
+                cas(flight, paymentRecordKey(paymentId), ABSENT, payment.encode(), (o, v) -> {
+                    if (o != Outcome.OK) {
+                        flight.nextRound();   // a saga's refund took this id first as a payment not known: take another
+                        chargeWithNewId(flight, request);
+                        return;
+                    }
+                    ledgers.put(paymentId, payment);
+                    StepRecord charged = StepRecord.charged(request.userId(), request.amount().text(), paymentId);
+                    flight.wrote(charged);
+                    cas(flight, stepRecordKey(request.key()), ABSENT, charged.encode(), (o2, v2) -> {
+                        if (o2 == Outcome.OK) {
+                            steps.put(request.key(), charged);
+                            answerCharge(flight, request, charged, false);
+                            return;
+                        }
+                        // The step was there before: a retry, a reuse, or a compensation first (the payment
+                        // record just written is an orphan: its step names another payment, or none).
+                        readStep(flight, request.key(), step -> {
+                            if (step == null) {
+                                throw new RpcError(ErrorCode.CRASH, "lin-kv refused to create " + stepRecordKey(request.key())
+                                        + " and then did not have it: the outcome is unknown; a retry will tell");
+                            }
+                            answerCharge(flight, request, step, !flight.wroteItself(step));
+                        });
+                    });
+                });
+            });
+        }
+
+        private void answerCharge(Flight flight, ChargeRequest request, StepRecord step, boolean replayed) throws IOException {
+            if (!step.charged()) {
+                throw Rules.compensatedFirst(request.key());
+            }
+            if (replayed && !Rules.sameCharge(step.userId(), step.amount(), request)) {
+                throw Rules.keyReused(request.key());
+            }
+            if (replayed) {
+                log.verboseCacheHit(request.key());
+            }
+            flight.answer(() -> replies.chargeOk(flight.reply, request,
+                    new Served<>(new ChargeResult(step.paymentId(), step.amount()), replayed)));
+        }
+
+        @Override
+        public void refund(Envelope reply, RefundRequest request) throws IOException {
+            Flight flight = start(reply);
+            RefundRecord done = refunds.get(request.key());
+            if (done != null) {
+                answerRefund(flight, request, done, true);   // a final record never changes: no lin-kv call
+                return;
+            }
+            resume(flight, request);
+        }
+
+        /** From the refund key's record: answer what is final, finish or void what is pending, or start. */
+        private void resume(Flight flight, RefundRequest request) throws IOException {
+            String key = refundRecordKey(request.key());
+            read(flight, key, (o, v) -> {
+                RefundRecord record = o == Outcome.OK ? RefundRecord.decode(key, v) : null;
+                if (record != null && record.isRefunded()) {
+                    refunds.put(request.key(), record);
+                    answerRefund(flight, request, record, !flight.wroteItself(record));
+                } else if (record != null && record.isPending() && record.sameParams(request)) {
+                    apply(flight, request, record, ledgers.get(record.payment()), false);
+                } else if (record != null && record.isPending()) {
+                    settleOthers(flight, request, record);
+                } else {
+                    choosePayment(flight, request, record);
+                }
+            });
+        }
+
+        /**
+         * A pending intent with other params than this request's: if its refund is in the ledger it happened,
+         * so it is finished (and this request, a reuse, gets 22); if not, it never will be from this intent,
+         * which is voided, and this request is served on its own params. An error leaves no record.
+         */
+        private void settleOthers(Flight flight, RefundRequest request, RefundRecord pending) throws IOException {
+            readLedger(flight, pending.payment(), ledger -> {
+                LedgerEntry entry = ledger == null ? null : ledger.entry(request.key());
+                if (entry != null) {
+                    writeFinalRefund(flight, request, pending, RefundRecord.refunded(entry, pending.payment()), true);
+                    return;
+                }
+                cas(flight, refundRecordKey(request.key()), pending.encode(), RefundRecord.VOID.encode(), (o, v) -> {
+                    flight.nextRound();
+                    if (o == Outcome.OK) {
+                        choosePayment(flight, request, RefundRecord.VOID);
+                    } else {
+                        resume(flight, request);
+                    }
+                });
+            });
+        }
+
+        /** Which payment a compensation refunds: the four cases of one node ({@link Rules#refundCase}), cluster-wide. */
+        private void choosePayment(Flight flight, RefundRequest request, RefundRecord from) throws IOException {
+            readStep(flight, request.chargeKey(), step -> {
+                String ownPayment = step != null && step.charged() ? step.paymentId() : null;
+                switch (Rules.refundCase(ownPayment, false, request)) {
+                    case OWN_PAYMENT -> intend(flight, request, from, ownPayment);
+                    case NAMED_PAYMENT -> readLedger(flight, request.paymentId(), named -> {
+                        if (named != null && named.known()) {
+                            intend(flight, request, from, request.paymentId());
+                            return;
+                        }
+                        Rules.requireAmountOfUnknownPayment(request, "this service");
+                        closeStep(flight, request, from, () -> {
+                            log.warn(Rules.trustingTheSaga(request, "this service", ""));
+                            intend(flight, request, from, request.paymentId());
+                        });
+                    });
+                    case CLOSE_STEP -> closeStep(flight, request, from,
+                            () -> writeFinalRefund(flight, request, from, RefundRecord.nothing(request), false));
+                    case NOTHING_CHARGED -> throw new IllegalStateException("a cluster declines no charge");
+                }
+            });
+        }
+
+        /** Closes a step that has no charge; if a charge got there first, the refund chooses again (that payment). */
+        private void closeStep(Flight flight, RefundRequest request, RefundRecord from, Next then) throws IOException {
+            cas(flight, stepRecordKey(request.chargeKey()), ABSENT, StepRecord.COMPENSATED.encode(), (o, v) -> {
                 if (o == Outcome.OK) {
-                    steps.put(request.chargeKey(), compensated);
+                    steps.put(request.chargeKey(), StepRecord.COMPENSATED);
                     then.run();
                     return;
                 }
                 readStep(flight, request.chargeKey(), step -> {
-                    if (step != null && "charged".equals(step.get("state"))) {
-                        choosePayment(flight, request, refundRecord);   // the charge won the race: refund it
+                    if (step != null && step.charged()) {
+                        flight.nextRound();
+                        choosePayment(flight, request, from);   // the charge won the race: refund it
                     } else {
                         then.run();
                     }
@@ -2969,191 +3266,147 @@ public final class PaymentNode {
         }
 
         /** The intent: this refund key draws on this payment, with these params. From here anyone can finish it. */
-        private void intend(Flight flight, RefundRequest request, Object refundRecord, String paymentId, String charged) throws IOException {
-            var pending = KvValue.record("state", "pending", "payment_id_given", given(request.paymentId()),
-                    "amount_given", given(request.amount()), "payment", paymentId, "charged", charged);
-            cas(flight, refundRecordKey(request.key()), refundRecord, pending, (o, v) -> {
+        private void intend(Flight flight, RefundRequest request, RefundRecord from, String paymentId) throws IOException {
+            RefundRecord pending = RefundRecord.pending(request, paymentId);
+            cas(flight, refundRecordKey(request.key()), from == null ? ABSENT : from.encode(), pending.encode(), (o, v) -> {
                 if (o == Outcome.OK) {
-                    apply(flight, request, pending);
+                    apply(flight, request, pending, ledgers.get(paymentId), false);
                 } else {
+                    flight.nextRound();
                     resume(flight, request);   // another attempt got there first: go on from what it wrote
                 }
             });
         }
 
         /**
-         * Adds this refund key to the payment's ledger, once, never above the charge. It starts from the ledger
-         * as this node last saw it (none: it guesses there is none yet, as for a first compensation): the cas
-         * fails on any difference, and then it reads the ledger and decides again. A refusal is only ever
-         * decided on a ledger just read.
+         * Adds this refund key to the payment's ledger, once, never above the charge: one cas from the ledger
+         * checked. It starts from the ledger as this node last saw it, a guess that a failed cas corrects; a
+         * refusal is only ever decided on a ledger just read. A payment not known is refunded as asked (the
+         * saga is trusted), still inside its ledger.
          */
-        private void apply(Flight flight, RefundRequest request, Map<String, String> pending) throws IOException {
-            applyTo(flight, request, pending, ledgers.get(pending.get("payment")), false);
-        }
-
-        private void readLedger(Flight flight, RefundRequest request, Map<String, String> pending) throws IOException {
-            String ledgerKey = "ledger/" + pending.get("payment");
-            read(flight, ledgerKey, (o, v) -> {
-                Map<String, String> ledger = o == Outcome.OK ? ours(v, ledgerKey) : null;
-                if (ledger != null) {
-                    ledgers.put(pending.get("payment"), ledger);
-                }
-                applyTo(flight, request, pending, ledger, true);
-            });
-        }
-
-        private void applyTo(Flight flight, RefundRequest request, Map<String, String> pending,
-                             Map<String, String> ledger, boolean fresh) throws IOException {
-            String entry = ledger == null ? null : ledger.get("refund " + request.key());
-            if (entry != null) {
-                finishFromLedger(flight, request, pending, entry, true);   // applied by an attempt that did not finish
+        private void apply(Flight flight, RefundRequest request, RefundRecord pending, PaymentRecord ledger, boolean fresh) throws IOException {
+            String paymentId = pending.payment();
+            if (ledger == null && !fresh) {
+                readLedger(flight, paymentId, read -> apply(flight, request, pending, read, true));
                 return;
             }
-            BigDecimal charged = new BigDecimal(pending.get("charged"));
-            BigDecimal refunded = ledger == null ? BigDecimal.ZERO : new BigDecimal(ledger.get("refunded"));
-            BigDecimal left = charged.subtract(refunded);
-            String givenAmount = pending.get("amount_given");
-            RpcError refused = null;
-            String amount = null;
-            if (!givenAmount.isEmpty()) {
-                if (new BigDecimal(givenAmount).compareTo(left) > 0) {
-                    refused = new RpcError(ErrorCode.PRECONDITION_FAILED, "refund of " + givenAmount + " is more than is left of payment "
-                            + pending.get("payment") + " (" + left.toPlainString() + " of " + pending.get("charged") + ")");
-                } else {
-                    amount = givenAmount;
-                }
-            } else if (left.signum() == 0) {
-                refused = new RpcError(ErrorCode.PRECONDITION_FAILED, "payment " + pending.get("payment") + " is already fully refunded");
-            } else {
-                amount = refunded.signum() == 0 ? pending.get("charged") : left.toPlainString();
+            LedgerEntry entry = ledger == null ? null : ledger.entry(request.key());
+            if (entry != null) {
+                // Applied before (by an attempt that did not finish, or by this one through a doubled reply).
+                writeFinalRefund(flight, request, pending, RefundRecord.refunded(entry, paymentId), !flight.wroteItself(entry));
+                return;
             }
-            if (refused != null) {
+            if ((ledger == null || !ledger.known()) && request.amount() == null) {
+                throw notOurs(paymentRecordKey(paymentId), "no ledger, though a refund of all that is left draws on it");
+            }
+            String amount;
+            try {
+                amount = ledger != null && ledger.known()
+                        ? Rules.refundAmount(paymentId, ledger.charged(), new BigDecimal(ledger.refunded()), request.amount())
+                        : request.amount().text();
+            } catch (RpcError refused) {
                 if (fresh) {
                     abandon(flight, request, pending, refused);
                 } else {
-                    readLedger(flight, request, pending);
+                    readLedger(flight, paymentId, read -> apply(flight, request, pending, read, true));
                 }
                 return;
             }
-            String refundAmount = amount;
             refundIds.take(flight, number -> {
-                var next = ledger == null
-                        ? KvValue.record("payment_id", pending.get("payment"), "charged", pending.get("charged"), "refunded", "0")
-                        : new LinkedHashMap<>(ledger);
-                next.put("refunded", refunded.add(new BigDecimal(refundAmount)).toPlainString());
-                next.put("refund " + request.key(), "r" + number + " " + refundAmount);
-                cas(flight, "ledger/" + pending.get("payment"), ledger == null ? ABSENT : ledger, next, (o, v) -> {
+                LedgerEntry mine = new LedgerEntry(Rules.refundId(number), amount, given(request.paymentId()), given(request.amount()));
+                flight.wrote(mine);
+                PaymentRecord next = (ledger == null ? PaymentRecord.notKnown() : ledger).with(request.key(), mine);
+                cas(flight, paymentRecordKey(paymentId), ledger == null ? ABSENT : ledger.encode(), next.encode(), (o, v) -> {
                     if (o == Outcome.OK) {
-                        ledgers.put(pending.get("payment"), next);
-                        finishFromLedger(flight, request, pending, "r" + number + " " + refundAmount, false);
+                        ledgers.put(paymentId, next);
+                        writeFinalRefund(flight, request, pending, RefundRecord.refunded(mine, paymentId), false);
                     } else {
-                        readLedger(flight, request, pending);   // the ledger is not as this node saw it: read it
+                        flight.nextRound();   // the ledger moved on: read it and decide again
+                        readLedger(flight, paymentId, read -> apply(flight, request, pending, read, true));
                     }
                 });
             });
         }
 
         /** An error leaves no record: the intent is voided, so that a corrected request starts afresh. */
-        private void abandon(Flight flight, RefundRequest request, Map<String, String> pending, RpcError error) throws IOException {
-            cas(flight, refundRecordKey(request.key()), pending, KvValue.record("state", "void"), (o, v) -> {
+        private void abandon(Flight flight, RefundRequest request, RefundRecord pending, RpcError error) throws IOException {
+            cas(flight, refundRecordKey(request.key()), pending.encode(), RefundRecord.VOID.encode(), (o, v) -> {
                 if (o == Outcome.OK) {
                     flight.fail(error);
                 } else {
+                    flight.nextRound();
                     resume(flight, request);
                 }
             });
-        }
-
-        /** The refund is in the ledger: make the refund key's record final ({@code entry}: "r7 30"). */
-        private void finishFromLedger(Flight flight, RefundRequest request, Map<String, String> pending, String entry, boolean replayed) throws IOException {
-            int space = entry.indexOf(' ');
-            var done = KvValue.record("state", "refunded", "payment_id_given", pending.get("payment_id_given"),
-                    "amount_given", pending.get("amount_given"), "refund_id", entry.substring(0, space),
-                    "refunded", entry.substring(space + 1), "payment", pending.get("payment"));
-            writeFinalRefund(flight, request, pending, done, replayed);
         }
 
         /**
          * Writes a refund key's final record over what was there ({@code from}: the pending record, a void one,
          * or none), then answers. If someone else wrote first, goes on from what they wrote.
          */
-        private void writeFinalRefund(Flight flight, RefundRequest request, Object from, Map<String, String> done, boolean replayed) throws IOException {
-            cas(flight, refundRecordKey(request.key()), from, done, (o, v) -> {
+        private void writeFinalRefund(Flight flight, RefundRequest request, RefundRecord from, RefundRecord done, boolean replayed) throws IOException {
+            flight.wrote(done);
+            cas(flight, refundRecordKey(request.key()), from == null ? ABSENT : from.encode(), done.encode(), (o, v) -> {
                 if (o == Outcome.OK) {
                     refunds.put(request.key(), done);
                     answerRefund(flight, request, done, replayed);
                 } else {
+                    flight.nextRound();
                     resume(flight, request);
                 }
             });
         }
 
-        private static String given(Object param) {
-            return param == null ? "" : param instanceof Amount amount ? amount.text() : param.toString();
-        }
-
-        private static void requireSameRefundParams(RefundRequest request, Map<String, String> record) {
-            String paymentId = record.get("payment_id_given");
-            String amount = record.get("amount_given");
-            boolean same = paymentId.equals(given(request.paymentId()))
-                    && (amount.isEmpty() ? request.amount() == null : request.amount() != null && request.amount().sameValue(amount));
-            if (!same) {
-                throw new RpcError(ErrorCode.PRECONDITION_FAILED, "idempotency key " + request.key() + " was first used with other params");
+        private void answerRefund(Flight flight, RefundRequest request, RefundRecord done, boolean replayed) throws IOException {
+            if (!done.sameParams(request)) {
+                throw Rules.keyReused(request.key());
             }
-        }
-
-        private void answerRefund(Flight flight, RefundRequest request, Map<String, String> done, boolean replayed) throws IOException {
-            requireSameRefundParams(request, done);
             if (replayed) {
                 log.verboseCacheHit(request.key());
             }
-            String refundId = done.get("refund_id");
-            flight.answered = true;
-            replies.refundOk(flight.reply, request,
-                    new Served<>(new RefundResult(refundId.isEmpty() ? null : refundId, done.get("refunded")), replayed));
+            flight.answer(() -> replies.refundOk(flight.reply, request, new Served<>(done.result(), replayed)));
         }
 
+        /** What is recorded for a step, read fresh (its ledger may have moved on): no key is created or changed. */
         @Override
         public void status(Envelope reply, StatusRequest request) throws IOException {
             Flight flight = start(reply);
-            readStep(flight, request.chargeKey(), step -> read(flight, refundRecordKey(request.refundKey()), (o, v) -> {
-                Map<String, String> refund = o == Outcome.OK ? ours(v, refundRecordKey(request.refundKey())) : null;
-                RefundResult result = refund != null && "refunded".equals(refund.get("state"))
-                        ? new RefundResult(refund.get("refund_id").isEmpty() ? null : refund.get("refund_id"), refund.get("refunded"))
-                        : null;
-                if (step == null || !"charged".equals(step.get("state"))) {
-                    flight.answered = true;
-                    replies.paymentStatusOk(reply, request, new StepStatus(step == null ? null : Compensated.STEP, result));
+            String refundKey = refundRecordKey(request.refundKey());
+            readStep(flight, request.chargeKey(), step -> read(flight, refundKey, (o, v) -> {
+                RefundRecord refund = o == Outcome.OK ? RefundRecord.decode(refundKey, v) : null;
+                RefundResult refunded = refund != null && refund.isRefunded() ? refund.result() : null;
+                if (step == null || !step.charged()) {
+                    flight.answer(() -> replies.paymentStatusOk(reply, request, new StepStatus(step == null ? null : Compensated.STEP, refunded)));
                     return;
                 }
-                String ledgerKey = "ledger/" + step.get("payment_id");
-                read(flight, ledgerKey, (o2, ledgerValue) -> {
-                    Map<String, String> ledger = o2 == Outcome.OK ? ours(ledgerValue, ledgerKey) : null;
-                    Charged payment = new Charged(step.get("user_id"), step.get("amount"), Long.parseLong(step.get("payment_id").substring(1)));
-                    if (ledger != null && new BigDecimal(ledger.get("refunded")).signum() > 0) {
-                        payment.restoreDeducted(new BigDecimal(ledger.get("refunded")));
+                String paymentKey = paymentRecordKey(step.paymentId());
+                read(flight, paymentKey, (o2, v2) -> {
+                    if (o2 != Outcome.OK) {
+                        throw notOurs(paymentKey, "missing, though step " + request.chargeKey() + " names it");
                     }
-                    flight.answered = true;
-                    replies.paymentStatusOk(reply, request, new StepStatus(payment, result));
+                    PaymentRecord ledger = PaymentRecord.decode(paymentKey, v2);
+                    ledgers.put(step.paymentId(), ledger);
+                    Charged payment = new Charged(step.userId(), step.amount(), Rules.paymentNumber(step.paymentId()));
+                    if (new BigDecimal(ledger.refunded()).signum() > 0) {
+                        payment.restoreDeducted(new BigDecimal(ledger.refunded()));
+                    }
+                    flight.answer(() -> replies.paymentStatusOk(reply, request, new StepStatus(payment, refunded)));
                 });
             }));
         }
 
         // ---- lin-kv ------------------------------------------------------------------------------
 
-        interface StepThen {
-            void on(Map<String, String> step) throws IOException;
-        }
-
         /** A step's record (null: none), from what this node has seen or from lin-kv. */
-        private void readStep(Flight flight, String chargeKey, StepThen then) throws IOException {
-            Map<String, String> known = steps.get(chargeKey);
+        private void readStep(Flight flight, String chargeKey, With<StepRecord> then) throws IOException {
+            StepRecord known = steps.get(chargeKey);
             if (known != null) {
                 then.on(known);
                 return;
             }
-            read(flight, stepRecordKey(chargeKey), (o, v) -> {
-                Map<String, String> step = o == Outcome.OK ? ours(v, stepRecordKey(chargeKey)) : null;
+            String key = stepRecordKey(chargeKey);
+            read(flight, key, (o, v) -> {
+                StepRecord step = o == Outcome.OK ? StepRecord.decode(key, v) : null;
                 if (step != null) {
                     steps.put(chargeKey, step);
                 }
@@ -3161,10 +3414,26 @@ public final class PaymentNode {
             });
         }
 
+        /** A payment's record (null: none), read from lin-kv. */
+        private void readLedger(Flight flight, String paymentId, With<PaymentRecord> then) throws IOException {
+            String key = paymentRecordKey(paymentId);
+            read(flight, key, (o, v) -> {
+                PaymentRecord ledger = o == Outcome.OK ? PaymentRecord.decode(key, v) : null;
+                if (ledger != null) {
+                    ledgers.put(paymentId, ledger);
+                }
+                then.on(ledger);
+            });
+        }
+
         private Flight start(Envelope reply) {
             if (nodeId == null) {
                 throw new RpcError(ErrorCode.TEMPORARILY_UNAVAILABLE,
                         "not initialized: a node of the cluster needs its id (init) to reach lin-kv; nothing was done");
+            }
+            if (calls.size() >= MAX_CALLS) {
+                throw new RpcError(ErrorCode.TEMPORARILY_UNAVAILABLE, "busy: " + calls.size()
+                        + " lin-kv calls are waiting for their replies; nothing was done, retry later");
             }
             return new Flight(reply);
         }
@@ -3196,20 +3465,15 @@ public final class PaymentNode {
                     json.ascii(", \"create_if_not_exists\": true");
                 }
             });
-            calls.put(msgId, new Call(msgId, type, System.nanoTime() + timeoutMillis * 1_000_000, flight, then));
-        }
-
-        private static Map<String, String> ours(Object value, String key) {
-            if (value instanceof Map<?, ?> map) {
-                @SuppressWarnings("unchecked")
-                Map<String, String> record = (Map<String, String>) map;
-                return record;
-            }
-            throw new RpcError(ErrorCode.CRASH, "lin-kv holds a value under " + key + " that this service did not write");
+            calls.put(msgId, new Call(msgId, type, key, System.nanoTime() + timeoutMillis * 1_000_000, flight, then));
         }
 
         private static String stepRecordKey(String chargeKey) {
             return "charge/" + chargeKey;
+        }
+
+        private static String paymentRecordKey(String paymentId) {
+            return "payment/" + paymentId;
         }
 
         private static String refundRecordKey(String refundKey) {
@@ -3238,12 +3502,12 @@ public final class PaymentNode {
                 } else if (code != null && code == 22) {
                     outcome = Outcome.CONFLICT;
                 } else {
-                    call.flight().fail(new RpcError(ErrorCode.CRASH, "lin-kv answered " + call.type() + " with error " + code
-                            + " (" + body.text() + "): the outcome is unknown; a retry will tell"));
+                    call.flight().fail(new RpcError(ErrorCode.CRASH, "lin-kv answered " + call.type() + " of " + call.key() + " with error "
+                            + code + " (" + body.text() + "): the outcome is unknown; a retry will tell"));
                     return true;
                 }
             } else if ("read".equals(call.type()) && (body.value() == null || body.value() == KvValue.OTHER)) {
-                call.flight().fail(new RpcError(ErrorCode.CRASH, "lin-kv answered a read with a value this service did not write"));
+                call.flight().fail(notOurs(call.key(), body.value() == null ? "a read_ok without a value" : "not a string or a flat record of strings"));
                 return true;
             } else {
                 outcome = Outcome.OK;
@@ -3253,7 +3517,7 @@ public final class PaymentNode {
         }
 
         private void resumeCall(Call call, Outcome outcome, Object value) throws IOException {
-            if (call.flight().answered) {
+            if (call.flight().answered()) {
                 return;
             }
             try {
@@ -3294,28 +3558,51 @@ public final class PaymentNode {
             return !calls.isEmpty();
         }
 
-        /** Ids handed out from blocks reserved in lin-kv: unique cluster-wide, with gaps. */
+        /**
+         * Ids handed out from blocks reserved in lin-kv: unique cluster-wide, with gaps. The next block is
+         * reserved while half of the current one is left (and at init), so that no request waits for one
+         * in steady state; requests that find both used up wait in a queue, bounded like the calls.
+         */
         final class IdBlock {
             private final String key;
-            private long next;
-            private long end = -1;
-            private final ArrayDeque<Waiter> waiters = new ArrayDeque<>();
+            private long next = 1;
+            private long end = 0;          // the block in use: next to end
+            private long spareNext = 1;
+            private long spareEnd = 0;     // the block reserved ahead (empty: spareNext > spareEnd)
             private boolean reserving;
+            private final ArrayDeque<Waiter> waiters = new ArrayDeque<>();
 
-            record Waiter(Flight flight, IdThen then) {
+            record Waiter(Flight flight, With<Long> then) {
             }
 
             IdBlock(String key) {
                 this.key = key;
             }
 
-            void take(Flight flight, IdThen then) throws IOException {
+            void take(Flight flight, With<Long> then) throws IOException {
+                if (next > end && spareNext <= spareEnd) {
+                    next = spareNext;
+                    end = spareEnd;
+                    spareNext = 1;
+                    spareEnd = 0;
+                }
                 if (next <= end) {
-                    then.on(next++);
+                    long id = next++;
+                    refillAhead();
+                    then.on(id);
                     return;
                 }
+                if (waiters.size() >= MAX_CALLS) {
+                    throw new RpcError(ErrorCode.TEMPORARILY_UNAVAILABLE, "busy: " + waiters.size()
+                            + " requests are waiting for ids; nothing was done, retry later");
+                }
                 waiters.add(new Waiter(flight, then));
-                if (!reserving) {
+                refillAhead();
+            }
+
+            /** Reserves the next block if none is reserved yet and half of this one is used. */
+            void refillAhead() throws IOException {
+                if (!reserving && spareNext > spareEnd && end - next + 1 <= ID_BLOCK / 2) {
                     reserving = true;
                     reserve(new Reservation());
                 }
@@ -3329,10 +3616,10 @@ public final class PaymentNode {
 
                 @Override
                 void fail(RpcError error) throws IOException {
-                    if (answered) {
+                    if (answered()) {
                         return;
                     }
-                    answered = true;
+                    answer(() -> { });
                     reserving = false;
                     while (!waiters.isEmpty()) {
                         waiters.poll().flight().fail(error);
@@ -3342,36 +3629,40 @@ public final class PaymentNode {
 
             private void reserve(Reservation reservation) throws IOException {
                 read(reservation, key, (o, v) -> {
-                    String last = o == Outcome.OK && v instanceof String text && text.matches("\\d{1,15}") ? text : null;
-                    if (o == Outcome.OK && last == null) {
-                        throw new RpcError(ErrorCode.CRASH, "lin-kv holds a value under " + key + " that this service did not write");
-                    }
-                    long from = last == null ? 0 : Long.parseLong(last);
-                    cas(reservation, key, last == null ? ABSENT : last, Long.toString(from + ID_BLOCK), (o2, v2) -> {
+                    Long last = o == Outcome.OK ? lastIdIn(key, v) : null;
+                    long from = last == null ? 0 : last;
+                    cas(reservation, key, last == null ? ABSENT : Long.toString(last), Long.toString(from + ID_BLOCK), (o2, v2) -> {
                         if (o2 != Outcome.OK) {
+                            reservation.nextRound();
                             reserve(reservation);   // another node took a block meanwhile
                             return;
                         }
-                        next = from + 1;
-                        end = from + ID_BLOCK;
-                        reservation.answered = true;
+                        reservation.answer(() -> { });
                         reserving = false;
-                        while (!waiters.isEmpty() && next <= end) {
-                            Waiter waiter = waiters.poll();
-                            if (!waiter.flight().answered) {
-                                try {
-                                    waiter.then().on(next++);
-                                } catch (RpcError refused) {
-                                    waiter.flight().fail(refused);
-                                }
-                            }
+                        if (next > end) {
+                            next = from + 1;
+                            end = from + ID_BLOCK;
+                        } else {
+                            spareNext = from + 1;
+                            spareEnd = from + ID_BLOCK;
                         }
-                        if (!waiters.isEmpty()) {
-                            reserving = true;
-                            reserve(new Reservation());
-                        }
+                        serveWaiters();
                     });
                 });
+            }
+
+            private void serveWaiters() throws IOException {
+                while (!waiters.isEmpty() && next <= end) {
+                    Waiter waiter = waiters.poll();
+                    if (!waiter.flight().answered()) {
+                        try {
+                            waiter.then().on(next++);
+                        } catch (RpcError refused) {
+                            waiter.flight().fail(refused);
+                        }
+                    }
+                }
+                refillAhead();
             }
         }
     }

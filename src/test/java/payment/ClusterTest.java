@@ -89,11 +89,14 @@ class ClusterTest {
                 .getBytes(StandardCharsets.UTF_8));
         stdin.write(Wire.charge(2, "s", 1, "5").getBytes(StandardCharsets.UTF_8));
         stdin.flush();
-        assertEquals("init_ok", body(parse(readLine(stdout, 10))).get("type"));
-        // The first charge reserves a block of payment ids: a read of the counter.
+        // init reserves the first blocks of payment and refund ids, so that no first charge waits for one:
+        // a read of each counter, then init_ok. The charge waits for the payment ids.
         Map<String, Object> read = parse(readLine(stdout, 10));
         assertEquals("lin-kv", read.get("dest"));
         assertEquals(Map.of("type", "read", "key", "ids/payments", "msg_id", body(read).get("msg_id")), body(read));
+        Map<String, Object> readRefundIds = parse(readLine(stdout, 10));
+        assertEquals(Map.of("type", "read", "key", "ids/refunds", "msg_id", (Long) body(read).get("msg_id") + 1), body(readRefundIds));
+        assertEquals("init_ok", body(parse(readLine(stdout, 10))).get("type"));
         long msgId = (Long) body(read).get("msg_id");
         assertTrue(msgId >= startedAt * 1000, "msg_ids start past any earlier process's: " + msgId);
 
