@@ -11,6 +11,7 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.attribute.PosixFilePermissions;
+import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
@@ -125,9 +126,9 @@ class HarnessTest {
             }
             stdin.flush();
             List<String> answers = new ArrayList<>();
-            assertEquals(initOkFrom("n1", 1, 0).trim(), stdout.readLine());
+            assertEquals(initOkFrom("n1", 1, 0).trim(), Lines.readLine(stdout, Duration.ofSeconds(20)));   // a JVM starting, and the journal replayed
             for (int i = 0; i < requests.size(); i++) {
-                Wire.Reply reply = Wire.read(stdout.readLine());
+                Wire.Reply reply = Wire.read(Lines.readLine(stdout, Duration.ofSeconds(10)));
                 assertEquals(100 + i, reply.inReplyTo());
                 if (round > 0) {
                     assertTrue(reply.note() != null, "round " + round + ": " + reply);

@@ -7,7 +7,7 @@ import java.io.IOException;
 import java.io.InputStreamReader;
 import java.io.OutputStream;
 import java.nio.charset.StandardCharsets;
-import java.util.concurrent.CompletableFuture;
+import java.time.Duration;
 import java.util.concurrent.TimeUnit;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -20,16 +20,6 @@ class ProcessTest {
         return Node.start(args);
     }
 
-    private static String readLineWithin(BufferedReader reader, int seconds) throws Exception {
-        return CompletableFuture.supplyAsync(() -> {
-            try {
-                return reader.readLine();
-            } catch (IOException e) {
-                throw new RuntimeException(e);
-            }
-        }).get(seconds, TimeUnit.SECONDS);
-    }
-
     /** Each reply is on stdout while the node waits for more input: an interactive client is never left waiting. */
     @Test
     void answersEachRequestBeforeWaitingForTheNextAndExits0AtEndOfInput() throws Exception {
@@ -39,16 +29,16 @@ class ProcessTest {
 
         stdin.write(Wire.init(1).getBytes(StandardCharsets.UTF_8));
         stdin.flush();
-        assertEquals(Wire.initOk(1, 0).trim(), readLineWithin(stdout, 20));
+        assertEquals(Wire.initOk(1, 0).trim(), Lines.readLine(stdout, Duration.ofSeconds(20)));
 
         stdin.write(Wire.charge(2, "saga42", 2, "99.99").getBytes(StandardCharsets.UTF_8));
         stdin.flush();
-        assertEquals(Wire.chargeOk("saga42", 2, "p1", "99.99").to(2, 1).trim(), readLineWithin(stdout, 10));
+        assertEquals(Wire.chargeOk("saga42", 2, "p1", "99.99").to(2, 1).trim(), Lines.readLine(stdout, Duration.ofSeconds(10)));
 
         stdin.write(Wire.charge(3, "saga42", 2, "99.99").getBytes(StandardCharsets.UTF_8));
         stdin.close();
-        assertEquals(Wire.chargeOk("saga42", 2, "p1", "99.99").cached().to(3, 2).trim(), readLineWithin(stdout, 10));
-        assertEquals(null, readLineWithin(stdout, 10), "nothing but replies on stdout");
+        assertEquals(Wire.chargeOk("saga42", 2, "p1", "99.99").cached().to(3, 2).trim(), Lines.readLine(stdout, Duration.ofSeconds(10)));
+        assertEquals(null, Lines.readLine(stdout, Duration.ofSeconds(10)), "nothing but replies on stdout");
         assertTrue(node.waitFor(10, TimeUnit.SECONDS));
         assertEquals(0, node.exitValue());
     }

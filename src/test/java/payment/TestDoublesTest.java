@@ -170,11 +170,12 @@ class TestDoublesTest {
                 // the node died under the writer
             }
             List<String> lines = new ArrayList<>();
-            try (BufferedReader stdout = new BufferedReader(new InputStreamReader(node.getInputStream(), StandardCharsets.UTF_8))) {
-                for (String line; (line = stdout.readLine()) != null; ) {
-                    lines.add(line);
-                }
+            // Closed only after the end of the stream: closing a reader that a timed-out read still holds would block.
+            BufferedReader stdout = new BufferedReader(new InputStreamReader(node.getInputStream(), StandardCharsets.UTF_8));
+            for (String line; (line = Lines.readLine(stdout, Duration.ofSeconds(30))) != null; ) {
+                lines.add(line);
             }
+            stdout.close();
             assertTrue(node.waitFor(30, TimeUnit.SECONDS));
             for (String line : lines) {
                 Wire.Reply reply = Wire.read(line);
@@ -214,7 +215,11 @@ class TestDoublesTest {
         Duration spent = node.info().totalCpuDuration().orElseThrow().minus(before);
         assertTrue(spent.toMillis() < 150, "CPU while waiting: " + spent.toMillis() + " ms in 1 s");
         stdin.close();
-        List<String> replies = new String(node.getInputStream().readAllBytes(), StandardCharsets.UTF_8).lines().toList();
+        List<String> replies = new ArrayList<>();
+        BufferedReader stdout = new BufferedReader(new InputStreamReader(node.getInputStream(), StandardCharsets.UTF_8));
+        for (String line; (line = Lines.readLine(stdout, Duration.ofSeconds(20))) != null; ) {
+            replies.add(line);
+        }
         assertTrue(node.waitFor(20, TimeUnit.SECONDS));
         assertEquals(0, node.exitValue());
         assertEquals(20, replies.size(), "every delayed reply was written before the exit");
