@@ -29,10 +29,6 @@ class HarnessTest {
         return Wire.envelope("c0", "{\"type\":\"init\",\"msg_id\":" + msgId + ",\"node_id\":\"" + nodeId + "\",\"node_ids\":[\"n1\",\"n2\"]}");
     }
 
-    private static String initOkFrom(String nodeId, int inReplyTo, int msgId) {
-        return Wire.initOk(inReplyTo, msgId).replace("\"src\": \"payment\"", "\"src\": \"" + nodeId + "\"");
-    }
-
     /** Fails on the old node: each of these got error 10 back, so two nodes would bounce errors for ever. */
     @Test
     void aReplyIsNeverAnswered() {
@@ -74,21 +70,21 @@ class HarnessTest {
         Node.CapturedLog log = Node.CapturedLog.of(false);
         Node.Run first = Node.runWithJournalAtInit(path, session, log);
         assertEquals(Wire.error(11, "not initialized: this node's journal (" + path + ") opens at its first init; nothing was done").to(1, 0)
-                + initOkFrom("n1", 2, 1)
-                + Wire.chargeOk("trip", 1, "p1", "10").to(3, 2).replace("\"src\": \"payment\"", "\"src\": \"n1\""), first.stdout());
+                + Wire.initOk().from("n1").to(2, 1)
+                + Wire.chargeOk("trip", 1, "p1", "10").from("n1").to(3, 2), first.stdout());
         Path n1 = dir.resolve("payments-n1.journal");
         assertTrue(Files.exists(n1), "the journal is named by the node's id");
         assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(n1)), "payment records are the owner's only");
 
         // A second node started with the same arguments in the same folder keeps its own file.
         Node.Run other = Node.runWithJournalAtInit(path, initAs("n2", 1) + Wire.charge(2, "trip", 1, "10"), Node.CapturedLog.of(false));
-        assertTrue(other.stdout().contains("\"payment_id\": \"p1\", \"charged\": 10}, \"in_reply_to\": 2"), other.stdout());
+        assertEquals(Wire.initOk().from("n2").to(1, 0) + Wire.chargeOk("trip", 1, "p1", "10").from("n2").to(2, 1), other.stdout());
         assertTrue(Files.exists(dir.resolve("payments-n2.journal")));
 
         // n1 restarted: its journal comes back at init, and the retry gets the cached result.
         Node.Run again = Node.runWithJournalAtInit(path, initAs("n1", 1) + Wire.charge(2, "trip", 1, "10"), Node.CapturedLog.of(false));
-        assertEquals(initOkFrom("n1", 1, 0)
-                + Wire.chargeOk("trip", 1, "p1", "10").cached().to(2, 1).replace("\"src\": \"payment\"", "\"src\": \"n1\""), again.stdout());
+        assertEquals(Wire.initOk().from("n1").to(1, 0)
+                + Wire.chargeOk("trip", 1, "p1", "10").cached().from("n1").to(2, 1), again.stdout());
     }
 
     @Test
@@ -126,7 +122,7 @@ class HarnessTest {
             }
             stdin.flush();
             List<String> answers = new ArrayList<>();
-            assertEquals(initOkFrom("n1", 1, 0).trim(), Lines.readLine(stdout, Duration.ofSeconds(20)));   // a JVM starting, and the journal replayed
+            assertEquals(Wire.initOk().from("n1").to(1, 0).trim(), Lines.readLine(stdout, Duration.ofSeconds(20)));   // a JVM starting, and the journal replayed
             for (int i = 0; i < requests.size(); i++) {
                 Wire.Reply reply = Wire.read(Lines.readLine(stdout, Duration.ofSeconds(10)));
                 assertEquals(100 + i, reply.inReplyTo());

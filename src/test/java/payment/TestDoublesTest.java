@@ -36,7 +36,7 @@ class TestDoublesTest {
         for (int i = 1; i <= count; i++) {
             input.append(Wire.charge(msgId++, "s" + i, 1, i + ".25"));
             input.append(Wire.charge(msgId++, "s" + i, 1, i + ".25"));
-            input.append(Wire.request("{\"type\":\"PaymentStatus\",\"msg_id\":" + msgId++ + ",\"saga_id\":\"s" + i + "\",\"step\":1}"));
+            input.append(Wire.paymentStatus(msgId++, "s" + i, 1));
             input.append(Wire.refund(msgId++, "s" + i, 1, null, null));
             input.append(Wire.refund(msgId++, "s" + i, 1, null, null));
         }
@@ -87,11 +87,11 @@ class TestDoublesTest {
 
     @Test
     void initAndPaymentStatusAreNeverFaulted() {
-        String input = Wire.init(1) + Wire.request("{\"type\":\"PaymentStatus\",\"msg_id\":2,\"saga_id\":\"s\",\"step\":1}")
+        String input = Wire.init(1) + Wire.paymentStatus(2, "s", 1)
                 + Wire.charge(3, "s", 1, "5");
         Node.Run run = Node.runWithOptions(input.getBytes(StandardCharsets.UTF_8), "--faults", "fail=1", "--seed", "1");
         assertEquals(Wire.initOk(1, 0)
-                + new Wire.ReplyBody("\"type\": \"PaymentStatus_ok\", \"saga_id\": \"s\", \"step\": 1, \"status\": \"none\"").to(2, 1)
+                + Wire.paymentStatusOk("s", 1, "none").to(2, 1)
                 + Wire.error(11, "injected fault: fail: nothing was done; safe to retry").to(3, 2), run.stdout());
         assertEquals("payment-node: fault: fail s:step1 msg_id 3\n", run.stderr());
     }

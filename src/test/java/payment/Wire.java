@@ -57,19 +57,45 @@ final class Wire {
                 + (params.length() > 0 ? ",\"params\":{" + params + "}" : "") + "}");
     }
 
+    /** A PaymentStatus (docs/PROTOCOL.md section 8). */
+    static String paymentStatus(long msgId, String sagaId, long step) {
+        return request("{\"type\":\"PaymentStatus\",\"msg_id\":" + msgId + ",\"saga_id\":\"" + sagaId + "\",\"step\":" + step + "}");
+    }
+
     // ---- replies, as the node must print them ------------------------------------------------------------
 
     /** The node's init_ok to c0 (the sample cases' first line), with its newline. */
     static String initOk(long inReplyTo, long msgId) {
-        return "{\"src\": \"" + NODE + "\", \"dest\": \"c0\", \"body\": {\"type\": \"init_ok\", \"in_reply_to\": " + inReplyTo
-                + ", \"msg_id\": " + msgId + "}}\n";
+        return initOk().to(inReplyTo, msgId);
     }
 
-    /** A reply body's own fields, to be addressed with {@link ReplyBody#to}. */
-    record ReplyBody(String fields) {
-        /** The whole reply line to c1, with its newline; {@code inReplyTo} null: none. */
+    /** The node's init_ok to c0, to be addressed: {@code initOk().from("n1")} for a node that init named n1. */
+    static ReplyBody initOk() {
+        return new ReplyBody("\"type\": \"init_ok\"").toClient("c0");
+    }
+
+    /**
+     * A reply body's own fields and who it goes between: from the node ({@code payment}) to c1 unless told
+     * otherwise; {@link #to} makes the whole line.
+     */
+    record ReplyBody(String fields, String src, String dest) {
+        ReplyBody(String fields) {
+            this(fields, NODE, CLIENT);
+        }
+
+        /** The same reply from a node of another name; null: a node that knows none (no init, no dest). */
+        ReplyBody from(String node) {
+            return new ReplyBody(fields, node, dest);
+        }
+
+        /** The same reply to another client. */
+        ReplyBody toClient(String client) {
+            return new ReplyBody(fields, src, client);
+        }
+
+        /** The whole reply line, with its newline; {@code inReplyTo} null: none. */
         String to(Long inReplyTo, long msgId) {
-            return "{\"src\": \"" + NODE + "\", \"dest\": \"" + CLIENT + "\", \"body\": {" + fields
+            return "{\"src\": " + quoted(src) + ", \"dest\": " + quoted(dest) + ", \"body\": {" + fields
                     + (inReplyTo == null ? "" : ", \"in_reply_to\": " + inReplyTo) + ", \"msg_id\": " + msgId + "}}\n";
         }
 
@@ -80,7 +106,7 @@ final class Wire {
         /** The same reply as a retry gets it: with its note. */
         ReplyBody cached() {
             return new ReplyBody(fields + (fields.contains("\"RefundPayment_ok\"")
-                    ? ", \"note\": \"already_refunded\"" : ", \"note\": \"cached_result\""));
+                    ? ", \"note\": \"already_refunded\"" : ", \"note\": \"cached_result\""), src, dest);
         }
     }
 
@@ -92,11 +118,43 @@ final class Wire {
     /** {@code refundId} null: a compensation that found nothing to refund. */
     static ReplyBody refundOk(String sagaId, long step, String refundId, String refunded) {
         return new ReplyBody("\"type\": \"RefundPayment_ok\", \"saga_id\": \"" + sagaId + "\", \"step\": " + step
-                + ", \"result\": {" + (refundId == null ? "" : "\"refund_id\": \"" + refundId + "\", ") + "\"refunded\": " + refunded + "}");
+                + ", \"result\": " + new Refund(refundId, refunded).json());
+    }
+
+    /** PaymentStatus_ok of a step with no payment and no refund result: {@code none}, {@code declined} or {@code compensated}. */
+    static ReplyBody paymentStatusOk(String sagaId, long step, String status) {
+        return paymentStatusOk(sagaId, step, status, null, null);
+    }
+
+    /**
+     * PaymentStatus_ok (docs/PROTOCOL.md section 8): {@code payment} only for a charged step, {@code refund}
+     * only when the step's refund key has a result (null: not in the reply).
+     */
+    static ReplyBody paymentStatusOk(String sagaId, long step, String status, Payment payment, Refund refund) {
+        return new ReplyBody("\"type\": \"PaymentStatus_ok\", \"saga_id\": \"" + sagaId + "\", \"step\": " + step
+                + ", \"status\": \"" + status + "\""
+                + (payment == null ? "" : ", \"payment\": {\"payment_id\": \"" + payment.paymentId() + "\", \"charged\": "
+                        + payment.charged() + ", \"refunded\": " + payment.refunded() + "}")
+                + (refund == null ? "" : ", \"refund\": " + refund.json()));
+    }
+
+    /** A charged step's payment as PaymentStatus_ok shows it: {@code refunded} is the total by every refund key. */
+    record Payment(String paymentId, String charged, String refunded) {
+    }
+
+    /** A refund key's result; {@code refundId} null: a compensation that found nothing to refund. */
+    record Refund(String refundId, String refunded) {
+        String json() {
+            return "{" + (refundId == null ? "" : "\"refund_id\": \"" + refundId + "\", ") + "\"refunded\": " + refunded + "}";
+        }
     }
 
     static ReplyBody error(int code, String text) {
         return new ReplyBody("\"type\": \"error\", \"code\": " + code + ", \"text\": \"" + text + "\"");
+    }
+
+    private static String quoted(String name) {
+        return name == null ? "null" : "\"" + name + "\"";
     }
 
     // ---- reading a reply ---------------------------------------------------------------------------------
