@@ -29,7 +29,7 @@ class HarnessTest {
         return Wire.envelope("c0", "{\"type\":\"init\",\"msg_id\":" + msgId + ",\"node_id\":\"" + nodeId + "\",\"node_ids\":[\"n1\",\"n2\"]}");
     }
 
-    /** Fails on the old node: each of these got error 10 back, so two nodes would bounce errors for ever. */
+    /** docs/PROTOCOL.md section 7, "a reply is never answered": an error back would let two nodes bounce errors for ever. */
     @Test
     void aReplyIsNeverAnswered() {
         String input = Wire.envelope("n2", "{\"type\":\"error\",\"code\":10,\"text\":\"unsupported\",\"in_reply_to\":3}")
@@ -45,7 +45,7 @@ class HarnessTest {
                 """, run.stderr());
     }
 
-    /** Fails on the old node: a line cut short was only logged, and the client waited for its timeout. */
+    /** docs/PROTOCOL.md section 5, "lines that cannot be processed": the sender learns why instead of waiting for its timeout. */
     @Test
     void aLineCutShortIsAnswered12WhenItsSrcCanBeRead() {
         String cut = "{\"src\":\"c1\",\"dest\":\"payment\",\"body\":{\"type\":\"ChargePayment\",\"msg_id\":5,\"saga_id\":\"s\",\"step\":1,\"params\":{\"user_id\":\"u1\"";
@@ -62,7 +62,7 @@ class HarnessTest {
         assertTrue(run.stderr().contains("line 1 ignored: not valid JSON"), run.stderr());
     }
 
-    /** Fails on the old node: no {node_id} in journal names, and no error 11 before init. */
+    /** docs/PROTOCOL.md section 7, "a journal per node": {node_id} in its name, opened at the first init, error 11 before it. */
     @Test
     void eachNodeKeepsItsOwnJournalOpenedAtItsFirstInit() throws IOException {
         String path = dir.resolve("payments-{node_id}.journal").toString();
@@ -122,7 +122,8 @@ class HarnessTest {
             }
             stdin.flush();
             List<String> answers = new ArrayList<>();
-            assertEquals(Wire.initOk().from("n1").to(1, 0).trim(), Lines.readLine(stdout, Duration.ofSeconds(20)));   // a JVM starting, and the journal replayed
+            // The first line waits for a JVM to start and the journal to be replayed.
+            assertEquals(Wire.initOk().from("n1").to(1, 0).trim(), Lines.readLine(stdout, Duration.ofSeconds(20)));
             for (int i = 0; i < requests.size(); i++) {
                 Wire.Reply reply = Wire.read(Lines.readLine(stdout, Duration.ofSeconds(10)));
                 assertEquals(100 + i, reply.inReplyTo());
@@ -141,7 +142,7 @@ class HarnessTest {
         assertTrue(Files.exists(dir.resolve("payments-n1.journal")));
     }
 
-    /** Fails on the old node: a bad line's escape sequences reached the terminal raw. */
+    /** docs/PROTOCOL.md section 7, "logs are escaped", and section 5: a bad line's escapes never reach a terminal raw. */
     @Test
     void logsEscapeInputTextAndSpeakPlainly() {
         Node.Run run = Node.run("\u001b[31mred\u0007 {\"oops\": NaN}\n{\"type\":\"init\",\"msg_id\":1}\n"

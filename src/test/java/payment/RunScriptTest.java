@@ -124,7 +124,7 @@ class RunScriptTest {
         assertEquals(Files.readString(GOLDEN_OUT), result.stdout(), "stdout must carry the replies and nothing else");
     }
 
-    /** Fails on the old run.sh: the JVM wrote its GC log and its flags to stdout. */
+    /** docs/PROTOCOL.md section 7, "stdout carries replies only, whatever JVM options a user adds". */
     @Test
     void whateverJavaOptsPrintStaysOffStdout() throws Exception {
         Result result = runSample(project, "./run.sh", Map.of("JAVA_OPTS", "-verbose:gc -XX:+PrintCommandLineFlags"));
@@ -133,7 +133,7 @@ class RunScriptTest {
         assertTrue(result.stderr().contains("[gc]"), "the GC log went to stderr: " + result.stderr());
     }
 
-    /** Fails on the old run.sh: "Multiple garbage collectors selected", on stdout, and no node. */
+    /** README, Troubleshooting, "Garbage collector": one in JAVA_OPTS replaces run.sh's (two would stop the JVM). */
     @Test
     void aCollectorChosenInJavaOptsWins() throws Exception {
         Result result = runSample(project, "./run.sh", Map.of("JAVA_OPTS", "-XX:+UseSerialGC -Xlog:gc:stdout"));
@@ -141,7 +141,7 @@ class RunScriptTest {
         assertTrue(result.stderr().contains("Using Serial"), result.stderr());
     }
 
-    /** Fails on the old run.sh: through a symlink it looked for the jar beside the link. */
+    /** README, "Under a Maelstrom-style harness": run.sh through a symlink finds its jar beside itself, not beside the link. */
     @Test
     void worksThroughASymlinkFromAnotherFolder(@TempDir Path elsewhere) throws Exception {
         Path link = Files.createSymbolicLink(elsewhere.resolve("payment-node"), project.resolve("run.sh"));
@@ -154,7 +154,7 @@ class RunScriptTest {
         }
     }
 
-    /** Fails on the old run.sh: "flock: command not found" (stock macOS has no flock). */
+    /** README, Troubleshooting, "macOS": without flock (stock macOS has none) run.sh locks the build with a folder. */
     @Test
     void buildsAheadWithoutFlockAndThenStartsAtOnce(@TempDir Path bin) throws Exception {
         // A PATH with the commands run.sh uses, and no flock.
