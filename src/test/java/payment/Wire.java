@@ -1,10 +1,13 @@
 package payment;
 
-import com.fasterxml.jackson.core.JsonFactory;
-import com.fasterxml.jackson.core.JsonParser;
-import com.fasterxml.jackson.core.JsonToken;
+import com.fasterxml.jackson.core.JsonProcessingException;
+import com.fasterxml.jackson.core.StreamReadFeature;
+import com.fasterxml.jackson.databind.DeserializationFeature;
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.cfg.JsonNodeFeature;
+import com.fasterxml.jackson.databind.json.JsonMapper;
 
-import java.io.IOException;
 import java.io.UncheckedIOException;
 import java.util.LinkedHashMap;
 import java.util.Map;
@@ -161,7 +164,8 @@ final class Wire {
 
     /**
      * A reply line taken apart. {@code result} keeps each result field's JSON text ({@code "p1"} as
-     * {@code p1}, numbers as written); fields a reply does not have are null.
+     * {@code p1}, numbers in plain decimal: {@code 100.50} stays {@code 100.50}); fields a reply does not
+     * have are null.
      */
     record Reply(String src, String dest, String type, String sagaId, Long step, Map<String, String> result,
                  String note, Integer code, String text, Long inReplyTo, Long msgId) {
@@ -180,52 +184,79 @@ final class Wire {
         }
     }
 
-    private static final JsonFactory JSON = new JsonFactory();
+    private static final ObjectMapper JSON = JsonMapper.builder()
+            // An amount is compared as the node wrote it: never a double (100.5), never stripped of its zeros (100.5 for 100.50).
+            .enable(DeserializationFeature.USE_BIG_DECIMAL_FOR_FLOATS)
+            .configure(JsonNodeFeature.STRIP_TRAILING_BIGDECIMAL_ZEROES, false)
+            // A stdout line is one reply: a second value after it, or a key given twice, is a broken line.
+            .enable(DeserializationFeature.FAIL_ON_TRAILING_TOKENS)
+            .enable(StreamReadFeature.STRICT_DUPLICATE_DETECTION)
+            .build();
 
     /** Reads one reply line; fails (an unchecked exception) on anything that is not a reply object. */
     static Reply read(String line) {
-        try (JsonParser parser = JSON.createParser(line)) {
-            Map<String, Object> envelope = readObject(parser, parser.nextToken());
-            @SuppressWarnings("unchecked")
-            Map<String, Object> body = (Map<String, Object>) envelope.get("body");
-            if (body == null) {
-                throw new IllegalArgumentException("not a reply: " + line);
-            }
-            @SuppressWarnings("unchecked")
-            Map<String, String> result = (Map<String, String>) (Map<String, ?>) body.get("result");
-            return new Reply((String) envelope.get("src"), (String) envelope.get("dest"), (String) body.get("type"),
-                    (String) body.get("saga_id"), longOrNull(body.get("step")), result, (String) body.get("note"),
-                    body.get("code") == null ? null : Integer.valueOf((String) body.get("code")), (String) body.get("text"),
-                    longOrNull(body.get("in_reply_to")), longOrNull(body.get("msg_id")));
-        } catch (IOException e) {
+        JsonNode envelope;
+        try {
+            envelope = JSON.readTree(line);
+        } catch (JsonProcessingException e) {
             throw new UncheckedIOException("not JSON: " + line, e);
         }
-    }
-
-    private static Long longOrNull(Object text) {
-        return text == null ? null : Long.valueOf((String) text);
-    }
-
-    /** An object's fields: strings and numbers as their text, objects as maps. */
-    private static Map<String, Object> readObject(JsonParser parser, JsonToken start) throws IOException {
-        if (start != JsonToken.START_OBJECT) {
-            throw new IllegalArgumentException("not an object");
+        JsonNode body = envelope.get("body");
+        if (!envelope.isObject() || body == null || !body.isObject()) {
+            throw new IllegalArgumentException("not a reply: " + line);
         }
-        Map<String, Object> fields = new LinkedHashMap<>();
-        while (parser.nextToken() == JsonToken.FIELD_NAME) {
-            String name = parser.currentName();
-            JsonToken token = parser.nextToken();
-            fields.put(name, token == JsonToken.START_OBJECT ? readObject(parser, token) : scalar(parser, token));
+        Long code = integer(body, "code", line);
+        return new Reply(string(envelope, "src", line), string(envelope, "dest", line), string(body, "type", line),
+                string(body, "saga_id", line), integer(body, "step", line), result(body.get("result"), line),
+                string(body, "note", line), code == null ? null : Math.toIntExact(code), string(body, "text", line),
+                integer(body, "in_reply_to", line), integer(body, "msg_id", line));
+    }
+
+    private static String string(JsonNode object, String name, String line) {
+        JsonNode field = object.get(name);
+        if (field == null || field.isNull()) {
+            return null;
+        }
+        if (!field.isTextual()) {
+            throw new IllegalArgumentException(name + " is not a string: " + line);
+        }
+        return field.textValue();
+    }
+
+    private static Long integer(JsonNode object, String name, String line) {
+        JsonNode field = object.get(name);
+        if (field == null || field.isNull()) {
+            return null;
+        }
+        if (!field.isIntegralNumber() || !field.canConvertToLong()) {
+            throw new IllegalArgumentException(name + " is not a 64-bit integer: " + line);
+        }
+        return field.longValue();
+    }
+
+    /** A result's fields as their JSON text: strings without their quotes, numbers in plain decimal. */
+    private static Map<String, String> result(JsonNode result, String line) {
+        if (result == null || result.isNull()) {
+            return null;
+        }
+        if (!result.isObject()) {
+            throw new IllegalArgumentException("result is not an object: " + line);
+        }
+        Map<String, String> fields = new LinkedHashMap<>();
+        for (Map.Entry<String, JsonNode> field : result.properties()) {
+            fields.put(field.getKey(), text(field.getValue()));
         }
         return fields;
     }
 
-    private static String scalar(JsonParser parser, JsonToken token) throws IOException {
-        if (token == JsonToken.START_ARRAY) {
-            parser.skipChildren();
-            return "[...]";
+    private static String text(JsonNode value) {
+        if (value.isNull()) {
+            return null;
         }
-        return token == JsonToken.VALUE_NULL ? null : parser.getText();
+        if (value.isTextual()) {
+            return value.textValue();
+        }
+        return value.isBigDecimal() ? value.decimalValue().toPlainString() : value.toString();
     }
 
     private Wire() {
