@@ -34,9 +34,12 @@ import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.EnumMap;
 import java.util.EnumSet;
+import java.util.HashMap;
+import java.util.HashSet;
 import java.util.HexFormat;
 import java.util.LinkedHashMap;
 import java.util.List;
+import java.util.Locale;
 import java.util.Map;
 import java.util.Objects;
 import java.util.Set;
@@ -47,6 +50,7 @@ import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.ScheduledThreadPoolExecutor;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.function.Consumer;
 import java.util.function.Function;
@@ -194,13 +198,13 @@ public final class PaymentNode {
         try {
             parse(line, start, length, message);
         } catch (IOException | RuntimeException e) {
-            refuseUnreadable(message, plainReason(e), line, start, length);
+            refuseUnreadable(message, Reason.UNREADABLE_LINE, plainReason(e), line, start, length);
             return;
         }
         if (message.body == null || !isString(message.src)) {
             String reason = !isString(message.src) ? (message.src == null ? "missing src" : "src must be a string")
                     : message.bodyToken == null ? "missing body" : "body must be an object";
-            refuseUnreadable(message, reason, line, start, length);
+            refuseUnreadable(message, Reason.UNREADABLE_LINE, reason, line, start, length);
             return;
         }
         dispatch(message);
@@ -211,7 +215,7 @@ public final class PaymentNode {
      * a string {@code src} can still be read from it, up to where it breaks: the sender learns why instead
      * of waiting for its timeout. Otherwise it can only be logged. A broken reply is never answered.
      */
-    private void refuseUnreadable(RawMessage message, String reason, byte[] text, int start, int length) throws IOException {
+    private void refuseUnreadable(RawMessage message, Reason why, String reason, byte[] text, int start, int length) throws IOException {
         boolean isReply = message.body != null && !isMissing(message.body.inReplyTo);
         if (!isString(message.src) || isReply) {
             String hint = message.typeOutside && message.src == null
@@ -221,7 +225,7 @@ public final class PaymentNode {
         }
         log.warn("line " + lineNumber + " refused: " + reason);
         RawBody body = message.body != null ? message.body : new RawBody();
-        replies.error(replyEnvelope(message, body), new RpcError(ErrorCode.MALFORMED_REQUEST, reason));
+        replies.error(replyEnvelope(message, body), new RpcError(why, reason));
     }
 
     /**
@@ -235,7 +239,7 @@ public final class PaymentNode {
         } catch (IOException | RuntimeException expected) {
             // The cut left the JSON unfinished: keep whatever was read before it.
         }
-        refuseUnreadable(message, "line too long: " + length + " bytes, the limit is " + MAX_LINE_BYTES, prefix, 0, 200);
+        refuseUnreadable(message, Reason.LINE_TOO_LONG, "line too long: " + length + " bytes, the limit is " + MAX_LINE_BYTES, prefix, 0, 200);
     }
 
     /** Who a reply goes to: from this node, to the request's src, in reply to its msg_id (null: none). */
@@ -260,7 +264,8 @@ public final class PaymentNode {
         Envelope reply = replyEnvelope(message, body);
         try {
             if (reply.inReplyTo() == null && !isMissing(body.msgId)) {
-                throw malformed("msg_id must be an integer");
+                throw malformed(body.msgId.token() == JsonToken.VALUE_NUMBER_INT
+                        ? "msg_id " + abbreviate(body.msgId.text()) + " does not fit in 64 bits" : "msg_id must be an integer");
             }
             String type = requiredString(body.type, "type");
             if (log.isVerbose()) {
@@ -271,13 +276,14 @@ public final class PaymentNode {
                 case "ChargePayment" -> service.charge(reply, ChargeRequest.from(body));
                 case "RefundPayment" -> service.refund(reply, RefundRequest.from(body));
                 case "PaymentStatus" -> service.status(reply, StatusRequest.from(body));
-                default -> throw new RpcError(ErrorCode.NOT_SUPPORTED, "unsupported message type: " + type);
+                case "BalanceRead" -> service.balance(reply, BalanceRequest.from(body));
+                default -> throw new RpcError(Reason.UNSUPPORTED_TYPE, "unsupported message type: " + type);
             }
         } catch (RpcError refused) {
             replies.error(reply, refused);
         } catch (RuntimeException bug) {
             log.error("line " + lineNumber + ": internal error, answered with code 13", bug);
-            replies.error(reply, new RpcError(ErrorCode.CRASH, "internal error: " + bug));
+            replies.error(reply, new RpcError(Reason.INTERNAL_ERROR, "internal error: " + bug));
         }
     }
 
@@ -312,6 +318,11 @@ public final class PaymentNode {
         void refund(Envelope reply, RefundRequest request) throws IOException;
 
         void status(Envelope reply, StatusRequest request) throws IOException;
+
+        /** BalanceRead: a user's balance, with what was charged and refunded (with --balance). */
+        default void balance(Envelope reply, BalanceRequest request) throws IOException {
+            throw new RpcError(Reason.BALANCES_NOT_KEPT, "BalanceRead needs --balance: this node keeps no balances");
+        }
 
         /** init names the node ({@code nodeIds}: how many nodes it names, -1 when none); refusing it, a service changes nothing. */
         void init(String nodeId, int nodeIds) throws IOException;
@@ -380,6 +391,15 @@ public final class PaymentNode {
         }
 
         @Override
+        public void balance(Envelope reply, BalanceRequest request) throws IOException {
+            Account account = table().account(request.userId());
+            if (account == null) {
+                Service.super.balance(reply, request);
+            }
+            replies.balanceOk(reply, request.userId(), account);
+        }
+
+        @Override
         public void init(String nodeId, int nodeIds) throws IOException {
             if (nodeIds > 1) {
                 log.warn("init names " + nodeIds + " nodes, and this node shares no state with the others:"
@@ -428,12 +448,16 @@ public final class PaymentNode {
         private final AtomicLong refundCount = new AtomicLong();
         private final Log log;
         private final Journal journal;
+        /** Keys the table takes at most: a full table refuses new keys (error 11) and goes on serving those it has. */
+        private final long maxKeys;
+        private final AtomicBoolean saidFull = new AtomicBoolean();
 
         /** Runs {@code firstTime} for a key at most once; every other attempt gets the entry it left. */
         private Served<Entry> once(String key, Supplier<Entry> firstTime) {
             while (true) {
                 Entry existing = entries.get(key);   // a retry needs no claim: read first, lock-free
                 if (existing == null) {
+                    refuseIfFull(key);
                     InProgress claim = new InProgress();
                     existing = entries.putIfAbsent(key, claim);
                     if (existing == null) {
@@ -463,10 +487,39 @@ public final class PaymentNode {
             }
         }
 
-        /** {@code journal}: where each change goes ({@link Journal#NONE}: memory only). */
+        /** {@code journal}: where each change goes ({@link Journal#NONE}: memory only); as many keys as the heap holds. */
         PaymentHandler(Log log, Journal journal) {
+            this(log, journal, keysForHeap());
+        }
+
+        PaymentHandler(Log log, Journal journal, long maxKeys) {
             this.log = log;
             this.journal = journal;
+            this.maxKeys = maxKeys;
+        }
+
+        /**
+         * What a full table does rather than run out of memory: a new key is refused with nothing done, and
+         * the node says so once on stderr. (Retries and status reads of its keys never get here.)
+         */
+        private void refuseIfFull(String key) {
+            if (entries.size() < maxKeys) {
+                return;
+            }
+            if (!saidFull.getAndSet(true)) {
+                log.warn("the table is full (" + maxKeys + " keys, --max-keys): new keys are refused with error 11 from " + key
+                        + " on; retries and status reads of the keys it has are still served");
+            }
+            throw new RpcError(Reason.TABLE_FULL, "table full: this node holds its limit of " + maxKeys
+                    + " keys; nothing was done for " + key + " (retries of the keys it has are still served)");
+        }
+
+        /** A key with its entry takes about this much heap (measured: docs/PERFORMANCE.md, "Memory"). */
+        static final long BYTES_PER_KEY = 256;
+
+        /** The default limit: the keys that fit in 60% of the heap, the rest left for everything else. */
+        static long keysForHeap() {
+            return Runtime.getRuntime().maxMemory() / 10 * 6 / BYTES_PER_KEY;
         }
 
         Journal journal() {
@@ -477,16 +530,16 @@ public final class PaymentNode {
             String key = request.key();
             Served<Entry> served = once(key, () -> firstCharge(request));
             if (served.result() instanceof Charged charged) {
-                if (served.replayed() && !Rules.sameCharge(charged.userId(), charged.amount(), request)) {
-                    throw Rules.keyReused(key);
+                if (served.replayed()) {
+                    Rules.requireSameParams(key, Rules.chargeDiffers(charged.userId(), charged.amount(), request));
                 }
                 return new Served<>(charged.result(), served.replayed());
             }
             if (served.result() instanceof Declined declined) {
-                if (served.replayed() && !Rules.sameCharge(declined.userId(), declined.amount(), request)) {
-                    throw Rules.keyReused(key);
+                if (served.replayed()) {
+                    Rules.requireSameParams(key, Rules.chargeDiffers(declined.userId(), declined.amount(), request));
                 }
-                throw new RpcError(ErrorCode.ABORT, declined.reason());   // the step's result: every retry gets it again
+                throw new RpcError(Reason.INSUFFICIENT_FUNDS, declined.reason());   // the step's result: every retry gets it again
             }
             throw Rules.compensatedFirst(key);
         }
@@ -495,8 +548,8 @@ public final class PaymentNode {
             String key = request.key();
             Served<Entry> served = once(key, () -> firstRefund(request));
             Refunded refunded = (Refunded) served.result();
-            if (served.replayed() && !Rules.sameRefund(refunded.paymentId(), refunded.amount(), request)) {
-                throw Rules.keyReused(key);
+            if (served.replayed()) {
+                Rules.requireSameParams(key, Rules.refundDiffers(refunded.paymentId(), refunded.amount(), request));
             }
             return new Served<>(refunded.result(), served.replayed());
         }
@@ -603,6 +656,11 @@ public final class PaymentNode {
             entries.put(chargeKey, Compensated.STEP);
         }
 
+        /** A user's account for BalanceRead; null: this table keeps no balances (no --balance). */
+        Account account(String userId) {
+            return null;
+        }
+
         /** The payment with this number, made by this node (replaying a journal: the payment a refund drew on). */
         Charged payment(long number) {
             return payments.get(number);
@@ -633,7 +691,7 @@ public final class PaymentNode {
             }
             if (stepPaymentId != null) {
                 if (request.paymentId() != null && !request.paymentId().equals(stepPaymentId)) {
-                    throw new RpcError(ErrorCode.PRECONDITION_FAILED, "payment_id " + request.paymentId()
+                    throw new RpcError(Reason.PAYMENT_NOT_OF_STEP, "payment_id " + request.paymentId()
                             + " is not the payment of step " + request.chargeKey() + " (" + stepPaymentId + ")");
                 }
                 return RefundCase.OWN_PAYMENT;
@@ -644,7 +702,7 @@ public final class PaymentNode {
         /** A payment the service does not know is refunded as asked, so the amount must be given. {@code who}: "this node". */
         static void requireAmountOfUnknownPayment(RefundRequest request, String who) {
             if (request.amount() == null) {
-                throw malformed("params.amount is required to refund " + request.paymentId() + ", a payment " + who + " does not know");
+                throw new RpcError(Reason.AMOUNT_REQUIRED, "params.amount is required to refund " + request.paymentId() + ", a payment " + who + " does not know");
             }
         }
 
@@ -663,34 +721,42 @@ public final class PaymentNode {
             BigDecimal left = new BigDecimal(charged).subtract(alreadyRefunded);
             if (requested != null) {
                 if (requested.value().compareTo(left) > 0) {
-                    throw new RpcError(ErrorCode.PRECONDITION_FAILED, "refund of " + requested.text() + " is more than is left of payment "
+                    throw new RpcError(Reason.REFUND_EXCEEDS_PAYMENT, "refund of " + requested.text() + " is more than is left of payment "
                             + paymentId + " (" + left.toPlainString() + " of " + charged + ")");
                 }
                 return requested.text();
             }
             if (left.signum() == 0) {
-                throw new RpcError(ErrorCode.PRECONDITION_FAILED, "payment " + paymentId + " is already fully refunded");
+                throw new RpcError(Reason.PAYMENT_FULLY_REFUNDED, "payment " + paymentId + " is already fully refunded");
             }
             return alreadyRefunded.signum() == 0 ? charged : left.toPlainString();   // untouched, it keeps its digits
         }
 
-        /** A retry must repeat the params; amounts are compared by value (99.99 equals 99.990). */
-        static boolean sameCharge(String userId, String amount, ChargeRequest request) {
-            return userId.equals(request.userId()) && request.amount().sameValue(amount);
+        /** A retry must repeat the params: those that differ from the first request's; amounts compare by value (99.99 equals 99.990). */
+        static List<String> chargeDiffers(String userId, String amount, ChargeRequest request) {
+            return differs("user_id", !userId.equals(request.userId()), "amount", !request.amount().sameValue(amount));
         }
 
         /** A refund's retry must repeat the params as first sent, given or not ({@code paymentId}, {@code amount}: null when not). */
-        static boolean sameRefund(String paymentId, String amount, RefundRequest request) {
-            return Objects.equals(paymentId, request.paymentId())
-                    && (amount == null ? request.amount() == null : request.amount() != null && request.amount().sameValue(amount));
+        static List<String> refundDiffers(String paymentId, String amount, RefundRequest request) {
+            return differs("payment_id", !Objects.equals(paymentId, request.paymentId()),
+                    "amount", amount == null ? request.amount() != null : request.amount() == null || !request.amount().sameValue(amount));
         }
 
-        static RpcError keyReused(String key) {
-            return new RpcError(ErrorCode.PRECONDITION_FAILED, "idempotency key " + key + " was first used with other params");
+        private static List<String> differs(String first, boolean firstDiffers, String second, boolean secondDiffers) {
+            return firstDiffers && secondDiffers ? List.of(first, second) : firstDiffers ? List.of(first)
+                    : secondDiffers ? List.of(second) : List.of();
+        }
+
+        /** A retry whose params differ from the first request's is refused, naming them; none differing, nothing happens. */
+        static void requireSameParams(String key, List<String> differs) {
+            if (!differs.isEmpty()) {
+                throw new RpcError(Reason.KEY_REUSED, "idempotency key " + key + " was first used with other params", differs);
+            }
         }
 
         static RpcError compensatedFirst(String key) {
-            return new RpcError(ErrorCode.ABORT, "step " + key + " was already compensated: its refund came first, so it is never charged");
+            return new RpcError(Reason.STEP_COMPENSATED, "step " + key + " was already compensated: its refund came first, so it is never charged");
         }
 
         static String paymentId(long number) {
@@ -1118,6 +1184,7 @@ public final class PaymentNode {
         Value msgId;
         Value inReplyTo;   // set: this is a reply to something this node sent, never a request
         Value nodeId;
+        Value userId;      // of a BalanceRead
         int nodeIds = -1;  // how many node_ids init named (-1: none)
         Value sagaId;
         Value step;
@@ -1186,6 +1253,7 @@ public final class PaymentNode {
                 case "msg_id" -> body.msgId = Value.read(parser, token);
                 case "in_reply_to" -> body.inReplyTo = Value.read(parser, token);
                 case "node_id" -> body.nodeId = Value.read(parser, token);
+                case "user_id" -> body.userId = Value.read(parser, token);
                 case "node_ids" -> body.nodeIds = countItems(parser, token);
                 case "saga_id" -> body.sagaId = Value.read(parser, token);
                 case "step" -> body.step = Value.read(parser, token);
@@ -1240,19 +1308,68 @@ public final class PaymentNode {
         }
     }
 
-    /** A request the node refuses, answered with a Maelstrom error reply. */
+    /**
+     * Why a request was refused, for a program to read: every error reply carries one beside its code and
+     * text (docs/PROTOCOL.md, section 5, has the table). The names are stable; the texts may change.
+     */
+    enum Reason {
+        KV_TIMEOUT(ErrorCode.TIMEOUT),
+        UNSUPPORTED_TYPE(ErrorCode.NOT_SUPPORTED),
+        BALANCES_NOT_KEPT(ErrorCode.NOT_SUPPORTED),
+        NOT_INITIALISED(ErrorCode.TEMPORARILY_UNAVAILABLE),
+        INJECTED_FAIL(ErrorCode.TEMPORARILY_UNAVAILABLE),
+        BUSY(ErrorCode.TEMPORARILY_UNAVAILABLE),
+        TABLE_FULL(ErrorCode.TEMPORARILY_UNAVAILABLE),
+        MALFORMED_REQUEST(ErrorCode.MALFORMED_REQUEST),
+        UNREADABLE_LINE(ErrorCode.MALFORMED_REQUEST),
+        LINE_TOO_LONG(ErrorCode.MALFORMED_REQUEST),
+        AMOUNT_REQUIRED(ErrorCode.MALFORMED_REQUEST),
+        BAD_NODE_ID(ErrorCode.MALFORMED_REQUEST),
+        INTERNAL_ERROR(ErrorCode.CRASH),
+        INJECTED_UNKNOWN(ErrorCode.CRASH),
+        KV_UNKNOWN_OUTCOME(ErrorCode.CRASH),
+        KV_VALUE_NOT_OURS(ErrorCode.CRASH),
+        STEP_COMPENSATED(ErrorCode.ABORT),
+        INSUFFICIENT_FUNDS(ErrorCode.ABORT),
+        KEY_REUSED(ErrorCode.PRECONDITION_FAILED),
+        REFUND_EXCEEDS_PAYMENT(ErrorCode.PRECONDITION_FAILED),
+        PAYMENT_FULLY_REFUNDED(ErrorCode.PRECONDITION_FAILED),
+        PAYMENT_NOT_OF_STEP(ErrorCode.PRECONDITION_FAILED);
+
+        final ErrorCode code;
+
+        Reason(ErrorCode code) {
+            this.code = code;
+        }
+
+        /** As the reply writes it: {@code key_reused}. */
+        String wire() {
+            return name().toLowerCase(Locale.ROOT);
+        }
+    }
+
+    /** A request the node refuses, answered with a Maelstrom error reply: its code, text and reason. */
     static final class RpcError extends RuntimeException {
         private static final long serialVersionUID = 1L;
         final ErrorCode code;
+        final Reason reason;
+        /** For a reused key: the params that differ from the first request's (docs/PROTOCOL.md section 5). */
+        final List<String> differs;
 
-        RpcError(ErrorCode code, String text) {
+        RpcError(Reason reason, String text) {
+            this(reason, text, List.of());
+        }
+
+        RpcError(Reason reason, String text, List<String> differs) {
             super(text, null, false, false);   // no stack trace: this is an answer, not a bug
-            this.code = code;
+            this.code = reason.code;
+            this.reason = reason;
+            this.differs = differs;
         }
     }
 
     static RpcError malformed(String text) {
-        return new RpcError(ErrorCode.MALFORMED_REQUEST, text);
+        return new RpcError(Reason.MALFORMED_REQUEST, text);
     }
 
     /** JSON null counts as missing, like a key that is not there. */
@@ -1357,6 +1474,13 @@ public final class PaymentNode {
         /** Its own key space: a refund is never answered with a charge's result, nor the other way round. */
         String key() {
             return chargeKey() + REFUND_SUFFIX;
+        }
+    }
+
+    /** A BalanceRead, checked: it names a user (--balance, docs/PROTOCOL.md section 9). */
+    record BalanceRequest(String userId) {
+        static BalanceRequest from(RawBody body) {
+            return new BalanceRequest(requiredString(body.userId, "user_id"));
         }
     }
 
@@ -1605,9 +1729,44 @@ public final class PaymentNode {
             buf[count++] = (byte) b;
         }
 
-        void writeTo(OutputStream out) throws IOException {
-            out.write(buf, 0, count);
+        /**
+         * Writes what the buffer holds, whole lines only, each write at most {@link #ATOMIC_WRITE} bytes: a
+         * write of up to PIPE_BUF bytes to a pipe happens whole or not at all, so a node killed at any instant
+         * never leaves half a line on stdout. (A single line longer than that is written alone, in one call.)
+         */
+        void writeLinesTo(OutputStream out) throws IOException {
+            int from = 0;
+            while (from < count) {
+                int end = Math.min(count, from + ATOMIC_WRITE);
+                if (end < count) {
+                    int newline = lastNewline(from, end);
+                    end = newline >= from ? newline + 1 : nextLineEnd(end);
+                }
+                out.write(buf, from, end - from);
+                from = end;
+            }
             count = 0;
+        }
+
+        /** PIPE_BUF on Linux (and the POSIX minimum is 512): the largest write a pipe never splits. */
+        static final int ATOMIC_WRITE = 4096;
+
+        private int lastNewline(int from, int end) {
+            for (int i = end - 1; i >= from; i--) {
+                if (buf[i] == '\n') {
+                    return i;
+                }
+            }
+            return -1;
+        }
+
+        private int nextLineEnd(int from) {
+            for (int i = from; i < count; i++) {
+                if (buf[i] == '\n') {
+                    return i + 1;
+                }
+            }
+            return count;
         }
     }
 
@@ -1700,6 +1859,20 @@ public final class PaymentNode {
             end(to);
         }
 
+        /** BalanceRead_ok: the user's balance, and the totals charged and refunded (exact decimals). */
+        void balanceOk(Envelope to, String userId, Account account) throws IOException {
+            begin(to, "BalanceRead_ok");
+            json.field("user_id");
+            json.string(userId);
+            json.field("balance");
+            json.ascii(account.balance().toPlainString());
+            json.field("charged");
+            json.ascii(account.charged().toPlainString());
+            json.field("refunded");
+            json.ascii(account.refunded().toPlainString());
+            end(to);
+        }
+
         private void refundResult(RefundResult result) {
             json.ascii("{");
             if (result.refundId() != null) {
@@ -1718,6 +1891,17 @@ public final class PaymentNode {
             json.number(error.code.code);
             json.field("text");
             json.string(error.getMessage());
+            json.field("reason");
+            json.string(error.reason.wire());
+            if (!error.differs.isEmpty()) {
+                json.field("differs");
+                json.ascii("[");
+                for (int i = 0; i < error.differs.size(); i++) {
+                    json.ascii(i == 0 ? "" : ", ");
+                    json.string(error.differs.get(i));
+                }
+                json.ascii("]");
+            }
             end(to);
         }
 
@@ -1833,7 +2017,7 @@ public final class PaymentNode {
         private void writeBatch() throws IOException {
             synchronized (out) {
                 journal.commit();
-                json.writeTo(out);
+                json.writeLinesTo(out);
             }
         }
     }
@@ -1895,12 +2079,35 @@ public final class PaymentNode {
      * The table that comes back from the journal at {@code path} and goes on into it; {@code balances} (null:
      * none) are replayed with it. A journal that cannot be opened or read is an IOException.
      */
-    static PaymentHandler tableFromJournal(Path path, Log log, Balances balances) throws IOException {
+    /** A table with {@code balances} (null: none) and a limit of {@code maxKeys} keys (0: as many as the heap holds). */
+    static PaymentHandler table(Log log, Journal journal, Balances balances, long maxKeys) {
+        long limit = maxKeys == 0 ? PaymentHandler.keysForHeap() : maxKeys;
+        return balances == null ? new PaymentHandler(log, journal, limit) : new FundedPaymentHandler(log, journal, balances, limit);
+    }
+
+    static PaymentHandler tableFromJournal(Path path, Log log, Balances balances, long maxKeys) throws IOException {
         FileJournal journal = FileJournal.open(path);
-        PaymentHandler table = balances == null ? new PaymentHandler(log, journal) : new FundedPaymentHandler(log, journal, balances);
+        PaymentHandler table = table(log, journal, balances, maxKeys);
         long records = journal.replay(table, log);
+        String startedWith = balances == null ? null : balances.start().toPlainString();
+        if (records == 0 && startedWith != null) {
+            journal.balanceStarted(startedWith);   // so that a restart with another --balance is refused, not served
+            journal.commit();
+        } else if (!sameBalance(journal.balanceRecorded(), startedWith)) {
+            journal.close();
+            throw new IOException("it was started " + withBalance(journal.balanceRecorded()) + ", and this node " + withBalance(startedWith)
+                    + ": start it with the same --balance (or move the journal aside)");
+        }
         log.verbose("journal " + path + ": replayed " + records + " records");
         return table;
+    }
+
+    private static boolean sameBalance(String recorded, String given) {
+        return recorded == null ? given == null : given != null && new BigDecimal(recorded).compareTo(new BigDecimal(given)) == 0;
+    }
+
+    private static String withBalance(String balance) {
+        return balance == null ? "without --balance" : "with --balance " + balance;
     }
 
     /**
@@ -1913,18 +2120,21 @@ public final class PaymentNode {
         private final Log log;
         private final Balances balances;
 
-        JournalAtInit(String pathWithNodeId, Balances balances, ReplyWriter replies, Log log) {
+        private final long maxKeys;
+
+        JournalAtInit(String pathWithNodeId, Balances balances, long maxKeys, ReplyWriter replies, Log log) {
             super(null, replies, log);
             this.pathWithNodeId = pathWithNodeId;
             this.log = log;
             this.balances = balances;
+            this.maxKeys = maxKeys;
         }
 
         @Override
         PaymentHandler table() {
             PaymentHandler table = super.table();
             if (table == null) {
-                throw new RpcError(ErrorCode.TEMPORARILY_UNAVAILABLE, "not initialized: this node's journal ("
+                throw new RpcError(Reason.NOT_INITIALISED, "not initialized: this node's journal ("
                         + pathWithNodeId + ") opens at its first init; nothing was done");
             }
             return table;
@@ -1934,11 +2144,11 @@ public final class PaymentNode {
         public void init(String nodeId, int nodeIds) throws IOException {
             if (super.table() == null) {
                 if (nodeId == null || nodeId.contains("/") || nodeId.contains("\\") || nodeId.equals("..") || nodeId.contains("\0")) {
-                    throw new RpcError(ErrorCode.MALFORMED_REQUEST, "node_id " + nodeId + " cannot name a journal file");
+                    throw new RpcError(Reason.BAD_NODE_ID, "node_id " + nodeId + " cannot name a journal file");
                 }
                 String path = pathWithNodeId.replace(NODE_ID, nodeId);
                 try {
-                    use(tableFromJournal(Path.of(path), log, balances));
+                    use(tableFromJournal(Path.of(path), log, balances, maxKeys));
                 } catch (IOException | RuntimeException e) {
                     throw new Stop("cannot use the journal " + path + ": " + journalProblem(e), 2);
                 }
@@ -2011,10 +2221,15 @@ public final class PaymentNode {
     static final class FileJournal implements Journal {
         private static final int MAX_RECORD_BYTES = 16 * MAX_LINE_BYTES;
 
+        /** The record kinds, as docs/JOURNAL.md lists them. */
+        static final List<String> RECORD_KINDS = List.of("balance", "charge", "decline", "refund", "close");
+
         private final Path path;
         private final FileChannel file;
         private final JsonBytes pending = new JsonBytes();
         private final CRC32 crc = new CRC32();
+        /** The --balance the journal was started with (its first record), null for none. */
+        private String balanceRecorded;
 
         private FileJournal(Path path, FileChannel file) {
             this.path = path;
@@ -2078,7 +2293,7 @@ public final class PaymentNode {
             return records;
         }
 
-        private static boolean replayRecord(byte[] line, int start, int length, PaymentHandler handler) {
+        private boolean replayRecord(byte[] line, int start, int length, PaymentHandler handler) {
             if (length < 10 || line[start + 8] != ' ') {
                 return false;
             }
@@ -2098,6 +2313,7 @@ public final class PaymentNode {
                     case "refund" -> handler.restoreRefund(nextText(record), nextText(record), nextText(record),
                             nextText(record), nextLong(record), nextLong(record));
                     case "close" -> handler.restoreClose(nextText(record));
+                    case "balance" -> balanceRecorded = nextText(record);
                     case "decline" -> handler.restoreDecline(nextText(record), nextText(record), nextText(record), nextText(record));
                     default -> {
                         return false;
@@ -2147,6 +2363,20 @@ public final class PaymentNode {
         @Override
         public synchronized void closed(String chargeKey) {
             end(begin("close", chargeKey));
+        }
+
+        /** The first record of a journal started with --balance: {@code ["balance", "<amount>"]}. */
+        synchronized void balanceStarted(String balance) {
+            int start = pending.size();
+            pending.ascii("00000000 [");
+            pending.string("balance");
+            pending.ascii(", ");
+            pending.string(balance);
+            end(start);
+        }
+
+        String balanceRecorded() {
+            return balanceRecorded;
         }
 
         @Override
@@ -2221,7 +2451,11 @@ public final class PaymentNode {
         private final Balances balances;
 
         FundedPaymentHandler(Log log, Journal journal, Balances balances) {
-            super(log, journal);
+            this(log, journal, balances, keysForHeap());
+        }
+
+        FundedPaymentHandler(Log log, Journal journal, Balances balances, long maxKeys) {
+            super(log, journal, maxKeys);
             this.balances = balances;
         }
 
@@ -2235,6 +2469,11 @@ public final class PaymentNode {
                     "declined: insufficient funds: " + shortfall + " (" + request.key() + ")");
             journal().declined(request, declined.reason());
             return declined;
+        }
+
+        @Override
+        Account account(String userId) {
+            return balances.account(userId);
         }
 
         @Override
@@ -2262,26 +2501,35 @@ public final class PaymentNode {
     /** Per-user balances (--balance), exact decimals; each user's updates are atomic. */
     static final class Balances {
         private final BigDecimal start;
-        private final ConcurrentHashMap<String, BigDecimal> left = new ConcurrentHashMap<>();
+        private final ConcurrentHashMap<String, Account> accounts = new ConcurrentHashMap<>();
 
         Balances(BigDecimal start) {
             this.start = start;
         }
 
+        BigDecimal start() {
+            return start;
+        }
+
         BigDecimal balance(String userId) {
-            return left.getOrDefault(userId, start);
+            return account(userId).balance();
+        }
+
+        /** A user's account: a user never seen has the start balance and nothing charged or refunded. */
+        Account account(String userId) {
+            return accounts.getOrDefault(userId, new Account(start, BigDecimal.ZERO, BigDecimal.ZERO));
         }
 
         /** Takes {@code amount} from the user's balance; null when done, else why not (nothing is taken). */
         String withdraw(String userId, BigDecimal amount) {
             String[] shortfall = new String[1];
-            left.compute(userId, (user, balance) -> {
-                BigDecimal current = balance == null ? start : balance;
-                if (current.compareTo(amount) < 0) {
-                    shortfall[0] = user + " has " + current.toPlainString() + " left, the charge is " + amount.toPlainString();
+            accounts.compute(userId, (user, account) -> {
+                Account current = account == null ? account(user) : account;
+                if (current.balance().compareTo(amount) < 0) {
+                    shortfall[0] = user + " has " + current.balance().toPlainString() + " left, the charge is " + amount.toPlainString();
                     return current;
                 }
-                return current.subtract(amount);
+                return current.charged(amount);
             });
             return shortfall[0];
         }
@@ -2289,13 +2537,24 @@ public final class PaymentNode {
         /** Gives a refunded amount back to the user who paid it. */
         void repay(Charged payment, String amount) {
             BigDecimal repaid = new BigDecimal(amount);
-            left.compute(payment.userId(), (user, balance) -> (balance == null ? start : balance).add(repaid));
+            accounts.compute(payment.userId(), (user, account) -> (account == null ? account(user) : account).refunded(repaid));
         }
 
         /** Replaying a journal: a charge that happened, taken without a check. */
         void restoreWithdrawal(String userId, String amount) {
             BigDecimal charged = new BigDecimal(amount);
-            left.compute(userId, (user, balance) -> (balance == null ? start : balance).subtract(charged));
+            accounts.compute(userId, (user, account) -> (account == null ? account(user) : account).charged(charged));
+        }
+    }
+
+    /** What BalanceRead answers: a user's balance, and the totals charged and refunded that made it. */
+    record Account(BigDecimal balance, BigDecimal charged, BigDecimal refunded) {
+        Account charged(BigDecimal amount) {
+            return new Account(balance.subtract(amount), charged.add(amount), refunded);
+        }
+
+        Account refunded(BigDecimal amount) {
+            return new Account(balance.add(amount), charged, refunded.add(amount));
         }
     }
 
@@ -2338,6 +2597,11 @@ public final class PaymentNode {
         }
 
         @Override
+        public void balance(Envelope reply, BalanceRequest request) throws IOException {
+            service.balance(reply, request);
+        }
+
+        @Override
         public void init(String nodeId, int nodeIds) throws IOException {
             service.init(nodeId, nodeIds);
         }
@@ -2352,15 +2616,16 @@ public final class PaymentNode {
         }
 
         private void withFault(Envelope reply, String key, ReplyWriter.Writing handling) throws IOException {
-            Fault fault = faults.draw();
-            if (fault == null) {
+            Drawn drawn = faults.draw(key);
+            if (drawn == null) {
                 handling.run();
                 return;
             }
-            log.event("fault: " + fault.option + (fault == Fault.DELAY ? " " + faults.delayMillis() + "ms" : "")
+            Fault fault = drawn.fault();
+            log.event("fault: " + fault.option + (fault == Fault.DELAY ? " " + drawn.delayMillis() + "ms" : "")
                     + " " + key + " msg_id " + (reply.inReplyTo() == null ? "none" : reply.inReplyTo()));
             if (fault == Fault.FAIL) {
-                throw new RpcError(ErrorCode.TEMPORARILY_UNAVAILABLE, "injected fault: fail: nothing was done; safe to retry");
+                throw new RpcError(Reason.INJECTED_FAIL, "injected fault: fail: nothing was done; safe to retry");
             }
             ReplyWriter.Kept kept = replies.keepBack(() -> {
                 try {
@@ -2373,14 +2638,14 @@ public final class PaymentNode {
                 case DROP -> replies.forget(kept);
                 case UNKNOWN -> {
                     replies.forget(kept);
-                    replies.error(reply, new RpcError(ErrorCode.CRASH,
+                    replies.error(reply, new RpcError(Reason.INJECTED_UNKNOWN,
                             "injected fault: unknown outcome: the request may or may not have been done; a retry will tell"));
                 }
                 case DELAY -> {
                     if (delayed == null) {
                         delayed = new DelayedReplies();
                     }
-                    delayed.schedule(() -> replies.writeAtOnce(kept.line()), faults.delayMillis());   // later replies may overtake it
+                    delayed.schedule(() -> replies.writeAtOnce(kept.line()), drawn.delayMillis());   // later replies may overtake it
                 }
                 case DUPLICATE -> {
                     replies.writeLine(kept.line());
@@ -2407,7 +2672,41 @@ public final class PaymentNode {
     }
 
     /** --faults: the probability of each fault per attempt (they add up to at most 1), and the delay. */
-    record FaultPlan(EnumMap<Fault, Double> probabilities, long delayMillis) {
+    record FaultPlan(EnumMap<Fault, Double> probabilities, long delayMillis, Map<String, List<Drawn>> scripted) {
+        static final FaultPlan NONE = new FaultPlan(new EnumMap<>(Fault.class), 0, Map.of());
+
+        /** The same plan, and {@code KEY=KIND[,KIND...]} (--fault): that key's first attempts get those faults, in order. */
+        FaultPlan withScript(String option) {
+            int equals = option.lastIndexOf('=');
+            if (equals <= 0 || equals == option.length() - 1) {
+                throw new IllegalArgumentException("--fault needs KEY=KIND[,KIND...], e.g. --fault saga42:step2=drop,fail, got '" + option + "'");
+            }
+            String key = option.substring(0, equals);
+            List<Drawn> faults = new ArrayList<>();
+            for (String kind : option.substring(equals + 1).split(",", -1)) {
+                faults.add(scriptedFault(kind));
+            }
+            Map<String, List<Drawn>> more = new HashMap<>(scripted);
+            if (more.put(key, List.copyOf(faults)) != null) {
+                throw new IllegalArgumentException("--fault: " + key + " is given twice");
+            }
+            return new FaultPlan(probabilities, delayMillis, Map.copyOf(more));
+        }
+
+        /** One attempt's fault in a --fault list: a kind, delay:MS, or none (the attempt goes through). */
+        private static Drawn scriptedFault(String kind) {
+            if (kind.equals("none")) {
+                return new Drawn(null, 0);
+            }
+            if (kind.startsWith("delay:")) {
+                return new Drawn(Fault.DELAY, milliseconds(kind.substring("delay:".length())));
+            }
+            Fault fault = Arrays.stream(Fault.values()).filter(f -> f.option.equals(kind) && f != Fault.DELAY).findFirst().orElseThrow(
+                    () -> new IllegalArgumentException("--fault: unknown fault '" + kind + "' (known: fail, drop, unknown, delay:MS,"
+                            + " duplicate, crash, none)"));
+            return new Drawn(fault, 0);
+        }
+
         static FaultPlan parse(String list) {
             EnumMap<Fault, Double> probabilities = new EnumMap<>(Fault.class);
             long delayMillis = 0;
@@ -2438,7 +2737,7 @@ public final class PaymentNode {
                 throw new IllegalArgumentException("--faults: the probabilities add up to " + total + ", more than 1"
                         + " (each attempt draws at most one fault)");
             }
-            return new FaultPlan(probabilities, delayMillis);
+            return new FaultPlan(probabilities, delayMillis, Map.of());
         }
 
         private static double probability(String name, String text) {
@@ -2463,39 +2762,56 @@ public final class PaymentNode {
         }
     }
 
+    /** A fault drawn for one attempt, and how long its reply waits when it is a delay. */
+    record Drawn(Fault fault, long delayMillis) {
+    }
+
     /**
-     * Draws at most one fault per ChargePayment or RefundPayment attempt, from a generator seeded by
-     * --seed: the same seed and the same input give the same faults. The faults are tried in a fixed
-     * order (fail, drop, unknown, delay, duplicate, crash), whatever order --faults lists them in.
+     * Draws at most one fault per ChargePayment or RefundPayment attempt. The fault of attempt k of key K
+     * comes from (--seed, K, k) alone, so the same sagas get the same faults however their requests
+     * interleave; a key named by --fault gets its listed faults on its first attempts, in order. Among
+     * the --faults probabilities the faults are tried in a fixed order (fail, drop, unknown, delay,
+     * duplicate, crash), whatever order the option lists them in.
      */
     static final class Faults {
-        static final Faults NONE = new Faults(new FaultPlan(new EnumMap<>(Fault.class), 0), 0);
-
         private final FaultPlan plan;
-        private final SplittableRandom random;   // (java.util.Random starts nearly alike for nearby seeds)
+        private final long seed;
+        /** Attempts so far of each key that came here: one small counter per key, like the table's entry. */
+        private final ConcurrentHashMap<String, Integer> attempts = new ConcurrentHashMap<>();
 
         Faults(FaultPlan plan, long seed) {
             this.plan = plan;
-            this.random = new SplittableRandom(seed);
+            this.seed = seed;
         }
 
-        /** The fault of this attempt, or null. */
-        Fault draw() {
+        /** The fault of this attempt of {@code key}, or null. */
+        Drawn draw(String key) {
+            int attempt = attempts.merge(key, 1, Integer::sum);
+            List<Drawn> scripted = plan.scripted().get(key);
+            if (scripted != null && attempt <= scripted.size()) {
+                Drawn drawn = scripted.get(attempt - 1);
+                return drawn.fault() == null ? null : drawn;
+            }
             if (plan.probabilities().isEmpty()) {
                 return null;
             }
-            double roll = random.nextDouble();
+            double roll = new SplittableRandom(seed ^ fnv64(key) ^ attempt * 0x9E3779B97F4A7C15L).nextDouble();
             for (var fault : plan.probabilities().entrySet()) {
                 roll -= fault.getValue();
                 if (roll < 0) {
-                    return fault.getKey();
+                    return new Drawn(fault.getKey(), plan.delayMillis());
                 }
             }
             return null;
         }
 
-        long delayMillis() {
-            return plan.delayMillis();
+        /** A 64-bit hash of a key (FNV-1a over its chars): nearby keys get unrelated seeds. */
+        private static long fnv64(String key) {
+            long hash = 0xcbf29ce484222325L;
+            for (int i = 0; i < key.length(); i++) {
+                hash = (hash ^ key.charAt(i)) * 0x100000001b3L;
+            }
+            return hash;
         }
     }
 
@@ -2631,7 +2947,7 @@ public final class PaymentNode {
 
     /** A lin-kv value that no node of this service wrote: the outcome of the request is unknown. */
     static RpcError notOurs(String key, String why) {
-        return new RpcError(ErrorCode.CRASH, "lin-kv holds a value under " + key + " that this service did not write (" + why
+        return new RpcError(Reason.KV_VALUE_NOT_OURS, "lin-kv holds a value under " + key + " that this service did not write (" + why
                 + "): the outcome is unknown; a retry will tell");
     }
 
@@ -2840,8 +3156,8 @@ public final class PaymentNode {
             return state.equals("refunded");
         }
 
-        boolean sameParams(RefundRequest request) {
-            return Rules.sameRefund(givenOrNull(paymentIdGiven), givenOrNull(amountGiven), request);
+        List<String> differs(RefundRequest request) {
+            return Rules.refundDiffers(givenOrNull(paymentIdGiven), givenOrNull(amountGiven), request);
         }
 
         RefundResult result() {
@@ -3079,7 +3395,7 @@ public final class PaymentNode {
             /** After a conflict: one more round, up to {@link #MAX_ROUNDS}; then the request gives up, its outcome unknown. */
             void nextRound() {
                 if (++rounds > MAX_ROUNDS) {
-                    throw new RpcError(ErrorCode.CRASH, "lin-kv changed under this request " + MAX_ROUNDS
+                    throw new RpcError(Reason.KV_UNKNOWN_OUTCOME, "lin-kv changed under this request " + MAX_ROUNDS
                             + " times in a row: the outcome is unknown; a retry will tell");
                 }
             }
@@ -3097,6 +3413,11 @@ public final class PaymentNode {
         }
 
         // ---- the requests ------------------------------------------------------------------------
+
+        @Override
+        public void balance(Envelope reply, BalanceRequest request) {
+            throw new RpcError(Reason.BALANCES_NOT_KEPT, "BalanceRead is not supported with --store lin-kv: the cluster keeps no balances");
+        }
 
         /** init: the node's id (lin-kv requests come from it), and the first id blocks, so that no first charge waits for one. */
         @Override
@@ -3146,7 +3467,7 @@ public final class PaymentNode {
                         // record just written is an orphan: its step names another payment, or none).
                         readStep(flight, request.key(), step -> {
                             if (step == null) {
-                                throw new RpcError(ErrorCode.CRASH, "lin-kv refused to create " + stepRecordKey(request.key())
+                                throw new RpcError(Reason.KV_UNKNOWN_OUTCOME, "lin-kv refused to create " + stepRecordKey(request.key())
                                         + " and then did not have it: the outcome is unknown; a retry will tell");
                             }
                             answerCharge(flight, request, step, !flight.wroteItself(step));
@@ -3160,8 +3481,8 @@ public final class PaymentNode {
             if (!step.charged()) {
                 throw Rules.compensatedFirst(request.key());
             }
-            if (replayed && !Rules.sameCharge(step.userId(), step.amount(), request)) {
-                throw Rules.keyReused(request.key());
+            if (replayed) {
+                Rules.requireSameParams(request.key(), Rules.chargeDiffers(step.userId(), step.amount(), request));
             }
             if (replayed) {
                 log.verboseCacheHit(request.key());
@@ -3189,7 +3510,7 @@ public final class PaymentNode {
                 if (record != null && record.isRefunded()) {
                     refunds.put(request.key(), record);
                     answerRefund(flight, request, record, !flight.wroteItself(record));
-                } else if (record != null && record.isPending() && record.sameParams(request)) {
+                } else if (record != null && record.isPending() && record.differs(request).isEmpty()) {
                     apply(flight, request, record, ledgers.get(record.payment()), false);
                 } else if (record != null && record.isPending()) {
                     settleOthers(flight, request, record);
@@ -3358,9 +3679,7 @@ public final class PaymentNode {
         }
 
         private void answerRefund(Flight flight, RefundRequest request, RefundRecord done, boolean replayed) throws IOException {
-            if (!done.sameParams(request)) {
-                throw Rules.keyReused(request.key());
-            }
+            Rules.requireSameParams(request.key(), done.differs(request));
             if (replayed) {
                 log.verboseCacheHit(request.key());
             }
@@ -3428,11 +3747,11 @@ public final class PaymentNode {
 
         private Flight start(Envelope reply) {
             if (nodeId == null) {
-                throw new RpcError(ErrorCode.TEMPORARILY_UNAVAILABLE,
+                throw new RpcError(Reason.NOT_INITIALISED,
                         "not initialized: a node of the cluster needs its id (init) to reach lin-kv; nothing was done");
             }
             if (calls.size() >= MAX_CALLS) {
-                throw new RpcError(ErrorCode.TEMPORARILY_UNAVAILABLE, "busy: " + calls.size()
+                throw new RpcError(Reason.BUSY, "busy: " + calls.size()
                         + " lin-kv calls are waiting for their replies; nothing was done, retry later");
             }
             return new Flight(reply);
@@ -3502,7 +3821,7 @@ public final class PaymentNode {
                 } else if (code != null && code == 22) {
                     outcome = Outcome.CONFLICT;
                 } else {
-                    call.flight().fail(new RpcError(ErrorCode.CRASH, "lin-kv answered " + call.type() + " of " + call.key() + " with error "
+                    call.flight().fail(new RpcError(Reason.KV_UNKNOWN_OUTCOME, "lin-kv answered " + call.type() + " of " + call.key() + " with error "
                             + code + " (" + body.text() + "): the outcome is unknown; a retry will tell"));
                     return true;
                 }
@@ -3526,7 +3845,7 @@ public final class PaymentNode {
                 call.flight().fail(refused);
             } catch (RuntimeException bug) {
                 log.error("internal error in a cluster request, answered with code 13", bug);
-                call.flight().fail(new RpcError(ErrorCode.CRASH, "internal error: " + bug));
+                call.flight().fail(new RpcError(Reason.INTERNAL_ERROR, "internal error: " + bug));
             }
         }
 
@@ -3549,7 +3868,7 @@ public final class PaymentNode {
                     return;
                 }
                 oldest.remove();
-                call.flight().fail(new RpcError(ErrorCode.TIMEOUT, "lin-kv did not answer a " + call.type() + " within "
+                call.flight().fail(new RpcError(Reason.KV_TIMEOUT, "lin-kv did not answer a " + call.type() + " within "
                         + timeoutMillis + " ms: the outcome is unknown; a retry will tell"));
             }
         }
@@ -3593,7 +3912,7 @@ public final class PaymentNode {
                     return;
                 }
                 if (waiters.size() >= MAX_CALLS) {
-                    throw new RpcError(ErrorCode.TEMPORARILY_UNAVAILABLE, "busy: " + waiters.size()
+                    throw new RpcError(Reason.BUSY, "busy: " + waiters.size()
                             + " requests are waiting for ids; nothing was done, retry later");
                 }
                 waiters.add(new Waiter(flight, then));
@@ -3693,11 +4012,10 @@ public final class PaymentNode {
         Balances balances = options.balance() == null ? null : new Balances(options.balance());
         Function<ReplyWriter, Service> local;
         if (options.journal() != null && options.journal().contains(NODE_ID)) {
-            local = replies -> new JournalAtInit(options.journal(), balances, replies, log);
+            local = replies -> new JournalAtInit(options.journal(), balances, options.maxKeys(), replies, log);
         } else {
-            PaymentHandler table = options.journal() != null ? tableFromJournal(Path.of(options.journal()), log, balances)
-                    : balances != null ? new FundedPaymentHandler(log, Journal.NONE, balances)
-                    : new PaymentHandler(log, Journal.NONE);
+            PaymentHandler table = options.journal() != null ? tableFromJournal(Path.of(options.journal()), log, balances, options.maxKeys())
+                    : table(log, Journal.NONE, balances, options.maxKeys());
             local = replies -> new LocalService(table, replies, log);
         }
         if (options.faults() == null) {
@@ -3709,7 +4027,7 @@ public final class PaymentNode {
 
     /** The command line. {@code journal}, {@code balance} and {@code faults} are null when not given. */
     record Options(boolean verbose, boolean help, String journal, BigDecimal balance, FaultPlan faults, long seed,
-                   boolean linKv, long kvTimeoutMillis) {
+                   boolean linKv, long kvTimeoutMillis, long maxKeys) {
         /** How long a cluster node waits for a lin-kv reply before it answers its client "outcome unknown". */
         static final long DEFAULT_KV_TIMEOUT_MILLIS = 1000;
 
@@ -3722,6 +4040,9 @@ public final class PaymentNode {
             long seed = 0;
             boolean linKv = false;
             long kvTimeout = DEFAULT_KV_TIMEOUT_MILLIS;
+            long maxKeys = 0;
+            List<String> scripts = new ArrayList<>();
+            Set<String> given = new HashSet<>();
             for (int i = 0; i < args.length; i++) {
                 String arg = args[i];
                 int equals = arg.startsWith("--") ? arg.indexOf('=') : -1;
@@ -3734,7 +4055,8 @@ public final class PaymentNode {
                         verbose |= name.equals("--verbose") || name.equals("-v");
                         help |= name.equals("--help") || name.equals("-h");
                     }
-                    case "--journal", "--balance", "--faults", "--seed", "--store", "--kv-timeout" -> {
+                    case "--journal", "--balance", "--faults", "--fault", "--seed", "--store", "--kv-timeout", "--max-keys" -> {
+                        given.add(name);
                         String value = equals >= 0 ? arg.substring(equals + 1) : ++i < args.length ? args[i] : null;
                         if (value == null || value.isEmpty()) {
                             throw new IllegalArgumentException(name + " needs a value" + EXAMPLES.get(name));
@@ -3745,6 +4067,8 @@ public final class PaymentNode {
                             case "--faults" -> faults = FaultPlan.parse(value);
                             case "--store" -> linKv = store(value);
                             case "--kv-timeout" -> kvTimeout = kvTimeout(value);
+                            case "--fault" -> scripts.add(value);
+                            case "--max-keys" -> maxKeys = maxKeys(value);
                             default -> seed = seed(value);
                         }
                     }
@@ -3754,10 +4078,19 @@ public final class PaymentNode {
             if (linKv && journal != null) {
                 throw new IllegalArgumentException("--store lin-kv keeps the state in lin-kv: it goes with no --journal");
             }
-            if (linKv && (balance != null || faults != null)) {
-                throw new IllegalArgumentException("--balance and --faults are not available with --store lin-kv");
+            if (given.contains("--seed") && faults == null) {
+                throw new IllegalArgumentException("--seed is the seed of --faults: it goes with --faults");
             }
-            return new Options(verbose, help, journal, balance, faults, seed, linKv, kvTimeout);
+            if (given.contains("--kv-timeout") && !linKv) {
+                throw new IllegalArgumentException("--kv-timeout is how long a cluster node waits for lin-kv: it goes with --store lin-kv");
+            }
+            for (String script : scripts) {
+                faults = (faults == null ? FaultPlan.NONE : faults).withScript(script);
+            }
+            if (linKv && (balance != null || faults != null || maxKeys != 0)) {
+                throw new IllegalArgumentException("--balance, --faults, --fault and --max-keys are not available with --store lin-kv");
+            }
+            return new Options(verbose, help, journal, balance, faults, seed, linKv, kvTimeout, maxKeys);
         }
 
         private static boolean store(String text) {
@@ -3766,6 +4099,14 @@ public final class PaymentNode {
                 case "memory" -> false;
                 default -> throw new IllegalArgumentException("--store is lin-kv or memory, got " + text);
             };
+        }
+
+        private static long maxKeys(String text) {
+            Long keys = wholeNumber(text, 1, Long.MAX_VALUE);
+            if (keys == null) {
+                throw new IllegalArgumentException("--max-keys needs a whole number of keys from 1, got " + text);
+            }
+            return keys;
         }
 
         private static long kvTimeout(String text) {
@@ -3790,6 +4131,8 @@ public final class PaymentNode {
                 "--journal", ", a file name (e.g. --journal 'payments-{node_id}.journal')",
                 "--balance", ", an amount (e.g. --balance 100.00)",
                 "--faults", " (e.g. --faults fail=0.05,drop=0.1,delay=0.1:200)",
+                "--fault", " (e.g. --fault saga42:step2=drop,fail)",
+                "--max-keys", ", a number of keys (e.g. --max-keys 1000000)",
                 "--seed", ", an integer (e.g. --seed 7)",
                 "--store", " (--store lin-kv)",
                 "--kv-timeout", ", milliseconds (e.g. --kv-timeout 1000)");
@@ -3862,14 +4205,16 @@ public final class PaymentNode {
                                 duplicate  done; the reply comes twice
                                 crash      done and journaled; exit 3, no reply
                               each one logged on stderr with its key and msg_id
-              --seed N        the seed of --faults (default 0): the same seed and
-                              input give the same faults
+              --seed N        the seed of --faults (default 0; with --faults only): the
+                              same seed and input give the same faults
               --store lin-kv  one payment service across every node started so: the
                               table and ledgers live in the harness's lin-kv service,
                               and a retry to any node (or a restarted one) gets the
                               same result (docs/CLUSTER.md)
+              --store memory  the default: the table lives in this node (with --journal,
+                              also in its file)
               --kv-timeout MS how long to wait for lin-kv before answering error 0,
-                              outcome unknown (default 1000)
+                              outcome unknown (default 1000; with --store lin-kv only)
               -v, --verbose   also log every request and every cached answer on stderr
               -h, --help      print this help and exit
               --build         (run.sh only) build the jar ahead, then exit: a fresh

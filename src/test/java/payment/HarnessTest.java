@@ -50,7 +50,7 @@ class HarnessTest {
     void aLineCutShortIsAnswered12WhenItsSrcCanBeRead() {
         String cut = "{\"src\":\"c1\",\"dest\":\"payment\",\"body\":{\"type\":\"ChargePayment\",\"msg_id\":5,\"saga_id\":\"s\",\"step\":1,\"params\":{\"user_id\":\"u1\"";
         Node.Run run = Node.run(cut + "\n" + Wire.charge(6, "s", 1, "5"));
-        assertEquals(Wire.error(12, "not valid JSON: the line ends before the JSON does").to(5, 0)
+        assertEquals(Wire.error(12, "unreadable_line", "not valid JSON: the line ends before the JSON does").to(5, 0)
                 + Wire.chargeOk("s", 1, "p1", "5").to(6, 1), run.stdout(), "the broken line left no record");
         assertEquals("payment-node: warning: line 1 refused: not valid JSON: the line ends before the JSON does\n", run.stderr());
     }
@@ -69,7 +69,7 @@ class HarnessTest {
         String session = Wire.charge(1, "trip", 1, "10") + initAs("n1", 2) + Wire.charge(3, "trip", 1, "10");
         Node.CapturedLog log = Node.CapturedLog.of(false);
         Node.Run first = Node.runWithJournalAtInit(path, session, log);
-        assertEquals(Wire.error(11, "not initialized: this node's journal (" + path + ") opens at its first init; nothing was done").to(1, 0)
+        assertEquals(Wire.error(11, "not_initialised", "not initialized: this node's journal (" + path + ") opens at its first init; nothing was done").to(1, 0)
                 + Wire.initOk().from("n1").to(2, 1)
                 + Wire.chargeOk("trip", 1, "p1", "10").from("n1").to(3, 2), first.stdout());
         Path n1 = dir.resolve("payments-n1.journal");

@@ -35,7 +35,7 @@ class JournalTest {
 
     /** Runs {@code input} through a node whose handler comes from (and goes on into) the journal. */
     private String runWithJournal(Path journal, String input) throws IOException {
-        PaymentNode.PaymentHandler table = PaymentNode.tableFromJournal(journal, log, null);
+        PaymentNode.PaymentHandler table = PaymentNode.tableFromJournal(journal, log, null, 0);
         try {
             Node.Run run = Node.run(input.getBytes(StandardCharsets.UTF_8), table, captured);
             assertEquals(0, run.status());
@@ -59,7 +59,7 @@ class JournalTest {
         Path journal = dir.resolve("journal");
         String first = runWithJournal(journal, SESSION);
         String second = runWithJournal(journal, SESSION);
-        Wire.ReplyBody closed = Wire.error(14, "step trip:step3 was already compensated: its refund came first, so it is never charged");
+        Wire.ReplyBody closed = Wire.error(14, "step_compensated", "step trip:step3 was already compensated: its refund came first, so it is never charged");
         assertEquals(Wire.chargeOk("trip", 1, "p1", "120.50").to(1, 0)
                 + Wire.chargeOk("trip", 2, "p2", "80").to(2, 1)
                 + Wire.refundOk("trip", 2, "r1", "30").to(3, 2)
@@ -78,7 +78,7 @@ class JournalTest {
         // The counters and the ledger came back too: the next payment is p3, and p2 has nothing left.
         String third = runWithJournal(journal, Wire.charge(8, "trip", 4, "1") + Wire.refund(9, "trip", 10, "p2", null));
         assertEquals(Wire.chargeOk("trip", 4, "p3", "1").to(8, 0)
-                + Wire.error(22, "payment p2 is already fully refunded").to(9, 1), third);
+                + Wire.error(22, "payment_fully_refunded", "payment p2 is already fully refunded").to(9, 1), third);
     }
 
     @Test
@@ -100,16 +100,16 @@ class JournalTest {
         runWithJournal(journal, SESSION);
         String text = Files.readString(journal);
         Files.writeString(journal, text.replaceFirst("120\\.50", "920.50"));   // its checksum no longer matches
-        IOException refused = assertThrows(IOException.class, () -> PaymentNode.tableFromJournal(journal, log, null));
+        IOException refused = assertThrows(IOException.class, () -> PaymentNode.tableFromJournal(journal, log, null, 0));
         assertTrue(refused.getMessage().startsWith("record 1 is damaged and good records follow it"), refused.getMessage());
     }
 
     @Test
     void twoNodesCannotShareAJournal() throws IOException {
         Path journal = dir.resolve("journal");
-        PaymentNode.PaymentHandler first = PaymentNode.tableFromJournal(journal, log, null);
+        PaymentNode.PaymentHandler first = PaymentNode.tableFromJournal(journal, log, null, 0);
         try {
-            IOException refused = assertThrows(IOException.class, () -> PaymentNode.tableFromJournal(journal, log, null));
+            IOException refused = assertThrows(IOException.class, () -> PaymentNode.tableFromJournal(journal, log, null, 0));
             assertEquals("another node is using it", refused.getMessage());
         } finally {
             first.journal().close();

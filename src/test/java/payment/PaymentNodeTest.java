@@ -40,7 +40,7 @@ class PaymentNodeTest {
         String tooLong = chargePaddedTo(LIMIT + 1, 1, "big");
         String input = tooLong + "\n" + Wire.charge(2, "big", 1, "10");
         Node.Run run = Node.run(input);
-        assertEquals(Wire.error(12, "line too long: 1048577 bytes, the limit is 1048576").to(1, 0)
+        assertEquals(Wire.error(12, "line_too_long", "line too long: 1048577 bytes, the limit is 1048576").to(1, 0)
                 + Wire.chargeOk("big", 1, "p1", "10").to(2, 1), run.stdout(),
                 "the refused line must leave no record: the next charge is the first");
         assertTrue(run.stderr().contains("line 1 refused: line too long"), run.stderr());
@@ -51,7 +51,7 @@ class PaymentNodeTest {
         String tooLong = "{\"src\":\"c1\",\"dest\":\"payment\",\"body\":{\"type\":\"ChargePayment\",\"msg_id\":7,\"saga_id\":\""
                 + "x".repeat(2 * LIMIT) + "\",\"step\":1,\"params\":{\"user_id\":\"u1\",\"amount\":1}}}";
         Node.Run run = Node.run(tooLong + "\n");
-        assertEquals(Wire.error(12, "line too long: " + tooLong.length() + " bytes, the limit is 1048576").to(7, 0), run.stdout());
+        assertEquals(Wire.error(12, "line_too_long", "line too long: " + tooLong.length() + " bytes, the limit is 1048576").to(7, 0), run.stdout());
     }
 
     @Test
@@ -109,11 +109,11 @@ class PaymentNodeTest {
                 new Bad(new byte[] {0, 0, 0, '{', '}'},                                                           // NUL bytes
                         "", "line 1 ignored: not valid JSON: the line is not valid UTF-8: \\u0000\\u0000\\u0000{}"),
                 new Bad("{\"src\":\"c1\",\"body\":{\"type\":\"init\"".getBytes(StandardCharsets.UTF_8),            // truncated, no dest
-                        Wire.error(12, "not valid JSON: the line ends before the JSON does").from(null).to(null, 0),
+                        Wire.error(12, "unreadable_line", "not valid JSON: the line ends before the JSON does").from(null).to(null, 0),
                         "line 1 refused: not valid JSON: the line ends before the JSON does"),
                 new Bad(("{\"src\":\"c1\",\"dest\":\"payment\",\"body\":{\"type\":\"init\",\"deep\":" + "[".repeat(100_000)
                         + "]".repeat(100_000) + "}}").getBytes(StandardCharsets.UTF_8),                             // nested 100,000 deep
-                        Wire.error(12, "not valid JSON: nested too deeply").to(null, 0), "line 1 refused: not valid JSON: nested too deeply"));
+                        Wire.error(12, "unreadable_line", "not valid JSON: nested too deeply").to(null, 0), "line 1 refused: not valid JSON: nested too deeply"));
         for (Bad bad : badLines) {
             ByteArrayOutputStream input = new ByteArrayOutputStream();
             input.writeBytes(bad.line());
@@ -129,7 +129,7 @@ class PaymentNodeTest {
     void anAmountOfAHundredThousandDigitsGetsAClearError() {
         String digits = "9".repeat(100_000);
         Node.Run run = Node.run(Wire.charge(1, "s", 1, digits) + Wire.charge(2, "s", 1, "3"));
-        assertEquals(Wire.error(12, "params.amount 99999999999999999999...(100000 characters) is out of range:"
+        assertEquals(Wire.error(12, "malformed_request", "params.amount 99999999999999999999...(100000 characters) is out of range:"
                 + " at most 40 digits before the decimal point and 40 after it").to(1, 0)
                 + Wire.chargeOk("s", 1, "p1", "3").to(2, 1), run.stdout());
     }
@@ -173,7 +173,7 @@ class PaymentNodeTest {
         };
         String input = Wire.charge(1, "s", 1, "7") + Wire.charge(2, "s", 1, "7");
         Node.Run run = Node.run(input.getBytes(StandardCharsets.UTF_8), failingOnce, log);
-        assertEquals(Wire.error(13, "internal error: java.lang.IllegalStateException: simulated bug").to(1, 0)
+        assertEquals(Wire.error(13, "internal_error", "internal error: java.lang.IllegalStateException: simulated bug").to(1, 0)
                 + Wire.chargeOk("s", 1, "p1", "7").to(2, 1), run.stdout());
         assertTrue(run.stderr().contains("line 1: internal error, answered with code 13"), run.stderr());
         assertTrue(run.stderr().contains("IllegalStateException: simulated bug"), "stack trace logged");
@@ -196,8 +196,8 @@ class PaymentNodeTest {
 
     @Test
     void optionsAreParsedStrictly() {
-        assertEquals(new PaymentNode.Options(true, false, null, null, null, 0, false, 1000), PaymentNode.Options.parse(new String[] {"--verbose"}));
-        assertEquals(new PaymentNode.Options(false, true, null, null, null, 0, false, 1000), PaymentNode.Options.parse(new String[] {"-h"}));
+        assertEquals(new PaymentNode.Options(true, false, null, null, null, 0, false, 1000, 0), PaymentNode.Options.parse(new String[] {"--verbose"}));
+        assertEquals(new PaymentNode.Options(false, true, null, null, null, 0, false, 1000, 0), PaymentNode.Options.parse(new String[] {"-h"}));
         IllegalArgumentException e = org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
                 () -> PaymentNode.Options.parse(new String[] {"--journa"}));
         assertEquals("unknown option: --journa", e.getMessage());

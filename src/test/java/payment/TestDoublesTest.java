@@ -92,7 +92,7 @@ class TestDoublesTest {
         Node.Run run = Node.runWithOptions(input.getBytes(StandardCharsets.UTF_8), "--faults", "fail=1", "--seed", "1");
         assertEquals(Wire.initOk(1, 0)
                 + Wire.paymentStatusOk("s", 1, "none").to(2, 1)
-                + Wire.error(11, "injected fault: fail: nothing was done; safe to retry").to(3, 2), run.stdout());
+                + Wire.error(11, "injected_fail", "injected fault: fail: nothing was done; safe to retry").to(3, 2), run.stdout());
         assertEquals("payment-node: fault: fail s:step1 msg_id 3\n", run.stderr());
     }
 
@@ -136,13 +136,13 @@ class TestDoublesTest {
                 + Wire.refund(3, "trip", 1, null, "10");
         Node.Run before = Node.runWithOptions(first.getBytes(StandardCharsets.UTF_8), "--journal", journal, "--balance", "100");
         String declined = "declined: insufficient funds: u1 has 40 left, the charge is 50 (trip:step2)";
-        assertEquals(Wire.chargeOk("trip", 1, "p1", "60").to(1, 0) + Wire.error(14, declined).to(2, 1)
+        assertEquals(Wire.chargeOk("trip", 1, "p1", "60").to(1, 0) + Wire.error(14, "insufficient_funds", declined).to(2, 1)
                 + Wire.refundOk("trip", 1, "r1", "10").to(3, 2), before.stdout());
 
         String second = Wire.charge(1, "trip", 2, "50") + Wire.charge(2, "trip", 3, "50") + Wire.charge(3, "trip", 4, "0.01");
         Node.Run after = Node.runWithOptions(second.getBytes(StandardCharsets.UTF_8), "--journal", journal, "--balance", "100");
-        assertEquals(Wire.error(14, declined).to(1, 0) + Wire.chargeOk("trip", 3, "p2", "50").to(2, 1)
-                + Wire.error(14, "declined: insufficient funds: u1 has 0 left, the charge is 0.01 (trip:step4)").to(3, 2), after.stdout());
+        assertEquals(Wire.error(14, "insufficient_funds", declined).to(1, 0) + Wire.chargeOk("trip", 3, "p2", "50").to(2, 1)
+                + Wire.error(14, "insufficient_funds", "declined: insufficient funds: u1 has 0 left, the charge is 0.01 (trip:step4)").to(3, 2), after.stdout());
     }
 
     /**

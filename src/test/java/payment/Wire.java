@@ -152,8 +152,16 @@ final class Wire {
         }
     }
 
-    static ReplyBody error(int code, String text) {
-        return new ReplyBody("\"type\": \"error\", \"code\": " + code + ", \"text\": \"" + text + "\"");
+    /** An error reply: its Maelstrom code, its text, and its reason (docs/PROTOCOL.md section 5). */
+    static ReplyBody error(int code, String reason, String text) {
+        return new ReplyBody("\"type\": \"error\", \"code\": " + code + ", \"text\": \"" + text + "\", \"reason\": \"" + reason + "\"");
+    }
+
+    /** A key reused with other params: error 22, naming the params that differ. */
+    static ReplyBody keyReused(String key, String... differs) {
+        return new ReplyBody("\"type\": \"error\", \"code\": 22, \"text\": \"idempotency key " + key
+                + " was first used with other params\", \"reason\": \"key_reused\", \"differs\": [\""
+                + String.join("\", \"", differs) + "\"]");
     }
 
     private static String quoted(String name) {

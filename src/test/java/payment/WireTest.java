@@ -33,8 +33,8 @@ class WireTest {
     void aReplyIsAddressedFromTheNodeAndToTheClientATestNames() {
         assertEquals("{\"src\": \"n1\", \"dest\": \"c0\", \"body\": {\"type\": \"init_ok\", \"in_reply_to\": 1, \"msg_id\": 0}}\n",
                 Wire.initOk().from("n1").to(1, 0));
-        assertEquals("{\"src\": null, \"dest\": \"c1\", \"body\": {\"type\": \"error\", \"code\": 12, \"text\": \"t\", \"msg_id\": 0}}\n",
-                Wire.error(12, "t").from(null).to(null, 0));
+        assertEquals("{\"src\": null, \"dest\": \"c1\", \"body\": {\"type\": \"error\", \"code\": 12, \"text\": \"t\", \"reason\": \"malformed_request\", \"msg_id\": 0}}\n",
+                Wire.error(12, "malformed_request", "t").from(null).to(null, 0));
         assertEquals("{\"src\": \"n2\", \"dest\": \"c7\", \"body\": {\"type\": \"ChargePayment_ok\", \"saga_id\": \"s\", \"step\": 1,"
                         + " \"result\": {\"payment_id\": \"p1\", \"charged\": 5}, \"note\": \"cached_result\", \"in_reply_to\": 3, \"msg_id\": 2}}\n",
                 Wire.chargeOk("s", 1, "p1", "5").toClient("c7").from("n2").cached().to(3, 2));
@@ -48,7 +48,7 @@ class WireTest {
                 "cached_result", null, null, 4L, 9L), read);
         assertEquals("s:step7", read.key());
         assertEquals("{refund_id=r1, refunded=99.990}", Wire.read(Wire.refundOk("s", 7, "r1", "99.990").to(5, 10)).outcome());
-        Wire.Reply error = Wire.read(Wire.error(22, "no").from(null).to(null, 0));
+        Wire.Reply error = Wire.read(Wire.error(22, "key_reused", "no").from(null).to(null, 0));
         assertEquals(List.of(22, "no"), List.of(error.code(), error.text()));
         assertEquals(null, error.src());
         assertEquals("code 22", error.outcome());
