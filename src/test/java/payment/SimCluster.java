@@ -366,10 +366,13 @@ final class SimCluster implements AutoCloseable {
     private final Consumer<JsonNode> onClientReply;
     private final OutputStream stderr;
     private long seq;
-    private long deliveries;
+    long deliveries;
+    long timeJumps;
     private long lastKvRequestNanos;
     /** The virtual clock of the random scheduler: one tick per delivery. */
     long now;
+    /** How many ticks a new message waits before it may be delivered: none, unless a scheduler says so. */
+    java.util.function.LongSupplier delays = () -> 0;
 
     SimCluster(List<String> nodeIds, long kvTimeoutMillis, OutputStream stderr, Consumer<JsonNode> onClientReply) {
         this.nodeIds = List.copyOf(nodeIds);
@@ -445,7 +448,7 @@ final class SimCluster implements AutoCloseable {
         if (inFlight.size() >= MAX_IN_FLIGHT) {
             throw new AssertionError("more than " + MAX_IN_FLIGHT + " messages in flight");
         }
-        Message message = new Message(++seq, src, dest, body, readyAt);
+        Message message = new Message(++seq, src, dest, body, readyAt + delays.getAsLong());
         inFlight.add(message);
         return message;
     }
@@ -479,6 +482,7 @@ final class SimCluster implements AutoCloseable {
      * which answers each call still open (error 0). Late replies stay on the wire and are ignored when they come.
      */
     void expireAll() {
+        timeJumps++;
         long due = lastKvRequestNanos + (kvTimeoutMillis + 2) * 1_000_000;
         for (long left; (left = due - System.nanoTime()) > 0; ) {
             sleepMillis(Math.max(1, left / 1_000_000));
