@@ -77,6 +77,9 @@ class ClusterModelTest {
     /** For the survey's report: how much work the runs were. */
     private static final java.util.concurrent.atomic.AtomicLong DELIVERIES = new java.util.concurrent.atomic.AtomicLong();
     private static final java.util.concurrent.atomic.AtomicLong TIME_JUMPS = new java.util.concurrent.atomic.AtomicLong();
+    /** Timeouts that came while the scheduler let no time pass: the machine was slow, and the run may not repeat. */
+    private static final java.util.concurrent.atomic.AtomicLong UNCAUSED_TIMEOUTS = new java.util.concurrent.atomic.AtomicLong();
+    private static final int WARM_UP_SEQUENCES = 40;
     private static final int MAX_STEPS = 50_000;
     private static final int MAX_SEARCH_STATES = 400_000;
 
@@ -259,7 +262,10 @@ class ClusterModelTest {
     }
 
     /** The history of one run, or why the run itself could not finish. */
-    record History(List<Attempt> attempts, String stuck) {
+    record History(List<Attempt> attempts, String stuck, long uncausedTimeouts) {
+        History(List<Attempt> attempts, String stuck) {
+            this(attempts, stuck, 0);
+        }
     }
 
     static History run(Sequence sequence) {
@@ -284,6 +290,7 @@ class ClusterModelTest {
         Map<Long, Attempt> byMsgId = new HashMap<>();
         long[] clock = {0};
         long[] msgIds = {0};
+        long[] uncaused = {0};
         SimCluster[] holder = new SimCluster[1];
         java.util.function.Consumer<JsonNode> onReply = message -> {
             Attempt attempt = byMsgId.remove(message.path("body").path("in_reply_to").asLong(-1));
@@ -300,6 +307,9 @@ class ClusterModelTest {
             attempt.answeredAt = ++clock[0];
             client.waiting = null;
             int code = "error".equals(body.path("type").asText()) ? body.path("code").asInt() : -1;
+            if (code == 0 && !holder[0].expiring) {
+                uncaused[0]++;
+            }
             if (code == 0 || code == 11 || code == 13) {
                 return;   // the outcome is unknown: the client sends it again
             }
@@ -410,9 +420,10 @@ class ClusterModelTest {
             if (!clients.values().stream().allMatch(c -> c.next >= c.requests.size()) || checker.next < checker.requests.size()) {
                 stuck = "the run did not end in " + MAX_STEPS + " steps";
             }
-            return new History(attempts, stuck);
+            return new History(attempts, stuck, uncaused[0]);
         } finally {
             DELIVERIES.addAndGet(cluster.deliveries);
+            UNCAUSED_TIMEOUTS.addAndGet(uncaused[0]);
             TIME_JUMPS.addAndGet(cluster.timeJumps);
             cluster.close();
         }
@@ -838,11 +849,13 @@ class ClusterModelTest {
             return null;
         }
         return (broken == null ? "" : "invariant broken: " + broken + "\n") + (unexplained == null ? "" : unexplained)
+                + (history.uncausedTimeouts() == 0 ? "" : "\n(" + history.uncausedTimeouts() + " lin-kv timeouts came while the scheduler let no time"
+                        + " pass: the machine was slow, and a rerun of this seed may go another way)")
                 + "\nhistory:\n  " + String.join("\n  ", history.attempts().stream().map(Attempt::toString).toList());
     }
 
-    /** Takes requests out while the sequence still fails (the scheduler keeps its seed). */
-    static Sequence shrink(Sequence failing) {
+    /** Takes requests out while the sequence still fails the same way (the scheduler keeps its seed). */
+    static Sequence shrink(Sequence failing, String kind) {
         Sequence smallest = failing;
         boolean progress = true;
         for (int round = 0; round < 20 && progress; round++) {
@@ -850,7 +863,8 @@ class ClusterModelTest {
             for (int c = 0; c < smallest.clients().size(); c++) {
                 for (int i = smallest.clients().get(c).size() - 1; i >= 0; i--) {
                     Sequence candidate = smallest.without(c, i);
-                    if (failure(candidate) != null) {
+                    String failure = failure(candidate);
+                    if (failure != null && kindOf(failure).equals(kind)) {
                         smallest = candidate;
                         progress = true;
                     }
@@ -862,8 +876,11 @@ class ClusterModelTest {
 
     /** What kind of bug a failure shows, for the survey (-Dcluster.model.survey=true). */
     static String kindOf(String failure) {
-        if (failure.startsWith("invariant broken: refunds of") || failure.startsWith("invariant broken: the final status says")) {
-            return "overdraw (refunds of one payment above its charge, or not all in its ledger)";
+        if (failure.startsWith("invariant broken: refunds of")) {
+            return "overdraw (the refunds of one payment add up to more than its charge)";
+        }
+        if (failure.startsWith("invariant broken: the final status says")) {
+            return "a refund missing from its payment's ledger (the first half of an overdraw)";
         }
         String header = "after it, no attempt that may come next fits:\n";
         int at = failure.indexOf(header);
@@ -899,8 +916,21 @@ class ClusterModelTest {
         }
     }
 
+    /**
+     * A cold JVM runs the node's first requests slowly enough to pass the short kv timeout, and a timeout the
+     * scheduler did not cause changes the run: warm up first, so that a sequence runs alike whether it comes
+     * first (a rerun with its seed) or after hundreds of others.
+     */
+    private static void warmUp() {
+        for (long seed = 1; seed <= WARM_UP_SEQUENCES; seed++) {
+            run(generate(seed));
+        }
+        UNCAUSED_TIMEOUTS.set(0);
+    }
+
     @Test
     void theClusterAnswersEveryRandomScheduleAsTheModelAllows() {
+        warmUp();
         long started = System.nanoTime();
         boolean survey = Boolean.getBoolean("cluster.model.survey");
         Map<String, String> firstOfKind = new LinkedHashMap<>();
@@ -920,7 +950,7 @@ class ClusterModelTest {
             if (survey && firstOfKind.containsKey(kind)) {
                 continue;
             }
-            Sequence small = shrink(sequence);
+            Sequence small = shrink(sequence, kind);
             String report = "sequence " + (i + 1) + " (seed " + seed + ", rerun: -Dcluster.model.seed=" + seed + "), found after " + foundAfterMillis
                     + " ms, fails (" + kind + "):\n" + sequence + "\n" + failure
                     + "\n\nshrunk to " + small.size() + " of " + sequence.size() + " requests:\n" + small + "\nwhich fails with:\n" + failure(small);
@@ -933,7 +963,7 @@ class ClusterModelTest {
         long tookMillis = (System.nanoTime() - started) / 1_000_000;
         if (!firstOfKind.isEmpty()) {
             fail("survey of " + SEQUENCES + " sequences in " + tookMillis + " ms (" + DELIVERIES.get() + " deliveries, " + TIME_JUMPS.get()
-                    + " time jumps): failing sequences by kind " + countOfKind + "\n\n"
+                    + " time jumps, " + UNCAUSED_TIMEOUTS.get() + " timeouts the scheduler did not cause): failing sequences by kind " + countOfKind + "\n\n"
                     + String.join("\n\n", firstOfKind.values()));
         }
         if (requests < SEQUENCES * 3) {

@@ -368,6 +368,8 @@ final class SimCluster implements AutoCloseable {
     private long seq;
     long deliveries;
     long timeJumps;
+    /** True while {@link #expireAll} lets time pass: a timeout then is one the scheduler caused. */
+    boolean expiring;
     private long lastKvRequestNanos;
     /** The virtual clock of the random scheduler: one tick per delivery. */
     long now;
@@ -483,6 +485,7 @@ final class SimCluster implements AutoCloseable {
      */
     void expireAll() {
         timeJumps++;
+        expiring = true;
         long due = lastKvRequestNanos + (kvTimeoutMillis + 2) * 1_000_000;
         for (long left; (left = due - System.nanoTime()) > 0; ) {
             sleepMillis(Math.max(1, left / 1_000_000));
@@ -490,6 +493,7 @@ final class SimCluster implements AutoCloseable {
         for (String id : List.copyOf(nodes.keySet())) {
             deliverToNode(id, null);
         }
+        expiring = false;
     }
 
     /** The scripted network: delivers, in the order sent, every message the rule lets through, until none is left. */
