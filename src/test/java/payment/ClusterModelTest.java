@@ -65,7 +65,7 @@ class ClusterModelTest {
     private static final int SEQUENCES = Integer.getInteger("cluster.model.sequences", 2_000);
     private static final long BASE_SEED = Long.getLong("cluster.model.seed", 20261201L);
     /** Short, so that a time jump costs little; each run between two jumps takes far less than this. */
-    private static final long KV_TIMEOUT_MILLIS = Long.getLong("cluster.model.kv-timeout", 30L);
+    private static final long KV_TIMEOUT_MILLIS = Long.getLong("cluster.model.kv-timeout", 50L);
     /**
      * A cas delivered twice, whose second (refused) answer overtakes the first, looks to any lin-kv client like
      * someone else's write of the same value: the node then answers a first attempt with a retry's note. That
@@ -74,12 +74,21 @@ class ClusterModelTest {
      */
     private static final boolean DUPLICATE_CAS = Boolean.getBoolean("cluster.model.duplicate-cas");
     private static final int MAX_ATTEMPTS_PER_REQUEST = 40;
+    private static final int MAX_STATUS_POLLS = 8;
     /** For the survey's report: how much work the runs were. */
     private static final java.util.concurrent.atomic.AtomicLong DELIVERIES = new java.util.concurrent.atomic.AtomicLong();
     private static final java.util.concurrent.atomic.AtomicLong TIME_JUMPS = new java.util.concurrent.atomic.AtomicLong();
     /** Timeouts that came while the scheduler let no time pass: the machine was slow, and the run may not repeat. */
     private static final java.util.concurrent.atomic.AtomicLong UNCAUSED_TIMEOUTS = new java.util.concurrent.atomic.AtomicLong();
     private static final int WARM_UP_SEQUENCES = 40;
+    private static final int LOSSY_PERCENT = Integer.getInteger("cluster.model.lossy-percent", 7);
+    private static final double DROP_RATE = Double.parseDouble(System.getProperty("cluster.model.drop-rate", "0.01"));
+    private static final int LATE_PERCENT = Integer.getInteger("cluster.model.late-percent", 10);
+    private static final int VERY_LATE_PERCENT = Integer.getInteger("cluster.model.very-late-percent", 3);
+    private static final int SHARDS = 4;
+    private static final int SLOW_SHARD_PERCENT = Integer.getInteger("cluster.model.slow-shard-percent", 50);
+    private static final int VERY_LATE_TICKS = Integer.getInteger("cluster.model.very-late-ticks", 80);
+    private static final int VERY_LATE_MIN = Integer.getInteger("cluster.model.very-late-min", 20);
     private static final int MAX_STEPS = 50_000;
     private static final int MAX_SEARCH_STATES = 400_000;
 
@@ -97,7 +106,12 @@ class ClusterModelTest {
     enum Naming { NONE, UNKNOWN, LEARNED }
 
     /** One request of a client's list; a refund's {@code learnedFrom} is resolved when it is sent. */
-    record Request(Kind kind, String saga, int step, String user, String amount, Naming naming, String learnedFrom, boolean compensating) {
+    record Request(Kind kind, String saga, int step, String user, String amount, Naming naming, String learnedFrom, boolean compensating,
+                   boolean untilCharged) {
+        Request(Kind kind, String saga, int step, String user, String amount, Naming naming, String learnedFrom, boolean compensating) {
+            this(kind, saga, step, user, amount, naming, learnedFrom, compensating, false);
+        }
+
         String key() {
             return saga + ":step" + step;
         }
@@ -106,7 +120,7 @@ class ClusterModelTest {
         public String toString() {
             return switch (kind) {
                 case CHARGE -> "charge " + key() + " " + user + " " + amount;
-                case STATUS -> "status " + key();
+                case STATUS -> "status " + key() + (untilCharged ? " (again until it shows a charge, at most " + MAX_STATUS_POLLS + " times)" : "");
                 case REFUND -> "refund " + key() + (naming == Naming.NONE ? "" : naming == Naming.UNKNOWN ? " payment_id=p0"
                         : " payment_id=(learned for " + learnedFrom + ")") + (amount == null ? "" : " amount=" + amount)
                         + (compensating ? " compensating" : "");
@@ -196,15 +210,16 @@ class ClusterModelTest {
             clients.get(0).addAll(0, List.of(
                     new Request(Kind.CHARGE, k1[0], Integer.parseInt(k1[1]), pick(random, USERS), pick(random, CHARGES), Naming.NONE, null, false),
                     new Request(Kind.REFUND, k1[0], Integer.parseInt(k1[1]), null, null, Naming.NONE, null, true)));
-            // It asks until it sees the charge (its first read often comes before the charge lands).
-            Request status = new Request(Kind.STATUS, k1[0], Integer.parseInt(k1[1]), null, null, Naming.NONE, null, false);
-            clients.get(1).addAll(0, List.of(status, status, status,
+            // It asks until it sees the charge (its first read often comes before the charge lands), then at once
+            // refunds what it saw.
+            Request status = new Request(Kind.STATUS, k1[0], Integer.parseInt(k1[1]), null, null, Naming.NONE, null, false, true);
+            clients.get(1).addAll(0, List.of(status,
                     new Request(Kind.REFUND, k2[0], Integer.parseInt(k2[1]), null, pick(random, REFUNDS), Naming.LEARNED, charged, true)));
         }
         // Each time jump (a dropped call, a late reply) costs a kv timeout of wall time: few sequences are lossy.
-        boolean lossy = random.nextInt(7) == 0;
+        boolean lossy = random.nextInt(100) < LOSSY_PERCENT;
         boolean kills = random.nextInt(5) == 0;
-        return new Sequence(seed, nodes, clients, lossy ? 0.01 : 0, kills ? 0.01 : 0, 0.03, lossy ? 0.001 : 0);
+        return new Sequence(seed, nodes, clients, lossy ? DROP_RATE : 0, kills ? 0.01 : 0, 0.03, lossy ? 0.001 : 0);
     }
 
     // ---- a run -----------------------------------------------------------------------------------------------
@@ -253,6 +268,9 @@ class ClusterModelTest {
         Attempt waiting;
         JsonNode body;   // the request being sent, fixed at its first attempt
         int attempts;
+        int polls;
+        /** Sends its next request at once (an orchestrator acting on what it just read). */
+        boolean hurry;
         long readyAt;
 
         Client(String id, List<Request> requests) {
@@ -315,17 +333,30 @@ class ClusterModelTest {
             }
             attempt.reply = body;
             learn(learned, attempt.key, body);
+            Request request = client.requests.get(client.next);
+            if (request.untilCharged() && !"charged".equals(body.path("status").asText()) && ++client.polls < MAX_STATUS_POLLS) {
+                client.attempts = 0;
+                return;   // the same read again, as a new request of its own
+            }
+            client.polls = 0;
             client.next++;
+            client.hurry = request.untilCharged();
             client.body = null;
             client.attempts = 0;
         };
         SimCluster cluster = new SimCluster(nodeIds, KV_TIMEOUT_MILLIS, OutputStream.nullOutputStream(), onReply);
         holder[0] = cluster;
-        cluster.delays = () -> {
+        // One shard of lin-kv (a quarter of the keys, by hash) is slow in this run: half of the messages about
+        // its keys arrive very late. Long enough for other clients to read what a half-done request wrote and
+        // act on it before its next write lands.
+        int slowShard = random.nextInt(SHARDS);
+        cluster.delays = message -> {
             int roll = random.nextInt(100);
-            // Mostly prompt, sometimes late, and now and then very late: long enough for other clients to read
-            // what a half-done request wrote and act on it before its next write lands.
-            return roll < 70 ? random.nextInt(3) : roll < 90 ? 3 + random.nextInt(8) : 20 + random.nextInt(80);
+            if (message.about != null && Math.floorMod(message.about.hashCode(), SHARDS) == slowShard && random.nextInt(100) < SLOW_SHARD_PERCENT) {
+                return VERY_LATE_MIN + random.nextInt(VERY_LATE_TICKS);
+            }
+            return roll < 100 - LATE_PERCENT - VERY_LATE_PERCENT ? random.nextInt(2) : roll < 100 - VERY_LATE_PERCENT ? 2 + random.nextInt(8)
+                    : VERY_LATE_MIN + random.nextInt(VERY_LATE_TICKS);
         };
         String stuck = null;
         try {
@@ -344,7 +375,8 @@ class ClusterModelTest {
                 }
                 // Clients send when they are ready: each request at a random moment.
                 for (Client client : active) {
-                    if (client.waiting == null && client.next < client.requests.size() && client.readyAt <= cluster.now && random.nextInt(3) == 0) {
+                    if (client.waiting == null && client.next < client.requests.size() && client.readyAt <= cluster.now && (client.hurry || random.nextInt(3) == 0)) {
+                        client.hurry = false;
                         if (++client.attempts > MAX_ATTEMPTS_PER_REQUEST) {
                             stuck = client.id + " got no definite answer to " + client.requests.get(client.next) + " in "
                                     + MAX_ATTEMPTS_PER_REQUEST + " attempts";
@@ -402,8 +434,11 @@ class ClusterModelTest {
                     }
                     continue;
                 }
+                boolean thinking = active.stream().anyMatch(c -> c.waiting == null && c.next < c.requests.size());
                 if (soonest != Long.MAX_VALUE) {
-                    cluster.now = Math.max(cluster.now, soonest);
+                    // Nothing to deliver yet: time passes, a tick at a time while a client is about to send (so a
+                    // late message stays late while others act), else at once to the next message.
+                    cluster.now = thinking ? cluster.now : Math.max(cluster.now, soonest);
                     continue;
                 }
                 boolean waiting = allOf(clients, checker).stream().anyMatch(c -> c.waiting != null);
@@ -644,6 +679,16 @@ class ClusterModelTest {
             copy.remove("refund");
             if (copy.get("payment") instanceof ObjectNode payment) {
                 payment.remove("refunded");
+            }
+            // A compensation that came first closes the step, then records its refund: a read between the two
+            // sees the step compensated while the compensation is still under way.
+            boolean compensationUnderWay = false;
+            for (Attempt other : attempts) {
+                compensationUnderWay |= other.kind == Kind.REFUND && other.key.equals(attempt.key) && other.sentAt < attempt.answeredAt
+                        && attempt.sentAt < other.answeredAt;
+            }
+            if (compensationUnderWay && "compensated".equals(copy.path("status").asText())) {
+                copy.put("status", "none");
             }
         }
         return copy;
