@@ -43,6 +43,7 @@ import java.util.function.Predicate;
  */
 final class SimCluster implements AutoCloseable {
     static final String KV = "lin-kv";
+    private static final boolean TRACE = Boolean.getBoolean("sim.trace");
     /** For lin-kv's side of the wire: floats become doubles, as Maelstrom reads them. */
     static final ObjectMapper MAELSTROM_JSON = new ObjectMapper();
     /** For replies to clients: amounts exactly as written (100.50 is not 100.5). */
@@ -63,13 +64,16 @@ final class SimCluster implements AutoCloseable {
         private JsonNode body;
         /** The virtual step from which the scheduler may deliver it. */
         long readyAt;
+        /** The lin-kv key a request, or the request a reply answers, is about; null for other messages. */
+        final String about;
 
-        Message(long seq, String src, String dest, JsonNode body, long readyAt) {
+        Message(long seq, String src, String dest, JsonNode body, long readyAt, String about) {
             this.seq = seq;
             this.src = src;
             this.dest = dest;
             this.body = body;
             this.readyAt = readyAt;
+            this.about = about;
         }
 
         JsonNode body() {
@@ -95,7 +99,7 @@ final class SimCluster implements AutoCloseable {
         }
 
         Message copy(long newSeq, long newReadyAt) {
-            return new Message(newSeq, src, dest, body.deepCopy(), newReadyAt);
+            return new Message(newSeq, src, dest, body.deepCopy(), newReadyAt, about);
         }
 
         String line() {
@@ -374,7 +378,7 @@ final class SimCluster implements AutoCloseable {
     /** The virtual clock of the random scheduler: one tick per delivery. */
     long now;
     /** How many ticks a new message waits before it may be delivered: none, unless a scheduler says so. */
-    java.util.function.LongSupplier delays = () -> 0;
+    java.util.function.ToLongFunction<Message> delays = message -> 0;
 
     SimCluster(List<String> nodeIds, long kvTimeoutMillis, OutputStream stderr, Consumer<JsonNode> onClientReply) {
         this.nodeIds = List.copyOf(nodeIds);
@@ -433,7 +437,7 @@ final class SimCluster implements AutoCloseable {
                 try {
                     // Re-read as lin-kv reads it: its numbers are doubles.
                     JsonNode asRead = MAELSTROM_JSON.readTree(message.get("body").toString());
-                    enqueue(message.path("src").asText(), KV, asRead, now);
+                    enqueue(message.path("src").asText(), KV, asRead, now, asRead.path("key").asText());
                 } catch (IOException e) {
                     throw new UncheckedIOException(e);
                 }
@@ -446,11 +450,13 @@ final class SimCluster implements AutoCloseable {
         }
     }
 
-    Message enqueue(String src, String dest, JsonNode body, long readyAt) {
+    /** {@code key}: the lin-kv key a request or its reply is about (null: none). */
+    Message enqueue(String src, String dest, JsonNode body, long readyAt, String key) {
         if (inFlight.size() >= MAX_IN_FLIGHT) {
             throw new AssertionError("more than " + MAX_IN_FLIGHT + " messages in flight");
         }
-        Message message = new Message(++seq, src, dest, body, readyAt + delays.getAsLong());
+        Message message = new Message(++seq, src, dest, body, readyAt, key);
+        message.readyAt += delays.applyAsLong(message);
         inFlight.add(message);
         return message;
     }
@@ -464,12 +470,15 @@ final class SimCluster implements AutoCloseable {
 
     /** Delivers one message (taken off the wire): lin-kv applies a request at once and sends its reply. */
     void deliver(Message message) {
+        if (TRACE) {
+            System.out.println("TRACE " + now + " " + message);
+        }
         inFlight.remove(message);
         if (KV.equals(message.dest)) {
             if (++deliveries > MAX_DELIVERIES) {
                 throw new AssertionError("more than " + MAX_DELIVERIES + " deliveries: the nodes never settle");
             }
-            enqueue(KV, message.src, kv.handle(message.body()), now);
+            enqueue(KV, message.src, kv.handle(message.body()), now, message.about);
         } else if (nodes.containsKey(message.dest)) {
             deliverToNode(message.dest, message.line());
         }
