@@ -2985,6 +2985,14 @@ public final class PaymentNode {
         return text;
     }
 
+    /** The payment a refund draws on: one of this service's ids, or any id a saga named (a payment not known). */
+    static String paymentNamedIn(String key, String text) {
+        if (text.isEmpty()) {
+            throw notOurs(key, "a refund that draws on no payment");
+        }
+        return text;
+    }
+
     /** A refund id, or "" for a refund that refunded nothing. */
     static String refundIdIn(String key, String text) {
         if (!text.isEmpty() && (text.length() < 2 || text.charAt(0) != 'r' || Rules.paymentNumber("p" + text.substring(1)) < 0)) {
@@ -3041,22 +3049,38 @@ public final class PaymentNode {
 
     /**
      * One refund in a payment's ledger: its id, the amount it took, and the params it was first asked with
-     * (so that whoever finds it there answers it alike).
+     * (so that whoever finds it there answers it alike). Or, under a refund key whose intent on this payment
+     * was voided, a marker naming that intent ({@code voids}): once it is there, that intent can never be
+     * applied to this ledger, because an apply is a cas from a ledger without it.
      */
-    record LedgerEntry(String refundId, String refunded, String paymentIdGiven, String amountGiven) {
-        /** As a ledger field's value: {@code "r7 30.00 30.00 p1"}; the last two are "-" when not given. */
+    record LedgerEntry(String refundId, String refunded, String paymentIdGiven, String amountGiven, String voids) {
+        static LedgerEntry voiding(String intent) {
+            return new LedgerEntry("", "0", "", "", intent);
+        }
+
+        boolean isVoidMarker() {
+            return !voids.isEmpty();
+        }
+
+        /** As a ledger field's value: {@code "r7 30.00 30.00 =p1"} (the last two "-" when not given), or {@code "void n1#17"}. */
         String encode() {
+            if (isVoidMarker()) {
+                return "void " + voids;
+            }
             return refundId + " " + refunded + " " + (amountGiven.isEmpty() ? "-" : amountGiven) + " "
                     + (paymentIdGiven.isEmpty() ? "-" : "=" + paymentIdGiven);
         }
 
         static LedgerEntry decode(String key, String text) {
+            if (text.startsWith("void ") && text.length() > 5) {
+                return voiding(text.substring(5));
+            }
             String[] parts = text.split(" ", 4);
             if (parts.length != 4 || !(parts[3].equals("-") || parts[3].startsWith("="))) {
                 throw notOurs(key, "'" + abbreviate(text) + "' is not a ledger entry");
             }
             return new LedgerEntry(refundIdIn(key, parts[0]), decimal(key, parts[1], true),
-                    parts[3].equals("-") ? "" : parts[3].substring(1), parts[2].equals("-") ? "" : decimal(key, parts[2], true));
+                    parts[3].equals("-") ? "" : parts[3].substring(1), parts[2].equals("-") ? "" : decimal(key, parts[2], true), "");
         }
     }
 
@@ -3089,7 +3113,8 @@ public final class PaymentNode {
 
         PaymentRecord with(String refundKey, LedgerEntry entry) {
             LinkedHashMap<String, LedgerEntry> more = new LinkedHashMap<>(entries);
-            more.put(refundKey, entry);
+            LedgerEntry before = more.put(refundKey, entry);
+            assert before == null || before.isVoidMarker() : "a refund key is applied to a ledger once";
             return new PaymentRecord(step, charged, new BigDecimal(refunded).add(new BigDecimal(entry.refunded())).toPlainString(), more);
         }
 
@@ -3131,21 +3156,26 @@ public final class PaymentNode {
      * {@code refund/<refund key>}: none → pending (the payment it draws on, and the params) → refunded (the
      * result), or pending → void when the refund is refused; a void record counts as none.
      */
-    record RefundRecord(String state, String paymentIdGiven, String amountGiven, String payment, String refundId, String refunded) {
-        static final RefundRecord VOID = new RefundRecord("void", "", "", "", "", "");
+    record RefundRecord(String state, String paymentIdGiven, String amountGiven, String payment, boolean closesStep, String intent,
+                        String refundId, String refunded) {
+        static final RefundRecord VOID = new RefundRecord("void", "", "", "", false, "", "", "");
 
-        static RefundRecord pending(RefundRequest request, String payment) {
-            return new RefundRecord("pending", given(request.paymentId()), given(request.amount()), payment, "", "");
+        /**
+         * {@code payment} "": nothing to refund; {@code closesStep}: the step is closed before anything else
+         * (cases 3 and 4); {@code intent}: this intent's id, unique cluster-wide, which a void marker names.
+         */
+        static RefundRecord pending(RefundRequest request, String payment, boolean closesStep, String intent) {
+            return new RefundRecord("pending", given(request.paymentId()), given(request.amount()), payment, closesStep, intent, "", "");
         }
 
         /** The final record of a refund drawn from a ledger: the params it was first asked with, and what it took. */
         static RefundRecord refunded(LedgerEntry entry, String payment) {
-            return new RefundRecord("refunded", entry.paymentIdGiven(), entry.amountGiven(), payment, entry.refundId(), entry.refunded());
+            return new RefundRecord("refunded", entry.paymentIdGiven(), entry.amountGiven(), payment, false, "", entry.refundId(), entry.refunded());
         }
 
-        /** The final record of a compensation that refunded nothing. */
-        static RefundRecord nothing(RefundRequest request) {
-            return new RefundRecord("refunded", given(request.paymentId()), given(request.amount()), "", "", Amount.ZERO.text());
+        /** The final record of a compensation that refunded nothing, on the params of its intent. */
+        static RefundRecord nothing(RefundRecord pending) {
+            return new RefundRecord("refunded", pending.paymentIdGiven(), pending.amountGiven(), "", false, "", "", Amount.ZERO.text());
         }
 
         boolean isPending() {
@@ -3166,7 +3196,8 @@ public final class PaymentNode {
 
         Map<String, String> encode() {
             return switch (state) {
-                case "pending" -> KvValue.record("state", state, "payment_id_given", paymentIdGiven, "amount_given", amountGiven, "payment", payment);
+                case "pending" -> KvValue.record("state", state, "payment_id_given", paymentIdGiven, "amount_given", amountGiven, "payment", payment,
+                        "closes_step", closesStep ? "yes" : "no", "intent", intent);
                 case "refunded" -> KvValue.record("state", state, "payment_id_given", paymentIdGiven, "amount_given", amountGiven,
                         "payment", payment, "refund_id", refundId, "refunded", refunded);
                 default -> KvValue.record("state", state);
@@ -3177,9 +3208,15 @@ public final class PaymentNode {
             Map<String, String> record = fields(key, value, "state");
             RefundRecord decoded = switch (record.get("state")) {
                 case "pending" -> {
-                    fields(key, value, "state", "payment_id_given", "amount_given", "payment");
+                    fields(key, value, "state", "payment_id_given", "amount_given", "payment", "closes_step", "intent");
+                    String closes = record.get("closes_step");
+                    if (!closes.equals("yes") && !closes.equals("no") || record.get("payment").isEmpty() && closes.equals("no")
+                            || record.get("intent").isEmpty()) {
+                        throw notOurs(key, "not a pending refund's fields");
+                    }
+                    String payment = record.get("payment");
                     yield new RefundRecord("pending", record.get("payment_id_given"), amountGivenIn(key, record.get("amount_given")),
-                            paymentIdIn(key, record.get("payment")), "", "");
+                            payment.isEmpty() ? "" : paymentNamedIn(key, payment), closes.equals("yes"), record.get("intent"), "", "");
                 }
                 case "refunded" -> {
                     fields(key, value, "state", "payment_id_given", "amount_given", "payment", "refund_id", "refunded");
@@ -3189,7 +3226,7 @@ public final class PaymentNode {
                         throw notOurs(key, "a refund without a payment, or a payment without a refund");
                     }
                     yield new RefundRecord("refunded", record.get("payment_id_given"), amountGivenIn(key, record.get("amount_given")),
-                            payment.isEmpty() ? "" : paymentIdIn(key, payment), refundId,
+                            payment.isEmpty() ? "" : paymentNamedIn(key, payment), false, "", refundId,
                             decimal(key, record.get("refunded"), !refundId.isEmpty()));
                 }
                 case "void" -> VOID;
@@ -3241,6 +3278,8 @@ public final class PaymentNode {
         private final Log log;
         /** This node's id, from init: lin-kv requests come from it. */
         private String nodeId;
+        /** Numbers refund intents, from a base no earlier process of this node used (like its msg_ids). */
+        private long nextIntent = System.currentTimeMillis() * 1000;
         private final long timeoutMillis;
         /** lin-kv requests waiting for their reply, oldest (soonest deadline) first; at most {@link #MAX_CALLS}. */
         private final LinkedHashMap<Long, Call> calls = new LinkedHashMap<>();
@@ -3511,7 +3550,7 @@ public final class PaymentNode {
                     refunds.put(request.key(), record);
                     answerRefund(flight, request, record, !flight.wroteItself(record));
                 } else if (record != null && record.isPending() && record.differs(request).isEmpty()) {
-                    apply(flight, request, record, ledgers.get(record.payment()), false);
+                    proceed(flight, request, record);
                 } else if (record != null && record.isPending()) {
                     settleOthers(flight, request, record);
                 } else {
@@ -3521,25 +3560,62 @@ public final class PaymentNode {
         }
 
         /**
-         * A pending intent with other params than this request's: if its refund is in the ledger it happened,
-         * so it is finished (and this request, a reuse, gets 22); if not, it never will be from this intent,
-         * which is voided, and this request is served on its own params. An error leaves no record.
+         * A pending intent with other params than this request's. One that closes its step may have closed it
+         * already, which cannot be undone, and it can always be finished (it refunds nothing, or trusts the
+         * saga): so it is finished, on its own params, and this request (a reuse) gets 22. Any other: if its
+         * refund is in the ledger it happened, so it is finished likewise; if not, it never will be from this
+         * intent, which is voided, and this request is served on its own params. An error leaves no record.
          */
         private void settleOthers(Flight flight, RefundRequest request, RefundRecord pending) throws IOException {
-            readLedger(flight, pending.payment(), ledger -> {
+            if (pending.closesStep()) {
+                proceed(flight, request, pending);
+                return;
+            }
+            voidFenced(flight, request, pending);
+        }
+
+        /**
+         * Voids an intent that another attempt may be applying at this very moment: first a void marker for it
+         * goes into its payment's ledger (by a cas from a ledger without its entry), so that its apply can
+         * never land after; if its entry is there instead, it happened, and it is finished. Then the intent
+         * is voided, and this request chooses again on its own params.
+         */
+        private void voidFenced(Flight flight, RefundRequest request, RefundRecord pending) throws IOException {
+            String paymentId = pending.payment();
+            readLedger(flight, paymentId, ledger -> {
                 LedgerEntry entry = ledger == null ? null : ledger.entry(request.key());
-                if (entry != null) {
-                    writeFinalRefund(flight, request, pending, RefundRecord.refunded(entry, pending.payment()), true);
+                if (entry != null && !entry.isVoidMarker()) {
+                    writeFinalRefund(flight, request, pending, RefundRecord.refunded(entry, paymentId), true);
                     return;
                 }
-                cas(flight, refundRecordKey(request.key()), pending.encode(), RefundRecord.VOID.encode(), (o, v) -> {
+                if (entry != null && entry.voids().equals(pending.intent())) {
+                    voidAndChooseAgain(flight, request, pending);
+                    return;
+                }
+                if (ledger == null) {
+                    throw notOurs(paymentRecordKey(paymentId), "no ledger of a payment charged, though " + refundRecordKey(request.key()) + " draws on it");
+                }
+                PaymentRecord fenced = ledger.with(request.key(), LedgerEntry.voiding(pending.intent()));
+                cas(flight, paymentRecordKey(paymentId), ledger.encode(), fenced.encode(), (o, v) -> {
                     flight.nextRound();
                     if (o == Outcome.OK) {
-                        choosePayment(flight, request, RefundRecord.VOID);
+                        ledgers.put(paymentId, fenced);
+                        voidAndChooseAgain(flight, request, pending);
                     } else {
-                        resume(flight, request);
+                        voidFenced(flight, request, pending);   // the ledger moved on: look again
                     }
                 });
+            });
+        }
+
+        private void voidAndChooseAgain(Flight flight, RefundRequest request, RefundRecord pending) throws IOException {
+            cas(flight, refundRecordKey(request.key()), pending.encode(), RefundRecord.VOID.encode(), (o, v) -> {
+                flight.nextRound();
+                if (o == Outcome.OK) {
+                    choosePayment(flight, request, RefundRecord.VOID);
+                } else {
+                    resume(flight, request);
+                }
             });
         }
 
@@ -3548,27 +3624,60 @@ public final class PaymentNode {
             readStep(flight, request.chargeKey(), step -> {
                 String ownPayment = step != null && step.charged() ? step.paymentId() : null;
                 switch (Rules.refundCase(ownPayment, false, request)) {
-                    case OWN_PAYMENT -> intend(flight, request, from, ownPayment);
+                    case OWN_PAYMENT -> intend(flight, request, from, ownPayment, false);
                     case NAMED_PAYMENT -> readLedger(flight, request.paymentId(), named -> {
                         if (named != null && named.known()) {
-                            intend(flight, request, from, request.paymentId());
+                            intend(flight, request, from, request.paymentId(), false);
                             return;
                         }
                         Rules.requireAmountOfUnknownPayment(request, "this service");
-                        closeStep(flight, request, from, () -> {
-                            log.warn(Rules.trustingTheSaga(request, "this service", ""));
-                            intend(flight, request, from, request.paymentId());
-                        });
+                        intend(flight, request, from, request.paymentId(), true);   // trusting the saga: the step is closed
                     });
-                    case CLOSE_STEP -> closeStep(flight, request, from,
-                            () -> writeFinalRefund(flight, request, from, RefundRecord.nothing(request), false));
+                    case CLOSE_STEP -> intend(flight, request, from, "", true);   // nothing to refund: the step is closed
                     case NOTHING_CHARGED -> throw new IllegalStateException("a cluster declines no charge");
                 }
             });
         }
 
-        /** Closes a step that has no charge; if a charge got there first, the refund chooses again (that payment). */
-        private void closeStep(Flight flight, RefundRequest request, RefundRecord from, Next then) throws IOException {
+        /**
+         * The intent: this refund key draws on this payment (none: "" for a compensation that refunds nothing),
+         * with these params, and closes its step or not. Taking the refund key comes first, as on one node, so
+         * that only the compensation that has the key closes the step. From here anyone can finish it.
+         */
+        private void intend(Flight flight, RefundRequest request, RefundRecord from, String paymentId, boolean closesStep) throws IOException {
+            RefundRecord pending = RefundRecord.pending(request, paymentId, closesStep, nodeId + "#" + nextIntent++);
+            cas(flight, refundRecordKey(request.key()), from == null ? ABSENT : from.encode(), pending.encode(), (o, v) -> {
+                if (o == Outcome.OK) {
+                    proceed(flight, request, pending);
+                } else {
+                    flight.nextRound();
+                    resume(flight, request);   // another attempt got there first: go on from what it wrote
+                }
+            });
+        }
+
+        /** Goes on from a pending intent: closes its step if it must, then applies it (or, refunding nothing, finishes it). */
+        private void proceed(Flight flight, RefundRequest request, RefundRecord pending) throws IOException {
+            if (!pending.closesStep()) {
+                // Case 2 was decided on a step with no charge; if the step has been charged since, the intent no
+                // longer holds (the step's own payment comes first): void it and choose again. A charged step
+                // never changes, so the step's own payment is never checked twice.
+                readStep(flight, request.chargeKey(), step -> {
+                    if (step != null && step.charged() && !step.paymentId().equals(pending.payment())) {
+                        voidFenced(flight, request, pending);
+                    } else {
+                        apply(flight, request, pending, ledgers.get(pending.payment()), false);
+                    }
+                });
+                return;
+            }
+            Next then = () -> {
+                if (pending.payment().isEmpty()) {
+                    writeFinalRefund(flight, request, pending, RefundRecord.nothing(pending), false);
+                } else {
+                    apply(flight, request, pending, ledgers.get(pending.payment()), false);
+                }
+            };
             cas(flight, stepRecordKey(request.chargeKey()), ABSENT, StepRecord.COMPENSATED.encode(), (o, v) -> {
                 if (o == Outcome.OK) {
                     steps.put(request.chargeKey(), StepRecord.COMPENSATED);
@@ -3577,25 +3686,13 @@ public final class PaymentNode {
                 }
                 readStep(flight, request.chargeKey(), step -> {
                     if (step != null && step.charged()) {
-                        flight.nextRound();
-                        choosePayment(flight, request, from);   // the charge won the race: refund it
+                        // The charge won the race: nothing of this intent happened (it applies only once the step
+                        // is closed), so it is voided, and the refund takes that payment.
+                        voidAndChooseAgain(flight, request, pending);
                     } else {
                         then.run();
                     }
                 });
-            });
-        }
-
-        /** The intent: this refund key draws on this payment, with these params. From here anyone can finish it. */
-        private void intend(Flight flight, RefundRequest request, RefundRecord from, String paymentId) throws IOException {
-            RefundRecord pending = RefundRecord.pending(request, paymentId);
-            cas(flight, refundRecordKey(request.key()), from == null ? ABSENT : from.encode(), pending.encode(), (o, v) -> {
-                if (o == Outcome.OK) {
-                    apply(flight, request, pending, ledgers.get(paymentId), false);
-                } else {
-                    flight.nextRound();
-                    resume(flight, request);   // another attempt got there first: go on from what it wrote
-                }
             });
         }
 
@@ -3612,19 +3709,31 @@ public final class PaymentNode {
                 return;
             }
             LedgerEntry entry = ledger == null ? null : ledger.entry(request.key());
+            if (entry != null && entry.isVoidMarker()) {
+                if (entry.voids().equals(pending.intent())) {
+                    flight.nextRound();
+                    resume(flight, request);   // this intent was voided by another request: go on from what it wrote
+                    return;
+                }
+                entry = null;   // the marker of an earlier intent on this key: this one may still be applied
+            }
             if (entry != null) {
                 // Applied before (by an attempt that did not finish, or by this one through a doubled reply).
                 writeFinalRefund(flight, request, pending, RefundRecord.refunded(entry, paymentId), !flight.wroteItself(entry));
                 return;
             }
-            if ((ledger == null || !ledger.known()) && request.amount() == null) {
-                throw notOurs(paymentRecordKey(paymentId), "no ledger, though a refund of all that is left draws on it");
+            Amount requested = pending.amountGiven().isEmpty() ? null : new Amount(pending.amountGiven(), new BigDecimal(pending.amountGiven()));
+            if ((ledger == null || !ledger.known()) && (requested == null || !pending.closesStep())) {
+                throw notOurs(paymentRecordKey(paymentId), "no ledger of a payment charged, though " + refundRecordKey(request.key()) + " draws on it");
+            }
+            if (ledger == null || !ledger.known()) {
+                log.warn(Rules.trustingTheSaga(request, "this service", ""));
             }
             String amount;
             try {
                 amount = ledger != null && ledger.known()
-                        ? Rules.refundAmount(paymentId, ledger.charged(), new BigDecimal(ledger.refunded()), request.amount())
-                        : request.amount().text();
+                        ? Rules.refundAmount(paymentId, ledger.charged(), new BigDecimal(ledger.refunded()), requested)
+                        : requested.text();
             } catch (RpcError refused) {
                 if (fresh) {
                     abandon(flight, request, pending, refused);
@@ -3634,7 +3743,7 @@ public final class PaymentNode {
                 return;
             }
             refundIds.take(flight, number -> {
-                LedgerEntry mine = new LedgerEntry(Rules.refundId(number), amount, given(request.paymentId()), given(request.amount()));
+                LedgerEntry mine = new LedgerEntry(Rules.refundId(number), amount, pending.paymentIdGiven(), pending.amountGiven(), "");
                 flight.wrote(mine);
                 PaymentRecord next = (ledger == null ? PaymentRecord.notKnown() : ledger).with(request.key(), mine);
                 cas(flight, paymentRecordKey(paymentId), ledger == null ? ABSENT : ledger.encode(), next.encode(), (o, v) -> {

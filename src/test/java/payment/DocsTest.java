@@ -72,4 +72,38 @@ class DocsTest {
         }
         assertEquals(-1, protocol.indexOf("SPEC.md"), "the contract is in the repository's own words");
     }
+
+    /** The reason table of docs/PROTOCOL.md section 5 has one row per reason the code knows, with its code (issue 16, item 1). */
+    @Test
+    void theProtocolPageListsEveryReasonWithItsCode() throws IOException {
+        String protocol = Files.readString(DOCS.resolve("PROTOCOL.md"));
+        Matcher row = Pattern.compile("(?m)^\\| `([a-z_]+)` \\| (\\d+) \\|").matcher(protocol);
+        List<String> documented = new ArrayList<>();
+        while (row.find()) {
+            documented.add(row.group(1) + " " + row.group(2));
+        }
+        List<String> known = Stream.of(PaymentNode.Reason.values()).map(r -> r.wire() + " " + r.code.code).toList();
+        assertEquals(known, documented, "PROTOCOL.md's reason table, row by row");
+    }
+
+    /** docs/JOURNAL.md has a row for every record kind the journal writes and reads (issue 16, item 5). */
+    @Test
+    void theJournalPageListsEveryRecordKind() throws IOException {
+        String journal = Files.readString(DOCS.resolve("JOURNAL.md"));
+        for (String kind : PaymentNode.FileJournal.RECORD_KINDS) {
+            assertTrue(journal.contains("| `[\"" + kind + "\", "), "JOURNAL.md has no row for the record " + kind);
+        }
+    }
+
+    /** Every file the README feeds the node (`< FILE`) is in the repository. */
+    @Test
+    void everyFileTheReadmeFeedsTheNodeExists() throws IOException {
+        Matcher input = Pattern.compile("< ([\\w./-]+)").matcher(Files.readString(README));
+        int files = 0;
+        while (input.find()) {
+            assertTrue(Files.exists(Path.of(input.group(1))), "README reads " + input.group(1) + ", which does not exist");
+            files++;
+        }
+        assertTrue(files >= 2, "files the README feeds the node: " + files);
+    }
 }

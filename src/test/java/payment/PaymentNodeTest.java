@@ -202,4 +202,39 @@ class PaymentNodeTest {
                 () -> PaymentNode.Options.parse(new String[] {"--journa"}));
         assertEquals("unknown option: --journa", e.getMessage());
     }
+
+    /** An option that only means something with another is a usage error without it (issue 16, item 5). */
+    @Test
+    void anOptionThatNeedsAnotherIsAUsageErrorWithoutIt() {
+        assertEquals("--seed is the seed of --faults: it goes with --faults",
+                org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
+                        () -> PaymentNode.Options.parse(new String[] {"--seed", "7"})).getMessage());
+        assertEquals("--kv-timeout is how long a cluster node waits for lin-kv: it goes with --store lin-kv",
+                org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
+                        () -> PaymentNode.Options.parse(new String[] {"--kv-timeout", "500"})).getMessage());
+        assertEquals("--max-keys needs a whole number of keys from 1, got 0",
+                org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
+                        () -> PaymentNode.Options.parse(new String[] {"--max-keys", "0"})).getMessage());
+        assertEquals(false, PaymentNode.Options.parse(new String[] {"--store", "memory"}).linKv());
+    }
+
+    /** --help goes to stdout with status 0; a usage error is one stderr line with status 2. */
+    @Test
+    void helpIsOnStdoutAndAUsageErrorOnStderr() throws Exception {
+        Node.Run help = Node.runProcess("--help");
+        assertEquals(0, help.status());
+        assertEquals(PaymentNode.USAGE, help.stdout());
+        assertEquals("", help.stderr());
+        assertEquals(new Node.Run(2, "", "payment-node: --seed is the seed of --faults: it goes with --faults (see --help)\n"),
+                Node.runProcess("--seed", "1"));
+    }
+
+    /** A msg_id of 20 digits is an integer that does not fit: said so, not "must be an integer" (issue 16, item 5). */
+    @Test
+    void aMsgIdTooBigForSixtyFourBitsIsSaidSo() {
+        Node.Run run = Node.run(Wire.request("{\"type\":\"init\",\"msg_id\":12345678901234567890}")
+                + Wire.request("{\"type\":\"init\",\"msg_id\":\"7\"}"));
+        assertEquals(Wire.error(12, "malformed_request", "msg_id 12345678901234567890 does not fit in 64 bits").to(null, 0)
+                + Wire.error(12, "malformed_request", "msg_id must be an integer").to(null, 1), run.stdout());
+    }
 }

@@ -1,6 +1,7 @@
 package payment;
 
 import java.math.BigDecimal;
+import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.HashSet;
 import java.util.Map;
@@ -94,7 +95,7 @@ final class ReferenceModel {
                 handle(envelope.group(1), envelope.group(2), envelope.group(3));
             } else if (cut.matches()) {
                 reply(nodeId != null ? nodeId : cut.group(2), cut.group(1),
-                        "\"type\": \"error\", \"code\": 12, \"text\": \"not valid JSON: the line ends before the JSON does\"",
+                        "\"type\": \"error\", \"code\": 12, \"text\": \"not valid JSON: the line ends before the JSON does\", \"reason\": \"unreadable_line\"",
                         Long.valueOf(cut.group(3)));
             }
         }
@@ -119,11 +120,13 @@ final class ReferenceModel {
             return;   // a reply to something the node sent: never answered
         }
         String rawMsgId = field(body, "msg_id");
-        Long inReplyTo = rawMsgId != null && rawMsgId.matches("-?\\d+") ? Long.valueOf(rawMsgId) : null;
+        boolean integer = rawMsgId != null && rawMsgId.matches("-?\\d+");
+        boolean fits = integer && new BigDecimal(rawMsgId).abs().compareTo(BigDecimal.valueOf(Long.MAX_VALUE)) <= 0;
+        Long inReplyTo = fits ? Long.valueOf(rawMsgId) : null;
         String from = nodeId != null ? nodeId : dest;
         try {
             if (rawMsgId != null && inReplyTo == null) {
-                throw new Refusal(12, "msg_id must be an integer");
+                throw new Refusal(12, "malformed_request", integer ? "msg_id " + rawMsgId + " does not fit in 64 bits" : "msg_id must be an integer");
             }
             String type = text(field(body, "type"));
             switch (type) {
@@ -135,10 +138,11 @@ final class ReferenceModel {
                 case "ChargePayment" -> reply(from, src, charge(body), inReplyTo);
                 case "RefundPayment" -> reply(from, src, refund(body), inReplyTo);
                 case "PaymentStatus" -> reply(from, src, status(body), inReplyTo);
-                default -> throw new Refusal(10, "unsupported message type: " + type);
+                default -> throw new Refusal(10, "unsupported_type", "unsupported message type: " + type);
             }
         } catch (Refusal e) {
-            reply(from, src, "\"type\": \"error\", \"code\": " + e.code + ", \"text\": \"" + e.getMessage() + "\"", inReplyTo);
+            reply(from, src, "\"type\": \"error\", \"code\": " + e.code + ", \"text\": \"" + e.getMessage() + "\", \"reason\": \"" + e.reason + "\""
+                    + (e.differs.isEmpty() ? "" : ", \"differs\": [\"" + String.join("\", \"", e.differs) + "\"]"), inReplyTo);
         }
     }
 
@@ -151,19 +155,28 @@ final class ReferenceModel {
         out.append(", \"msg_id\": ").append(msgId++).append("}}\n");
     }
 
+    /** An error reply as docs/PROTOCOL.md section 5 has it: code, text, reason and (a reused key) the params that differ. */
     static final class Refusal extends RuntimeException {
         final int code;
+        final String reason;
+        final List<String> differs;
 
-        Refusal(int code, String text) {
+        Refusal(int code, String reason, String text) {
+            this(code, reason, text, List.of());
+        }
+
+        Refusal(int code, String reason, String text, List<String> differs) {
             super(text);
             this.code = code;
+            this.reason = reason;
+            this.differs = differs;
         }
     }
 
     private static String sagaId(String body) {
         String saga = field(body, "saga_id");
         if (saga == null) {
-            throw new Refusal(12, "missing saga_id");
+            throw new Refusal(12, "malformed_request", "missing saga_id");
         }
         return text(saga);
     }
@@ -171,21 +184,21 @@ final class ReferenceModel {
     private static long step(String body) {
         String step = field(body, "step");
         if (!step.matches("\\d+")) {
-            throw new Refusal(12, "step must be an integer from 0 to 9223372036854775807");
+            throw new Refusal(12, "malformed_request", "step must be an integer from 0 to 9223372036854775807");
         }
         return Long.parseLong(step);
     }
 
     private static BigDecimal amount(String amount) {
         if (isString(amount)) {
-            throw new Refusal(12, "params.amount must be a number");
+            throw new Refusal(12, "malformed_request", "params.amount must be a number");
         }
         if (amount.contains("999999999")) {
-            throw new Refusal(12, "params.amount " + amount + " is out of range: at most 40 digits before the decimal point and 40 after it");
+            throw new Refusal(12, "malformed_request", "params.amount " + amount + " is out of range: at most 40 digits before the decimal point and 40 after it");
         }
         BigDecimal value = new BigDecimal(amount);
         if (value.signum() <= 0) {
-            throw new Refusal(12, "params.amount must be greater than 0, got " + amount);
+            throw new Refusal(12, "malformed_request", "params.amount must be greater than 0, got " + amount);
         }
         return value;
     }
@@ -199,7 +212,7 @@ final class ReferenceModel {
         long step = step(body);
         String params = field(body, "params");
         if (!params.startsWith("{")) {
-            throw new Refusal(12, "params must be an object");
+            throw new Refusal(12, "malformed_request", "params must be an object");
         }
         String userId = text(field(params, "user_id"));
         String amount = field(params, "amount");
@@ -208,18 +221,14 @@ final class ReferenceModel {
         Charge charge = charges.get(key);
         String note = "";
         if (charge != null) {
-            if (!charge.userId().equals(userId) || !sameAmount(charge.amount(), amount)) {
-                throw new Refusal(22, "idempotency key " + key + " was first used with other params");
-            }
+            reuse(key, !charge.userId().equals(userId), "user_id", !sameAmount(charge.amount(), amount));
             note = ", \"note\": \"cached_result\"";
         } else if (declines.containsKey(key)) {
             Declined declined = declines.get(key);
-            if (!declined.userId().equals(userId) || !sameAmount(declined.amount(), amount)) {
-                throw new Refusal(22, "idempotency key " + key + " was first used with other params");
-            }
-            throw new Refusal(14, declined.text());
+            reuse(key, !declined.userId().equals(userId), "user_id", !sameAmount(declined.amount(), amount));
+            throw new Refusal(14, "insufficient_funds", declined.text());
         } else if (closedSteps.contains(key)) {
-            throw new Refusal(14, "step " + key + " was already compensated: its refund came first, so it is never charged");
+            throw new Refusal(14, "step_compensated", "step " + key + " was already compensated: its refund came first, so it is never charged");
         } else {
             if (start != null) {
                 BigDecimal left = balances.getOrDefault(userId, start);
@@ -228,7 +237,7 @@ final class ReferenceModel {
                     Declined declined = new Declined(userId, amount, "declined: insufficient funds: " + userId + " has "
                             + left.toPlainString() + " left, the charge is " + value.toPlainString() + " (" + key + ")");
                     declines.put(key, declined);
-                    throw new Refusal(14, declined.text());
+                    throw new Refusal(14, "insufficient_funds", declined.text());
                 }
                 balances.put(userId, left.subtract(value));
             }
@@ -241,17 +250,31 @@ final class ReferenceModel {
                 + ", \"result\": {\"payment_id\": \"" + charge.paymentId() + "\", \"charged\": " + charge.amount() + "}" + note;
     }
 
+    /** A retry whose params differ is refused with error 22, naming them in the order of the contract. */
+    private static void reuse(String key, boolean firstDiffers, String first, boolean amountDiffers) {
+        List<String> differs = new ArrayList<>();
+        if (firstDiffers) {
+            differs.add(first);
+        }
+        if (amountDiffers) {
+            differs.add("amount");
+        }
+        if (!differs.isEmpty()) {
+            throw new Refusal(22, "key_reused", "idempotency key " + key + " was first used with other params", differs);
+        }
+    }
+
     private String refund(String body) {
         String saga = sagaId(body);
         long step = step(body);
         String compensating = field(body, "compensating");
         if (compensating != null && !compensating.equals("true") && !compensating.equals("false")) {
-            throw new Refusal(12, "compensating must be true or false");
+            throw new Refusal(12, "malformed_request", "compensating must be true or false");
         }
         String params = Objects.requireNonNullElse(field(body, "params"), "{}");
         String paymentId = field(params, "payment_id");
         if (paymentId != null && !isString(paymentId)) {
-            throw new Refusal(12, "params.payment_id must be a non-empty string");
+            throw new Refusal(12, "malformed_request", "params.payment_id must be a non-empty string");
         }
         paymentId = paymentId == null ? null : text(paymentId);
         String amount = field(params, "amount");
@@ -263,9 +286,7 @@ final class ReferenceModel {
         Refund refund = refunds.get(key);
         String note = "";
         if (refund != null) {
-            if (!Objects.equals(refund.paymentId(), paymentId) || !sameAmount(refund.amount(), amount)) {
-                throw new Refusal(22, "idempotency key " + key + " was first used with other params");
-            }
+            reuse(key, !Objects.equals(refund.paymentId(), paymentId), "payment_id", !sameAmount(refund.amount(), amount));
             note = ", \"note\": \"already_refunded\"";
         } else {
             Charge charge = charges.get(chargeKey);
@@ -273,14 +294,14 @@ final class ReferenceModel {
                 refund = new Refund(paymentId, amount, null, "0");   // a declined step: nothing was charged
             } else if (charge != null) {
                 if (paymentId != null && !paymentId.equals(charge.paymentId())) {
-                    throw new Refusal(22, "payment_id " + paymentId + " is not the payment of step " + chargeKey + " (" + charge.paymentId() + ")");
+                    throw new Refusal(22, "payment_not_of_step", "payment_id " + paymentId + " is not the payment of step " + chargeKey + " (" + charge.paymentId() + ")");
                 }
                 refund = refundOf(charge.paymentId(), paymentId, amount);
             } else if (paymentId != null && chargedByPayment.containsKey(paymentId)) {
                 refund = refundOf(paymentId, paymentId, amount);
             } else if (paymentId != null) {
                 if (amount == null) {
-                    throw new Refusal(12, "params.amount is required to refund " + paymentId + ", a payment this node does not know");
+                    throw new Refusal(12, "amount_required", "params.amount is required to refund " + paymentId + ", a payment this node does not know");
                 }
                 closedSteps.add(chargeKey);
                 refund = new Refund(paymentId, amount, "r" + ++refundIds, amount);
@@ -302,12 +323,12 @@ final class ReferenceModel {
         String text;
         if (amount != null) {
             if (new BigDecimal(amount).compareTo(left) > 0) {
-                throw new Refusal(22, "refund of " + amount + " is more than is left of payment " + payment
+                throw new Refusal(22, "refund_exceeds_payment", "refund of " + amount + " is more than is left of payment " + payment
                         + " (" + left.toPlainString() + " of " + charged + ")");
             }
             text = amount;
         } else if (left.signum() == 0) {
-            throw new Refusal(22, "payment " + payment + " is already fully refunded");
+            throw new Refusal(22, "payment_fully_refunded", "payment " + payment + " is already fully refunded");
         } else {
             text = refunded.signum() == 0 ? charged : left.toPlainString();
         }

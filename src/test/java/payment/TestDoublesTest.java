@@ -100,8 +100,7 @@ class TestDoublesTest {
     @Test
     void aDelayedReplyIsOvertakenAndStillWrittenBeforeTheEnd() {
         String input = Wire.charge(1, "slow", 1, "5") + Wire.charge(2, "fast", 1, "6");
-        // seed 3 draws the delay (p=0.5) for the first attempt and none for the second
-        Node.Run run = Node.runWithOptions(input.getBytes(StandardCharsets.UTF_8), "--faults", "delay=0.5:300", "--seed", "3");
+        Node.Run run = Node.runWithOptions(input.getBytes(StandardCharsets.UTF_8), "--fault", "slow:step1=delay:300");
         assertEquals(Wire.chargeOk("fast", 1, "p2", "6").to(2, 1) + Wire.chargeOk("slow", 1, "p1", "5").to(1, 0), run.stdout());
         assertEquals("payment-node: fault: delay 300ms slow:step1 msg_id 1\n", run.stderr());
     }
@@ -223,5 +222,87 @@ class TestDoublesTest {
         assertTrue(node.waitFor(20, TimeUnit.SECONDS));
         assertEquals(0, node.exitValue());
         assertEquals(20, replies.size(), "every delayed reply was written before the exit");
+    }
+
+    /** The same sagas, their requests in two different orders: each key's attempts get the same faults (issue 16, item 2). */
+    @Test
+    void faultsFollowTheKeyAndItsAttemptNotTheArrivalOrder() {
+        List<String> inOrder = new ArrayList<>();
+        List<String> interleaved = new ArrayList<>();
+        for (int i = 1; i <= 100; i++) {
+            for (int attempt = 0; attempt < 3; attempt++) {
+                inOrder.add(Wire.charge(i * 10 + attempt, "s" + i, 1, i + ".25"));
+            }
+        }
+        for (int attempt = 0; attempt < 3; attempt++) {   // every saga's first attempt, then every second, ... backwards
+            for (int i = 100; i >= 1; i--) {
+                interleaved.add(Wire.charge(i * 10 + attempt, "s" + i, 1, i + ".25"));
+            }
+        }
+        Node.Run first = Node.runWithOptions(String.join("", inOrder).getBytes(StandardCharsets.UTF_8), "--faults", ALL_BUT_TIME, "--seed", "7");
+        Node.Run second = Node.runWithOptions(String.join("", interleaved).getBytes(StandardCharsets.UTF_8), "--faults", ALL_BUT_TIME, "--seed", "7");
+        assertTrue(first.stderr().lines().count() > 50, first.stderr());
+        assertEquals(first.stderr().lines().sorted().toList(), second.stderr().lines().sorted().toList(),
+                "the faults of each key and msg_id, whatever the order");
+        assertEquals(first.stdout().lines().filter(line -> line.contains("\"error\"")).sorted().toList().size(),
+                second.stdout().lines().filter(line -> line.contains("\"error\"")).sorted().toList().size());
+    }
+
+    /** --fault KEY=KINDS: that key's first attempts get those faults in order, then it goes through (issue 16, item 2). */
+    @Test
+    void aFaultCanTargetOneStepLikeATestCard() {
+        String input = Wire.charge(2, "trip", 1, "10") + Wire.charge(3, "trip", 1, "10") + Wire.charge(4, "trip", 1, "10")
+                + Wire.charge(5, "trip", 2, "20") + Wire.refund(6, "trip", 1, null, null) + Wire.refund(7, "trip", 1, null, null);
+        Node.Run run = Node.runWithOptions(input.getBytes(StandardCharsets.UTF_8),
+                "--fault", "trip:step1=drop,fail", "--fault", "trip:step1:refund=none,unknown");
+        assertEquals(Wire.error(11, "injected_fail", "injected fault: fail: nothing was done; safe to retry").to(3, 0)
+                + Wire.chargeOk("trip", 1, "p1", "10").cached().to(4, 1)
+                + Wire.chargeOk("trip", 2, "p2", "20").to(5, 2)
+                + Wire.refundOk("trip", 1, "r1", "10").to(6, 3)
+                + Wire.error(13, "injected_unknown", "injected fault: unknown outcome: the request may or may not have been done; a retry will tell")
+                        .to(7, 4), run.stdout());
+        assertEquals("""
+                payment-node: fault: drop trip:step1 msg_id 2
+                payment-node: fault: fail trip:step1 msg_id 3
+                payment-node: fault: unknown trip:step1:refund msg_id 7
+                """, run.stderr());
+        assertEquals("--fault: unknown fault 'late' (known: fail, drop, unknown, delay:MS, duplicate, crash, none)",
+                assertThrows(IllegalArgumentException.class, () -> PaymentNode.Options.parse(new String[] {"--fault", "k=late"})).getMessage());
+        assertEquals("--fault needs KEY=KIND[,KIND...], e.g. --fault saga42:step2=drop,fail, got 'trip'",
+                assertThrows(IllegalArgumentException.class, () -> PaymentNode.Options.parse(new String[] {"--fault", "trip"})).getMessage());
+    }
+
+    /** BalanceRead: a user's balance and what was charged and refunded, so that a test can see nobody paid twice (issue 16, item 3). */
+    @Test
+    void aBalanceReadShowsWhatWasChargedAndRefunded() {
+        String input = Wire.charge(1, "trip", 1, "30.00") + Wire.charge(2, "trip", 1, "30.00") + Wire.refund(3, "trip", 1, null, "10")
+                + Wire.request("{\"type\":\"BalanceRead\",\"msg_id\":4,\"user_id\":\"u1\"}")
+                + Wire.request("{\"type\":\"BalanceRead\",\"msg_id\":5,\"user_id\":\"u9\"}")
+                + Wire.request("{\"type\":\"BalanceRead\",\"msg_id\":6}");
+        Node.Run run = Node.runWithOptions(input.getBytes(StandardCharsets.UTF_8), "--balance", "100.00");
+        assertEquals(Wire.chargeOk("trip", 1, "p1", "30.00").to(1, 0) + Wire.chargeOk("trip", 1, "p1", "30.00").cached().to(2, 1)
+                + Wire.refundOk("trip", 1, "r1", "10").to(3, 2)
+                + new Wire.ReplyBody("\"type\": \"BalanceRead_ok\", \"user_id\": \"u1\", \"balance\": 80.00, \"charged\": 30.00, \"refunded\": 10").to(4, 3)
+                + new Wire.ReplyBody("\"type\": \"BalanceRead_ok\", \"user_id\": \"u9\", \"balance\": 100.00, \"charged\": 0, \"refunded\": 0").to(5, 4)
+                + Wire.error(12, "malformed_request", "missing user_id").to(6, 5), run.stdout());
+        Node.Run without = Node.run(Wire.request("{\"type\":\"BalanceRead\",\"msg_id\":1,\"user_id\":\"u1\"}"));
+        assertEquals(Wire.error(10, "balances_not_kept", "BalanceRead needs --balance: this node keeps no balances").to(1, 0), without.stdout());
+    }
+
+    /** A journal remembers its --balance: a restart with another (or none) is a usage error saying both (issue 16, item 3). */
+    @Test
+    void aJournalRefusesARestartWithAnotherBalance() throws Exception {
+        String journal = dir.resolve("j").toString();
+        Node.Run first = Node.runWithOptions(Wire.charge(1, "trip", 1, "60").getBytes(StandardCharsets.UTF_8), "--journal", journal, "--balance", "100");
+        assertEquals(Wire.chargeOk("trip", 1, "p1", "60").to(1, 0), first.stdout());
+        assertEquals(new Node.Run(2, "", "payment-node: cannot use the journal " + journal + ": it was started with --balance 100,"
+                        + " and this node with --balance 500: start it with the same --balance (or move the journal aside)\n"),
+                Node.runProcess("--journal", journal, "--balance", "500"));
+        assertEquals(new Node.Run(2, "", "payment-node: cannot use the journal " + journal + ": it was started with --balance 100,"
+                        + " and this node without --balance: start it with the same --balance (or move the journal aside)\n"),
+                Node.runProcess("--journal", journal));
+        Node.Run again = Node.runWithOptions(Wire.charge(2, "trip", 2, "50").getBytes(StandardCharsets.UTF_8), "--journal", journal, "--balance", "100.00");
+        assertEquals(Wire.error(14, "insufficient_funds", "declined: insufficient funds: u1 has 40.00 left, the charge is 50 (trip:step2)").to(2, 0),
+                again.stdout(), "the same balance, written otherwise, is the same");
     }
 }
