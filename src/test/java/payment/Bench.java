@@ -49,7 +49,8 @@ final class Bench {
             the sides (one of each; run by their own run.sh, so JVM options are part of what is compared):
               --baseline-rev REV    a git revision of this repository, built in target/bench/ (default: main)
               --baseline JAR        a payment-node jar, run by this working tree's run.sh
-              --baseline-cmd CMD    any command, run as /bin/sh -c 'exec CMD'
+              --baseline-cmd CMD    any command, run by /bin/sh -c CMD (start it with exec, as in
+                                    'exec ./run.sh --journal j', for the peak RSS to be the node's)
               --candidate-rev REV, --candidate JAR, --candidate-cmd CMD
                                     the same for the candidate (default: this working tree's ./run.sh)
             what to run:
@@ -60,6 +61,7 @@ final class Bench {
               --startup-runs N      start-ups per side, after one untimed warm-up each (default 10)
               --timeout S           kill a node that runs longer than S seconds (default 300)
               --workdir DIR         workload, outputs and built revisions (default target/bench)
+              --workload-only       write the workload and its expected replies to the workdir, and exit
             exit status: 0 measured; 1 a side's output differs from the expected replies; 2 usage error,
             or a node failed (died, timed out, could not start)
             """;
@@ -121,12 +123,16 @@ final class Bench {
         return new Bench(settings, progress).run();
     }
 
-    private Report run() throws IOException {
+    /** The workload file and its expected replies, written afresh (two million lines take a few seconds). */
+    private BenchWorkload.Counts writeWorkload() throws IOException {
         Files.createDirectories(settings.workDir);
-        BenchWorkload.Counts counts;
         try (OutputStream requests = Files.newOutputStream(workload); OutputStream replies = Files.newOutputStream(expected)) {
-            counts = BenchWorkload.write(settings.messages, settings.seed, requests, replies);
+            return BenchWorkload.write(settings.messages, settings.seed, requests, replies);
         }
+    }
+
+    private Report run() throws IOException {
+        BenchWorkload.Counts counts = writeWorkload();
         List<String> header = new ArrayList<>();
         header.add("baseline:  " + settings.baseline.description + ": " + String.join(" ", settings.baseline.command));
         header.add("candidate: " + settings.candidate.description + ": " + String.join(" ", settings.candidate.command));
@@ -718,7 +724,7 @@ final class Bench {
     }
 
     static Side fromCommand(String name, String command) {
-        return new Side(name, "command", List.of("/bin/sh", "-c", "exec " + command));
+        return new Side(name, "command", List.of("/bin/sh", "-c", command));
     }
 
     static Side workingTree(String name, Path repo) throws IOException {
@@ -769,12 +775,17 @@ final class Bench {
         int startupRuns = 10;
         long timeout = 300;
         Path workDir = repo.resolve("target/bench");
+        boolean workloadOnly = false;
         try {
             for (int i = 0; i < args.length; i++) {
                 String option = args[i];
                 if (option.equals("--help") || option.equals("-h")) {
                     out.print(USAGE);
                     return 0;
+                }
+                if (option.equals("--workload-only")) {
+                    workloadOnly = true;
+                    continue;
                 }
                 if (i + 1 >= args.length) {
                     throw new IllegalArgumentException(option.startsWith("--") ? option + " needs a value" : "unknown argument " + option);
@@ -803,6 +814,14 @@ final class Bench {
             return 2;
         }
         try {
+            if (workloadOnly) {
+                Settings settings = new Settings(null, null, messages, seed, runs, latencyRequests, startupRuns, timeout, workDir);
+                Bench bench = new Bench(settings, err);
+                BenchWorkload.Counts counts = bench.writeWorkload();
+                out.println("workload: " + bench.workload + " (init + " + messages + " requests: " + counts + ")");
+                out.println("expected: " + bench.expected);
+                return 0;
+            }
             Settings settings = new Settings(side("baseline", baseline, repo, workDir, err), side("candidate", candidate, repo, workDir, err),
                     messages, seed, runs, latencyRequests, startupRuns, timeout, workDir);
             Report report = run(settings, err);

@@ -136,6 +136,20 @@ class BenchTest {
         assertFalse(out.contains("| throughput"), out);
     }
 
+    /** The command line's --workload-only writes the file the shared tools can be run on, too. */
+    @Test
+    void theWorkloadFileIsTheSharedToolsWorkload() throws Exception {
+        ByteArrayOutputStream out = new ByteArrayOutputStream();
+        PrintStream silent = new PrintStream(ByteArrayOutputStream.nullOutputStream());
+        int status = Bench.cli(new String[] {"--workload-only", "--messages", "2000", "--workdir", workDir.toString()}, workDir,
+                new PrintStream(out, true, StandardCharsets.UTF_8), silent);
+        assertEquals(0, status, out.toString(StandardCharsets.UTF_8));
+        assertEquals("a43ee79cda2394b88f2bbcd9ee3294a1fbcf3c54289dc89015a479891c2c84d7",
+                sha256(java.nio.file.Files.readAllBytes(workDir.resolve("workload-2000-seed1.jsonl"))));
+        assertEquals("4088d751d0546dd9dc2aca1a1ffa39e299dcbca09a0e6cc57a6ce980c62ff37e",
+                sha256(java.nio.file.Files.readAllBytes(workDir.resolve("workload-2000-seed1.expected"))));
+    }
+
     @Test
     void aBadOptionIsAUsageErrorBeforeAnythingRuns() {
         ByteArrayOutputStream err = new ByteArrayOutputStream();
