@@ -48,9 +48,11 @@ final class Bench {
 
             the sides (one of each; run by their own run.sh, so JVM options are part of what is compared):
               --baseline-rev REV    a git revision of this repository, built in target/bench/ (default: main)
-              --baseline JAR        a payment-node jar, run by this working tree's run.sh
+              --baseline JAR        a payment-node jar, run by this working tree's run.sh (a jar older than
+                                    92d55d6 writes its replies where that run.sh sends the JVM's own
+                                    stdout, to stderr: use --baseline-rev for those)
               --baseline-cmd CMD    any command, run by /bin/sh -c CMD (start it with exec, as in
-                                    'exec ./run.sh --journal j', for the peak RSS to be the node's)
+                                    'rm -f j; exec ./run.sh --journal j', for the peak RSS to be the node's)
               --candidate-rev REV, --candidate JAR, --candidate-cmd CMD
                                     the same for the candidate (default: this working tree's ./run.sh)
             what to run:
@@ -250,7 +252,8 @@ final class Bench {
             awaitExit(node, side);
             long at = Files.mismatch(output, expected);
             if (at >= 0) {
-                return "FAIL: " + difference(side.name, output, at) + "\n           (kept in " + output + ")";
+                String said = Files.size(output) > 0 ? "" : "\n           its stderr's first line: " + shortText(lineAt(stderrFile(side), 0));
+                return "FAIL: " + difference(side.name, output, at) + said + "\n           (kept in " + output + ")";
             }
             outputs.add(output);
         }
