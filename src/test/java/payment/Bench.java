@@ -89,6 +89,7 @@ final class Bench {
 
     /** A failure that stops the benchmark: a node that died or hung, a revision that does not build. */
     static final class Failure extends RuntimeException {
+        private static final long serialVersionUID = 1L;
         final int status;
 
         Failure(int status, String message) {
