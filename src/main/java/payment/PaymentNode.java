@@ -798,7 +798,7 @@ public final class PaymentNode {
     }
 
     // ---------------------------------------------------------------------------------------------
-    // 3. The entries it stores
+    // 3. The entries it stores, and the journal they go to
     // ---------------------------------------------------------------------------------------------
 
     /** What the idempotency table holds for a key. */
@@ -1008,6 +1008,47 @@ public final class PaymentNode {
         Charged get(long number) {
             Charged[] current = slots;
             return number < current.length ? current[(int) number] : null;
+        }
+    }
+
+    /** Where the handler records each change of state; {@link #commit} makes them durable. */
+    interface Journal {
+        /** No journal: the node keeps its state in memory only. */
+        Journal NONE = new Journal() {
+            @Override
+            public void charged(ChargeRequest request, long paymentNumber) {
+            }
+
+            @Override
+            public void declined(ChargeRequest request, String reason) {
+            }
+
+            @Override
+            public void closed(String key) {
+            }
+
+            @Override
+            public void refunded(RefundRequest request, String refunded, long refundNumber, long paymentNumber) {
+            }
+
+            @Override
+            public void commit() {
+            }
+        };
+
+        void charged(ChargeRequest request, long paymentNumber);
+
+        void declined(ChargeRequest request, String reason);
+
+        void closed(String chargeKey);
+
+        /** {@code paymentNumber}: the payment of this node whose ledger the refund drew on, else 0. */
+        void refunded(RefundRequest request, String refunded, long refundNumber, long paymentNumber);
+
+        void commit() throws IOException;
+
+        /** Releases the journal (a process that ends releases it anyway). */
+        default void close() throws IOException {
         }
     }
 
@@ -2165,47 +2206,6 @@ public final class PaymentNode {
             return "permission denied";
         }
         return e instanceof FileSystemException f && f.getReason() != null ? f.getReason() : e.getMessage();
-    }
-
-    /** Where the handler records each change of state; {@link #commit} makes them durable. */
-    interface Journal {
-        /** No journal: the node keeps its state in memory only. */
-        Journal NONE = new Journal() {
-            @Override
-            public void charged(ChargeRequest request, long paymentNumber) {
-            }
-
-            @Override
-            public void declined(ChargeRequest request, String reason) {
-            }
-
-            @Override
-            public void closed(String key) {
-            }
-
-            @Override
-            public void refunded(RefundRequest request, String refunded, long refundNumber, long paymentNumber) {
-            }
-
-            @Override
-            public void commit() {
-            }
-        };
-
-        void charged(ChargeRequest request, long paymentNumber);
-
-        void declined(ChargeRequest request, String reason);
-
-        void closed(String chargeKey);
-
-        /** {@code paymentNumber}: the payment of this node whose ledger the refund drew on, else 0. */
-        void refunded(RefundRequest request, String refunded, long refundNumber, long paymentNumber);
-
-        void commit() throws IOException;
-
-        /** Releases the journal (a process that ends releases it anyway). */
-        default void close() throws IOException {
-        }
     }
 
     /**
