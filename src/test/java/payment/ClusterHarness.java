@@ -20,8 +20,6 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
-import java.time.LocalDateTime;
-import java.time.format.DateTimeFormatter;
 import java.util.ArrayList;
 import java.util.Collections;
 import java.util.HashMap;
@@ -484,9 +482,30 @@ final class ClusterHarness {
         }
 
         /**
+         * Several operations at once, each to a node of its own choosing (an orchestrator compensating several steps
+         * in parallel), then each one's retries, one operation after the other.
+         */
+        void callTogether(List<JsonNode> bodies) throws InterruptedException {
+            Map<Op, String> firstNode = new LinkedHashMap<>();
+            for (JsonNode body : bodies) {
+                Op op = new Op(ops.size() + 1, body, Phase.RUN);
+                ops.add(op);
+                op.attempts = 1;
+                String node = anyNode();
+                firstNode.put(op, node);
+                send(op, 1, node);
+            }
+            await(() -> firstNode.keySet().stream().allMatch(op -> op.answer != null));
+            for (Map.Entry<Op, String> op : firstNode.entrySet()) {
+                call(op.getKey(), op.getValue(), false, settings.attempts(), 0);
+            }
+        }
+
+        /**
          * The workload. Each saga: a charge (sometimes to two nodes at once), its retry elsewhere (the same result,
          * cached_result), a retry with another amount (error 22), a PaymentStatus read whose payment id and amount are
-         * then refunded in halves under three other steps of the saga (the third: error 22), or a compensation of the
+         * then refunded in halves under three other steps of the saga (the third: error 22; half the time all three
+         * at once, to three nodes), or a compensation of the
          * charge and its retry; and 15% of sagas compensate first, then charge (error 14).
          */
         void runSagas(int sagas, long paceNanos) throws InterruptedException {
@@ -517,8 +536,16 @@ final class ClusterHarness {
                     JsonNode payment = status == null ? null : status.path("payment");
                     if (payment != null && payment.hasNonNull("payment_id")) {
                         String half = payment.path("charged").decimalValue().divide(BigDecimal.valueOf(2)).toPlainString();
+                        List<JsonNode> refunds = new ArrayList<>();
                         for (int step = 7; step <= 9; step++) {
-                            call(refund(saga, step, payment.path("payment_id").asText(), half), anyNode(), random.nextInt(3) == 0, Phase.RUN);
+                            refunds.add(refund(saga, step, payment.path("payment_id").asText(), half));
+                        }
+                        if (random.nextBoolean()) {
+                            callTogether(refunds);
+                        } else {
+                            for (JsonNode refund : refunds) {
+                                call(refund, anyNode(), random.nextInt(3) == 0, Phase.RUN);
+                            }
                         }
                     }
                 } else if (kind < 75) {
@@ -640,7 +667,10 @@ final class ClusterHarness {
         }
     }
 
-    /** The nemesis: exactly {@code faults} faults, the k-th from (k + 1/2) intervals after the start, each half an interval long. */
+    /**
+     * The nemesis: exactly {@code faults} faults, the k-th from (k + 1/2) intervals after the start (or as soon as the
+     * one before it has ended), each half an interval long.
+     */
     private void nemesis(long startNanos) throws Exception {
         List<Nemesis> kinds = new ArrayList<>(settings.nemeses());
         long interval = TimeUnit.MILLISECONDS.toNanos(settings.nemesisIntervalMillis());
@@ -648,6 +678,7 @@ final class ClusterHarness {
             Nemesis kind = kinds.get(nemesisRandom.nextInt(kinds.size()));
             NodeProcess target = nodes.get(nodeIds.get(nemesisRandom.nextInt(nodeIds.size())));
             sleepUntil(startNanos + interval * k + interval / 2);
+            long faultEnd = System.nanoTime() + interval / 2;   // half an interval from its real start: a slow restart only delays it
             String targetName = kind == Nemesis.KV ? LinKvService.ID : target.id;
             long began = history.now();
             history.add("nemesis", Type.FAULT_START, null, null, targetName, null, null, kind.label(), null, describe(kind, targetName));
@@ -657,7 +688,7 @@ final class ClusterHarness {
                 case PARTITION -> isolated = target.id;
                 case KV -> linKv.setFaulty(true);
             }
-            sleepUntil(startNanos + interval * (k + 1));
+            sleepUntil(faultEnd);
             CountDownLatch restarted = null;
             switch (kind) {
                 case KILL -> restarted = target.start();   // the same command, then init again
@@ -693,6 +724,7 @@ final class ClusterHarness {
         long start = System.nanoTime();
         try {
             startNodes();
+            long workloadStart = System.nanoTime();   // the nemesis's schedule counts from here, not from the JVMs' start-up
             List<Client> running = new ArrayList<>();
             for (int i = 1; i <= settings.clients(); i++) {
                 running.add(new Client("c" + i, settings.seed() * 1000 + i));
@@ -729,7 +761,7 @@ final class ClusterHarness {
             Thread nemesis = new Thread(() -> {
                 try {
                     if (!settings.faultFree()) {
-                        nemesis(start);
+                        nemesis(workloadStart);
                     }
                 } catch (Throwable e) {
                     failures.add(e);
@@ -809,7 +841,7 @@ final class ClusterHarness {
     static int run(String[] args, PrintStream out, PrintStream err) {
         Settings settings;
         try {
-            settings = ClusterOptions.parse(args, Path.of(""));
+            settings = ClusterOptions.parse(args, Path.of(System.getProperty("cluster.project", "")));
         } catch (ClusterOptions.HelpRequested help) {
             out.print(ClusterOptions.USAGE);
             return EXIT_VALID;
@@ -842,10 +874,8 @@ final class ClusterHarness {
         }
     }
 
-    /** The folder for this run: the one asked for, or a new one under target/cluster-runs, with a latest link beside it. */
-    static Path resultsFolder(Path asked) throws IOException {
-        Path folder = asked != null ? asked
-                : Path.of("target", "cluster-runs", LocalDateTime.now().format(DateTimeFormatter.ofPattern("yyyyMMdd-HHmmss-SSS")));
+    /** Creates the run's folder, and a latest link beside it (never replacing anything but a link). */
+    static Path resultsFolder(Path folder) throws IOException {
         Files.createDirectories(folder);
         folder = folder.toAbsolutePath().normalize();
         Path latest = folder.resolveSibling("latest");

@@ -26,7 +26,7 @@ final class ClusterOptions {
 
     /**
      * What to run. {@code nodeCommand} starts one node (the harness adds nothing to it); {@code out} is the results
-     * folder (null: a new one under target/cluster-runs).
+     * folder.
      */
     record Settings(List<String> nodeCommand, int nodes, int clients, int sagasPerClient, long seed, Set<Nemesis> nemeses,
                     long nemesisIntervalMillis, int faults, Latency kvLatency, long kvLateMillis, long clientTimeoutMillis,
@@ -103,6 +103,7 @@ final class ClusterOptions {
               -- NODE COMMAND...     the command that starts one node [./run.sh --store lin-kv --verbose]
             """;
 
+    /** {@code projectDir}: where run.sh and target/ are (the default node command and results folder). */
     static Settings parse(String[] args, Path projectDir) throws UsageError, HelpRequested {
         int nodes = 3;
         int clients = 4;
@@ -164,6 +165,10 @@ final class ClusterOptions {
             command = store ? List.of(runSh, "--store", "lin-kv", "--verbose") : List.of(runSh, "--verbose");
         } else if (!store) {
             throw new UsageError("--no-store changes the default node command: give one or the other, not both");
+        }
+        if (out == null) {
+            out = projectDir.resolve("target").resolve("cluster-runs")
+                    .resolve(java.time.LocalDateTime.now().format(java.time.format.DateTimeFormatter.ofPattern("yyyyMMdd-HHmmss-SSS")));
         }
         return new Settings(command, nodes, clients, sagas, seed, nemeses, interval, faults, latency, kvLate, timeout,
                 attempts, heal, out, measure);

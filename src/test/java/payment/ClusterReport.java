@@ -271,9 +271,12 @@ final class ClusterReport {
 
     // ---- timeline.html ----------------------------------------------------------------------------------------
 
-    /** Pixels of the page's height per second of the run; the page stays under ~12,000 px however long the run. */
+    /**
+     * Pixels of the page's height per second of the run: 600 (a 5 ms request is 3 px) for short runs; longer runs
+     * are squeezed so that the page stays under ~20,000 px, down to 40 px a second.
+     */
     private static double pixelsPerSecond(double seconds) {
-        return Math.max(40, Math.min(2000, 12_000 / Math.max(seconds, 0.001)));
+        return Math.max(40, Math.min(600, 20_000 / Math.max(seconds, 0.001)));
     }
 
     /**
@@ -293,7 +296,7 @@ final class ClusterReport {
                 .append(".head{position:absolute;top:30px;font-weight:bold}\n")
                 .append(".op{position:absolute;min-height:3px;border:1px solid #0003;box-sizing:border-box;overflow:hidden;font-size:10px;white-space:nowrap}\n")
                 .append(".ok{background:#6c6}.fail{background:#f90}.info{background:#bbb}\n")
-                .append(".fault{position:absolute;left:0;right:0;background:#f004;border-top:1px solid #c00;font-size:11px;color:#900}\n")
+                .append(".fault{position:absolute;left:0;right:0;background:#f004;border-top:1px solid #c00;font-size:11px;color:#900;text-align:right;padding-right:8px}\n")
                 .append(".tick{position:absolute;left:2px;color:#888;font-size:10px}\n")
                 .append(".legend{position:fixed;top:0;left:0;right:0;background:#fffe;padding:6px;border-bottom:1px solid #ccc;z-index:2}\n")
                 .append("</style></head><body>\n");

@@ -214,14 +214,17 @@ class ClusterTest {
 
     // ---- three lin-kv nodes under each nemesis -----------------------------------------------------------------
 
-    private void validUnder(String nemesis) throws Exception {
-        Outcome run = cluster(nemesis, nemesisRun(nemesis, 20261127), linKvNodes());
+    private Outcome validUnder(String nemesis, String... extra) throws Exception {
+        List<String> options = new ArrayList<>(nemesisRun(nemesis, 20261127));
+        options.addAll(List.of(extra));
+        Outcome run = cluster(nemesis, options, linKvNodes());
         assertEquals(0, run.status(), run.describe());
         assertEquals(4, run.results().path("faults").size(), run.describe());
         for (JsonNode fault : run.results().path("faults")) {
             assertEquals(nemesis, fault.path("fault").asText(), run.describe());
         }
         assertTrue(run.results().path("answers").path("ChargePayment_ok").asInt() > 20, run.describe());
+        return run;
     }
 
     @Test
@@ -235,8 +238,11 @@ class ClusterTest {
     }
 
     @Test
-    void linKvNodesAreValidUnderThePartitionNemesis() throws Exception {
-        validUnder("partition");
+    void linKvNodesAreValidUnderThePartitionNemesisAndHealingAnswersWhatItLeftOpen() throws Exception {
+        // One request per operation while faults run: what the partition cut off is answered by the healing phase.
+        Outcome run = validUnder("partition", "--attempts", "1");
+        assertTrue(run.results().path("healing_requests").asInt() > 0, run.describe());
+        assertTrue(run.results().path("no_reply_in_time").asInt() > 0, run.describe());
     }
 
     @Test
