@@ -342,7 +342,10 @@ final class ClusterHarness {
      */
     final class Client {
         final String id;
+        /** One draw per saga (its pace and its own generator): a saga's answers never shift the next saga's choices. */
         final Random random;
+        /** The nodes of retries, which depend on timing: kept apart from the workload's choices. */
+        private final Random retries;
         private final BlockingQueue<JsonNode> inbox = new LinkedBlockingQueue<>(QUEUE_BOUND);
         private final Map<Long, Pending> pending = new HashMap<>();
         private final Map<Long, Op> opOfMsgId = new HashMap<>();
@@ -352,6 +355,7 @@ final class ClusterHarness {
         Client(String id, long seed) {
             this.id = id;
             this.random = new Random(seed);
+            this.retries = new Random(~seed);
             clients.put(id, this);
         }
 
@@ -361,16 +365,12 @@ final class ClusterHarness {
             }
         }
 
-        String anyNode() {
-            return nodeIds.get(random.nextInt(nodeIds.size()));
-        }
-
         /** A node other than {@code previous}, when there is one. */
         String otherNode(String previous) {
             if (nodeIds.size() == 1) {
                 return previous;
             }
-            String other = nodeIds.get(random.nextInt(nodeIds.size() - 1));
+            String other = nodeIds.get(retries.nextInt(nodeIds.size() - 1));
             return other.equals(previous) ? nodeIds.get(nodeIds.size() - 1) : other;
         }
 
@@ -485,13 +485,13 @@ final class ClusterHarness {
          * Several operations at once, each to a node of its own choosing (an orchestrator compensating several steps
          * in parallel), then each one's retries, one operation after the other.
          */
-        void callTogether(List<JsonNode> bodies) throws InterruptedException {
+        void callTogether(List<JsonNode> bodies, List<String> nodesToUse) throws InterruptedException {
             Map<Op, String> firstNode = new LinkedHashMap<>();
-            for (JsonNode body : bodies) {
-                Op op = new Op(ops.size() + 1, body, Phase.RUN);
+            for (int i = 0; i < bodies.size(); i++) {
+                Op op = new Op(ops.size() + 1, bodies.get(i), Phase.RUN);
                 ops.add(op);
                 op.attempts = 1;
-                String node = anyNode();
+                String node = nodesToUse.get(i);
                 firstNode.put(op, node);
                 send(op, 1, node);
             }
@@ -506,33 +506,35 @@ final class ClusterHarness {
          * cached_result), a retry with another amount (error 22), a PaymentStatus read whose payment id and amount are
          * then refunded in halves under three other steps of the saga (the third: error 22; half the time all three
          * at once, to three nodes), or a compensation of the
-         * charge and its retry; and 15% of sagas compensate first, then charge (error 14).
+         * charge and its retry; and 15% of sagas compensate first, then charge (error 14). Every choice of a saga is
+         * drawn before it starts ({@link SagaPlan}), so that the seed pins them whatever the answers.
          */
         void runSagas(int sagas, long paceNanos) throws InterruptedException {
             long next = System.nanoTime();
             for (int n = 1; n <= sagas; n++) {
-                next += Math.round(paceNanos * (0.5 + random.nextDouble()));
+                // one saga per pace on average; a client held up by a fault starts its next saga at once, and keeps
+                // no debt: it never bursts to catch up
+                next = Math.max(next, System.nanoTime()) + Math.round(paceNanos * (0.5 + random.nextDouble()));
                 long wait = next - System.nanoTime();
                 if (wait > 0) {
                     TimeUnit.NANOSECONDS.sleep(wait);
                 }
+                SagaPlan plan = SagaPlan.draw(new Random(random.nextLong()), nodeIds);
                 String saga = id + "-saga" + n;
-                String amount = (1 + random.nextInt(500)) + "." + (10 + random.nextInt(90));
-                int kind = random.nextInt(100);
-                if (kind < 15) {
-                    call(refund(saga, 1, null, null), anyNode(), random.nextInt(3) == 0, Phase.RUN);
-                    call(charge(saga, 1, amount), anyNode(), false, Phase.RUN);
+                if (plan.kind() < 15) {
+                    call(refund(saga, 1, null, null), plan.node(0), plan.duplicate(0), Phase.RUN);
+                    call(charge(saga, 1, plan.amount()), plan.node(1), false, Phase.RUN);
                     continue;
                 }
-                JsonNode charged = call(charge(saga, 1, amount), anyNode(), random.nextInt(4) == 0, Phase.RUN);
-                if (random.nextInt(3) == 0) {
-                    call(charge(saga, 1, amount), anyNode(), false, Phase.RUN);
+                JsonNode charged = call(charge(saga, 1, plan.amount()), plan.node(0), plan.duplicate(0), Phase.RUN);
+                if (plan.flag(0)) {
+                    call(charge(saga, 1, plan.amount()), plan.node(1), false, Phase.RUN);
                 }
-                if (charged != null && charged.path("type").asText().endsWith("_ok") && random.nextInt(6) == 0) {
-                    call(charge(saga, 1, new BigDecimal(amount).add(BigDecimal.ONE).toPlainString()), anyNode(), false, Phase.RUN);
+                if (charged != null && charged.path("type").asText().endsWith("_ok") && plan.flag(1)) {
+                    call(charge(saga, 1, new BigDecimal(plan.amount()).add(BigDecimal.ONE).toPlainString()), plan.node(2), false, Phase.RUN);
                 }
-                if (kind < 45) {
-                    JsonNode status = call(status(saga, 1), anyNode(), false, Phase.RUN);
+                if (plan.kind() < 45) {
+                    JsonNode status = call(status(saga, 1), plan.node(3), false, Phase.RUN);
                     JsonNode payment = status == null ? null : status.path("payment");
                     if (payment != null && payment.hasNonNull("payment_id")) {
                         String half = payment.path("charged").decimalValue().divide(BigDecimal.valueOf(2)).toPlainString();
@@ -540,22 +542,22 @@ final class ClusterHarness {
                         for (int step = 7; step <= 9; step++) {
                             refunds.add(refund(saga, step, payment.path("payment_id").asText(), half));
                         }
-                        if (random.nextBoolean()) {
-                            callTogether(refunds);
+                        if (plan.flag(2)) {
+                            callTogether(refunds, List.of(plan.node(4), plan.node(5), plan.node(6)));
                         } else {
-                            for (JsonNode refund : refunds) {
-                                call(refund, anyNode(), random.nextInt(3) == 0, Phase.RUN);
+                            for (int i = 0; i < refunds.size(); i++) {
+                                call(refunds.get(i), plan.node(4 + i), plan.duplicate(1 + i), Phase.RUN);
                             }
                         }
                     }
-                } else if (kind < 75) {
-                    call(refund(saga, 1, null, null), anyNode(), random.nextInt(4) == 0, Phase.RUN);
-                    if (random.nextBoolean()) {
-                        call(refund(saga, 1, null, null), anyNode(), false, Phase.RUN);
+                } else if (plan.kind() < 75) {
+                    call(refund(saga, 1, null, null), plan.node(4), plan.duplicate(1), Phase.RUN);
+                    if (plan.flag(3)) {
+                        call(refund(saga, 1, null, null), plan.node(5), false, Phase.RUN);
                     }
                 }
-                if (random.nextInt(4) == 0) {
-                    call(status(saga, 1), anyNode(), false, Phase.RUN);
+                if (plan.flag(4)) {
+                    call(status(saga, 1), plan.node(7), false, Phase.RUN);
                 }
             }
         }
@@ -598,13 +600,47 @@ final class ClusterHarness {
                 String[] parts = step.split("\n");
                 Op op = new Op(ops.size() + 1, status(parts[0], Long.parseLong(parts[1])), Phase.FINAL);
                 ops.add(op);
-                call(op, anyNode(), false, 100, deadlineNanos);
+                call(op, nodeIds.get(retries.nextInt(nodeIds.size())), false, 100, deadlineNanos);
             }
         }
 
         /** Waits out every request still pending, so that each invocation in the history has its completion. */
         void drain() throws InterruptedException {
             await(() -> false);
+        }
+    }
+
+    /**
+     * Every choice of one saga, drawn before it starts: its kind (0-99), amount, the node of each of its (at most 8)
+     * operations, which are duplicated (1 in 4) and its yes/no choices (retry elsewhere 1 in 3, reuse with other params
+     * 1 in 6, refunds together 1 in 2, compensation retried 1 in 2, a last status read 1 in 4).
+     */
+    record SagaPlan(int kind, String amount, List<String> nodes, boolean[] duplicates, boolean[] flags) {
+        static SagaPlan draw(Random choice, List<String> nodeIds) {
+            int kind = choice.nextInt(100);
+            String amount = (1 + choice.nextInt(500)) + "." + (10 + choice.nextInt(90));
+            List<String> nodes = new ArrayList<>();
+            for (int i = 0; i < 8; i++) {
+                nodes.add(nodeIds.get(choice.nextInt(nodeIds.size())));
+            }
+            boolean[] duplicates = new boolean[4];
+            for (int i = 0; i < duplicates.length; i++) {
+                duplicates[i] = choice.nextInt(4) == 0;
+            }
+            boolean[] flags = {choice.nextInt(3) == 0, choice.nextInt(6) == 0, choice.nextBoolean(), choice.nextBoolean(), choice.nextInt(4) == 0};
+            return new SagaPlan(kind, amount, nodes, duplicates, flags);
+        }
+
+        String node(int operation) {
+            return nodes.get(operation);
+        }
+
+        boolean duplicate(int operation) {
+            return duplicates[operation];
+        }
+
+        boolean flag(int which) {
+            return flags[which];
         }
     }
 
@@ -729,7 +765,7 @@ final class ClusterHarness {
             for (int i = 1; i <= settings.clients(); i++) {
                 running.add(new Client("c" + i, settings.seed() * 1000 + i));
             }
-            // Sagas spread over the faults' time, so that faults meet traffic; with no fault they run flat out.
+            // Sagas spread over the faults' time (at least), so that faults meet traffic; with no fault they run flat out.
             long paceNanos = settings.faultFree() ? 0
                     : TimeUnit.MILLISECONDS.toNanos(settings.faults() * settings.nemesisIntervalMillis()) / settings.sagasPerClient();
             CountDownLatch nemesisDone = new CountDownLatch(1);

@@ -32,7 +32,8 @@ final class ClusterOptions {
                     long nemesisIntervalMillis, int faults, Latency kvLatency, long kvLateMillis, long clientTimeoutMillis,
                     int attempts, long healTimeoutMillis, Path out, boolean measure) {
         Settings {
-            nemeses = nemeses.isEmpty() ? Set.of() : Set.copyOf(EnumSet.copyOf(nemeses));
+            // in the enum's order: the nemesis draws its faults from this list, and the seed must pin the draw
+            nemeses = java.util.Collections.unmodifiableSet(nemeses.isEmpty() ? EnumSet.noneOf(Nemesis.class) : EnumSet.copyOf(nemeses));
             nodeCommand = List.copyOf(nodeCommand);
         }
 
@@ -82,7 +83,7 @@ final class ClusterOptions {
                                                   included)
                                        kv         lin-kv replies lost, duplicated, or late (see --kv-late)
               --nemesis-interval MS  milliseconds from one fault's start to the next; each fault lasts half of
-                                     it, 50-600000 [1000]
+                                     it, 50-600000 [2000]
               --faults N             how many faults the nemesis injects, 0-10000 [4]
               --latency MS|MIN:MAX   lin-kv's delay before each reply, milliseconds, uniform in MIN-MAX (one
                                      number: 0-MS), 0-60000 [0:5]
@@ -110,7 +111,7 @@ final class ClusterOptions {
         int sagas = 60;
         long seed = 1;
         Set<Nemesis> nemeses = EnumSet.of(Nemesis.KILL);
-        long interval = 1000;
+        long interval = 2000;
         int faults = 4;
         Latency latency = new Latency(0, 5);
         long kvLate = 1500;

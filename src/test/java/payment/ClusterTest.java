@@ -127,7 +127,7 @@ class ClusterTest {
         assertEquals("", help.stderr());
         Map<String, String> defaults = Map.ofEntries(Map.entry("--nodes N", "[3]"), Map.entry("--clients N", "[4]"),
                 Map.entry("--sagas N", "[60]"), Map.entry("--seed N", "[1]"), Map.entry("--nemesis LIST", "[kill]"),
-                Map.entry("--nemesis-interval MS", "[1000]"), Map.entry("--faults N", "[4]"), Map.entry("--latency MS|MIN:MAX", "[0:5]"),
+                Map.entry("--nemesis-interval MS", "[2000]"), Map.entry("--faults N", "[4]"), Map.entry("--latency MS|MIN:MAX", "[0:5]"),
                 Map.entry("--kv-late MS", "[1500]"), Map.entry("--timeout MS", "[2000]"), Map.entry("--attempts N", "[3]"),
                 Map.entry("--heal-timeout MS", "[20000]"), Map.entry("--out DIR", "[target/cluster-runs/<time>"));
         for (Map.Entry<String, String> option : defaults.entrySet()) {
@@ -210,6 +210,33 @@ class ClusterTest {
         assertTrue(run.stdout().contains("  double charge: " + run.count("double charge") + " (one step key with two payment ids)\n    "),
                 run.stdout());
         assertEquals(Math.min(ClusterReport.RESULTS_EXAMPLES, run.count("double charge")), run.results().path("examples").path("double charge").size());
+    }
+
+    /** What the seed pins: every request a client chose to send (without faults), and each fault's kind and target. */
+    @Test
+    void theSeedPinsTheChoicesOfTheWorkloadAndTheNemesis() throws Exception {
+        List<List<String>> requests = new ArrayList<>();
+        List<List<String>> faults = new ArrayList<>();
+        for (String name : List.of("first", "second")) {
+            Outcome calm = cluster(name + "-calm", oneNode(2, 10), BrokenNodes.command("correct"));
+            requests.add(ClusterHistory.read(calm.folder().resolve("history.jsonl"), ClusterHarness.JSON).stream().filter(e -> e.is(Type.INVOKE))
+                    // a payment id is the node's answer, not the client's choice
+                    .map(e -> (e.process() + " op " + e.op() + " attempt " + e.attempt() + " -> " + e.node() + ": " + e.body())
+                            .replaceAll("\"payment_id\":\"p\\d+\"", "\"payment_id\":\"(read)\"")).sorted().toList());
+            Outcome stormy = cluster(name + "-stormy", List.of("--nodes", "1", "--clients", "1", "--sagas", "3", "--seed", "7",
+                    "--nemesis", "pause,partition,kv", "--nemesis-interval", "100", "--faults", "6", "--timeout", "300", "--heal-timeout", "1000"),
+                    BrokenNodes.command("correct"));
+            List<String> drawn = new ArrayList<>();
+            stormy.results().path("faults").forEach(f -> drawn.add(f.path("fault").asText() + " " + f.path("target").asText()));
+            faults.add(drawn);
+        }
+        for (int i = 0; i < Math.min(requests.get(0).size(), requests.get(1).size()); i++) {
+            assertEquals(requests.get(0).get(i), requests.get(1).get(i), "the first request that differs between two runs of seed 7");
+        }
+        assertEquals(requests.get(0).size(), requests.get(1).size());
+        assertTrue(requests.get(0).size() > 50, requests.get(0).toString());
+        assertEquals(faults.get(0), faults.get(1));
+        assertEquals(6, faults.get(0).size());
     }
 
     // ---- three lin-kv nodes under each nemesis -----------------------------------------------------------------
