@@ -103,6 +103,7 @@ final class ClusterPlots {
         plot.setDataset(1, lines);
         plot.setRenderer(1, quantiles);
         shadeFaults(plot, faults);
+        shadePhases(plot, figures);
         plot.setBackgroundPaint(Color.WHITE);
         plot.setDomainGridlinePaint(Color.LIGHT_GRAY);
         plot.setRangeGridlinePaint(Color.LIGHT_GRAY);
@@ -144,6 +145,7 @@ final class ClusterPlots {
         }
         XYPlot plot = new XYPlot(rates, new NumberAxis("time since the start (s)"), new NumberAxis("requests completed per second"), renderer);
         shadeFaults(plot, faults);
+        shadePhases(plot, figures);
         plot.setBackgroundPaint(Color.WHITE);
         plot.setDomainGridlinePaint(Color.LIGHT_GRAY);
         plot.setRangeGridlinePaint(Color.LIGHT_GRAY);
@@ -160,6 +162,28 @@ final class ClusterPlots {
             marker.setLabelTextAnchor(TextAnchor.TOP_LEFT);
             marker.setLabelPaint(new Color(0x99, 0, 0));
             plot.addDomainMarker(marker, Layer.BACKGROUND);
+        }
+    }
+
+    /** The healing phase and the final reads, in blue: what happens there is no longer the nemesis's doing. */
+    private static void shadePhases(XYPlot plot, ClusterReport.Figures figures) {
+        for (String phase : List.of("heal", "final")) {
+            double first = Double.MAX_VALUE;
+            double last = -1;
+            for (ClusterReport.Request request : figures.requests()) {
+                if (phase.equals(request.invoke().phase())) {
+                    first = Math.min(first, request.invoke().nanos() / 1e9);
+                    last = Math.max(last, (request.completion() == null ? request.invoke() : request.completion()).nanos() / 1e9);
+                }
+            }
+            if (last >= 0) {
+                IntervalMarker marker = new IntervalMarker(first, Math.max(last, first + 0.01), new Color(0, 90, 255, 30));
+                marker.setLabel(phase.equals("heal") ? "healing" : "final reads");
+                marker.setLabelAnchor(RectangleAnchor.BOTTOM_LEFT);
+                marker.setLabelTextAnchor(TextAnchor.BOTTOM_LEFT);
+                marker.setLabelPaint(new Color(0, 60, 170));
+                plot.addDomainMarker(marker, Layer.BACKGROUND);
+            }
         }
     }
 
