@@ -102,7 +102,7 @@ final class ClusterReport {
                 }
             }
             boolean definite = event.is(Type.OK) || (type.equals("error") && !ClusterChecker.indefiniteOrNothingDone(event.body().path("code").asInt(-1)));
-            if (definite) {
+            if (definite && !"heal".equals(event.phase())) {   // an answer the healing phase got is counted apart
                 firstAnswer.putIfAbsent(op, event.nanos());
             }
         }
@@ -116,7 +116,11 @@ final class ClusterReport {
             }
         });
         List<Long> opLatencies = new ArrayList<>();
-        firstAnswer.forEach((op, at) -> opLatencies.add(at - firstInvoke.get(op)));
+        firstAnswer.forEach((op, at) -> {
+            if (!healedOps.contains(op)) {
+                opLatencies.add(at - firstInvoke.get(op));
+            }
+        });
         Collections.sort(requestLatencies);
         Collections.sort(opLatencies);
         return new Figures(requests, firstInvoke.size(), answers, timeouts, late, provoked, healed, healedOps.size(), finalReads,
@@ -150,6 +154,10 @@ final class ClusterReport {
     // ---- the summary -----------------------------------------------------------------------------------------
 
     static String heading(Settings s, Path folder) {
+        if (s.measure()) {
+            return String.format(Locale.ROOT, "cluster: %d nodes (%s), measuring lin-kv calls per request kind: one client, no faults, lin-kv delay %s%n"
+                    + "cluster: results folder %s", s.nodes(), String.join(" ", s.nodeCommand()), s.kvLatency(), folder);
+        }
         String nemesis = s.faultFree() ? "no nemesis"
                 : "nemesis " + s.nemeses().stream().map(ClusterOptions.Nemesis::label).sorted().collect(Collectors.joining(","))
                 + ": " + s.faults() + " faults, one every " + s.nemesisIntervalMillis() + " ms, each " + s.nemesisIntervalMillis() / 2 + " ms long";
@@ -163,8 +171,11 @@ final class ClusterReport {
         Figures f = figures(run.history());
         StringBuilder text = new StringBuilder();
         long retries = f.requests().stream().filter(r -> r.invoke().attempt() > 1).count();
-        text.append(String.format(Locale.ROOT, "history: %d requests sent for %d operations in %.1f s (%d retries; the rest first requests and duplicates sent to two nodes at once)%n",
-                f.requests().size(), f.operations(), run.seconds(), retries));
+        long firstRequests = f.requests().stream().filter(r -> r.invoke().attempt() == 1).map(r -> r.invoke().process() + " " + r.invoke().op())
+                .distinct().count();
+        long duplicates = f.requests().size() - retries - firstRequests;
+        text.append(String.format(Locale.ROOT, "history: %d requests sent for %d operations in %.1f s: %d first requests, %d duplicates sent at once"
+                + " to a second node, %d retries%n", f.requests().size(), f.operations(), run.seconds(), firstRequests, duplicates, retries));
         if (!run.faults().isEmpty()) {
             text.append("faults: ").append(run.faults().stream().map(fault -> String.format(Locale.ROOT, "%s %s %.1f-%.1f s", fault.kind(), fault.target(),
                     fault.startNanos() / 1e9, fault.endNanos() / 1e9)).collect(Collectors.joining(", "))).append('\n');
@@ -175,12 +186,13 @@ final class ClusterReport {
                 : f.provoked().entrySet().stream().map(e -> e.getKey() + " (" + e.getValue() + ")").collect(Collectors.joining("; "))).append('\n');
         text.append("  from faults: error 0 (a lin-kv call timed out) and 13 leave the outcome unknown, and so does no reply; error 11 is a"
                 + " restarted node before its init (nothing done). Each is retried on another node.\n");
-        text.append(String.format(Locale.ROOT, "healing: %d operations were still open after the last fault; %d requests retried them%n", f.healedOps(), f.healed()));
+        text.append(String.format(Locale.ROOT, "healing: %d operations were still open after the last fault and the sagas; %d requests retried them%n",
+                f.healedOps(), f.healed()));
         text.append(String.format(Locale.ROOT, "final reads: %d PaymentStatus, one per step touched (made only when nothing is open)%n", f.finalReads()));
         text.append(String.format(Locale.ROOT, "latency, one request (sent to its reply; timeouts left out): p50 %.1f ms, p95 %.1f ms, p99 %.1f ms, max %.1f ms%n",
                 quantileMillis(f.requestLatencies(), 0.5), quantileMillis(f.requestLatencies(), 0.95), quantileMillis(f.requestLatencies(), 0.99),
                 quantileMillis(f.requestLatencies(), 1)));
-        text.append(String.format(Locale.ROOT, "latency, one operation (first request to its definite answer, retries included): p50 %.1f ms, p95 %.1f ms, p99 %.1f ms, max %.1f ms%n",
+        text.append(String.format(Locale.ROOT, "latency, one operation (first request to its definite answer, retries included; healed ones left out): p50 %.1f ms, p95 %.1f ms, p99 %.1f ms, max %.1f ms%n",
                 quantileMillis(f.opLatencies(), 0.5), quantileMillis(f.opLatencies(), 0.95), quantileMillis(f.opLatencies(), 0.99),
                 quantileMillis(f.opLatencies(), 1)));
         text.append(String.format(Locale.ROOT, "  an operation near %d ms or above waited out the client timeout once (a killed, paused or cut-off node, a lost"
