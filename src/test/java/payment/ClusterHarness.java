@@ -178,11 +178,12 @@ final class ClusterHarness {
             ProcessBuilder builder = new ProcessBuilder(settings.nodeCommand()).directory(folder.toFile());
             builder.redirectError(ProcessBuilder.Redirect.appendTo(stderr.toFile()));
             synchronized (writing) {
+                mark("starting: " + String.join(" ", settings.nodeCommand()));   // before the node can write a line of its own
                 Process started = builder.start();
                 killedByNemesis = false;
                 process = started;
                 stdin = started.getOutputStream();
-                mark("started, pid " + started.pid() + ": " + String.join(" ", settings.nodeCommand()));
+                mark("started, pid " + started.pid());
                 Thread reader = new Thread(() -> readStdout(started), id + "-stdout");
                 reader.setDaemon(true);
                 reader.start();
@@ -698,6 +699,8 @@ final class ClusterHarness {
     }
 
     static final class CouldNotRun extends Exception {
+        private static final long serialVersionUID = 1L;
+
         CouldNotRun(String message) {
             super(message);
         }

@@ -50,6 +50,8 @@ final class ClusterOptions {
 
     /** A mistake on the command line: its message is the one line the user sees (exit 2). */
     static final class UsageError extends Exception {
+        private static final long serialVersionUID = 1L;
+
         UsageError(String message) {
             super(message);
         }
@@ -57,6 +59,8 @@ final class ClusterOptions {
 
     /** --help was asked for. */
     static final class HelpRequested extends Exception {
+        private static final long serialVersionUID = 1L;
+
         HelpRequested() {
             super("help");
         }

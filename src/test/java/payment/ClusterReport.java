@@ -204,8 +204,9 @@ final class ClusterReport {
         if (!run.dropped().isEmpty()) {
             text.append("messages dropped by the network: ").append(run.dropped()).append('\n');
         }
-        text.append(String.format(Locale.ROOT, "seed %d pins every choice (sagas, amounts, nodes, duplicates, which fault hits which node, lin-kv delays);"
-                + " it does not pin timing (threads, JVM warm-up, where a fault lands among requests): two runs differ in detail%n", s.seed()));
+        text.append(String.format(Locale.ROOT, "seed %d pins every choice (sagas, amounts, nodes, duplicates, each fault's kind and target, the stream of lin-kv"
+                + " delays and kv faults); it does not pin timing (threads, JVM warm-up, where a fault lands among requests, which"
+                + " lin-kv call meets which delay): two runs differ in detail%n", s.seed()));
         ClusterChecker.Verdict verdict = run.verdict();
         if (verdict.valid()) {
             text.append("anomalies: none (the checks: ").append(java.util.Arrays.stream(Kind.values()).map(k -> k.label).collect(Collectors.joining(", "))).append(")\n");

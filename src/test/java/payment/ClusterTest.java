@@ -143,6 +143,18 @@ class ClusterTest {
         assertTrue(help.stdout().contains("--timeout MS           how long a client waits for a reply"), help.stdout());
     }
 
+    /** A node command that dies at once is not an anomaly of the service: the run could not be made (exit 2). */
+    @Test
+    void aNodeThatExitsBeforeItsInitMeansTheRunCouldNotBeMade() throws Exception {
+        Outcome run = cluster("no-node", List.of("--nodes", "1", "--nemesis", "none"), List.of("sh", "-c", "echo no such payment node >&2; exit 3"));
+        assertEquals(2, run.status(), run.describe());
+        String expected = "cluster: could not run: n1 exited with status 3 before it answered its init; the end of "
+                + dir.resolve("no-node").toAbsolutePath().resolve("n1.stderr") + ": ";
+        assertTrue(run.stderr().startsWith(expected), run.stderr());
+        assertTrue(run.stderr().contains("no such payment node"), "the node's own last words: " + run.stderr());
+        assertEquals(1, run.stderr().lines().count(), run.stderr());
+    }
+
     // ---- the checker can fail -------------------------------------------------------------------------------
 
     /** A node that answers init and nothing else passes no check by silence: every operation is unresolved. */
