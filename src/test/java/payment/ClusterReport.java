@@ -298,10 +298,12 @@ final class ClusterReport {
      */
     static String timeline(ClusterHarness.Run run, Figures f) {
         List<String> lanes = f.requests().stream().map(r -> r.invoke().process()).distinct().sorted(ClusterReport::byNumber).toList();
-        double scale = pixelsPerSecond(run.seconds());
+        // the page starts at the second of the first request: the nodes' start-up before it is empty
+        double origin = Math.floor(f.requests().stream().mapToLong(r -> r.invoke().nanos()).min().orElse(0) / 1e9);
+        double scale = pixelsPerSecond(run.seconds() - origin);
         int laneWidth = 180;
         int top = 60;
-        double height = top + run.seconds() * scale + 40;
+        double height = top + (run.seconds() - origin) * scale + 40;
         StringBuilder html = new StringBuilder();
         html.append("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>cluster timeline</title><style>\n")
                 .append("body{font:12px sans-serif;margin:0}\n")
@@ -318,11 +320,11 @@ final class ClusterReport {
                 .append(" &mdash; <span class=\"op ok\" style=\"position:static;padding:0 4px\">ok</span> <span class=\"op fail\" style=\"position:static;padding:0 4px\">definite error</span>"
                         + " <span class=\"op info\" style=\"position:static;padding:0 4px\">unknown (0, 13, no reply)</span> <span class=\"fault\" style=\"position:static;padding:0 4px\">fault</span>"
                         + " &mdash; hover a box for its request and reply</div>\n");
-        for (int second = 0; second <= run.seconds(); second++) {
-            html.append("<div class=\"tick\" style=\"top:").append((int) (top + second * scale)).append("px\">").append(second).append(" s</div>\n");
+        for (int second = (int) origin; second <= run.seconds(); second++) {
+            html.append("<div class=\"tick\" style=\"top:").append((int) (top + (second - origin) * scale)).append("px\">").append(second).append(" s</div>\n");
         }
         for (ClusterHarness.Fault fault : run.faults()) {
-            html.append("<div class=\"fault\" style=\"top:").append((int) (top + fault.startNanos() / 1e9 * scale)).append("px;height:")
+            html.append("<div class=\"fault\" style=\"top:").append((int) (top + (fault.startNanos() / 1e9 - origin) * scale)).append("px;height:")
                     .append(Math.max(2, (int) ((fault.endNanos() - fault.startNanos()) / 1e9 * scale))).append("px\" title=\"")
                     .append(escape(fault.kind() + " " + fault.target())).append("\">").append(escape(fault.kind() + " " + fault.target())).append("</div>\n");
         }
@@ -355,7 +357,7 @@ final class ClusterReport {
                     + ": " + (request.completion().body() != null ? request.completion().body() : request.completion().text()));
             String label = invoke.body().path("type").asText().replace("Payment", "") + " " + invoke.node();
             html.append("<div class=\"op ").append(request.outcome()).append("\" style=\"left:").append(left)
-                    .append("px;width:").append(width).append("px;top:").append(String.format(Locale.ROOT, "%.1f", top + start * scale))
+                    .append("px;width:").append(width).append("px;top:").append(String.format(Locale.ROOT, "%.1f", top + (start - origin) * scale))
                     .append("px;height:").append(String.format(Locale.ROOT, "%.1f", Math.max(3, (end - start) * scale))).append("px\" title=\"")
                     .append(escape(title)).append("\">").append(escape(label)).append("</div>\n");
         }
