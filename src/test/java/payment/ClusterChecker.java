@@ -290,7 +290,7 @@ final class ClusterChecker {
 
     private static void outcomes(Map<String, Map<String, Map<String, Observation>>> outcomesOfKey, String key, Observation seen) {
         outcomesOfKey.computeIfAbsent(key, k -> new TreeMap<>())
-                .computeIfAbsent(String.valueOf(seen.request().path("params")), p -> new LinkedHashMap<>())
+                .computeIfAbsent(seen.request().has("params") ? seen.request().path("params").toString() : "(none)", p -> new LinkedHashMap<>())
                 .putIfAbsent(seen.outcome(), seen);
     }
 
