@@ -29,14 +29,15 @@ import java.util.Set;
  * <li>{@code overrefund}: never checks a refund against what is left of its payment;</li>
  * <li>{@code one-id}: gives every payment the id p1;</li>
  * <li>{@code garbage}: every 9th line it writes is preceded by a line that is not JSON, and every 7th charge is
- * answered with the type RefundPayment_ok.</li>
+ * answered with the type RefundPayment_ok;</li>
+ * <li>{@code sticky-refusal}: a refused refund leaves its key blocked: a corrected request under it is refused too.</li>
  * </ul>
  */
 final class BrokenNodes {
     private static final ObjectMapper JSON = new ObjectMapper().enable(DeserializationFeature.USE_BIG_DECIMAL_FOR_FLOATS)
             .enable(DeserializationFeature.USE_LONG_FOR_INTS);
 
-    static final List<String> MODES = List.of("correct", "silent", "forgetful", "overrefund", "one-id", "garbage");
+    static final List<String> MODES = List.of("correct", "silent", "forgetful", "overrefund", "one-id", "garbage", "sticky-refusal");
 
     /** The command that starts one broken node of {@code mode}, for the harness's {@code -- COMMAND}. */
     static List<String> command(String mode) {
@@ -58,6 +59,7 @@ final class BrokenNodes {
     private final Map<String, Charge> refunds = new HashMap<>();
     private final Map<String, Payment> payments = new HashMap<>();
     private final Set<String> closed = new HashSet<>();
+    private final Set<String> refused = new HashSet<>();
     private String nodeId = "n?";
     private long msgId;
     private int lines;
@@ -133,6 +135,9 @@ final class BrokenNodes {
         String refundKey = key + ":refund";
         JsonNode params = request.path("params");
         boolean remembers = !mode.equals("forgetful");
+        if (refused.contains(refundKey)) {
+            return error(22, "refund key " + refundKey + " was refused before");
+        }
         Charge earlier = remembers ? refunds.get(refundKey) : null;
         if (earlier != null) {
             return earlier.params().equals(params) ? answer(ok("RefundPayment_ok", request), earlier.result(), "already_refunded")
@@ -149,6 +154,9 @@ final class BrokenNodes {
             BigDecimal left = payment == null ? params.path("amount").decimalValue() : payment.charged().subtract(payment.refunded()[0]);
             BigDecimal amount = params.has("amount") ? params.path("amount").decimalValue() : left;
             if (amount.compareTo(left) > 0 && !mode.equals("overrefund")) {
+                if (mode.equals("sticky-refusal")) {
+                    refused.add(refundKey);
+                }
                 return error(22, "refund of " + amount + " above the " + left + " left");
             }
             if (payment != null) {

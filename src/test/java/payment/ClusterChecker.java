@@ -28,6 +28,7 @@ final class ClusterChecker {
         REFUNDS_ABOVE_CHARGE("refunds above a charge", "the refunds of one payment add up to more than it charged"),
         DIFFERENT_ANSWERS("different answers for one key", "one key and the same params answered in two ways"),
         OTHER_PARAMS_ACCEPTED("other params accepted", "a key reused with other params answered ok (expected error 22)"),
+        REFUSED_WITH_MONEY_LEFT("refund refused with money left", "a refund answered 22 although its payment had enough left, as a later status read shows"),
         COMPENSATION_DID_NOT_CLOSE("compensation did not close its step", "a step closed by a compensation that came first was charged"),
         STALE_STATUS("stale status", "a PaymentStatus read missed what was acknowledged before it was sent"),
         UNRESOLVED("unresolved", "an operation without a definite answer after the healing phase"),
@@ -285,6 +286,7 @@ final class ClusterChecker {
             }
         });
         refundsAboveCharges(refundOfKey, paymentsOfStep, chargedOfPayment, statuses);
+        refusalsWithMoneyLeft(observations, paymentsOfStep, outcomesOfKey, statuses);
         staleStatuses(statuses, paymentsOfStep, compensatedFirst, refundOfKey, chargedOfPayment);
     }
 
@@ -327,6 +329,46 @@ final class ClusterChecker {
             if (payment.has("refunded") && payment.path("refunded").decimalValue().compareTo(payment.path("charged").decimalValue()) > 0) {
                 add(Kind.REFUNDS_ABOVE_CHARGE, "PaymentStatus " + status.stepKey() + " by " + status.where() + " says " + payment.path("payment_id").asText()
                         + " has refunded " + payment.path("refunded") + " of " + payment.path("charged"));
+            }
+        }
+    }
+
+    /**
+     * A refund refused with 22 must have asked for more than was left, or named a payment that is not its step's, or
+     * reused a refund key already served with other params. Refunds only add up: what a status read sent after the
+     * refusal shows as left was left at the refusal too, so a read that shows enough left proves the refusal wrong.
+     */
+    private void refusalsWithMoneyLeft(List<Observation> observations, Map<String, Map<String, Observation>> paymentsOfStep,
+                                       Map<String, Map<String, Map<String, Observation>>> outcomesOfKey, List<Observation> statuses) {
+        for (Observation refusal : observations) {
+            if (!refusal.type().equals("RefundPayment") || refusal.ok() || refusal.answer().path("code").asInt() != 22) {
+                continue;
+            }
+            JsonNode params = refusal.request().path("params");
+            Map<String, Observation> own = paymentsOfStep.getOrDefault(refusal.stepKey(), Map.of());
+            if (params.hasNonNull("payment_id") && !own.isEmpty() && !own.containsKey(params.path("payment_id").asText())) {
+                continue;   // it named another payment than its step's: 22 is right
+            }
+            String asked = refusal.request().has("params") ? params.toString() : "(none)";
+            boolean servedWithOtherParams = outcomesOfKey.getOrDefault(refusal.stepKey() + ":refund", Map.of()).entrySet().stream()
+                    .anyMatch(group -> !group.getKey().equals(asked) && group.getValue().keySet().stream().anyMatch(o -> o.startsWith("ok ")));
+            String payment = paymentOf(refusal, paymentsOfStep);
+            if (servedWithOtherParams || payment == null) {
+                continue;
+            }
+            BigDecimal wanted = params.has("amount") ? params.path("amount").decimalValue() : null;
+            for (Observation status : statuses) {
+                JsonNode seen = status.answer().path("payment");
+                if (status.invoke().nanos() <= refusal.reply().nanos() || !payment.equals(seen.path("payment_id").asText())) {
+                    continue;
+                }
+                BigDecimal left = seen.path("charged").decimalValue().subtract(seen.path("refunded").decimalValue());
+                if (wanted == null ? left.signum() > 0 : left.compareTo(wanted) >= 0) {
+                    add(Kind.REFUSED_WITH_MONEY_LEFT, refusal.stepKey() + ":refund " + asked + " was refused (" + refusal.answer().path("text").asText()
+                            + ", " + refusal.where() + "), yet PaymentStatus " + status.stepKey() + " sent later (" + status.where() + ") shows "
+                            + left.toPlainString() + " of " + payment + " left");
+                    break;
+                }
             }
         }
     }

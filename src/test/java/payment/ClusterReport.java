@@ -135,7 +135,7 @@ final class ClusterReport {
             return "error 22: a charge retried with another amount";
         }
         if (code == 22 && type.equals("RefundPayment")) {
-            return "error 22: the third half-refund of one payment (nothing left)";
+            return "error 22: the third refund of 40% of one payment (20% left)";
         }
         if (code == 14 && type.equals("ChargePayment")) {
             return "error 14: the charge of a step compensated first";

@@ -197,6 +197,14 @@ class ClusterTest {
         assertEquals(Set.of("refunds above a charge"), run.kinds(), run.describe());
     }
 
+    /** The bug class of a refusal whose cleanup was lost: the corrected request (what is left) is refused again. */
+    @Test
+    void aNodeThatKeepsARefusedRefundKeyBlockedIsCaughtRefusingWithMoneyLeft() throws Exception {
+        Outcome run = cluster("sticky-refusal", oneNode(2, 15), BrokenNodes.command("sticky-refusal"));
+        assertEquals(1, run.status(), run.describe());
+        assertEquals(Set.of("refund refused with money left"), run.kinds(), run.describe());
+    }
+
     @Test
     void aNodeThatReusesAPaymentIdIsCaughtGivingOneIdToTwoKeys() throws Exception {
         Outcome run = cluster("one-id", oneNode(2, 15), BrokenNodes.command("one-id"));
