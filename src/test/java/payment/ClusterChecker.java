@@ -156,7 +156,7 @@ final class ClusterChecker {
         }
         initsWithoutReply.keySet().forEach(init -> add(Kind.UNRESOLVED, "the init of " + init + " got no init_ok"));
         unresolved(requestsOfOp, observations);
-        keys(observations);
+        keys(observations, history);
     }
 
     /** A reply whose type, or key, does not fit its request is an anomaly and is not read as an answer. */
@@ -196,7 +196,7 @@ final class ClusterChecker {
     }
 
     /** What the definite answers say of each key, payment and refund. */
-    private void keys(List<Observation> observations) {
+    private void keys(List<Observation> observations, List<Event> history) {
         Map<String, Map<String, Map<String, Observation>>> outcomesOfKey = new TreeMap<>();   // key -> params -> outcome -> first seen
         Map<String, Map<String, Observation>> paymentsOfStep = new TreeMap<>();              // step key -> payment id -> first seen
         Map<String, Map<String, Observation>> keysOfPayment = new TreeMap<>();
@@ -286,7 +286,7 @@ final class ClusterChecker {
             }
         });
         refundsAboveCharges(refundOfKey, paymentsOfStep, chargedOfPayment, statuses);
-        refusalsWithMoneyLeft(observations, paymentsOfStep, outcomesOfKey, statuses);
+        refusalsWithMoneyLeft(observations, paymentsOfStep, outcomesOfKey, statuses, history);
         staleStatuses(statuses, paymentsOfStep, compensatedFirst, refundOfKey, chargedOfPayment);
     }
 
@@ -339,7 +339,8 @@ final class ClusterChecker {
      * refusal shows as left was left at the refusal too, so a read that shows enough left proves the refusal wrong.
      */
     private void refusalsWithMoneyLeft(List<Observation> observations, Map<String, Map<String, Observation>> paymentsOfStep,
-                                       Map<String, Map<String, Map<String, Observation>>> outcomesOfKey, List<Observation> statuses) {
+                                       Map<String, Map<String, Map<String, Observation>>> outcomesOfKey, List<Observation> statuses,
+                                       List<Event> history) {
         for (Observation refusal : observations) {
             if (!refusal.type().equals("RefundPayment") || refusal.ok() || refusal.answer().path("code").asInt() != 22) {
                 continue;
@@ -353,7 +354,7 @@ final class ClusterChecker {
             boolean servedWithOtherParams = outcomesOfKey.getOrDefault(refusal.stepKey() + ":refund", Map.of()).entrySet().stream()
                     .anyMatch(group -> !group.getKey().equals(asked) && group.getValue().keySet().stream().anyMatch(o -> o.startsWith("ok ")));
             String payment = paymentOf(refusal, paymentsOfStep);
-            if (servedWithOtherParams || payment == null) {
+            if (servedWithOtherParams || payment == null || otherParamsInFlight(refusal, asked, history)) {
                 continue;
             }
             BigDecimal wanted = params.has("amount") ? params.path("amount").decimalValue() : null;
@@ -371,6 +372,36 @@ final class ClusterChecker {
                 }
             }
         }
+    }
+
+    /**
+     * Whether a request on the same refund key with other params may have been at work while {@code refusal} was: sent
+     * before the refusal's answer, and answered after the refusal was sent, or never answered (it may still be at a
+     * node). Its pending intent then holds the key, and the 22 is the answer to a reuse with other params.
+     */
+    private static boolean otherParamsInFlight(Observation refusal, String asked, List<Event> history) {
+        Map<String, Event> sent = new HashMap<>();
+        Map<String, Long> answered = new HashMap<>();
+        for (Event event : history) {
+            String request = event.process() + "#" + event.msgId();
+            if (event.is(ClusterHistory.Type.INVOKE)) {
+                JsonNode body = event.body();
+                String params = body.has("params") ? body.path("params").toString() : "(none)";
+                if (body.path("type").asText().equals("RefundPayment") && !params.equals(asked)
+                        && (body.path("saga_id").asText() + ":step" + body.path("step").asText()).equals(refusal.stepKey())) {
+                    sent.put(request, event);
+                }
+            } else if (event.body() != null && sent.containsKey(request)) {
+                answered.putIfAbsent(request, event.nanos());
+            }
+        }
+        for (Map.Entry<String, Event> other : sent.entrySet()) {
+            Long end = answered.get(other.getKey());
+            if (other.getValue().nanos() < refusal.reply().nanos() && (end == null || end > refusal.invoke().nanos())) {
+                return true;
+            }
+        }
+        return false;
     }
 
     /** Whatever was acknowledged before a status read was sent, the read must show. */

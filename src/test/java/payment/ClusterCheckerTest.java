@@ -84,6 +84,43 @@ class ClusterCheckerTest {
         assertEquals(Map.of(Kind.STALE_STATUS, 1), counts());
     }
 
+    private static final String WHAT_IS_LEFT = "{\"type\":\"RefundPayment\",\"saga_id\":\"s\",\"step\":9,\"params\":{\"payment_id\":\"p1\"}}";
+    private static final String REFUSED = "{\"type\":\"error\",\"code\":22,\"text\":\"first used with other params\"}";
+    private static final String SIX_LEFT = "{\"type\":\"PaymentStatus_ok\",\"saga_id\":\"s\",\"step\":1,\"status\":\"charged\","
+            + "\"payment\":{\"payment_id\":\"p1\",\"charged\":10.00,\"refunded\":4}}";
+
+    /** A refused refund, then the corrected request refused too, though a later read shows 6 of 10 left. */
+    @Test
+    void aCorrectedRefundRefusedWhileMoneyIsLeftIsCaughtUnlessTheKeyWasStillInUse() throws Exception {
+        event(Type.INVOKE, 1, 1, CHARGE);
+        event(Type.OK, 1, 1, CHARGED);
+        event(Type.INVOKE, 2, 2, refund(7, "4"));
+        event(Type.OK, 2, 2, refunded(7, "r1", "4"));
+        event(Type.INVOKE, 3, 3, refund(9, "7"));
+        event(Type.FAIL, 3, 3, "{\"type\":\"error\",\"code\":22,\"text\":\"more than is left\"}");
+        event(Type.INVOKE, 4, 4, WHAT_IS_LEFT);
+        event(Type.FAIL, 4, 4, REFUSED);
+        event(Type.INVOKE, 5, 5, "{\"type\":\"PaymentStatus\",\"saga_id\":\"s\",\"step\":1}");
+        event(Type.OK, 5, 5, SIX_LEFT);
+        assertEquals(Map.of(Kind.REFUSED_WITH_MONEY_LEFT, 1), counts());
+
+        // The same, but a duplicate of the first refund was still at a node when the corrected one came: no anomaly.
+        history.clear();
+        event(Type.INVOKE, 1, 1, CHARGE);
+        event(Type.OK, 1, 1, CHARGED);
+        event(Type.INVOKE, 2, 2, refund(7, "4"));
+        event(Type.OK, 2, 2, refunded(7, "r1", "4"));
+        event(Type.INVOKE, 3, 3, refund(9, "7"));
+        event(Type.INVOKE, 3, 4, refund(9, "7"));
+        event(Type.FAIL, 3, 3, "{\"type\":\"error\",\"code\":22,\"text\":\"more than is left\"}");
+        event(Type.INVOKE, 4, 5, WHAT_IS_LEFT);
+        event(Type.FAIL, 4, 5, REFUSED);
+        event(Type.FAIL, 3, 4, "{\"type\":\"error\",\"code\":22,\"text\":\"more than is left\"}");
+        event(Type.INVOKE, 5, 6, "{\"type\":\"PaymentStatus\",\"saga_id\":\"s\",\"step\":1}");
+        event(Type.OK, 5, 6, SIX_LEFT);
+        assertEquals(Map.of(), counts());
+    }
+
     @Test
     void aReplyToNoRequestAndAnAnswerForAnotherKeyAreWrongReplies() throws Exception {
         event(Type.LATE, 0, 99, CHARGED);
