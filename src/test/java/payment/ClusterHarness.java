@@ -174,12 +174,17 @@ final class ClusterHarness {
         }
 
         /** Starts the process with the node command, then sends its init before anything else reaches it. */
-        CountDownLatch start() throws IOException {
+        CountDownLatch start() throws IOException, CouldNotRun {
             ProcessBuilder builder = new ProcessBuilder(settings.nodeCommand()).directory(folder.toFile());
             builder.redirectError(ProcessBuilder.Redirect.appendTo(stderr.toFile()));
             synchronized (writing) {
                 mark("starting: " + String.join(" ", settings.nodeCommand()));   // before the node can write a line of its own
-                Process started = builder.start();
+                Process started;
+                try {
+                    started = builder.start();
+                } catch (IOException cannot) {
+                    throw new CouldNotRun("cannot start the node command " + settings.nodeCommand().get(0) + ": " + cannot.getMessage());
+                }
                 killedByNemesis = false;
                 process = started;
                 stdin = started.getOutputStream();

@@ -105,7 +105,8 @@ final class ClusterOptions {
                                      find double charges
               --measure              count lin-kv calls per request kind instead (one client, no faults)
               -h, --help             print this help and exit
-              -- NODE COMMAND...     the command that starts one node [./run.sh --store lin-kv --verbose]
+              -- NODE COMMAND...     the command that starts one node, run in the results folder (a relative
+                                     path to it is taken from here) [./run.sh --store lin-kv --verbose]
             """;
 
     /** {@code projectDir}: where run.sh and target/ are (the default node command and results folder). */
@@ -170,6 +171,11 @@ final class ClusterOptions {
             command = store ? List.of(runSh, "--store", "lin-kv", "--verbose") : List.of(runSh, "--verbose");
         } else if (!store) {
             throw new UsageError("--no-store changes the default node command: give one or the other, not both");
+        } else if (command.get(0).contains("/") && !Path.of(command.get(0)).isAbsolute()) {
+            // nodes run in the results folder: a path like ./run.sh means the caller's folder, as Maelstrom's --bin does
+            List<String> absolute = new java.util.ArrayList<>(command);
+            absolute.set(0, Path.of(command.get(0)).toAbsolutePath().normalize().toString());
+            command = absolute;
         }
         if (out == null) {
             out = projectDir.resolve("target").resolve("cluster-runs")

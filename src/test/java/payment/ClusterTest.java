@@ -153,6 +153,14 @@ class ClusterTest {
         assertTrue(run.stderr().startsWith(expected), run.stderr());
         assertTrue(run.stderr().contains("no such payment node"), "the node's own last words: " + run.stderr());
         assertEquals(1, run.stderr().lines().count(), run.stderr());
+
+        // A relative command is taken from the caller's folder (nodes run in the results folder), and one that is not
+        // there cannot start: one line, exit 2.
+        Outcome missing = cluster("missing", List.of("--nodes", "1"), List.of("./no-such-node"));
+        assertEquals(2, missing.status(), missing.describe());
+        assertTrue(missing.stderr().startsWith("cluster: could not run: cannot start the node command "
+                + Path.of("no-such-node").toAbsolutePath() + ": "), missing.stderr());
+        assertEquals(1, missing.stderr().lines().count(), missing.stderr());
     }
 
     // ---- the checker can fail -------------------------------------------------------------------------------
