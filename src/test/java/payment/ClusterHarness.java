@@ -1,855 +1,952 @@
 package payment;
 
-import com.fasterxml.jackson.core.JsonFactory;
-import com.fasterxml.jackson.core.JsonGenerator;
-import com.fasterxml.jackson.core.JsonParser;
-import com.fasterxml.jackson.core.JsonToken;
+import com.fasterxml.jackson.core.JsonProcessingException;
+import com.fasterxml.jackson.databind.DeserializationFeature;
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import payment.ClusterHistory.Phase;
+import payment.ClusterHistory.Type;
+import payment.ClusterOptions.Nemesis;
+import payment.ClusterOptions.Settings;
 
 import java.io.BufferedReader;
 import java.io.IOException;
 import java.io.InputStreamReader;
 import java.io.OutputStream;
-import java.io.StringWriter;
+import java.io.PrintStream;
 import java.math.BigDecimal;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.nio.file.StandardOpenOption;
 import java.util.ArrayList;
 import java.util.Collections;
 import java.util.HashMap;
-import java.util.HashSet;
+import java.util.Iterator;
 import java.util.LinkedHashMap;
+import java.util.LinkedHashSet;
 import java.util.List;
 import java.util.Map;
-import java.util.Objects;
 import java.util.Random;
 import java.util.Set;
-import java.util.TreeMap;
 import java.util.concurrent.BlockingQueue;
 import java.util.concurrent.ConcurrentHashMap;
-import java.util.concurrent.DelayQueue;
-import java.util.concurrent.Delayed;
+import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.LinkedBlockingQueue;
 import java.util.concurrent.TimeUnit;
-import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.atomic.AtomicLong;
 
 /**
- * A Maelstrom-style cluster on one machine, to test the payment nodes as Maelstrom would: it starts N node
- * processes with one command line in one working directory, sends each its init (node_id, node_ids), routes
- * every message between nodes, clients and services, plays Maelstrom's lin-kv service (read, write, cas with
- * create_if_not_exists, errors 20 and 22, linearizable, with random latency that reorders its replies), and
- * kills nodes with SIGKILL and restarts them with the same command and a new init, as Maelstrom's kill nemesis
- * does. Clients run sagas against random nodes (charges, compensations, some before their charge, retries
- * after timeouts to another node, duplicate retries, PaymentStatus reads), and a checker reads every answer.
- * The choices are seeded; the timing is the machine's.
+ * A Maelstrom-style cluster on one machine, to test payment nodes as Maelstrom would: N node processes started with
+ * one command line in one working directory, each sent its init (node_id, node_ids); a network that routes every
+ * message between nodes, clients and lin-kv ({@link LinKvService}); a nemesis (kill, pause, partition, kv); clients
+ * running sagas; then a healing phase, final status reads, and the checker ({@link ClusterChecker}) on the history.
+ * Every choice is seeded; the timing is the machine's.
  *
- * <p>Run it: {@code tests/cluster.sh [--nodes 3] [--seed 1] [--kills 4] [--sagas 100] [--no-store] [--measure]}.
+ * <p>Run it: {@code tests/cluster.sh --help}. The entry for tests is {@link #run(String[], PrintStream, PrintStream)},
+ * which returns the exit status.
  */
 final class ClusterHarness {
-    static final String KV = "lin-kv";
-    private static final JsonFactory JSON = new JsonFactory();
+    /** Amounts exactly as written (a double would make 10.55 / 2 inexact): the harness's own view of JSON. */
+    static final ObjectMapper JSON = new ObjectMapper()
+            .enable(DeserializationFeature.USE_BIG_DECIMAL_FOR_FLOATS)
+            .enable(DeserializationFeature.USE_LONG_FOR_INTS);
+    /** Numbers as Maelstrom's JSON reader has them (doubles, longs): what lin-kv stores. */
+    static final ObjectMapper MAELSTROM_JSON = new ObjectMapper().enable(DeserializationFeature.USE_LONG_FOR_INTS);
 
-    /** What to run. {@code nodeCommand} starts one node (the harness adds nothing to it). */
-    record Settings(List<String> nodeCommand, int nodes, int clients, int sagasPerClient, long seed, int kills,
-                    int maxKvLatencyMillis, long clientTimeoutMillis, Path workDir) {
+    static final int EXIT_VALID = 0;
+    static final int EXIT_INVALID = 1;
+    static final int EXIT_COULD_NOT_RUN = 2;
+
+    /** A bound on every queue of messages: a node's stdin, a client's inbox. Beyond it a message is lost, and counted. */
+    static final int QUEUE_BOUND = 10_000;
+    /** How long a node may take to answer its init (Maelstrom waits 10 s too). */
+    static final long INIT_WAIT_MILLIS = 10_000;
+    private static final String HARNESS = "c0";
+
+    /** A fault as it happened: for the plots, the timeline and results.json. */
+    record Fault(String kind, String target, long startNanos, long endNanos) {
     }
 
-    /** What happened, and what the checker found wrong (nothing, for a correct cluster). */
-    record Report(int requests, int answered, Map<String, Integer> replies, int kills, int nonJsonLines,
-                  List<String> anomalies, long charges, double seconds, long p50Micros, long p99Micros, Map<String, Long> kvCalls) {
-        boolean valid() {
-            return anomalies.isEmpty() && nonJsonLines == 0;
-        }
-
-        String summary() {
-            StringBuilder text = new StringBuilder();
-            text.append(String.format("requests: %d sent, %d answered; replies by type: %s%n", requests, answered, new TreeMap<>(replies)));
-            text.append(String.format("kills: %d; stdout lines that were not JSON: %d%n", kills, nonJsonLines));
-            text.append(String.format("first charges: %d in %.1f s (%.0f/s); charge latency p50 %.1f ms, p99 %.1f ms%n",
-                    charges, seconds, charges / seconds, p50Micros / 1000.0, p99Micros / 1000.0));
-            text.append(String.format("lin-kv calls: %s%n", new TreeMap<>(kvCalls)));
-            text.append(String.format("anomalies: %d%n", anomalies.size()));
-            anomalies.stream().limit(20).forEach(anomaly -> text.append("  ").append(anomaly).append('\n'));
-            text.append(valid() ? "verdict: VALID\n" : "verdict: INVALID\n");
-            return text.toString();
-        }
+    /** What a run left: its settings, history, verdict and the service's counters. */
+    record Run(Settings settings, Path folder, List<ClusterHistory.Event> history, ClusterChecker.Verdict verdict,
+               List<Fault> faults, Map<String, Long> kvCalls, Map<String, Long> kvFates, Map<String, Long> dropped,
+               double seconds) {
     }
-
-    // ---- JSON, as plain Java values (maps, lists, strings, longs, doubles: numbers as Maelstrom reads them) ----
-
-    static Object parse(String text) throws IOException {
-        try (JsonParser parser = JSON.createParser(text)) {
-            Object value = read(parser, parser.nextToken());
-            if (parser.nextToken() != null) {
-                throw new IOException("more data after the JSON value");
-            }
-            return value;
-        }
-    }
-
-    private static Object read(JsonParser parser, JsonToken token) throws IOException {
-        if (token == null) {
-            throw new IOException("no JSON value");
-        }
-        switch (token) {
-            case START_OBJECT -> {
-                Map<String, Object> object = new LinkedHashMap<>();
-                while (parser.nextToken() == JsonToken.FIELD_NAME) {
-                    String name = parser.currentName();
-                    object.put(name, read(parser, parser.nextToken()));
-                }
-                return object;
-            }
-            case START_ARRAY -> {
-                List<Object> array = new ArrayList<>();
-                for (JsonToken item = parser.nextToken(); item != JsonToken.END_ARRAY; item = parser.nextToken()) {
-                    array.add(read(parser, item));
-                }
-                return array;
-            }
-            case VALUE_STRING -> {
-                return parser.getText();
-            }
-            case VALUE_NUMBER_INT -> {
-                return parser.getLongValue();
-            }
-            case VALUE_NUMBER_FLOAT -> {
-                return parser.getDoubleValue();
-            }
-            case VALUE_TRUE, VALUE_FALSE -> {
-                return token == JsonToken.VALUE_TRUE;
-            }
-            default -> {
-                return null;
-            }
-        }
-    }
-
-    static String write(Object value) {
-        StringWriter out = new StringWriter();
-        try (JsonGenerator generator = JSON.createGenerator(out)) {
-            write(generator, value);
-        } catch (IOException e) {
-            throw new IllegalStateException(e);
-        }
-        return out.toString();
-    }
-
-    private static void write(JsonGenerator generator, Object value) throws IOException {
-        if (value instanceof Map<?, ?> map) {
-            generator.writeStartObject();
-            for (Map.Entry<?, ?> field : map.entrySet()) {
-                generator.writeFieldName((String) field.getKey());
-                write(generator, field.getValue());
-            }
-            generator.writeEndObject();
-        } else if (value instanceof List<?> list) {
-            generator.writeStartArray();
-            for (Object item : list) {
-                write(generator, item);
-            }
-            generator.writeEndArray();
-        } else if (value instanceof String text) {
-            generator.writeString(text);
-        } else if (value instanceof Long number) {
-            generator.writeNumber(number);
-        } else if (value instanceof Double number) {
-            generator.writeNumber(number);
-        } else if (value instanceof RawNumber raw) {
-            generator.writeNumber(raw.digits());
-        } else if (value instanceof Boolean bool) {
-            generator.writeBoolean(bool);
-        } else {
-            generator.writeNull();
-        }
-    }
-
-    @SuppressWarnings("unchecked")
-    private static Map<String, Object> body(Map<String, Object> message) {
-        return (Map<String, Object>) message.get("body");
-    }
-
-    // ---- the network ---------------------------------------------------------------------------------
 
     private final Settings settings;
+    private final Path folder;
+    private final PrintStream log;
+    private final ClusterHistory history = new ClusterHistory();
     private final List<String> nodeIds = new ArrayList<>();
-    private final Map<String, NodeProcess> nodes = new ConcurrentHashMap<>();
-    private final Map<String, BlockingQueue<Map<String, Object>>> inboxes = new ConcurrentHashMap<>();
-    private final LinKv linKv;
-    private final AtomicInteger nonJsonLines = new AtomicInteger();
-    private final AtomicInteger kills = new AtomicInteger();
+    private final Map<String, NodeProcess> nodes = new LinkedHashMap<>();
+    private final Map<String, Client> clients = new ConcurrentHashMap<>();
+    private final LinKvService linKv;
+    private final Random nemesisRandom;
     private final AtomicLong harnessMsgIds = new AtomicLong(1);
+    private final Map<String, AtomicLong> dropped = new ConcurrentHashMap<>();
+    private final Map<String, CountDownLatch> initAnswered = new ConcurrentHashMap<>();
+    private final List<Fault> faults = Collections.synchronizedList(new ArrayList<>());
+    /** The node the partition nemesis cuts off (null: none). */
+    private volatile String isolated;
 
-    /** The harness's own inbox: init_ok replies. */
-    private final BlockingQueue<Map<String, Object>> initReplies = new LinkedBlockingQueue<>();
-    private final AtomicInteger inits = new AtomicInteger();
-
-    ClusterHarness(Settings settings) {
+    ClusterHarness(Settings settings, Path folder, PrintStream log) {
         this.settings = settings;
-        inboxes.put("c0", initReplies);
-        this.linKv = new LinKv(settings.seed(), settings.maxKvLatencyMillis());
+        this.folder = folder;
+        this.log = log;
         for (int i = 1; i <= settings.nodes(); i++) {
             nodeIds.add("n" + i);
         }
+        this.linKv = new LinKvService(MAELSTROM_JSON, settings.seed() * 31 + 1, settings.kvLatency(), settings.kvLateMillis(),
+                this::route, log::println);
+        this.nemesisRandom = new Random(settings.seed() * 31 + 7);
     }
 
-    /** Where a message goes: lin-kv, a client, or a node (dropped while that node is down). */
-    void route(Map<String, Object> message) {
-        String dest = String.valueOf(message.get("dest"));
-        if (KV.equals(dest)) {
-            linKv.receive(message);
-        } else if (inboxes.containsKey(dest)) {
-            inboxes.get(dest).add(message);
+    private void drop(String why) {
+        dropped.computeIfAbsent(why, w -> new AtomicLong()).incrementAndGet();
+    }
+
+    // ---- the network -------------------------------------------------------------------------------------
+
+    /** Where a message goes: lin-kv, a client, the harness (init_ok), or a node; nothing crosses the partition. */
+    void route(JsonNode message) {
+        String src = message.path("src").asText();
+        String dest = message.path("dest").asText();
+        if (isolated != null && (isolated.equals(src) || isolated.equals(dest))) {
+            drop("partition");
+            return;
+        }
+        if (LinKvService.ID.equals(dest)) {
+            try {   // lin-kv reads the numbers as Maelstrom does: doubles
+                linKv.receive(MAELSTROM_JSON.readTree(message.toString()));
+            } catch (JsonProcessingException e) {
+                throw new IllegalStateException(e);
+            }
+        } else if (HARNESS.equals(dest)) {
+            JsonNode body = message.path("body");
+            if (body.path("type").asText().equals("init_ok")) {
+                history.add(HARNESS, Type.INIT_OK, null, null, src, body.path("in_reply_to").asLong(), null, null, body, null);
+                CountDownLatch answered = initAnswered.get(src + "#" + body.path("in_reply_to").asLong());
+                if (answered != null) {
+                    answered.countDown();
+                }
+            } else {
+                log.println("cluster: " + src + " answered its init with " + body);
+                history.add(HARNESS, Type.LATE, null, null, src, body.path("in_reply_to").asLong(), null, null, body, null);
+            }
+        } else if (clients.containsKey(dest)) {
+            clients.get(dest).deliver(message);
         } else if (nodes.containsKey(dest)) {
-            nodes.get(dest).send(write(message));
+            nodes.get(dest).send(message.toString());
+        } else {
+            drop("no such destination");
+            log.println("cluster: a message to " + dest + ", which is nobody: " + message);
         }
     }
 
-    /** One node: its process, restarted under the same id after a kill. */
+    /** One node: its process, restarted under the same id after a kill; stdin fed by one writer from a bounded queue. */
     final class NodeProcess {
         final String id;
-        private Process process;
-        private OutputStream stdin;
+        private final Path stderr;
+        private final BlockingQueue<String> toStdin = new LinkedBlockingQueue<>(QUEUE_BOUND);
+        private final Object writing = new Object();
+        private volatile Process process;
+        private volatile OutputStream stdin;
+        private volatile boolean killedByNemesis;
 
         NodeProcess(String id) {
             this.id = id;
+            this.stderr = folder.resolve(id + ".stderr");
+            Thread writer = new Thread(this::writeStdin, id + "-stdin");
+            writer.setDaemon(true);
+            writer.start();
         }
 
-        synchronized void start() throws IOException {
-            ProcessBuilder builder = new ProcessBuilder(settings.nodeCommand()).directory(settings.workDir().toFile());
-            builder.redirectError(ProcessBuilder.Redirect.appendTo(settings.workDir().resolve(id + ".stderr").toFile()));
-            process = builder.start();
-            stdin = process.getOutputStream();
-            Process mine = process;
-            Thread reader = new Thread(() -> readStdout(mine), id + "-stdout");
-            reader.setDaemon(true);
-            reader.start();
-            Map<String, Object> init = new LinkedHashMap<>();
-            init.put("type", "init");
-            init.put("msg_id", harnessMsgIds.getAndIncrement());
-            init.put("node_id", id);
-            init.put("node_ids", new ArrayList<>(nodeIds));
-            inits.incrementAndGet();
-            send(write(Map.of("src", "c0", "dest", id, "body", init)));
+        /** A line in this node's stderr file from the harness, so that its log shows when it was started, killed, paused. */
+        void mark(String what) {
+            try {
+                Files.writeString(stderr, "cluster: " + ClusterChecker.seconds(history.now()) + ": " + id + " " + what + "\n",
+                        StandardCharsets.UTF_8, StandardOpenOption.CREATE, StandardOpenOption.APPEND);
+            } catch (IOException e) {
+                log.println("cluster: cannot write " + stderr + ": " + e.getMessage());
+            }
         }
 
+        /** Starts the process with the node command, then sends its init before anything else reaches it. */
+        CountDownLatch start() throws IOException, CouldNotRun {
+            ProcessBuilder builder = new ProcessBuilder(settings.nodeCommand()).directory(folder.toFile());
+            builder.redirectError(ProcessBuilder.Redirect.appendTo(stderr.toFile()));
+            synchronized (writing) {
+                mark("starting: " + String.join(" ", settings.nodeCommand()));   // before the node can write a line of its own
+                Process started;
+                try {
+                    started = builder.start();
+                } catch (IOException cannot) {
+                    throw new CouldNotRun("cannot start the node command " + settings.nodeCommand().get(0) + ": " + cannot.getMessage());
+                }
+                killedByNemesis = false;
+                process = started;
+                stdin = started.getOutputStream();
+                mark("started, pid " + started.pid());
+                Thread reader = new Thread(() -> readStdout(started), id + "-stdout");
+                reader.setDaemon(true);
+                reader.start();
+                long msgId = harnessMsgIds.getAndIncrement();
+                ObjectNode init = JSON.createObjectNode();
+                init.put("type", "init").put("msg_id", msgId).put("node_id", id);
+                init.set("node_ids", JSON.valueToTree(nodeIds));
+                ObjectNode envelope = JSON.createObjectNode().put("src", HARNESS).put("dest", id);
+                envelope.set("body", init);
+                CountDownLatch answered = new CountDownLatch(1);
+                initAnswered.put(id + "#" + msgId, answered);
+                history.add(HARNESS, Type.INIT, null, null, id, msgId, null, null, init, null);
+                write(envelope.toString());
+                return answered;
+            }
+        }
+
+        /** Lines the node wrote: routed; a line that is not JSON is garbage, unless it is the last one, cut by our SIGKILL. */
         private void readStdout(Process mine) {
-            try (BufferedReader stdout = new BufferedReader(new InputStreamReader(mine.getInputStream(), StandardCharsets.UTF_8))) {
-                for (String line; (line = stdout.readLine()) != null; ) {
-                    Object message;
+            try (BufferedReader out = new BufferedReader(new InputStreamReader(mine.getInputStream(), StandardCharsets.UTF_8))) {
+                String suspect = null;
+                for (String line; (line = out.readLine()) != null; ) {
+                    if (suspect != null) {
+                        garbage(suspect);
+                        suspect = null;
+                    }
+                    JsonNode message = null;
                     try {
-                        message = parse(line);
-                    } catch (IOException notJson) {
-                        if (mine.isAlive()) {   // a line cut by a kill is not the node's fault
-                            nonJsonLines.incrementAndGet();
-                            System.err.println("cluster: " + id + " wrote a line that is not JSON: " + line);
-                        }
+                        message = JSON.readTree(line);
+                    } catch (JsonProcessingException notJson) {
+                        suspect = line;
                         continue;
                     }
-                    if (message instanceof Map<?, ?> map && map.get("body") instanceof Map<?, ?>) {
-                        @SuppressWarnings("unchecked")
-                        Map<String, Object> m = (Map<String, Object>) map;
-                        route(m);
-                    } else {
-                        nonJsonLines.incrementAndGet();
+                    if (message == null || !message.path("body").isObject() || !message.path("dest").isTextual()) {
+                        garbage(line);
+                        continue;
                     }
+                    route(message);
                 }
-            } catch (IOException killed) {
+                if (suspect != null && !(killedByNemesis && process != mine) && !(killedByNemesis && !mine.isAlive())) {
+                    garbage(suspect);
+                }
+            } catch (IOException closed) {
                 // the pipe closes when the node is killed
             }
         }
 
-        synchronized void send(String line) {
-            if (process == null || !process.isAlive()) {
-                return;   // a node that is down loses its messages, as on a real network
+        private void garbage(String line) {
+            history.add(HARNESS, Type.GARBAGE, null, null, id, null, null, null, null, line.length() > 300 ? line.substring(0, 300) + "..." : line);
+        }
+
+        /** Queued for the node's stdin; lost when the queue is full (a flooded network). */
+        void send(String line) {
+            if (!toStdin.offer(line)) {
+                drop("queue to a node full");
             }
+        }
+
+        private void writeStdin() {
             try {
-                stdin.write((line + "\n").getBytes(StandardCharsets.UTF_8));
-                stdin.flush();
-            } catch (IOException down) {
-                // killed meanwhile
+                while (true) {
+                    write(toStdin.take());
+                }
+            } catch (InterruptedException stopped) {
+                // the run is over
+            }
+        }
+
+        private void write(String line) {
+            synchronized (writing) {
+                Process current = process;
+                if (current == null || !current.isAlive()) {
+                    drop("node down");
+                    return;   // a node that is down loses its messages, as on a real network
+                }
+                try {
+                    stdin.write((line + "\n").getBytes(StandardCharsets.UTF_8));
+                    stdin.flush();
+                } catch (IOException down) {
+                    drop("node down");
+                }
+            }
+        }
+
+        /** The end of this node's stderr, for a message that says why a run could not go on. */
+        String stderrTail() {
+            try {
+                List<String> lines = Files.readAllLines(stderr, StandardCharsets.UTF_8);
+                return "the end of " + stderr + ": " + String.join(" | ", lines.subList(Math.max(0, lines.size() - 3), lines.size()));
+            } catch (IOException e) {
+                return "its stderr " + stderr + " cannot be read: " + e.getMessage();
             }
         }
 
         void kill() throws InterruptedException {
-            Process victim;
-            synchronized (this) {
-                victim = process;
-            }
-            victim.destroyForcibly();   // SIGKILL
+            killedByNemesis = true;
+            Process victim = process;
+            mark("killed (SIGKILL)");
+            victim.destroyForcibly();
             victim.waitFor(10, TimeUnit.SECONDS);
         }
 
-        synchronized void stop() throws InterruptedException {
-            if (process != null) {
+        void signal(String signal) throws IOException, InterruptedException {
+            mark(signal.equals("STOP") ? "paused (SIGSTOP)" : "continued (SIGCONT)");
+            Process kill = new ProcessBuilder("kill", "-" + signal, Long.toString(process.pid())).redirectErrorStream(true).start();
+            String said = new String(kill.getInputStream().readAllBytes(), StandardCharsets.UTF_8).strip();
+            if (!kill.waitFor(10, TimeUnit.SECONDS) || kill.exitValue() != 0) {
+                throw new IOException("kill -" + signal + " " + process.pid() + " failed: " + said);
+            }
+        }
+
+        /** End of input: the node exits by itself; one that does not within 10 s is killed. */
+        void stop() throws InterruptedException {
+            Process current = process;
+            if (current == null) {
+                return;
+            }
+            synchronized (writing) {
                 try {
                     stdin.close();
                 } catch (IOException ignored) {
                     // already gone
                 }
-                if (!process.waitFor(10, TimeUnit.SECONDS)) {
-                    process.destroyForcibly();
-                }
+            }
+            if (!current.waitFor(10, TimeUnit.SECONDS)) {
+                current.destroyForcibly();
+                mark("did not exit within 10 s of the end of its input: killed");
+            } else {
+                mark("exited with status " + current.exitValue() + " at the end of its input");
             }
         }
     }
 
-    // ---- lin-kv, as Maelstrom's service.clj has it -------------------------------------------------------
+    // ---- clients -------------------------------------------------------------------------------------------
+
+    /** A logical request and its retries; {@code answer} is its first definite reply, from any of its requests. */
+    static final class Op {
+        final int number;
+        final JsonNode body;
+        final Phase phase;
+        JsonNode answer;
+        int attempts;
+
+        Op(int number, JsonNode body, Phase phase) {
+            this.number = number;
+            this.body = body;
+            this.phase = phase;
+        }
+    }
+
+    private record Pending(Op op, int attempt, String node, long deadlineNanos) {
+    }
 
     /**
-     * Maelstrom's lin-kv: a map behind one lock, so every operation takes effect at one instant between its
-     * request and its reply (linearizable). Replies leave after a random latency, so they can overtake each
-     * other. They carry in_reply_to and no msg_id, as Maelstrom's services' replies do.
+     * A client: one operation at a time (a duplicate is sent to two nodes at once); a request not answered within
+     * the timeout, or answered 0, 11 or 13, is retried on another node. Its state is touched by its own thread only.
      */
-    final class LinKv {
-        private final Map<Object, Object> store = new HashMap<>();
-        private final DelayQueue<DelayedReply> outbox = new DelayQueue<>();
-        private final Random random;
-        private final int maxLatencyMillis;
-        final Map<String, AtomicLong> calls = new ConcurrentHashMap<>();
-        private final Thread postman;
-
-        LinKv(long seed, int maxLatencyMillis) {
-            this.random = new Random(seed);
-            this.maxLatencyMillis = maxLatencyMillis;
-            postman = new Thread(() -> {
-                try {
-                    while (true) {
-                        route(outbox.take().message());
-                    }
-                } catch (InterruptedException stopped) {
-                    // the harness is done
-                }
-            }, "lin-kv");
-            postman.setDaemon(true);
-            postman.start();
-        }
-
-        void receive(Map<String, Object> request) {
-            Map<String, Object> body = body(request);
-            Map<String, Object> reply = new LinkedHashMap<>();
-            int latency;
-            synchronized (this) {
-                String type = String.valueOf(body.get("type"));
-                calls.computeIfAbsent(type, t -> new AtomicLong()).incrementAndGet();
-                Object key = body.get("key");
-                switch (type) {
-                    case "read" -> {
-                        if (store.containsKey(key)) {
-                            reply.put("type", "read_ok");
-                            reply.put("value", store.get(key));
-                        } else {
-                            error(reply, 20, "key does not exist");
-                        }
-                    }
-                    case "write" -> {
-                        store.put(key, body.get("value"));
-                        reply.put("type", "write_ok");
-                    }
-                    case "cas" -> {
-                        if (store.containsKey(key)) {
-                            if (Objects.equals(body.get("from"), store.get(key))) {
-                                store.put(key, body.get("to"));
-                                reply.put("type", "cas_ok");
-                            } else {
-                                error(reply, 22, "current value " + write(store.get(key)) + " is not " + write(body.get("from")));
-                            }
-                        } else if (Boolean.TRUE.equals(body.get("create_if_not_exists"))) {
-                            store.put(key, body.get("to"));
-                            reply.put("type", "cas_ok");
-                        } else {
-                            error(reply, 20, "key does not exist");
-                        }
-                    }
-                    default -> error(reply, 10, "unsupported message type: " + type);
-                }
-                latency = random.nextInt(maxLatencyMillis + 1);
-            }
-            reply.put("in_reply_to", body.get("msg_id"));
-            Map<String, Object> message = new LinkedHashMap<>();
-            message.put("src", KV);
-            message.put("dest", request.get("src"));
-            message.put("body", reply);
-            outbox.add(new DelayedReply(System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(latency), message));
-        }
-
-        private void error(Map<String, Object> reply, long code, String text) {
-            reply.put("type", "error");
-            reply.put("code", code);
-            reply.put("text", text);
-        }
-
-        synchronized Map<Object, Object> snapshot() {
-            return new HashMap<>(store);
-        }
-
-        long total() {
-            return calls.values().stream().mapToLong(AtomicLong::get).sum();
-        }
-    }
-
-    record DelayedReply(long due, Map<String, Object> message) implements Delayed {
-        @Override
-        public long getDelay(TimeUnit unit) {
-            return unit.convert(due - System.nanoTime(), TimeUnit.NANOSECONDS);
-        }
-
-        @Override
-        public int compareTo(Delayed other) {
-            return Long.compare(due, ((DelayedReply) other).due);
-        }
-    }
-
-    // ---- clients ----------------------------------------------------------------------------------------
-
-    /** One request and every reply it got, on any attempt. */
-    record Exchange(Map<String, Object> request, List<Map<String, Object>> replies, long firstSentNanos, long answeredNanos) {
-    }
-
-    private final List<Exchange> history = Collections.synchronizedList(new ArrayList<>());
-
-    /** A client: sends one request at a time and retries it, after a timeout or an indefinite error, on another node. */
     final class Client {
         final String id;
+        /** One draw per saga (its pace and its own generator): a saga's answers never shift the next saga's choices. */
         final Random random;
-        final BlockingQueue<Map<String, Object>> inbox = new LinkedBlockingQueue<>();
+        /** The nodes of retries, which depend on timing: kept apart from the workload's choices. */
+        private final Random retries;
+        private final BlockingQueue<JsonNode> inbox = new LinkedBlockingQueue<>(QUEUE_BOUND);
+        private final Map<Long, Pending> pending = new HashMap<>();
+        private final Map<Long, Op> opOfMsgId = new HashMap<>();
+        private final List<Op> ops = new ArrayList<>();
         private long nextMsgId = 1;
 
         Client(String id, long seed) {
             this.id = id;
             this.random = new Random(seed);
-            inboxes.put(id, inbox);
+            this.retries = new Random(~seed);
+            clients.put(id, this);
         }
 
-        String anyNode() {
-            return nodeIds.get(random.nextInt(nodeIds.size()));
+        void deliver(JsonNode message) {
+            if (!inbox.offer(message)) {
+                drop("client inbox full");
+            }
         }
 
-        /** A node other than {@code previous} (when there is one). */
+        /** A node other than {@code previous}, when there is one. */
         String otherNode(String previous) {
             if (nodeIds.size() == 1) {
                 return previous;
             }
-            String other = nodeIds.get(random.nextInt(nodeIds.size() - 1));
+            String other = nodeIds.get(retries.nextInt(nodeIds.size() - 1));
             return other.equals(previous) ? nodeIds.get(nodeIds.size() - 1) : other;
         }
 
-        /** Sends {@code body} until a definite answer comes (at most 6 attempts); returns that answer, or null. */
-        Map<String, Object> call(Map<String, Object> body, String node, boolean duplicate) throws InterruptedException {
-            List<Map<String, Object>> replies = new ArrayList<>();
-            long first = System.nanoTime();
-            Map<String, Object> answer = null;
-            String target = node;
-            for (int attempt = 0; attempt < 6 && answer == null; attempt++) {
-                Map<String, Object> request = new LinkedHashMap<>(body);
-                long msgId = nextMsgId++;
-                request.put("msg_id", msgId);
-                target = attempt == 0 ? node : otherNode(target);   // a retry after a timeout goes to another node
-                nodes.get(target).send(write(Map.of("src", id, "dest", target, "body", request)));
-                if (duplicate && attempt == 0) {   // the same request twice at once, to two nodes
-                    Map<String, Object> twin = new LinkedHashMap<>(body);
-                    twin.put("msg_id", nextMsgId++);
-                    String other = anyNode();
-                    nodes.get(other).send(write(Map.of("src", id, "dest", other, "body", twin)));
-                }
-                long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(settings.clientTimeoutMillis());
-                while (true) {
-                    long left = deadline - System.nanoTime();
-                    Map<String, Object> reply = left <= 0 ? null : inbox.poll(left, TimeUnit.NANOSECONDS);
-                    if (reply == null) {
-                        break;   // timed out: try another node
-                    }
-                    replies.add(reply);
-                    Object inReplyTo = body(reply).get("in_reply_to");
-                    if (inReplyTo instanceof Long id && id == msgId) {
-                        Object code = body(reply).get("code");
-                        boolean indefinite = code instanceof Long c && (c == 0 || c == 11 || c == 13);
-                        if (!indefinite) {
-                            answer = reply;
-                        }
-                        break;
-                    }
-                }
-            }
-            history.add(new Exchange(body, replies, first, answer == null ? 0 : System.nanoTime()));
-            return answer;
+        private long send(Op op, int attempt, String node) {
+            long msgId = nextMsgId++;
+            ObjectNode body = op.body.deepCopy();
+            body.put("msg_id", msgId);
+            ObjectNode message = JSON.createObjectNode().put("src", id).put("dest", node);
+            message.set("body", body);
+            pending.put(msgId, new Pending(op, attempt, node, System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(settings.clientTimeoutMillis())));
+            opOfMsgId.put(msgId, op);
+            history.add(id, Type.INVOKE, op.number, attempt, node, msgId, op.phase, null, body, null);
+            route(message);
+            return msgId;
         }
 
-        /** Sagas: charges, their retries, compensations (some before their charge), status reads, partial refunds. */
-        void run(int sagas) throws InterruptedException {
+        /** A reply that fits its request and settles it: ok, or an error other than 0, 11, 13. */
+        private boolean definite(Op op, JsonNode reply) {
+            String type = reply.path("type").asText();
+            String asked = op.body.path("type").asText();
+            if (type.equals(asked + "_ok")) {
+                return reply.path("saga_id").equals(op.body.path("saga_id")) && reply.path("step").equals(op.body.path("step"));
+            }
+            return type.equals("error") && !ClusterChecker.indefiniteOrNothingDone(reply.path("code").asInt(-1));
+        }
+
+        private Type completion(Op op, JsonNode reply) {
+            String type = reply.path("type").asText();
+            if (type.equals(op.body.path("type").asText() + "_ok") && definite(op, reply)) {
+                return Type.OK;
+            }
+            int code = reply.path("code").asInt(-1);
+            return type.equals("error") && code != 0 && code != 13 ? Type.FAIL : Type.INFO;
+        }
+
+        private void receive(JsonNode message) {
+            JsonNode reply = message.path("body");
+            String from = message.path("src").asText();
+            Long inReplyTo = reply.path("in_reply_to").canConvertToLong() ? reply.path("in_reply_to").asLong() : null;
+            Pending request = inReplyTo == null ? null : pending.remove(inReplyTo);
+            if (request != null) {
+                history.add(id, completion(request.op(), reply), request.op().number, request.attempt(), from, inReplyTo,
+                        request.op().phase, null, reply, null);
+            } else {
+                Op op = inReplyTo == null ? null : opOfMsgId.get(inReplyTo);
+                history.add(id, Type.LATE, op == null ? null : op.number, null, from, inReplyTo, op == null ? null : op.phase, null,
+                        reply, op == null ? "a reply to no request of this client" : "came after its request was completed");
+                request = op == null ? null : new Pending(op, 0, from, 0);
+            }
+            if (request != null && request.op().answer == null && definite(request.op(), reply)) {
+                request.op().answer = reply;
+            }
+        }
+
+        /** Requests past their deadline complete as info: the outcome is unknown. */
+        private void expire() {
+            long now = System.nanoTime();
+            for (Iterator<Map.Entry<Long, Pending>> it = pending.entrySet().iterator(); it.hasNext(); ) {
+                Map.Entry<Long, Pending> entry = it.next();
+                Pending request = entry.getValue();
+                if (request.deadlineNanos() <= now) {
+                    it.remove();
+                    history.add(id, Type.INFO, request.op().number, request.attempt(), request.node(), entry.getKey(), request.op().phase,
+                            null, null, "no reply within " + settings.clientTimeoutMillis() + " ms");
+                }
+            }
+        }
+
+        /** Handles replies until {@code done} says so or every pending request has expired; bounded by the client timeout. */
+        private void await(java.util.function.BooleanSupplier done) throws InterruptedException {
+            while (!done.getAsBoolean() && !pending.isEmpty()) {
+                long earliest = pending.values().stream().mapToLong(Pending::deadlineNanos).min().orElseThrow();
+                JsonNode message = inbox.poll(Math.max(0, earliest - System.nanoTime()), TimeUnit.NANOSECONDS);
+                if (message != null) {
+                    receive(message);
+                }
+                expire();
+            }
+        }
+
+        /**
+         * Runs one operation: up to {@code attempts} requests, each retry on another node, until a definite answer;
+         * stops early once {@code deadlineNanos} has passed (0: no deadline). Returns the answer, or null.
+         */
+        JsonNode call(Op op, String node, boolean duplicate, int attempts, long deadlineNanos) throws InterruptedException {
+            String target = node;
+            while (op.answer == null && op.attempts < attempts && (deadlineNanos == 0 || System.nanoTime() < deadlineNanos)) {
+                op.attempts++;
+                if (op.attempts > 1) {
+                    target = otherNode(target);
+                }
+                long started = System.nanoTime();
+                long main = send(op, op.attempts, target);
+                if (duplicate && op.attempts == 1) {
+                    send(op, op.attempts, otherNode(target));   // the same request at once to another node
+                }
+                await(() -> op.answer != null || !pending.containsKey(main));
+                if (op.answer == null && System.nanoTime() - started < TimeUnit.MILLISECONDS.toNanos(50)) {
+                    Thread.sleep(50);   // an indefinite error came back at once: give the fault a moment before the retry
+                }
+            }
+            return op.answer;
+        }
+
+        JsonNode call(JsonNode body, String node, boolean duplicate, Phase phase) throws InterruptedException {
+            return callOp(body, node, duplicate, phase).answer;
+        }
+
+        Op callOp(JsonNode body, String node, boolean duplicate) throws InterruptedException {
+            return callOp(body, node, duplicate, Phase.RUN);
+        }
+
+        private Op callOp(JsonNode body, String node, boolean duplicate, Phase phase) throws InterruptedException {
+            Op op = new Op(ops.size() + 1, body, phase);
+            ops.add(op);
+            call(op, node, duplicate, settings.attempts(), 0);
+            return op;
+        }
+
+        /**
+         * Several operations at once, each to a node of its own choosing (an orchestrator compensating several steps
+         * in parallel), then each one's retries, one operation after the other.
+         */
+        List<Op> callTogether(List<JsonNode> bodies, List<String> nodesToUse) throws InterruptedException {
+            Map<Op, String> firstNode = new LinkedHashMap<>();
+            for (int i = 0; i < bodies.size(); i++) {
+                Op op = new Op(ops.size() + 1, bodies.get(i), Phase.RUN);
+                ops.add(op);
+                op.attempts = 1;
+                String node = nodesToUse.get(i);
+                firstNode.put(op, node);
+                send(op, 1, node);
+            }
+            await(() -> firstNode.keySet().stream().allMatch(op -> op.answer != null));
+            for (Map.Entry<Op, String> op : firstNode.entrySet()) {
+                call(op.getKey(), op.getValue(), false, settings.attempts(), 0);
+            }
+            return List.copyOf(firstNode.keySet());
+        }
+
+        /**
+         * The workload. Each saga: a charge (sometimes to two nodes at once), its retry elsewhere (the same result,
+         * cached_result), a retry with another amount (error 22), a PaymentStatus read whose payment id and amount are
+         * then refunded 40% at a time under three other steps of the saga (half the time all three at once, to three
+         * nodes; one is refused, 22: only 20% left) and the refused one asked again for what is left (served: an
+         * error leaves no record), or a compensation of the
+         * charge and its retry; and 15% of sagas compensate first, then charge (error 14). Every choice of a saga is
+         * drawn before it starts ({@link SagaPlan}), so that the seed pins them whatever the answers.
+         */
+        void runSagas(int sagas, long paceNanos) throws InterruptedException {
+            long next = System.nanoTime();
             for (int n = 1; n <= sagas; n++) {
+                // one saga per pace on average; a client held up by a fault starts its next saga at once, and keeps
+                // no debt: it never bursts to catch up
+                next = Math.max(next, System.nanoTime()) + Math.round(paceNanos * (0.5 + random.nextDouble()));
+                long wait = next - System.nanoTime();
+                if (wait > 0) {
+                    TimeUnit.NANOSECONDS.sleep(wait);
+                }
+                SagaPlan plan = SagaPlan.draw(new Random(random.nextLong()), nodeIds);
                 String saga = id + "-saga" + n;
-                String amount = (1 + random.nextInt(500)) + "." + (10 + random.nextInt(90));
-                int kind = random.nextInt(100);
-                if (kind < 15) {   // the compensation comes first; the late charge must never charge
-                    call(refund(saga, 1, null, null), anyNode(), random.nextBoolean());
-                    call(charge(saga, 1, amount), anyNode(), false);
+                if (plan.kind() < 15) {
+                    call(refund(saga, 1, null, null), plan.node(0), plan.duplicate(0), Phase.RUN);
+                    call(charge(saga, 1, plan.amount()), plan.node(1), false, Phase.RUN);
                     continue;
                 }
-                Map<String, Object> charged = call(charge(saga, 1, amount), anyNode(), random.nextInt(4) == 0);
-                if (random.nextInt(3) == 0) {
-                    call(charge(saga, 1, amount), anyNode(), false);   // a retry elsewhere: the same payment
+                JsonNode charged = call(charge(saga, 1, plan.amount()), plan.node(0), plan.duplicate(0), Phase.RUN);
+                if (plan.flag(0)) {
+                    call(charge(saga, 1, plan.amount()), plan.node(1), false, Phase.RUN);
                 }
-                if (random.nextInt(4) == 0) {
-                    call(status(saga, 1), anyNode(), false);
+                if (charged != null && charged.path("type").asText().endsWith("_ok") && plan.flag(1)) {
+                    call(charge(saga, 1, new BigDecimal(plan.amount()).add(BigDecimal.ONE).toPlainString()), plan.node(2), false, Phase.RUN);
                 }
-                String paymentId = charged == null ? null : paymentIdOf(charged);
-                if (paymentId != null && kind < 30) {   // partial refunds of one payment under other steps' keys
-                    String half = new BigDecimal(amount).divide(BigDecimal.valueOf(2)).toPlainString();
-                    for (int step = 7; step <= 9; step++) {
-                        call(refund(saga, step, paymentId, half), anyNode(), random.nextBoolean());
-                    }
-                } else if (kind < 70) {
-                    call(refund(saga, 1, null, null), anyNode(), random.nextInt(4) == 0);
-                    if (random.nextBoolean()) {
-                        call(refund(saga, 1, null, null), anyNode(), false);
-                    }
-                }
-                if (random.nextInt(4) == 0) {
-                    call(status(saga, 1), anyNode(), false);
-                }
-            }
-        }
-    }
-
-    static Map<String, Object> charge(String saga, long step, String amount) {
-        Map<String, Object> params = new LinkedHashMap<>();
-        params.put("user_id", "u" + Math.abs(saga.hashCode() % 10));
-        params.put("amount", new RawNumber(amount));
-        return body("ChargePayment", saga, step, params);
-    }
-
-    static Map<String, Object> refund(String saga, long step, String paymentId, String amount) {
-        Map<String, Object> params = new LinkedHashMap<>();
-        if (paymentId != null) {
-            params.put("payment_id", paymentId);
-        }
-        if (amount != null) {
-            params.put("amount", new RawNumber(amount));
-        }
-        Map<String, Object> body = body("RefundPayment", saga, step, params);
-        body.put("compensating", true);
-        return body;
-    }
-
-    static Map<String, Object> status(String saga, long step) {
-        return body("PaymentStatus", saga, step, null);
-    }
-
-    private static Map<String, Object> body(String type, String saga, long step, Map<String, Object> params) {
-        Map<String, Object> body = new LinkedHashMap<>();
-        body.put("type", type);
-        body.put("saga_id", saga);
-        body.put("step", step);
-        if (params != null) {
-            body.put("params", params);
-        }
-        return body;
-    }
-
-    /** An amount written with its own digits (a double would print 100.5 for 100.50). */
-    record RawNumber(String digits) {
-    }
-
-    private static String paymentIdOf(Map<String, Object> reply) {
-        Object result = body(reply).get("result");
-        return result instanceof Map<?, ?> map ? (String) map.get("payment_id") : null;
-    }
-
-    // ---- a run -----------------------------------------------------------------------------------------
-
-    /** Starts every node (each gets its init), and gives them a moment to answer it. */
-    private void startNodes() throws IOException, InterruptedException {
-        Files.createDirectories(settings.workDir());
-        for (String id : nodeIds) {
-            NodeProcess node = new NodeProcess(id);
-            nodes.put(id, node);
-            node.start();
-        }
-        Thread.sleep(300);
-    }
-
-    Report run() throws Exception {
-        startNodes();
-        Random nemesisRandom = new Random(settings.seed() * 31 + 7);
-        List<Client> clients = new ArrayList<>();
-        for (int i = 1; i <= settings.clients(); i++) {
-            clients.add(new Client("c" + i, settings.seed() * 1000 + i));
-        }
-        List<Thread> threads = new ArrayList<>();
-        List<Throwable> failures = Collections.synchronizedList(new ArrayList<>());
-        long start = System.nanoTime();
-        for (Client client : clients) {
-            Thread thread = new Thread(() -> {
-                try {
-                    client.run(settings.sagasPerClient());
-                } catch (Throwable e) {
-                    failures.add(e);
-                }
-            }, client.id);
-            threads.add(thread);
-            thread.start();
-        }
-        Thread nemesis = new Thread(() -> {
-            try {
-                for (int k = 0; k < settings.kills(); k++) {
-                    Thread.sleep(300 + nemesisRandom.nextInt(1200));
-                    if (threads.stream().noneMatch(Thread::isAlive)) {
-                        return;
-                    }
-                    NodeProcess victim = nodes.get(nodeIds.get(nemesisRandom.nextInt(nodeIds.size())));
-                    victim.kill();
-                    kills.incrementAndGet();
-                    Thread.sleep(100 + nemesisRandom.nextInt(300));
-                    victim.start();   // the same command, then init again
-                }
-            } catch (Exception e) {
-                failures.add(e);
-            }
-        }, "nemesis");
-        nemesis.start();
-        for (Thread thread : threads) {
-            thread.join();
-        }
-        double seconds = (System.nanoTime() - start) / 1e9;
-        nemesis.join();
-        Thread.sleep(2 * settings.clientTimeoutMillis());   // late replies and duplicates come in
-        for (NodeProcess node : nodes.values()) {
-            node.stop();
-        }
-        if (!failures.isEmpty()) {
-            throw new IllegalStateException("a client or the nemesis failed", failures.get(0));
-        }
-        return check(seconds);
-    }
-
-    // ---- the checker -------------------------------------------------------------------------------------
-
-    Report check(double seconds) {
-        List<String> anomalies = new ArrayList<>();
-        Map<String, Set<String>> chargeResults = new TreeMap<>();   // step key -> distinct ok results
-        Map<String, Set<String>> refundResults = new TreeMap<>();
-        Map<String, String> keyOfPayment = new HashMap<>();
-        Map<String, String> keyOfRefund = new HashMap<>();
-        Map<String, String> paymentOfStep = new HashMap<>();
-        Map<String, BigDecimal> chargedOfPayment = new HashMap<>();
-        Set<String> compensatedFirst = new HashSet<>();
-        Map<String, Integer> replyTypes = new HashMap<>();
-        Map<String, Map<String, Object>> refundRequestOfKey = new HashMap<>();
-        List<Long> latencies = new ArrayList<>();
-        int requests = 0;
-        int answered = 0;
-        synchronized (history) {
-            for (Exchange exchange : history) {
-                requests++;
-                if (exchange.answeredNanos() != 0) {
-                    answered++;
-                }
-                Map<String, Object> request = exchange.request();
-                String type = (String) request.get("type");
-                if ("RefundPayment".equals(type)) {
-                    refundRequestOfKey.putIfAbsent(request.get("saga_id") + ":step" + request.get("step") + ":refund", request);
-                }
-                boolean firstCharge = false;
-                for (Map<String, Object> reply : exchange.replies()) {
-                    Map<String, Object> body = body(reply);
-                    // A late or duplicate reply can come in while the client waits for another request: the
-                    // key is the one the reply names.
-                    String key = body.get("saga_id") + ":step" + body.get("step");
-                    String replyType = String.valueOf(body.get("type")) + (body.get("code") == null ? "" : " " + body.get("code"));
-                    replyTypes.merge(replyType, 1, Integer::sum);
-                    Object result = body.get("result");
-                    if ("ChargePayment_ok".equals(body.get("type")) && result instanceof Map<?, ?> r) {
-                        String paymentId = (String) r.get("payment_id");
-                        chargeResults.computeIfAbsent(key, k -> new HashSet<>()).add(write(result));
-                        String other = keyOfPayment.putIfAbsent(paymentId, key);
-                        if (other != null && !other.equals(key)) {
-                            anomalies.add(paymentId + " was given to two keys: " + other + " and " + key);
+                if (plan.kind() < 45) {
+                    JsonNode status = call(status(saga, 1), plan.node(3), false, Phase.RUN);
+                    JsonNode payment = status == null ? null : status.path("payment");
+                    if (payment != null && payment.hasNonNull("payment_id")) {
+                        String paymentId = payment.path("payment_id").asText();
+                        String part = payment.path("charged").decimalValue().multiply(new BigDecimal("0.4")).toPlainString();
+                        List<JsonNode> refunds = new ArrayList<>();
+                        for (int step = 7; step <= 9; step++) {
+                            refunds.add(refund(saga, step, paymentId, part));
                         }
-                        paymentOfStep.putIfAbsent(key, paymentId);
-                        chargedOfPayment.putIfAbsent(paymentId, new BigDecimal(String.valueOf(r.get("charged"))));
-                        firstCharge |= body.get("note") == null;
-                    }
-                    if ("RefundPayment_ok".equals(body.get("type")) && result instanceof Map<?, ?> r) {
-                        String refundKey = key + ":refund";
-                        refundResults.computeIfAbsent(refundKey, k -> new HashSet<>()).add(write(result));
-                        String refundId = (String) r.get("refund_id");
-                        if (refundId == null) {
-                            compensatedFirst.add(key);   // refunded 0 without a payment: the step was closed (or never charged)
-                        } else {
-                            String other = keyOfRefund.putIfAbsent(refundId, refundKey);
-                            if (other != null && !other.equals(refundKey)) {
-                                anomalies.add(refundId + " was given to two keys: " + other + " and " + refundKey);
+                        List<Op> sent = plan.flag(2) ? callTogether(refunds, List.of(plan.node(4), plan.node(5), plan.node(6)))
+                                : List.of(callOp(refunds.get(0), plan.node(4), plan.duplicate(1)), callOp(refunds.get(1), plan.node(5), plan.duplicate(2)),
+                                callOp(refunds.get(2), plan.node(6), plan.duplicate(3)));
+                        // The refused one, corrected: what is left (20%). An error leaves no record, so it must be served.
+                        for (Op refused : sent) {
+                            if (refused.answer != null && refused.answer.path("code").asInt() == 22) {
+                                // after every request of the refused operation is done (a duplicate may still be at work):
+                                // a request on the key still at work would hold it, and 22 would then be right
+                                await(() -> pending.values().stream().noneMatch(request -> request.op() == refused));
+                                call(refund(saga, refused.body.path("step").asLong(), paymentId, null), plan.node(7), false, Phase.RUN);
+                                break;
                             }
                         }
                     }
+                } else if (plan.kind() < 75) {
+                    call(refund(saga, 1, null, null), plan.node(4), plan.duplicate(1), Phase.RUN);
+                    if (plan.flag(3)) {
+                        call(refund(saga, 1, null, null), plan.node(5), false, Phase.RUN);
+                    }
                 }
-                if ("ChargePayment".equals(type) && firstCharge && exchange.answeredNanos() != 0) {
-                    latencies.add((exchange.answeredNanos() - exchange.firstSentNanos()) / 1000);
+                if (plan.flag(4)) {
+                    call(status(saga, 1), plan.node(7), false, Phase.RUN);
                 }
             }
         }
-        chargeResults.forEach((key, results) -> {
-            if (results.size() > 1) {
-                anomalies.add(key + " has " + results.size() + " different charge results: " + results);
+
+        /** Retries every operation still open, round the nodes, until each has a definite answer or the deadline passes. */
+        boolean heal(long deadlineNanos) throws InterruptedException {
+            for (JsonNode message; (message = inbox.poll()) != null; ) {
+                receive(message);   // what came in while this client waited for the faults to end
             }
-            if (compensatedFirst.contains(key)) {
-                anomalies.add(key + " was closed by a compensation that came first, and was charged: " + results);
-            }
-        });
-        refundResults.forEach((key, results) -> {
-            if (results.size() > 1) {
-                anomalies.add(key + " has " + results.size() + " different refund results: " + results);
-            }
-        });
-        Map<String, BigDecimal> refundedOfPayment = new TreeMap<>();
-        refundResults.forEach((refundKey, results) -> {
-            Map<String, Object> request = refundRequestOfKey.get(refundKey);
-            String stepKey = refundKey.substring(0, refundKey.length() - ":refund".length());
-            String payment = request.get("params") instanceof Map<?, ?> p && p.get("payment_id") instanceof String named
-                    ? named : paymentOfStep.get(stepKey);
-            try {
-                Object parsed = parse(results.iterator().next());
-                Map<?, ?> result = (Map<?, ?>) parsed;
-                if (payment != null && result.get("refund_id") != null && chargedOfPayment.containsKey(payment)) {
-                    refundedOfPayment.merge(payment, new BigDecimal(String.valueOf(result.get("refunded"))), BigDecimal::add);
+            expire();
+            boolean allAnswered = true;
+            for (Op op : List.copyOf(ops)) {
+                if (op.answer != null) {
+                    continue;
                 }
-            } catch (IOException e) {
-                throw new IllegalStateException(e);
+                await(() -> op.answer != null);   // its own late replies first
+                Op retry = new Op(op.number, op.body, Phase.HEAL);
+                retry.attempts = op.attempts;
+                int index = op.number;
+                while (op.answer == null && retry.answer == null && System.nanoTime() < deadlineNanos) {
+                    call(retry, nodeIds.get(index++ % nodeIds.size()), false, retry.attempts + 1, deadlineNanos);
+                }
+                if (op.answer == null) {
+                    op.answer = retry.answer;
+                }
+                allAnswered &= op.answer != null;
             }
-        });
-        refundedOfPayment.forEach((payment, refunded) -> {
-            if (refunded.compareTo(chargedOfPayment.get(payment)) > 0) {
-                anomalies.add("refunds of " + payment + " add up to " + refunded + ", more than the " + chargedOfPayment.get(payment) + " charged");
-            }
-        });
-        long initOks = initReplies.stream().filter(reply -> "init_ok".equals(body(reply).get("type"))).count();
-        if (initOks != inits.get()) {
-            anomalies.add(inits.get() + " inits got " + initOks + " init_ok replies: " + initReplies);
+            return allAnswered;
         }
-        Collections.sort(latencies);
-        long p50 = latencies.isEmpty() ? 0 : latencies.get(latencies.size() / 2);
-        long p99 = latencies.isEmpty() ? 0 : latencies.get(Math.min(latencies.size() - 1, (int) (latencies.size() * 0.99)));
-        Map<String, Long> kvCalls = new TreeMap<>();
-        linKv.calls.forEach((t, n) -> kvCalls.put(t, n.get()));
-        return new Report(requests, answered, replyTypes, kills.get(), nonJsonLines.get(), anomalies, latencies.size(), seconds,
-                p50, p99, kvCalls);
+
+        /** One PaymentStatus read of every step this client touched, once nothing is open: the state as it settled. */
+        void finalReads(long deadlineNanos) throws InterruptedException {
+            Set<String> steps = new LinkedHashSet<>();
+            for (Op op : List.copyOf(ops)) {
+                if (!op.body.path("type").asText().equals("PaymentStatus")) {
+                    steps.add(op.body.path("saga_id").asText() + "\n" + op.body.path("step").asLong());
+                }
+            }
+            for (String step : steps) {
+                String[] parts = step.split("\n");
+                Op op = new Op(ops.size() + 1, status(parts[0], Long.parseLong(parts[1])), Phase.FINAL);
+                ops.add(op);
+                call(op, nodeIds.get(retries.nextInt(nodeIds.size())), false, 100, deadlineNanos);
+            }
+        }
+
+        /** Waits out every request still pending, so that each invocation in the history has its completion. */
+        void drain() throws InterruptedException {
+            await(() -> false);
+        }
     }
 
-    // ---- measuring calls per request ---------------------------------------------------------------------
+    /**
+     * Every choice of one saga, drawn before it starts: its kind (0-99), amount, the node of each of its (at most 8)
+     * operations, which are duplicated (1 in 4) and its yes/no choices (retry elsewhere 1 in 3, reuse with other params
+     * 1 in 6, refunds together 1 in 2, compensation retried 1 in 2, a last status read 1 in 4).
+     */
+    record SagaPlan(int kind, String amount, List<String> nodes, boolean[] duplicates, boolean[] flags) {
+        static SagaPlan draw(Random choice, List<String> nodeIds) {
+            int kind = choice.nextInt(100);
+            String amount = (1 + choice.nextInt(500)) + "." + (10 + choice.nextInt(90));
+            List<String> nodes = new ArrayList<>();
+            for (int i = 0; i < 8; i++) {
+                nodes.add(nodeIds.get(choice.nextInt(nodeIds.size())));
+            }
+            boolean[] duplicates = new boolean[4];
+            for (int i = 0; i < duplicates.length; i++) {
+                duplicates[i] = choice.nextInt(4) == 0;
+            }
+            boolean[] flags = {choice.nextInt(3) == 0, choice.nextInt(6) == 0, choice.nextBoolean(), choice.nextBoolean(), choice.nextInt(4) == 0};
+            return new SagaPlan(kind, amount, nodes, duplicates, flags);
+        }
+
+        String node(int operation) {
+            return nodes.get(operation);
+        }
+
+        boolean duplicate(int operation) {
+            return duplicates[operation];
+        }
+
+        boolean flag(int which) {
+            return flags[which];
+        }
+    }
+
+    static ObjectNode charge(String saga, long step, String amount) {
+        ObjectNode params = JSON.createObjectNode().put("user_id", "u" + Math.floorMod(saga.hashCode(), 10));
+        params.put("amount", new BigDecimal(amount));
+        return body("ChargePayment", saga, step).set("params", params);
+    }
+
+    static ObjectNode refund(String saga, long step, String paymentId, String amount) {
+        ObjectNode body = body("RefundPayment", saga, step).put("compensating", true);
+        if (paymentId != null || amount != null) {
+            ObjectNode params = body.putObject("params");
+            if (paymentId != null) {
+                params.put("payment_id", paymentId);
+            }
+            if (amount != null) {
+                params.put("amount", new BigDecimal(amount));
+            }
+        }
+        return body;
+    }
+
+    static ObjectNode status(String saga, long step) {
+        return body("PaymentStatus", saga, step);
+    }
+
+    private static ObjectNode body(String type, String saga, long step) {
+        return JSON.createObjectNode().put("type", type).put("saga_id", saga).put("step", step);
+    }
+
+    // ---- a run -------------------------------------------------------------------------------------------
+
+    /** Starts every node and waits for each init_ok; a node that does not answer means the run cannot go on. */
+    private void startNodes() throws IOException, InterruptedException, CouldNotRun {
+        Map<String, CountDownLatch> answered = new LinkedHashMap<>();
+        for (String id : nodeIds) {
+            NodeProcess node = new NodeProcess(id);
+            nodes.put(id, node);
+            answered.put(id, node.start());
+        }
+        for (Map.Entry<String, CountDownLatch> init : answered.entrySet()) {
+            NodeProcess node = nodes.get(init.getKey());
+            long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(INIT_WAIT_MILLIS);
+            while (!init.getValue().await(100, TimeUnit.MILLISECONDS)) {
+                if (!node.process.isAlive()) {   // no use waiting for a node that is gone
+                    throw new CouldNotRun(node.id + " exited with status " + node.process.exitValue() + " before it answered its init; "
+                            + node.stderrTail());
+                }
+                if (System.nanoTime() > deadline) {
+                    throw new CouldNotRun(node.id + " did not answer its init within " + INIT_WAIT_MILLIS / 1000 + " s; " + node.stderrTail());
+                }
+            }
+        }
+    }
+
+    static final class CouldNotRun extends Exception {
+        private static final long serialVersionUID = 1L;
+
+        CouldNotRun(String message) {
+            super(message);
+        }
+    }
+
+    /**
+     * The nemesis: exactly {@code faults} faults, the k-th from (k + 1/2) intervals after the start (or as soon as the
+     * one before it has ended), each half an interval long.
+     */
+    private void nemesis(long startNanos) throws Exception {
+        List<Nemesis> kinds = new ArrayList<>(settings.nemeses());
+        long interval = TimeUnit.MILLISECONDS.toNanos(settings.nemesisIntervalMillis());
+        for (int k = 0; k < settings.faults(); k++) {
+            Nemesis kind = kinds.get(nemesisRandom.nextInt(kinds.size()));
+            NodeProcess target = nodes.get(nodeIds.get(nemesisRandom.nextInt(nodeIds.size())));
+            sleepUntil(startNanos + interval * k + interval / 2);
+            long faultEnd = System.nanoTime() + interval / 2;   // half an interval from its real start: a slow restart only delays it
+            String targetName = kind == Nemesis.KV ? LinKvService.ID : target.id;
+            long began = history.now();
+            history.add("nemesis", Type.FAULT_START, null, null, targetName, null, null, kind.label(), null, describe(kind, targetName));
+            switch (kind) {
+                case KILL -> target.kill();
+                case PAUSE -> target.signal("STOP");
+                case PARTITION -> isolated = target.id;
+                case KV -> linKv.setFaulty(true);
+            }
+            sleepUntil(faultEnd);
+            CountDownLatch restarted = null;
+            switch (kind) {
+                case KILL -> restarted = target.start();   // the same command, then init again
+                case PAUSE -> target.signal("CONT");
+                case PARTITION -> isolated = null;
+                case KV -> linKv.setFaulty(false);
+            }
+            if (restarted != null && !restarted.await(INIT_WAIT_MILLIS, TimeUnit.MILLISECONDS)) {
+                log.println("cluster: " + target.id + " did not answer its init within 10 s of its restart");
+            }
+            faults.add(new Fault(kind.label(), targetName, began, history.now()));
+            history.add("nemesis", Type.FAULT_END, null, null, targetName, null, null, kind.label(), null, "healed");
+        }
+    }
+
+    private static String describe(Nemesis kind, String target) {
+        return switch (kind) {
+            case KILL -> "SIGKILL " + target + "; restarted with the same command and a new init when the fault ends";
+            case PAUSE -> "SIGSTOP " + target + "; SIGCONT when the fault ends";
+            case PARTITION -> "every message to and from " + target + " dropped";
+            case KV -> "lin-kv replies lost (1 in 5), duplicated (1 in 10) or late (1 in 10)";
+        };
+    }
+
+    private static void sleepUntil(long deadlineNanos) throws InterruptedException {
+        long wait = deadlineNanos - System.nanoTime();
+        if (wait > 0) {
+            TimeUnit.NANOSECONDS.sleep(wait);
+        }
+    }
+
+    Run run() throws Exception {
+        long start = System.nanoTime();
+        try {
+            startNodes();
+            long workloadStart = System.nanoTime();   // the nemesis's schedule counts from here, not from the JVMs' start-up
+            List<Client> running = new ArrayList<>();
+            for (int i = 1; i <= settings.clients(); i++) {
+                running.add(new Client("c" + i, settings.seed() * 1000 + i));
+            }
+            // Sagas spread over the faults' time (at least), so that faults meet traffic; with no fault they run flat out.
+            long paceNanos = settings.faultFree() ? 0
+                    : TimeUnit.MILLISECONDS.toNanos(settings.faults() * settings.nemesisIntervalMillis()) / settings.sagasPerClient();
+            CountDownLatch nemesisDone = new CountDownLatch(1);
+            CountDownLatch sagasDone = new CountDownLatch(running.size());
+            CountDownLatch healingMayStart = new CountDownLatch(1);
+            AtomicLong healDeadline = new AtomicLong();
+            List<Throwable> failures = Collections.synchronizedList(new ArrayList<>());
+            List<Thread> threads = new ArrayList<>();
+            for (Client client : running) {
+                Thread thread = new Thread(() -> {
+                    try {
+                        try {
+                            client.runSagas(settings.sagasPerClient(), paceNanos);
+                        } finally {
+                            sagasDone.countDown();
+                        }
+                        healingMayStart.await();
+                        if (client.heal(healDeadline.get())) {
+                            client.finalReads(healDeadline.get());
+                        }
+                        client.drain();
+                    } catch (Throwable e) {
+                        failures.add(e);
+                    }
+                }, client.id);
+                threads.add(thread);
+                thread.start();
+            }
+            Thread nemesis = new Thread(() -> {
+                try {
+                    if (!settings.faultFree()) {
+                        nemesis(workloadStart);
+                    }
+                } catch (Throwable e) {
+                    failures.add(e);
+                } finally {
+                    nemesisDone.countDown();
+                }
+            }, "nemesis");
+            nemesis.start();
+            nemesisDone.await();   // healing starts when the last fault has ended and every client's sagas are done
+            sagasDone.await();
+            healDeadline.set(System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(settings.healTimeoutMillis()));
+            healingMayStart.countDown();
+            for (Thread thread : threads) {
+                thread.join();
+            }
+            if (!failures.isEmpty()) {
+                throw new IllegalStateException("a client or the nemesis failed: " + failures.get(0), failures.get(0));
+            }
+        } finally {
+            for (NodeProcess node : nodes.values()) {
+                node.stop();
+            }
+            linKv.stop();
+        }
+        double seconds = (System.nanoTime() - start) / 1e9;
+        List<ClusterHistory.Event> events = history.events();
+        Map<String, Long> drops = new java.util.TreeMap<>();
+        dropped.forEach((why, count) -> drops.put(why, count.get()));
+        return new Run(settings, folder, events, ClusterChecker.check(events), List.copyOf(faults), linKv.calls(), linKv.fates(),
+                drops, seconds);
+    }
+
+    // ---- measuring calls per request -----------------------------------------------------------------------
 
     /** lin-kv calls per first charge, per retry (same node and another), per first refund and per status read. */
     Map<String, Double> measureCalls(int count) throws Exception {
-        startNodes();
-        Client client = new Client("c1", settings.seed());
-        String first = nodeIds.get(0);
-        String second = nodeIds.get(1 % nodeIds.size());
         Map<String, Double> perRequest = new LinkedHashMap<>();
-        long before = linKv.total();
-        for (int i = 0; i < count; i++) {
-            client.call(charge("m" + i, 1, "10.50"), first, false);
-        }
-        perRequest.put("first charge", (linKv.total() - before) / (double) count);
-        before = linKv.total();
-        for (int i = 0; i < count; i++) {
-            client.call(charge("m" + i, 1, "10.50"), first, false);
-        }
-        perRequest.put("retry, same node", (linKv.total() - before) / (double) count);
-        before = linKv.total();
-        for (int i = 0; i < count; i++) {
-            client.call(charge("m" + i, 1, "10.50"), second, false);
-        }
-        perRequest.put("retry, another node", (linKv.total() - before) / (double) count);
-        before = linKv.total();
-        for (int i = 0; i < count; i++) {
-            client.call(refund("m" + i, 1, null, null), first, false);
-        }
-        perRequest.put("first refund (compensation)", (linKv.total() - before) / (double) count);
-        before = linKv.total();
-        for (int i = 0; i < count; i++) {
-            client.call(refund("m" + i, 1, null, null), second, false);
-        }
-        perRequest.put("refund retry, another node", (linKv.total() - before) / (double) count);
-        before = linKv.total();
-        for (int i = 0; i < count; i++) {
-            client.call(status("m" + i, 1), first, false);
-        }
-        perRequest.put("PaymentStatus", (linKv.total() - before) / (double) count);
-        for (NodeProcess node : nodes.values()) {
-            node.stop();
+        try {
+            startNodes();
+            Client client = new Client("c1", settings.seed());
+            String first = nodeIds.get(0);
+            String second = nodeIds.get(1 % nodeIds.size());
+            measure(perRequest, "first charge", count, i -> client.call(charge("m" + i, 1, "10.50"), first, false, Phase.RUN));
+            measure(perRequest, "retry, same node", count, i -> client.call(charge("m" + i, 1, "10.50"), first, false, Phase.RUN));
+            measure(perRequest, "retry, another node", count, i -> client.call(charge("m" + i, 1, "10.50"), second, false, Phase.RUN));
+            measure(perRequest, "first refund (compensation)", count, i -> client.call(refund("m" + i, 1, null, null), first, false, Phase.RUN));
+            measure(perRequest, "refund retry, another node", count, i -> client.call(refund("m" + i, 1, null, null), second, false, Phase.RUN));
+            measure(perRequest, "PaymentStatus", count, i -> client.call(status("m" + i, 1), first, false, Phase.RUN));
+        } finally {
+            for (NodeProcess node : nodes.values()) {
+                node.stop();
+            }
+            linKv.stop();
         }
         return perRequest;
     }
 
-    // ---- the command line --------------------------------------------------------------------------------
+    private interface Request {
+        void send(int i) throws InterruptedException;
+    }
 
-    static final String USAGE = """
-            Usage: tests/cluster.sh [--nodes N] [--clients N] [--sagas N] [--seed N] [--kills N]
-                                    [--latency MS] [--timeout MS] [--no-store] [--measure] [-- NODE COMMAND...]
+    private void measure(Map<String, Double> perRequest, String kind, int count, Request request) throws InterruptedException {
+        long before = linKv.totalCalls();
+        for (int i = 0; i < count; i++) {
+            request.send(i);
+        }
+        perRequest.put(kind, (linKv.totalCalls() - before) / (double) count);
+    }
 
-            Runs N payment nodes (default: ./run.sh --store lin-kv) as a Maelstrom-style cluster with a lin-kv
-            service, a kill nemesis and saga clients, then checks every answer: one payment per key, one
-            result per key, no id given to two keys, refunds never above their charge, a compensation that
-            came first closes the step everywhere, every stdout line JSON. Prints a summary and a verdict;
-            exits 0 when valid, 1 when the checker found anomalies, 2 on a usage error.
-              --no-store  run the nodes without --store lin-kv (each keeps its own table): the checker must
-                          then find double charges
-              --measure   count lin-kv calls per request kind instead (one client, no kills)
-            """;
+    // ---- the command line ----------------------------------------------------------------------------------
 
-    public static void main(String[] args) throws Exception {
-        int nodes = 3;
-        int clients = 4;
-        int sagas = 60;
-        long seed = 1;
-        int kills = 4;
-        int latency = 5;
-        long timeout = 2000;
-        boolean store = true;
-        boolean measure = false;
-        List<String> command = null;
-        for (int i = 0; i < args.length; i++) {
-            switch (args[i]) {
-                case "--nodes" -> nodes = Integer.parseInt(args[++i]);
-                case "--clients" -> clients = Integer.parseInt(args[++i]);
-                case "--sagas" -> sagas = Integer.parseInt(args[++i]);
-                case "--seed" -> seed = Long.parseLong(args[++i]);
-                case "--kills" -> kills = Integer.parseInt(args[++i]);
-                case "--latency" -> latency = Integer.parseInt(args[++i]);
-                case "--timeout" -> timeout = Long.parseLong(args[++i]);
-                case "--no-store" -> store = false;
-                case "--measure" -> measure = true;
-                case "--" -> {
-                    command = List.of(args).subList(i + 1, args.length);
-                    i = args.length;
-                }
-                case "--help", "-h" -> {
-                    System.out.print(USAGE);
-                    return;
-                }
-                default -> {
-                    System.err.print("cluster: unknown option " + args[i] + "\n" + USAGE);
-                    System.exit(2);
-                }
+    public static void main(String[] args) {
+        System.exit(run(args, System.out, System.err));
+    }
+
+    /** The whole command: parse, run, check, write the results folder, print the summary. Returns the exit status. */
+    static int run(String[] args, PrintStream out, PrintStream err) {
+        Settings settings;
+        try {
+            settings = ClusterOptions.parse(args, Path.of(System.getProperty("cluster.project", "")));
+        } catch (ClusterOptions.HelpRequested help) {
+            out.print(ClusterOptions.USAGE);
+            return EXIT_VALID;
+        } catch (ClusterOptions.UsageError usage) {
+            err.println("cluster: " + usage.getMessage());
+            return EXIT_COULD_NOT_RUN;
+        }
+        try {
+            Path folder = resultsFolder(settings.out());
+            out.println(ClusterReport.heading(settings, folder));
+            out.flush();
+            if (settings.measure()) {
+                new ClusterHarness(settings, folder, err).measureCalls(200).forEach((kind, calls) ->
+                        out.printf(java.util.Locale.ROOT, "lin-kv calls per %s: %.2f%n", kind, calls));
+                out.println("results: " + folder);
+                return EXIT_VALID;
             }
+            Run run = new ClusterHarness(settings, folder, err).run();
+            ClusterReport.write(run);
+            out.print(ClusterReport.summary(run));
+            out.println("results: " + folder);
+            return run.verdict().valid() ? EXIT_VALID : EXIT_INVALID;
+        } catch (CouldNotRun e) {
+            err.println("cluster: could not run: " + e.getMessage());
+            return EXIT_COULD_NOT_RUN;
+        } catch (Exception e) {
+            err.println("cluster: could not run: " + e);
+            e.printStackTrace(err);
+            return EXIT_COULD_NOT_RUN;
         }
-        if (command == null) {
-            command = store ? List.of(Path.of("run.sh").toAbsolutePath().toString(), "--store", "lin-kv")
-                    : List.of(Path.of("run.sh").toAbsolutePath().toString());
+    }
+
+    /** Creates the run's folder, and a latest link beside it (never replacing anything but a link). */
+    static Path resultsFolder(Path folder) throws IOException {
+        Files.createDirectories(folder);
+        folder = folder.toAbsolutePath().normalize();
+        Path latest = folder.resolveSibling("latest");
+        if (!Files.exists(latest, java.nio.file.LinkOption.NOFOLLOW_LINKS) || Files.isSymbolicLink(latest)) {
+            Path link = folder.resolveSibling(".latest-" + ProcessHandle.current().pid());
+            Files.deleteIfExists(link);
+            Files.createSymbolicLink(link, folder.getFileName());
+            Files.move(link, latest, java.nio.file.StandardCopyOption.REPLACE_EXISTING, java.nio.file.StandardCopyOption.ATOMIC_MOVE);
         }
-        Path work = Files.createTempDirectory("cluster");
-        Settings settings = new Settings(command, nodes, clients, sagas, seed, measure ? 0 : kills, latency, timeout, work);
-        System.out.println("cluster: " + nodes + " nodes (" + String.join(" ", command) + "), " + clients + " clients x "
-                + sagas + " sagas, seed " + seed + ", " + settings.kills() + " kills, lin-kv latency 0-" + latency
-                + " ms; node logs in " + work);
-        if (measure) {
-            new ClusterHarness(settings).measureCalls(200).forEach((kind, calls) ->
-                    System.out.printf("lin-kv calls per %s: %.2f%n", kind, calls));
-            return;
-        }
-        Report report = new ClusterHarness(settings).run();
-        System.out.print(report.summary());
-        System.exit(report.valid() ? 0 : 1);
+        return folder;
     }
 }

@@ -1,71 +1,377 @@
 package payment;
 
+import com.fasterxml.jackson.databind.JsonNode;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
+import payment.ClusterHistory.Event;
+import payment.ClusterHistory.Type;
 
+import javax.imageio.ImageIO;
+import java.awt.image.BufferedImage;
 import java.io.BufferedReader;
+import java.io.ByteArrayOutputStream;
 import java.io.InputStreamReader;
 import java.io.OutputStream;
+import java.io.PrintStream;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
-import java.util.concurrent.CompletableFuture;
+import java.util.Set;
+import java.util.TreeSet;
 import java.util.concurrent.TimeUnit;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
-/** Several nodes, one payment service, on lin-kv: the cluster harness with its checker, and one node up close. */
+/**
+ * The cluster harness as a user runs it (its command line, in-process), on real node processes: the checker can
+ * fail (broken nodes, memory nodes), it passes three lin-kv nodes under each nemesis, and a run leaves its folder.
+ * Runs are small (3 nodes, a few sagas, short intervals) so that the whole class stays within about a minute.
+ */
 class ClusterTest {
     @TempDir
     Path dir;
 
-    private ClusterHarness.Settings settings(List<String> command, int kills) {
-        return new ClusterHarness.Settings(command, 3, 4, 40, 20261127, kills, 5, 2000, dir);
+    /** What one harness command did: its exit status, stdout, stderr, and the results it wrote (null if none). */
+    record Outcome(int status, String stdout, String stderr, Path folder, JsonNode results) {
+        Set<String> kinds() {
+            Set<String> kinds = new TreeSet<>();
+            results.path("anomalies").fieldNames().forEachRemaining(kinds::add);
+            return kinds;
+        }
+
+        int count(String kind) {
+            return results.path("anomalies").path(kind).asInt(0);
+        }
+
+        String describe() {
+            return "exit " + status + "\n" + stdout + stderr;
+        }
     }
 
-    /** Three nodes on lin-kv, killed and restarted while sagas run: the checker finds nothing wrong. */
-    @Test
-    void threeNodesOnLinKvWithKillsGiveNoAnomaly() throws Exception {
-        ClusterHarness.Report report = new ClusterHarness(settings(Node.command(List.of(), "--store", "lin-kv"), 4)).run();
-        assertTrue(report.valid(), report.summary());
-        assertEquals(4, report.kills(), report.summary());
-        assertEquals(report.requests(), report.answered(), "every request got a definite answer: " + report.summary());
-        assertTrue(report.replies().getOrDefault("ChargePayment_ok", 0) > 100, report.summary());
-        assertTrue(report.replies().getOrDefault("error 14", 0) > 0, "late charges of compensated steps: " + report.summary());
+    private Outcome harness(String... args) throws Exception {
+        ByteArrayOutputStream out = new ByteArrayOutputStream();
+        ByteArrayOutputStream err = new ByteArrayOutputStream();
+        int status = ClusterHarness.run(args, new PrintStream(out, true, StandardCharsets.UTF_8), new PrintStream(err, true, StandardCharsets.UTF_8));
+        String stdout = out.toString(StandardCharsets.UTF_8);
+        Matcher last = Pattern.compile("results: (.+)\n$").matcher(stdout);
+        Path folder = last.find() ? Path.of(last.group(1)) : null;
+        JsonNode results = folder != null && Files.exists(folder.resolve("results.json"))
+                ? ClusterHarness.JSON.readTree(folder.resolve("results.json").toFile()) : null;
+        return new Outcome(status, stdout, err.toString(StandardCharsets.UTF_8), folder, results);
     }
 
-    /** The checker can fail: nodes that share no state charge a retry sent elsewhere twice. */
+    /** A run with the given harness options, on nodes started by {@code command}, its results in a folder of its own. */
+    private Outcome cluster(String name, List<String> options, List<String> command) throws Exception {
+        List<String> args = new ArrayList<>(List.of("--out", dir.resolve(name).toString()));
+        args.addAll(options);
+        args.add("--");
+        args.addAll(command);
+        return harness(args.toArray(String[]::new));
+    }
+
+    private static List<String> linKvNodes() {
+        return Node.command(List.of(), "--store", "lin-kv", "--kv-timeout", "300", "--verbose");
+    }
+
+    /** Nemesis runs: 3 nodes, 3 clients, 4 faults 700 ms apart, a client timeout the nodes' lin-kv timeout fits in. */
+    private static List<String> nemesisRun(String nemesis, long seed) {
+        return List.of("--nodes", "3", "--clients", "3", "--sagas", "12", "--seed", Long.toString(seed), "--nemesis", nemesis,
+                "--nemesis-interval", "700", "--faults", "4", "--timeout", "1000", "--kv-late", "500", "--heal-timeout", "15000");
+    }
+
+    /** Broken-node runs: one node (its memory is the whole service), no faults. */
+    private static List<String> oneNode(int clients, int sagas) {
+        return List.of("--nodes", "1", "--clients", Integer.toString(clients), "--sagas", Integer.toString(sagas), "--seed", "7",
+                "--nemesis", "none", "--timeout", "300");
+    }
+
+    // ---- the command line ---------------------------------------------------------------------------------
+
     @Test
-    void nodesWithoutASharedStoreAreCaughtChargingTwice() throws Exception {
-        ClusterHarness.Report report = new ClusterHarness(settings(Node.command(List.of()), 0)).run();
-        assertTrue(!report.valid(), report.summary());
-        assertTrue(report.anomalies().stream().anyMatch(a -> a.contains("different charge results") || a.contains("was given to two keys")),
-                report.summary());
+    void everyBadArgumentIsOneLineOnStderrAndExitTwo() throws Exception {
+        Map<List<String>, String> cases = new java.util.LinkedHashMap<>();
+        cases.put(List.of("--nodes"), "cluster: --nodes needs a value");
+        cases.put(List.of("--nodes", "x"), "cluster: --nodes needs a whole number, got 'x'");
+        cases.put(List.of("--nodes", "0"), "cluster: --nodes must be from 1 to 20, got 0");
+        cases.put(List.of("--sagas", "0"), "cluster: --sagas must be from 1 to 100000, got 0");
+        cases.put(List.of("--faults", "-1"), "cluster: --faults must be from 0 to 10000, got -1");
+        cases.put(List.of("--kills", "-1"), "cluster: --kills is now --nemesis kill --faults N");
+        cases.put(List.of("--latency", "10:5"), "cluster: --latency 10:5: the least delay 10 is above the greatest 5");
+        cases.put(List.of("--latency", "1:2:3"), "cluster: --latency takes MS or MIN:MAX, got '1:2:3'");
+        cases.put(List.of("--timeout", "1.5"), "cluster: --timeout needs a whole number, got '1.5'");
+        cases.put(List.of("--nemesis", "kill,fire"), "cluster: --nemesis takes none or a comma list of kill, pause, partition, kv; got 'fire'");
+        cases.put(List.of("--frobnicate"), "cluster: unknown option --frobnicate (tests/cluster.sh --help lists them)");
+        cases.put(List.of("--"), "cluster: -- must be followed by the command that starts one node");
+        cases.put(List.of("--no-store", "--", "true"), "cluster: --no-store changes the default node command: give one or the other, not both");
+        for (Map.Entry<List<String>, String> bad : cases.entrySet()) {
+            Outcome outcome = harness(bad.getKey().toArray(String[]::new));
+            assertEquals(2, outcome.status(), bad.getKey() + ": " + outcome.describe());
+            assertEquals(bad.getValue() + "\n", outcome.stderr(), bad.getKey().toString());
+            assertEquals("", outcome.stdout(), bad.getKey().toString());
+        }
+    }
+
+    @Test
+    void helpNamesEveryOptionWithItsDefaultAndUnit() throws Exception {
+        Outcome help = harness("--help");
+        assertEquals(0, help.status());
+        assertEquals(ClusterOptions.USAGE, help.stdout());
+        assertEquals("", help.stderr());
+        Map<String, String> defaults = Map.ofEntries(Map.entry("--nodes N", "[3]"), Map.entry("--clients N", "[4]"),
+                Map.entry("--sagas N", "[60]"), Map.entry("--seed N", "[1]"), Map.entry("--nemesis LIST", "[kill]"),
+                Map.entry("--nemesis-interval MS", "[2000]"), Map.entry("--faults N", "[4]"), Map.entry("--latency MS|MIN:MAX", "[0:5]"),
+                Map.entry("--kv-late MS", "[1500]"), Map.entry("--timeout MS", "[2000]"), Map.entry("--attempts N", "[3]"),
+                Map.entry("--heal-timeout MS", "[20000]"), Map.entry("--out DIR", "[target/cluster-runs/<time>"));
+        for (Map.Entry<String, String> option : defaults.entrySet()) {
+            String text = help.stdout();
+            int at = text.indexOf("  " + option.getKey() + " ");
+            assertTrue(at > 0, option.getKey() + " is not in the help");
+            int next = text.indexOf("\n  --", at + 3);
+            String entry = text.substring(at, next < 0 ? text.length() : next);
+            assertTrue(entry.contains(option.getValue()), option.getKey() + " does not give its default " + option.getValue() + ": " + entry);
+            assertTrue(!option.getKey().endsWith(" MS") || entry.contains("milliseconds"), option.getKey() + " gives no unit: " + entry);
+        }
+        assertTrue(help.stdout().contains("--latency MS|MIN:MAX   lin-kv's delay before each reply"), help.stdout());
+        assertTrue(help.stdout().contains("--timeout MS           how long a client waits for a reply"), help.stdout());
+    }
+
+    /** A node command that dies at once is not an anomaly of the service: the run could not be made (exit 2). */
+    @Test
+    void aNodeThatExitsBeforeItsInitMeansTheRunCouldNotBeMade() throws Exception {
+        Outcome run = cluster("no-node", List.of("--nodes", "1", "--nemesis", "none"), List.of("sh", "-c", "echo no such payment node >&2; exit 3"));
+        assertEquals(2, run.status(), run.describe());
+        String expected = "cluster: could not run: n1 exited with status 3 before it answered its init; the end of "
+                + dir.resolve("no-node").toAbsolutePath().resolve("n1.stderr") + ": ";
+        assertTrue(run.stderr().startsWith(expected), run.stderr());
+        assertTrue(run.stderr().contains("no such payment node"), "the node's own last words: " + run.stderr());
+        assertEquals(1, run.stderr().lines().count(), run.stderr());
+
+        // A relative command is taken from the caller's folder (nodes run in the results folder), and one that is not
+        // there cannot start: one line, exit 2.
+        Outcome missing = cluster("missing", List.of("--nodes", "1"), List.of("./no-such-node"));
+        assertEquals(2, missing.status(), missing.describe());
+        assertTrue(missing.stderr().startsWith("cluster: could not run: cannot start the node command "
+                + Path.of("no-such-node").toAbsolutePath() + ": "), missing.stderr());
+        assertEquals(1, missing.stderr().lines().count(), missing.stderr());
+    }
+
+    // ---- the checker can fail -------------------------------------------------------------------------------
+
+    /** A node that answers init and nothing else passes no check by silence: every operation is unresolved. */
+    @Test
+    void aSilentNodeIsInvalidWithEveryOperationUnresolved() throws Exception {
+        Outcome run = cluster("silent", List.of("--nodes", "1", "--clients", "1", "--sagas", "2", "--seed", "7", "--nemesis", "none",
+                "--timeout", "100", "--attempts", "2", "--heal-timeout", "300"), BrokenNodes.command("silent"));
+        assertEquals(1, run.status(), run.describe());
+        assertEquals(Set.of("unresolved"), run.kinds(), run.describe());
+        assertEquals(run.results().path("operations").asInt(), run.count("unresolved"), run.describe());
+        assertEquals(0, run.results().path("answers").size(), "not one reply: " + run.describe());
+        assertTrue(run.stdout().contains("  unresolved: " + run.count("unresolved") + " (an operation without a definite answer after the healing phase)"),
+                run.stdout());
+        assertTrue(run.stdout().endsWith("verdict: INVALID\nresults: " + run.folder() + "\n"), run.stdout());
+    }
+
+    /** The control: the same small in-memory node, not broken, passes every check. */
+    @Test
+    void aCorrectOneNodeServiceIsValid() throws Exception {
+        Outcome run = cluster("correct", oneNode(2, 15), BrokenNodes.command("correct"));
+        assertEquals(0, run.status(), run.describe());
+        assertEquals(Set.of(), run.kinds(), run.describe());
+        assertTrue(run.results().path("answers").path("error 22").asInt() > 0, "reuse and over-refunds refused: " + run.describe());
+        assertTrue(run.results().path("answers").path("error 14").asInt() > 0, "late charges of compensated steps: " + run.describe());
+    }
+
+    /** A node that loses every write: double charges, stale reads, reuse accepted, compensations that close nothing. */
+    @Test
+    void aNodeThatLosesEveryWriteIsInvalidWithTheKindsItCauses() throws Exception {
+        Outcome run = cluster("forgetful", oneNode(2, 15), BrokenNodes.command("forgetful"));
+        assertEquals(1, run.status(), run.describe());
+        assertEquals(Set.of("compensation did not close its step", "double charge", "other params accepted", "stale status"),
+                run.kinds(), run.describe());
+    }
+
+    @Test
+    void aNodeThatRefundsWithoutALimitIsCaughtRefundingAboveACharge() throws Exception {
+        Outcome run = cluster("overrefund", oneNode(2, 15), BrokenNodes.command("overrefund"));
+        assertEquals(1, run.status(), run.describe());
+        assertEquals(Set.of("refunds above a charge"), run.kinds(), run.describe());
+    }
+
+    /** The bug class of a refusal whose cleanup was lost: the corrected request (what is left) is refused again. */
+    @Test
+    void aNodeThatKeepsARefusedRefundKeyBlockedIsCaughtRefusingWithMoneyLeft() throws Exception {
+        Outcome run = cluster("sticky-refusal", oneNode(2, 15), BrokenNodes.command("sticky-refusal"));
+        assertEquals(1, run.status(), run.describe());
+        assertEquals(Set.of("refund refused with money left"), run.kinds(), run.describe());
+    }
+
+    @Test
+    void aNodeThatReusesAPaymentIdIsCaughtGivingOneIdToTwoKeys() throws Exception {
+        Outcome run = cluster("one-id", oneNode(2, 15), BrokenNodes.command("one-id"));
+        assertEquals(1, run.status(), run.describe());
+        assertEquals(1, run.count("one id for two keys"), "p1, the only id, given to every key: " + run.describe());
+        assertTrue(run.results().path("examples").path("one id for two keys").get(0).asText().startsWith("payment p1 was given to "), run.describe());
+    }
+
+    @Test
+    void aNodeThatWritesGarbageIsCaughtForNonJsonLinesAndWrongReplyTypes() throws Exception {
+        Outcome run = cluster("garbage", oneNode(2, 15), BrokenNodes.command("garbage"));
+        assertEquals(1, run.status(), run.describe());
+        assertEquals(Set.of("stdout line not JSON", "wrong reply type"), run.kinds(), run.describe());
+    }
+
+    /** Memory nodes share nothing: a retry sent elsewhere is charged again, and each kind is counted with examples. */
+    @Test
+    void memoryNodesAreInvalidWithTheirDoubleChargesCounted() throws Exception {
+        Outcome run = cluster("memory", List.of("--nodes", "3", "--clients", "2", "--sagas", "15", "--seed", "7", "--nemesis", "none",
+                "--timeout", "1000"), Node.command(List.of()));
+        assertEquals(1, run.status(), run.describe());
+        assertTrue(run.count("double charge") > 0, run.describe());
+        assertTrue(run.stdout().contains("  double charge: " + run.count("double charge") + " (one step key with two payment ids)\n    "),
+                run.stdout());
+        assertEquals(Math.min(ClusterReport.RESULTS_EXAMPLES, run.count("double charge")), run.results().path("examples").path("double charge").size());
+    }
+
+    /** What the seed pins: every request a client chose to send (without faults), and each fault's kind and target. */
+    @Test
+    void theSeedPinsTheChoicesOfTheWorkloadAndTheNemesis() throws Exception {
+        List<List<String>> requests = new ArrayList<>();
+        List<List<String>> faults = new ArrayList<>();
+        for (String name : List.of("first", "second")) {
+            Outcome calm = cluster(name + "-calm", oneNode(2, 10), BrokenNodes.command("correct"));
+            requests.add(ClusterHistory.read(calm.folder().resolve("history.jsonl"), ClusterHarness.JSON).stream().filter(e -> e.is(Type.INVOKE))
+                    // a payment id is the node's answer, not the client's choice
+                    .map(e -> (e.process() + " op " + e.op() + " attempt " + e.attempt() + " -> " + e.node() + ": " + e.body())
+                            .replaceAll("\"payment_id\":\"p\\d+\"", "\"payment_id\":\"(read)\"")).sorted().toList());
+            Outcome stormy = cluster(name + "-stormy", List.of("--nodes", "1", "--clients", "1", "--sagas", "3", "--seed", "7",
+                    "--nemesis", "pause,partition,kv", "--nemesis-interval", "100", "--faults", "6", "--timeout", "300", "--heal-timeout", "1000"),
+                    BrokenNodes.command("correct"));
+            List<String> drawn = new ArrayList<>();
+            stormy.results().path("faults").forEach(f -> drawn.add(f.path("fault").asText() + " " + f.path("target").asText()));
+            faults.add(drawn);
+        }
+        for (int i = 0; i < Math.min(requests.get(0).size(), requests.get(1).size()); i++) {
+            assertEquals(requests.get(0).get(i), requests.get(1).get(i), "the first request that differs between two runs of seed 7");
+        }
+        assertEquals(requests.get(0).size(), requests.get(1).size());
+        assertTrue(requests.get(0).size() > 50, requests.get(0).toString());
+        assertEquals(faults.get(0), faults.get(1));
+        assertEquals(6, faults.get(0).size());
+    }
+
+    // ---- three lin-kv nodes under each nemesis -----------------------------------------------------------------
+
+    private Outcome validUnder(String nemesis, String... extra) throws Exception {
+        List<String> options = new ArrayList<>(nemesisRun(nemesis, 20261127));
+        options.addAll(List.of(extra));
+        Outcome run = cluster(nemesis, options, linKvNodes());
+        assertEquals(0, run.status(), run.describe());
+        assertEquals(4, run.results().path("faults").size(), run.describe());
+        for (JsonNode fault : run.results().path("faults")) {
+            assertEquals(nemesis, fault.path("fault").asText(), run.describe());
+        }
+        assertTrue(run.results().path("answers").path("ChargePayment_ok").asInt() > 20, run.describe());
+        return run;
+    }
+
+    @Test
+    void linKvNodesAreValidUnderTheKillNemesis() throws Exception {
+        validUnder("kill");
+    }
+
+    @Test
+    void linKvNodesAreValidUnderThePauseNemesis() throws Exception {
+        validUnder("pause");
+    }
+
+    @Test
+    void linKvNodesAreValidUnderThePartitionNemesisAndHealingAnswersWhatItLeftOpen() throws Exception {
+        // One request per operation while faults run: what the partition cut off is answered by the healing phase.
+        Outcome run = validUnder("partition", "--attempts", "1");
+        assertTrue(run.results().path("healing_requests").asInt() > 0, run.describe());
+        assertTrue(run.results().path("no_reply_in_time").asInt() > 0, run.describe());
+    }
+
+    @Test
+    void linKvNodesAreValidUnderTheKvNemesis() throws Exception {
+        validUnder("kv");
+    }
+
+    // ---- the results folder ----------------------------------------------------------------------------------
+
+    /** A run leaves history, results, node logs, timeline and plots; every request is in them exactly once. */
+    @Test
+    void aRunLeavesItsFolderWithEveryRequestInIt() throws Exception {
+        Outcome run = cluster("folder", List.of("--nodes", "3", "--clients", "2", "--sagas", "8", "--seed", "3", "--nemesis", "kill,pause",
+                "--nemesis-interval", "600", "--faults", "2", "--timeout", "1000"), linKvNodes());
+        assertEquals(0, run.status(), run.describe());
+        Path folder = run.folder();
+        assertEquals(dir.resolve("folder").toAbsolutePath(), folder);
+        assertEquals(folder.getFileName(), Files.readSymbolicLink(dir.resolve("latest")));
+        for (String file : List.of("history.jsonl", "results.json", "timeline.html", "latency.png", "rate.png", "n1.stderr", "n2.stderr", "n3.stderr")) {
+            assertTrue(Files.size(folder.resolve(file)) > 0, file + " is missing or empty");
+        }
+        for (String node : List.of("n1", "n2", "n3")) {
+            String log = Files.readString(folder.resolve(node + ".stderr"));
+            assertTrue(log.contains("cluster: ") && log.contains(node + " started, pid "), node + ": " + log);
+            assertTrue(log.contains("payment-node: "), "the node's own log lines: " + log);
+        }
+        List<Event> history = ClusterHistory.read(folder.resolve("history.jsonl"), ClusterHarness.JSON);
+        List<Event> invokes = history.stream().filter(e -> e.is(Type.INVOKE)).toList();
+        assertEquals(run.results().path("requests").asInt(), invokes.size());
+        Map<String, Integer> completions = new HashMap<>();
+        for (Event event : history) {
+            if (event.is(Type.OK) || event.is(Type.FAIL) || event.is(Type.INFO)) {
+                completions.merge(event.process() + "#" + event.msgId(), 1, Integer::sum);
+            }
+        }
+        for (Event invoke : invokes) {
+            assertEquals(1, completions.getOrDefault(invoke.process() + "#" + invoke.msgId(), 0), "completions of " + invoke);
+        }
+        assertEquals(invokes.size(), completions.size(), "a completion of no request");
+        assertEquals(2, history.stream().filter(e -> e.is(Type.FAULT_START)).count());
+        assertEquals(2, history.stream().filter(e -> e.is(Type.FAULT_END)).count());
+        BufferedImage latency = ImageIO.read(folder.resolve("latency.png").toFile());
+        assertEquals(List.of(ClusterPlots.WIDTH, ClusterPlots.LATENCY_HEIGHT), List.of(latency.getWidth(), latency.getHeight()));
+        BufferedImage rate = ImageIO.read(folder.resolve("rate.png").toFile());
+        assertEquals(List.of(ClusterPlots.WIDTH, ClusterPlots.RATE_HEIGHT), List.of(rate.getWidth(), rate.getHeight()));
+        String timeline = Files.readString(folder.resolve("timeline.html"));
+        assertEquals(invokes.size(), count(timeline, "<div class=\"op (ok|fail|info)\" style=\"left:"), "one box per request");
+        assertEquals(0, count(timeline, "(?i)<script|<link|https?://"), "the timeline needs nothing from outside");
+        assertTrue(timeline.contains("title=\"" + ClusterReport.escape(invokes.get(0).process() + " op 1 attempt 1 -> " + invokes.get(0).node())),
+                "each box's request on hover");
+        JsonNode results = run.results();
+        assertEquals("VALID", results.path("verdict").asText());
+        for (String field : List.of("p50", "p95", "p99", "max")) {
+            assertTrue(results.path("latency_ms").path("request").has(field), results.toString());
+            assertTrue(results.path("latency_ms").path("operation_with_retries").has(field), results.toString());
+        }
+        assertTrue(results.path("lin_kv").path("calls_per_request").asDouble() > 0, results.toString());
+    }
+
+    private static int count(String text, String regex) {
+        Matcher m = Pattern.compile(regex).matcher(text);
+        int n = 0;
+        while (m.find()) {
+            n++;
+        }
+        return n;
     }
 
     // ---- one node up close, with the test playing lin-kv -------------------------------------------------
 
-    private static String readLine(BufferedReader reader, int seconds) throws Exception {
-        return CompletableFuture.supplyAsync(() -> {
-            try {
-                return reader.readLine();
-            } catch (java.io.IOException e) {
-                throw new RuntimeException(e);
-            }
-        }).get(seconds, TimeUnit.SECONDS);
-    }
-
-    @SuppressWarnings("unchecked")
-    private static Map<String, Object> parse(String line) throws Exception {
-        return (Map<String, Object>) ClusterHarness.parse(line);
-    }
-
-    @SuppressWarnings("unchecked")
-    private static Map<String, Object> body(Map<String, Object> message) {
-        return (Map<String, Object>) message.get("body");
+    private static JsonNode read(BufferedReader stdout) throws Exception {
+        String line = Lines.readLine(stdout, Duration.ofSeconds(10));
+        assertTrue(line != null, "the node's stdout ended");
+        return ClusterHarness.JSON.readTree(line);
     }
 
     /**
@@ -82,8 +388,8 @@ class ClusterTest {
 
         stdin.write(Wire.charge(1, "s", 1, "5").getBytes(StandardCharsets.UTF_8));
         stdin.flush();
-        Map<String, Object> early = parse(readLine(stdout, 20));
-        assertEquals(11L, body(early).get("code"), early.toString());
+        JsonNode early = read(stdout);
+        assertEquals(11, early.path("body").path("code").asInt(), early.toString());
 
         stdin.write(Wire.envelope("c0", "{\"type\":\"init\",\"msg_id\":1,\"node_id\":\"n1\",\"node_ids\":[\"n1\",\"n2\"]}")
                 .getBytes(StandardCharsets.UTF_8));
@@ -91,22 +397,22 @@ class ClusterTest {
         stdin.flush();
         // init reserves the first blocks of payment and refund ids, so that no first charge waits for one:
         // a read of each counter, then init_ok. The charge waits for the payment ids.
-        Map<String, Object> read = parse(readLine(stdout, 10));
-        assertEquals("lin-kv", read.get("dest"));
-        assertEquals(Map.of("type", "read", "key", "ids/payments", "msg_id", body(read).get("msg_id")), body(read));
-        Map<String, Object> readRefundIds = parse(readLine(stdout, 10));
-        assertEquals(Map.of("type", "read", "key", "ids/refunds", "msg_id", (Long) body(read).get("msg_id") + 1), body(readRefundIds));
-        assertEquals("init_ok", body(parse(readLine(stdout, 10))).get("type"));
-        long msgId = (Long) body(read).get("msg_id");
+        JsonNode read = read(stdout);
+        assertEquals("lin-kv", read.path("dest").asText());
+        long msgId = read.path("body").path("msg_id").asLong();
+        assertEquals(ClusterHarness.JSON.readTree("{\"type\":\"read\",\"key\":\"ids/payments\",\"msg_id\":" + msgId + "}"), read.path("body"));
+        assertEquals(ClusterHarness.JSON.readTree("{\"type\":\"read\",\"key\":\"ids/refunds\",\"msg_id\":" + (msgId + 1) + "}"),
+                read(stdout).path("body"));
+        assertEquals("init_ok", read(stdout).path("body").path("type").asText());
         assertTrue(msgId >= startedAt * 1000, "msg_ids start past any earlier process's: " + msgId);
 
         // A reply whose type does not fit the request is dropped; the request keeps waiting.
         stdin.write(("{\"src\":\"lin-kv\",\"dest\":\"n1\",\"body\":{\"type\":\"cas_ok\",\"in_reply_to\":" + msgId + "}}\n").getBytes(StandardCharsets.UTF_8));
         stdin.flush();
-        Map<String, Object> timedOut = parse(readLine(stdout, 10));
-        assertEquals(0L, body(timedOut).get("code"), timedOut.toString());
-        assertEquals("lin-kv did not answer a read within 300 ms: the outcome is unknown; a retry will tell", body(timedOut).get("text"));
-        assertEquals(2L, body(timedOut).get("in_reply_to"));
+        JsonNode timedOut = read(stdout).path("body");
+        assertEquals(0, timedOut.path("code").asInt(), timedOut.toString());
+        assertEquals("lin-kv did not answer a read within 300 ms: the outcome is unknown; a retry will tell", timedOut.path("text").asText());
+        assertEquals(2, timedOut.path("in_reply_to").asInt());
 
         // The real reply, late: ignored (and never answered).
         stdin.write(("{\"src\":\"lin-kv\",\"dest\":\"n1\",\"body\":{\"type\":\"error\",\"code\":20,\"in_reply_to\":" + msgId + "}}\n").getBytes(StandardCharsets.UTF_8));
@@ -114,16 +420,16 @@ class ClusterTest {
         // A value this service never writes: the client gets an indefinite error, and the node goes on.
         stdin.write(Wire.charge(3, "s", 1, "5").getBytes(StandardCharsets.UTF_8));
         stdin.flush();
-        Map<String, Object> again = parse(readLine(stdout, 10));
-        assertEquals("read", body(again).get("type"));
+        JsonNode again = read(stdout).path("body");
+        assertEquals("read", again.path("type").asText());
         stdin.write(("{\"src\":\"lin-kv\",\"dest\":\"n1\",\"body\":{\"type\":\"read_ok\",\"value\":[1,2],\"in_reply_to\":"
-                + body(again).get("msg_id") + "}}\n").getBytes(StandardCharsets.UTF_8));
+                + again.path("msg_id").asLong() + "}}\n").getBytes(StandardCharsets.UTF_8));
         stdin.flush();
-        Map<String, Object> strange = parse(readLine(stdout, 10));
-        assertEquals(13L, body(strange).get("code"), strange.toString());
-        assertEquals(3L, body(strange).get("in_reply_to"));
+        JsonNode strange = read(stdout).path("body");
+        assertEquals(13, strange.path("code").asInt(), strange.toString());
+        assertEquals(3, strange.path("in_reply_to").asInt());
         stdin.close();
-        assertEquals(null, readLine(stdout, 10), "nothing more on stdout");
+        assertEquals(null, Lines.readLine(stdout, Duration.ofSeconds(10)), "nothing more on stdout");
         assertTrue(node.waitFor(10, TimeUnit.SECONDS));
         assertEquals(0, node.exitValue());
         String log = Files.readString(dir.resolve("stderr"));
@@ -132,12 +438,15 @@ class ClusterTest {
         assertTrue(!log.contains("shares no state"), "a node of the cluster shares its state: " + log);
     }
 
+    /** Through the command line, as a user starts a node: cluster mode takes none of the single-node options. */
     @Test
-    void aClusterNodeTakesNoJournalBalanceOrFaults() {
+    void aClusterNodeTakesNoJournalBalanceOrFaults() throws Exception {
         for (String[] args : List.of(new String[] {"--store", "lin-kv", "--journal", "j"}, new String[] {"--store=lin-kv", "--balance", "5"},
                 new String[] {"--store", "lin-kv", "--faults", "drop=0.1"}, new String[] {"--store", "redis"})) {
-            assertTrue(org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
-                    () -> PaymentNode.Options.parse(args)).getMessage().contains("--store"), String.join(" ", args));
+            Node.Run run = Node.runProcess(args);
+            assertEquals(2, run.status(), String.join(" ", args) + ": " + run.stderr());
+            assertTrue(run.stderr().contains("--store"), String.join(" ", args) + ": " + run.stderr());
+            assertEquals("", run.stdout(), String.join(" ", args));
         }
     }
 }
