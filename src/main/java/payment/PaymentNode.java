@@ -321,7 +321,7 @@ public final class PaymentNode {
 
         /** BalanceRead: a user's balance, with what was charged and refunded (with --balance). */
         default void balance(Envelope reply, BalanceRequest request) throws IOException {
-            throw new RpcError(Reason.BALANCES_NOT_KEPT, "BalanceRead needs --balance: this node keeps no balances");
+            throw new RpcError(Reason.BALANCES_NOT_KEPT, "BalanceRead is not supported by this service");
         }
 
         /** init names the node ({@code nodeIds}: how many nodes it names, -1 when none); refusing it, a service changes nothing. */
@@ -394,7 +394,7 @@ public final class PaymentNode {
         public void balance(Envelope reply, BalanceRequest request) throws IOException {
             Account account = table().account(request.userId());
             if (account == null) {
-                Service.super.balance(reply, request);
+                throw new RpcError(Reason.BALANCES_NOT_KEPT, "BalanceRead needs --balance: this node keeps no balances");
             }
             replies.balanceOk(reply, request.userId(), account);
         }
@@ -699,7 +699,7 @@ public final class PaymentNode {
             return request.paymentId() != null ? RefundCase.NAMED_PAYMENT : RefundCase.CLOSE_STEP;
         }
 
-        /** A payment the service does not know is refunded as asked, so the amount must be given. {@code who}: "this node". */
+        /** A payment the service does not know is refunded as asked, so the amount must be given. {@code who}: "this node" or "this service". */
         static void requireAmountOfUnknownPayment(RefundRequest request, String who) {
             if (request.amount() == null) {
                 throw new RpcError(Reason.AMOUNT_REQUIRED, "params.amount is required to refund " + request.paymentId() + ", a payment " + who + " does not know");
@@ -914,10 +914,6 @@ public final class PaymentNode {
         /** The amount as the first request gave it, or null. */
         String amount() {
             return amountLength < 0 ? null : CompactText.substring(params, amountEnd() - amountLength, amountEnd());
-        }
-
-        long refundNumber() {
-            return refundNumber;
         }
 
         private int amountEnd() {
@@ -1587,10 +1583,6 @@ public final class PaymentNode {
             return new Amount(text, decimal);
         }
 
-        static Amount of(BigDecimal value) {
-            return new Amount(value.toPlainString(), value);
-        }
-
         /** Whether a stored amount's text has this value (99.99 equals 99.990). */
         boolean sameValue(String text) {
             return value.compareTo(new BigDecimal(text)) == 0;
@@ -2116,16 +2108,17 @@ public final class PaymentNode {
     /** In a --journal path, stands for the node's id: each node of a harness keeps its own file. */
     static final String NODE_ID = "{node_id}";
 
-    /**
-     * The table that comes back from the journal at {@code path} and goes on into it; {@code balances} (null:
-     * none) are replayed with it. A journal that cannot be opened or read is an IOException.
-     */
     /** A table with {@code balances} (null: none) and a limit of {@code maxKeys} keys (0: as many as the heap holds). */
     static PaymentHandler table(Log log, Journal journal, Balances balances, long maxKeys) {
         long limit = maxKeys == 0 ? PaymentHandler.keysForHeap() : maxKeys;
         return balances == null ? new PaymentHandler(log, journal, limit) : new FundedPaymentHandler(log, journal, balances, limit);
     }
 
+    /**
+     * The table that comes back from the journal at {@code path} and goes on into it; {@code balances} (null:
+     * none) are replayed with it, and must be the ones the journal was started with. A journal that cannot
+     * be opened or read, or that was started with another --balance, is an IOException.
+     */
     static PaymentHandler tableFromJournal(Path path, Log log, Balances balances, long maxKeys) throws IOException {
         FileJournal journal = FileJournal.open(path);
         PaymentHandler table = table(log, journal, balances, maxKeys);
@@ -2660,7 +2653,7 @@ public final class PaymentNode {
         }
     }
 
-    /** The faults a payment service shows in real life, each with the Maelstrom code of the same meaning. */
+    /** The faults a payment service shows in real life (docs/PROTOCOL.md section 9 has what each does to a reply). */
     enum Fault {
         FAIL("fail"), DROP("drop"), UNKNOWN("unknown"), DELAY("delay"), DUPLICATE("duplicate"), CRASH("crash");
 
@@ -3153,8 +3146,9 @@ public final class PaymentNode {
     }
 
     /**
-     * {@code refund/<refund key>}: none → pending (the payment it draws on, and the params) → refunded (the
-     * result), or pending → void when the refund is refused; a void record counts as none.
+     * {@code refund/<refund key>}: none → pending (the intent: the payment it draws on, and the params) →
+     * refunded (the result), or pending → void (refused, no longer holding, or voided by another request
+     * behind the fence); a void record counts as none.
      */
     record RefundRecord(String state, String paymentIdGiven, String amountGiven, String payment, boolean closesStep, String intent,
                         String refundId, String refunded) {
@@ -3269,7 +3263,7 @@ public final class PaymentNode {
         private static final long ID_BLOCK = 100;
         /** lin-kv calls in flight at most; a request beyond gets error 11 (nothing done). Requests waiting for ids, likewise. */
         static final int MAX_CALLS = 10_000;
-        /** Conflicting writes one request goes through at most before it gives up (error 13: the outcome is unknown). */
+        /** Rounds of going back (a write that lost a race, an intent voided) one request goes through at most before it gives up (error 13: the outcome is unknown). */
         static final int MAX_ROUNDS = 16;
         /** Entries each cache below keeps at most, the least recently used leaving first. */
         static final int CACHE_ENTRIES = 1 << 16;
@@ -3448,7 +3442,7 @@ public final class PaymentNode {
             }
         }
 
-        record Call(long msgId, String type, String key, long deadline, Flight flight, Then then) {
+        record Call(String type, String key, long deadline, Flight flight, Then then) {
         }
 
         // ---- the requests ------------------------------------------------------------------------
@@ -3522,8 +3516,6 @@ public final class PaymentNode {
             }
             if (replayed) {
                 Rules.requireSameParams(request.key(), Rules.chargeDiffers(step.userId(), step.amount(), request));
-            }
-            if (replayed) {
                 log.verboseCacheHit(request.key());
             }
             flight.answer(() -> replies.chargeOk(flight.reply, request,
@@ -3893,7 +3885,7 @@ public final class PaymentNode {
                     json.ascii(", \"create_if_not_exists\": true");
                 }
             });
-            calls.put(msgId, new Call(msgId, type, key, System.nanoTime() + timeoutMillis * 1_000_000, flight, then));
+            calls.put(msgId, new Call(type, key, System.nanoTime() + timeoutMillis * 1_000_000, flight, then));
         }
 
         private static String stepRecordKey(String chargeKey) {
@@ -4274,7 +4266,7 @@ public final class PaymentNode {
 
     static final String USAGE = """
             Usage: ./run.sh [--journal FILE] [--balance AMOUNT] [--faults LIST --seed N]
-                            [--verbose] < messages.jsonl
+                            [--fault KEY=KINDS]... [--max-keys N] [--verbose] < messages.jsonl
                    ./run.sh --store lin-kv [--kv-timeout MS] [--verbose]
                    ./run.sh --build
                    java -jar target/payment-node.jar [OPTIONS]
@@ -4286,7 +4278,10 @@ public final class PaymentNode {
                                                    the cached result, never a second charge)
               RefundPayment  -> RefundPayment_ok  (the compensation, just as idempotent)
               PaymentStatus  -> PaymentStatus_ok  (what is recorded for a step, read only)
-            Bad input gets a Maelstrom error reply (codes 10-14, 22), or a line on stderr
+              BalanceRead    -> BalanceRead_ok    (a user's balance, charged and refunded;
+                                                   with --balance)
+            Bad input gets a Maelstrom error reply (codes 10-14, 22, with a reason such as
+            key_reused or insufficient_funds), or a line on stderr
             when it cannot be answered; a message with in_reply_to is a reply and is never
             answered. The node never stops on bad input; it exits 0 at the end of its input.
 
@@ -4315,7 +4310,15 @@ public final class PaymentNode {
                                 crash      done and journaled; exit 3, no reply
                               each one logged on stderr with its key and msg_id
               --seed N        the seed of --faults (default 0; with --faults only): the
-                              same seed and input give the same faults
+                              same seed gives each key's attempts the same faults,
+                              whatever order the requests come in
+              --fault KEY=KINDS
+                              the first attempts of KEY (saga42:step2, or
+                              saga42:step2:refund) get these faults in order, e.g.
+                              --fault saga42:step2=drop,fail (kinds: fail, drop,
+                              unknown, delay:MS, duplicate, crash, none); repeatable
+              --max-keys N    refuse new keys past N (error 11, table_full; retries
+                              are still served); default: what 60% of the heap holds
               --store lin-kv  one payment service across every node started so: the
                               table and ledgers live in the harness's lin-kv service,
                               and a retry to any node (or a restarted one) gets the
