@@ -202,9 +202,9 @@ public final class PaymentNode {
             return;
         }
         if (message.body == null || !isString(message.src)) {
-            String reason = !isString(message.src) ? (message.src == null ? "missing src" : "src must be a string")
+            String why = !isString(message.src) ? (message.src == null ? "missing src" : "src must be a string")
                     : message.bodyToken == null ? "missing body" : "body must be an object";
-            refuseUnreadable(message, Reason.UNREADABLE_LINE, reason, line, start, length);
+            refuseUnreadable(message, Reason.UNREADABLE_LINE, why, line, start, length);
             return;
         }
         dispatch(message);
@@ -215,17 +215,17 @@ public final class PaymentNode {
      * a string {@code src} can still be read from it, up to where it breaks: the sender learns why instead
      * of waiting for its timeout. Otherwise it can only be logged. A broken reply is never answered.
      */
-    private void refuseUnreadable(RawMessage message, Reason why, String reason, byte[] text, int start, int length) throws IOException {
+    private void refuseUnreadable(RawMessage message, Reason reason, String why, byte[] text, int start, int length) throws IOException {
         boolean isReply = message.body != null && !isMissing(message.body.inReplyTo);
         if (!isString(message.src) || isReply) {
             String hint = message.typeOutside && message.src == null
                     ? " (it looks like a message body without its envelope: send {\"src\": ..., \"dest\": ..., \"body\": {...}})" : "";
-            log.warn("line " + lineNumber + " ignored: " + reason + hint + ": " + excerpt(text, start, length));
+            log.warn("line " + lineNumber + " ignored: " + why + hint + ": " + excerpt(text, start, length));
             return;
         }
-        log.warn("line " + lineNumber + " refused: " + reason);
+        log.warn("line " + lineNumber + " refused: " + why);
         RawBody body = message.body != null ? message.body : new RawBody();
-        replies.error(replyEnvelope(message, body), new RpcError(why, reason));
+        replies.error(replyEnvelope(message, body), new RpcError(reason, why));
     }
 
     /**
@@ -2522,7 +2522,7 @@ public final class PaymentNode {
                     shortfall[0] = user + " has " + current.balance().toPlainString() + " left, the charge is " + amount.toPlainString();
                     return current;
                 }
-                return current.charged(amount);
+                return current.afterCharge(amount);
             });
             return shortfall[0];
         }
@@ -2530,23 +2530,23 @@ public final class PaymentNode {
         /** Gives a refunded amount back to the user who paid it. */
         void repay(Charged payment, String amount) {
             BigDecimal repaid = new BigDecimal(amount);
-            accounts.compute(payment.userId(), (user, account) -> (account == null ? account(user) : account).refunded(repaid));
+            accounts.compute(payment.userId(), (user, account) -> (account == null ? account(user) : account).afterRefund(repaid));
         }
 
         /** Replaying a journal: a charge that happened, taken without a check. */
         void restoreWithdrawal(String userId, String amount) {
             BigDecimal charged = new BigDecimal(amount);
-            accounts.compute(userId, (user, account) -> (account == null ? account(user) : account).charged(charged));
+            accounts.compute(userId, (user, account) -> (account == null ? account(user) : account).afterCharge(charged));
         }
     }
 
     /** What BalanceRead answers: a user's balance, and the totals charged and refunded that made it. */
     record Account(BigDecimal balance, BigDecimal charged, BigDecimal refunded) {
-        Account charged(BigDecimal amount) {
+        Account afterCharge(BigDecimal amount) {
             return new Account(balance.subtract(amount), charged.add(amount), refunded);
         }
 
-        Account refunded(BigDecimal amount) {
+        Account afterRefund(BigDecimal amount) {
             return new Account(balance.add(amount), charged, refunded.add(amount));
         }
     }
@@ -3010,7 +3010,7 @@ public final class PaymentNode {
     record StepRecord(boolean charged, String userId, String amount, String paymentId) {
         static final StepRecord COMPENSATED = new StepRecord(false, null, null, null);
 
-        static StepRecord charged(String userId, String amount, String paymentId) {
+        static StepRecord chargedWith(String userId, String amount, String paymentId) {
             return new StepRecord(true, userId, amount, paymentId);
         }
 
@@ -3027,7 +3027,7 @@ public final class PaymentNode {
                     if (record.size() != 4 || record.get("user_id").isEmpty()) {
                         throw notOurs(key, "not a charged step's fields");
                     }
-                    return charged(record.get("user_id"), decimal(key, record.get("amount"), true), paymentIdIn(key, record.get("payment_id")));
+                    return chargedWith(record.get("user_id"), decimal(key, record.get("amount"), true), paymentIdIn(key, record.get("payment_id")));
                 }
                 case "compensated" -> {
                     if (record.size() != 1) {
@@ -3163,7 +3163,7 @@ public final class PaymentNode {
         }
 
         /** The final record of a refund drawn from a ledger: the params it was first asked with, and what it took. */
-        static RefundRecord refunded(LedgerEntry entry, String payment) {
+        static RefundRecord finalOf(LedgerEntry entry, String payment) {
             return new RefundRecord("refunded", entry.paymentIdGiven(), entry.amountGiven(), payment, false, "", entry.refundId(), entry.refunded());
         }
 
@@ -3488,7 +3488,7 @@ public final class PaymentNode {
                         return;
                     }
                     ledgers.put(paymentId, payment);
-                    StepRecord charged = StepRecord.charged(request.userId(), request.amount().text(), paymentId);
+                    StepRecord charged = StepRecord.chargedWith(request.userId(), request.amount().text(), paymentId);
                     flight.wrote(charged);
                     cas(flight, stepRecordKey(request.key()), ABSENT, charged.encode(), (o2, v2) -> {
                         if (o2 == Outcome.OK) {
@@ -3577,7 +3577,7 @@ public final class PaymentNode {
             readLedger(flight, paymentId, ledger -> {
                 LedgerEntry entry = ledger == null ? null : ledger.entry(request.key());
                 if (entry != null && !entry.isVoidMarker()) {
-                    writeFinalRefund(flight, request, pending, RefundRecord.refunded(entry, paymentId), true);
+                    writeFinalRefund(flight, request, pending, RefundRecord.finalOf(entry, paymentId), true);
                     return;
                 }
                 if (entry != null && entry.voids().equals(pending.intent())) {
@@ -3711,7 +3711,7 @@ public final class PaymentNode {
             }
             if (entry != null) {
                 // Applied before (by an attempt that did not finish, or by this one through a doubled reply).
-                writeFinalRefund(flight, request, pending, RefundRecord.refunded(entry, paymentId), !flight.wroteItself(entry));
+                writeFinalRefund(flight, request, pending, RefundRecord.finalOf(entry, paymentId), !flight.wroteItself(entry));
                 return;
             }
             Amount requested = pending.amountGiven().isEmpty() ? null : new Amount(pending.amountGiven(), new BigDecimal(pending.amountGiven()));
@@ -3741,7 +3741,7 @@ public final class PaymentNode {
                 cas(flight, paymentRecordKey(paymentId), ledger == null ? ABSENT : ledger.encode(), next.encode(), (o, v) -> {
                     if (o == Outcome.OK) {
                         ledgers.put(paymentId, next);
-                        writeFinalRefund(flight, request, pending, RefundRecord.refunded(mine, paymentId), false);
+                        writeFinalRefund(flight, request, pending, RefundRecord.finalOf(mine, paymentId), false);
                     } else {
                         flight.nextRound();   // the ledger moved on: read it and decide again
                         readLedger(flight, paymentId, read -> apply(flight, request, pending, read, true));
