@@ -55,6 +55,7 @@ import java.util.concurrent.atomic.AtomicLong;
 import java.util.function.Consumer;
 import java.util.function.Function;
 import java.util.function.Supplier;
+import java.util.function.UnaryOperator;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 import java.util.zip.CRC32;
@@ -2516,10 +2517,9 @@ public final class PaymentNode {
         /** Takes {@code amount} from the user's balance; null when done, else why not (nothing is taken). */
         String withdraw(String userId, BigDecimal amount) {
             String[] shortfall = new String[1];
-            accounts.compute(userId, (user, account) -> {
-                Account current = account == null ? account(user) : account;
+            update(userId, current -> {
                 if (current.balance().compareTo(amount) < 0) {
-                    shortfall[0] = user + " has " + current.balance().toPlainString() + " left, the charge is " + amount.toPlainString();
+                    shortfall[0] = userId + " has " + current.balance().toPlainString() + " left, the charge is " + amount.toPlainString();
                     return current;
                 }
                 return current.afterCharge(amount);
@@ -2530,13 +2530,18 @@ public final class PaymentNode {
         /** Gives a refunded amount back to the user who paid it. */
         void repay(Charged payment, String amount) {
             BigDecimal repaid = new BigDecimal(amount);
-            accounts.compute(payment.userId(), (user, account) -> (account == null ? account(user) : account).afterRefund(repaid));
+            update(payment.userId(), account -> account.afterRefund(repaid));
         }
 
         /** Replaying a journal: a charge that happened, taken without a check. */
         void restoreWithdrawal(String userId, String amount) {
             BigDecimal charged = new BigDecimal(amount);
-            accounts.compute(userId, (user, account) -> (account == null ? account(user) : account).afterCharge(charged));
+            update(userId, account -> account.afterCharge(charged));
+        }
+
+        /** Changes a user's account atomically (a user never seen starts from the start balance). */
+        private void update(String userId, UnaryOperator<Account> change) {
+            accounts.compute(userId, (user, account) -> change.apply(account == null ? account(user) : account));
         }
     }
 
@@ -2662,6 +2667,16 @@ public final class PaymentNode {
         Fault(String option) {
             this.option = option;
         }
+
+        /** The fault an option names ({@code drop}), or null. */
+        static Fault named(String option) {
+            for (Fault fault : values()) {
+                if (fault.option.equals(option)) {
+                    return fault;
+                }
+            }
+            return null;
+        }
     }
 
     /** --faults: the probability of each fault per attempt (they add up to at most 1), and the delay. */
@@ -2694,9 +2709,11 @@ public final class PaymentNode {
             if (kind.startsWith("delay:")) {
                 return new Drawn(Fault.DELAY, milliseconds(kind.substring("delay:".length())));
             }
-            Fault fault = Arrays.stream(Fault.values()).filter(f -> f.option.equals(kind) && f != Fault.DELAY).findFirst().orElseThrow(
-                    () -> new IllegalArgumentException("--fault: unknown fault '" + kind + "' (known: fail, drop, unknown, delay:MS,"
-                            + " duplicate, crash, none)"));
+            Fault fault = Fault.named(kind);
+            if (fault == null || fault == Fault.DELAY) {
+                throw new IllegalArgumentException("--fault: unknown fault '" + kind + "' (known: fail, drop, unknown, delay:MS,"
+                        + " duplicate, crash, none)");
+            }
             return new Drawn(fault, 0);
         }
 
@@ -2707,9 +2724,11 @@ public final class PaymentNode {
             for (String item : list.split(",", -1)) {
                 int equals = item.indexOf('=');
                 String name = equals < 0 ? item : item.substring(0, equals);
-                Fault fault = Arrays.stream(Fault.values()).filter(f -> f.option.equals(name)).findFirst().orElseThrow(
-                        () -> new IllegalArgumentException("--faults: unknown fault '" + name + "' (known: fail, drop, unknown,"
-                                + " delay, duplicate, crash; e.g. --faults fail=0.05,delay=0.1:200)"));
+                Fault fault = Fault.named(name);
+                if (fault == null) {
+                    throw new IllegalArgumentException("--faults: unknown fault '" + name + "' (known: fail, drop, unknown,"
+                            + " delay, duplicate, crash; e.g. --faults fail=0.05,delay=0.1:200)");
+                }
                 if (probabilities.containsKey(fault)) {
                     throw new IllegalArgumentException("--faults: " + name + " is given twice");
                 }
@@ -3273,7 +3292,7 @@ public final class PaymentNode {
         /** This node's id, from init: lin-kv requests come from it. */
         private String nodeId;
         /** Numbers refund intents, from a base no earlier process of this node used (like its msg_ids). */
-        private long nextIntent = System.currentTimeMillis() * 1000;
+        private long nextIntent = numberingBase();
         private final long timeoutMillis;
         /** lin-kv requests waiting for their reply, oldest (soonest deadline) first; at most {@link #MAX_CALLS}. */
         private final LinkedHashMap<Long, Call> calls = new LinkedHashMap<>();
@@ -3302,7 +3321,12 @@ public final class PaymentNode {
             this.log = log;
             this.timeoutMillis = timeoutMillis;
             // A reply meant for an earlier process of this node must never match a request of this one.
-            replies.startMsgIdsAt(System.currentTimeMillis() * 1000);
+            replies.startMsgIdsAt(numberingBase());
+        }
+
+        /** A number past any an earlier process of this node counted from (the clock in ms x 1000: unless it steps back). */
+        private static long numberingBase() {
+            return System.currentTimeMillis() * 1000;
         }
 
         /** One line read by the cluster's reader thread (a copy: the reader goes on meanwhile). */
@@ -3585,7 +3609,7 @@ public final class PaymentNode {
                     return;
                 }
                 if (ledger == null) {
-                    throw notOurs(paymentRecordKey(paymentId), "no ledger of a payment charged, though " + refundRecordKey(request.key()) + " draws on it");
+                    throw noLedger(paymentId, request);
                 }
                 PaymentRecord fenced = ledger.with(request.key(), LedgerEntry.voiding(pending.intent()));
                 cas(flight, paymentRecordKey(paymentId), ledger.encode(), fenced.encode(), (o, v) -> {
@@ -3601,11 +3625,19 @@ public final class PaymentNode {
         }
 
         private void voidAndChooseAgain(Flight flight, RefundRequest request, RefundRecord pending) throws IOException {
-            cas(flight, refundRecordKey(request.key()), pending.encode(), RefundRecord.VOID.encode(), (o, v) -> {
+            voidIntent(flight, request, pending, () -> {
                 flight.nextRound();
+                choosePayment(flight, request, RefundRecord.VOID);
+            });
+        }
+
+        /** Cas a pending intent to void, then {@code then}; if the record moved on, goes on from what is there. */
+        private void voidIntent(Flight flight, RefundRequest request, RefundRecord pending, Next then) throws IOException {
+            cas(flight, refundRecordKey(request.key()), pending.encode(), RefundRecord.VOID.encode(), (o, v) -> {
                 if (o == Outcome.OK) {
-                    choosePayment(flight, request, RefundRecord.VOID);
+                    then.run();
                 } else {
+                    flight.nextRound();
                     resume(flight, request);
                 }
             });
@@ -3715,11 +3747,9 @@ public final class PaymentNode {
                 return;
             }
             Amount requested = pending.amountGiven().isEmpty() ? null : new Amount(pending.amountGiven(), new BigDecimal(pending.amountGiven()));
-            if ((ledger == null || !ledger.known()) && (requested == null || !pending.closesStep())) {
-                throw notOurs(paymentRecordKey(paymentId), "no ledger of a payment charged, though " + refundRecordKey(request.key()) + " draws on it");
-            }
-            if (ledger == null || !ledger.known()) {
-                log.warn(Rules.trustingTheSaga(request, "this service", ""));
+            boolean trusted = ledger == null || !ledger.known();
+            if (trusted && (requested == null || !pending.closesStep())) {
+                throw noLedger(paymentId, request);
             }
             String amount;
             try {
@@ -3741,6 +3771,9 @@ public final class PaymentNode {
                 cas(flight, paymentRecordKey(paymentId), ledger == null ? ABSENT : ledger.encode(), next.encode(), (o, v) -> {
                     if (o == Outcome.OK) {
                         ledgers.put(paymentId, next);
+                        if (trusted) {
+                            log.warn(Rules.trustingTheSaga(request, "this service", ""));   // once: when the refund is made
+                        }
                         writeFinalRefund(flight, request, pending, RefundRecord.finalOf(mine, paymentId), false);
                     } else {
                         flight.nextRound();   // the ledger moved on: read it and decide again
@@ -3750,16 +3783,14 @@ public final class PaymentNode {
             });
         }
 
+        /** An intent that draws on a payment this service charged, whose record is not there: not a state it writes. */
+        private static RpcError noLedger(String paymentId, RefundRequest request) {
+            return notOurs(paymentRecordKey(paymentId), "no ledger of a payment charged, though " + refundRecordKey(request.key()) + " draws on it");
+        }
+
         /** An error leaves no record: the intent is voided, so that a corrected request starts afresh. */
         private void abandon(Flight flight, RefundRequest request, RefundRecord pending, RpcError error) throws IOException {
-            cas(flight, refundRecordKey(request.key()), pending.encode(), RefundRecord.VOID.encode(), (o, v) -> {
-                if (o == Outcome.OK) {
-                    flight.fail(error);
-                } else {
-                    flight.nextRound();
-                    resume(flight, request);
-                }
-            });
+            voidIntent(flight, request, pending, () -> flight.fail(error));
         }
 
         /**
