@@ -90,7 +90,7 @@ class DocsTest {
     @Test
     void theJournalPageListsEveryRecordKind() throws IOException {
         String journal = Files.readString(DOCS.resolve("JOURNAL.md"));
-        for (String kind : PaymentNode.FileJournal.RECORD_KINDS) {
+        for (String kind : FileJournal.RECORD_KINDS) {
             assertTrue(journal.contains("| `[\"" + kind + "\", "), "JOURNAL.md has no row for the record " + kind);
         }
     }

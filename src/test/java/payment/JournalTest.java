@@ -35,7 +35,7 @@ class JournalTest {
 
     /** Runs {@code input} through a node whose handler comes from (and goes on into) the journal. */
     private String runWithJournal(Path journal, String input) throws IOException {
-        PaymentNode.PaymentHandler table = PaymentNode.tableFromJournal(journal, log, null, 0);
+        PaymentNode.PaymentHandler table = FileJournal.tableFromJournal(journal, log, null, 0);
         try {
             Node.Run run = Node.run(input.getBytes(StandardCharsets.UTF_8), table, captured);
             assertEquals(0, run.status());
@@ -100,16 +100,16 @@ class JournalTest {
         runWithJournal(journal, SESSION);
         String text = Files.readString(journal);
         Files.writeString(journal, text.replaceFirst("120\\.50", "920.50"));   // its checksum no longer matches
-        IOException refused = assertThrows(IOException.class, () -> PaymentNode.tableFromJournal(journal, log, null, 0));
+        IOException refused = assertThrows(IOException.class, () -> FileJournal.tableFromJournal(journal, log, null, 0));
         assertTrue(refused.getMessage().startsWith("record 1 is damaged and good records follow it"), refused.getMessage());
     }
 
     @Test
     void twoNodesCannotShareAJournal() throws IOException {
         Path journal = dir.resolve("journal");
-        PaymentNode.PaymentHandler first = PaymentNode.tableFromJournal(journal, log, null, 0);
+        PaymentNode.PaymentHandler first = FileJournal.tableFromJournal(journal, log, null, 0);
         try {
-            IOException refused = assertThrows(IOException.class, () -> PaymentNode.tableFromJournal(journal, log, null, 0));
+            IOException refused = assertThrows(IOException.class, () -> FileJournal.tableFromJournal(journal, log, null, 0));
             assertEquals("another node is using it", refused.getMessage());
         } finally {
             first.journal().close();

@@ -102,7 +102,7 @@ class ModelTest {
     // ---- invariants, checked on the node's own replies ------------------------------------------------
 
     /** Null when the invariants hold, else what broke. One pass, in output order, as the node saw it. */
-    static String brokenInvariant(List<String> input, String output, BigDecimal start, PaymentNode.Balances balances) {
+    static String brokenInvariant(List<String> input, String output, BigDecimal start, Balances balances) {
         Map<String, String> requestByMsgId = new HashMap<>();
         for (String line : input) {
             Matcher id = Pattern.compile("\"src\":\"([^\"]+)\".*\"msg_id\":(\\d+),").matcher(line);
@@ -192,9 +192,9 @@ class ModelTest {
     static String failure(List<String> lines, BigDecimal start) {
         String input = lines.isEmpty() ? "" : String.join("\n", lines) + "\n";
         Node.CapturedLog log = Node.CapturedLog.of(false);
-        PaymentNode.Balances balances = start == null ? null : new PaymentNode.Balances(start);
+        Balances balances = start == null ? null : new Balances(start);
         PaymentNode.PaymentHandler table = balances == null ? new PaymentNode.PaymentHandler(log.log(), PaymentNode.Journal.NONE)
-                : new PaymentNode.FundedPaymentHandler(log.log(), PaymentNode.Journal.NONE, balances);
+                : new FundedPaymentHandler(log.log(), PaymentNode.Journal.NONE, balances);
         String actual = Node.run(input.getBytes(java.nio.charset.StandardCharsets.UTF_8), table, log).stdout();
         String expected = new ReferenceModel(start).run(lines);
         if (!actual.equals(expected)) {

@@ -66,7 +66,7 @@ final class Node {
         CapturedLog log = CapturedLog.of(false);
         ByteArrayOutputStream stdout = new ByteArrayOutputStream();
         try {
-            return serve(PaymentNode.fromOptions(PaymentNode.Options.parse(args), stdout, log.log()),
+            return serve(CommandLine.fromOptions(CommandLine.Options.parse(args), stdout, log.log()),
                     new ByteArrayInputStream(input), stdout, log);
         } catch (IOException e) {
             throw new java.io.UncheckedIOException(e);
@@ -77,7 +77,7 @@ final class Node {
     static Run runWithJournalAtInit(String path, String input, CapturedLog log) {
         ByteArrayOutputStream stdout = new ByteArrayOutputStream();
         try {
-            return serve(PaymentNode.fromOptions(PaymentNode.Options.parse(new String[] {"--journal", path}), stdout, log.log()),
+            return serve(CommandLine.fromOptions(CommandLine.Options.parse(new String[] {"--journal", path}), stdout, log.log()),
                     new ByteArrayInputStream(input.getBytes(StandardCharsets.UTF_8)), stdout, log);
         } catch (IOException e) {
             throw new java.io.UncheckedIOException(e);
@@ -121,7 +121,7 @@ final class Node {
         String java = Path.of(System.getProperty("java.home"), "bin", "java").toString();
         List<String> command = new ArrayList<>(List.of(java, "-Xlog:disable", "-Xlog:all=warning:stderr"));
         command.addAll(jvmOptions);
-        command.addAll(List.of("-cp", classpath(), PaymentNode.class.getName()));
+        command.addAll(List.of("-cp", classpath(), CommandLine.class.getName()));
         command.addAll(List.of(args));
         return command;
     }

@@ -196,10 +196,10 @@ class PaymentNodeTest {
 
     @Test
     void optionsAreParsedStrictly() {
-        assertEquals(new PaymentNode.Options(true, false, null, null, null, 0, false, 1000, 0), PaymentNode.Options.parse(new String[] {"--verbose"}));
-        assertEquals(new PaymentNode.Options(false, true, null, null, null, 0, false, 1000, 0), PaymentNode.Options.parse(new String[] {"-h"}));
+        assertEquals(new CommandLine.Options(true, false, null, null, null, 0, false, 1000, 0), CommandLine.Options.parse(new String[] {"--verbose"}));
+        assertEquals(new CommandLine.Options(false, true, null, null, null, 0, false, 1000, 0), CommandLine.Options.parse(new String[] {"-h"}));
         IllegalArgumentException e = org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
-                () -> PaymentNode.Options.parse(new String[] {"--journa"}));
+                () -> CommandLine.Options.parse(new String[] {"--journa"}));
         assertEquals("unknown option: --journa", e.getMessage());
     }
 
@@ -208,14 +208,14 @@ class PaymentNodeTest {
     void anOptionThatNeedsAnotherIsAUsageErrorWithoutIt() {
         assertEquals("--seed is the seed of --faults: it goes with --faults",
                 org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
-                        () -> PaymentNode.Options.parse(new String[] {"--seed", "7"})).getMessage());
+                        () -> CommandLine.Options.parse(new String[] {"--seed", "7"})).getMessage());
         assertEquals("--kv-timeout is how long a cluster node waits for lin-kv: it goes with --store lin-kv",
                 org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
-                        () -> PaymentNode.Options.parse(new String[] {"--kv-timeout", "500"})).getMessage());
+                        () -> CommandLine.Options.parse(new String[] {"--kv-timeout", "500"})).getMessage());
         assertEquals("--max-keys needs a whole number of keys from 1, got 0",
                 org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
-                        () -> PaymentNode.Options.parse(new String[] {"--max-keys", "0"})).getMessage());
-        assertEquals(false, PaymentNode.Options.parse(new String[] {"--store", "memory"}).linKv());
+                        () -> CommandLine.Options.parse(new String[] {"--max-keys", "0"})).getMessage());
+        assertEquals(false, CommandLine.Options.parse(new String[] {"--store", "memory"}).linKv());
     }
 
     /** --help goes to stdout with status 0; a usage error is one stderr line with status 2. */
@@ -223,7 +223,7 @@ class PaymentNodeTest {
     void helpIsOnStdoutAndAUsageErrorOnStderr() throws Exception {
         Node.Run help = Node.runProcess("--help");
         assertEquals(0, help.status());
-        assertEquals(PaymentNode.USAGE, help.stdout());
+        assertEquals(CommandLine.USAGE, help.stdout());
         assertEquals("", help.stderr());
         assertEquals(new Node.Run(2, "", "payment-node: --seed is the seed of --faults: it goes with --faults (see --help)\n"),
                 Node.runProcess("--seed", "1"));

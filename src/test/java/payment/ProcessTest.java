@@ -65,7 +65,7 @@ class ProcessTest {
         String out = new String(node.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
         assertTrue(node.waitFor(20, TimeUnit.SECONDS));
         assertEquals(0, node.exitValue());
-        assertEquals(PaymentNode.USAGE, out);
+        assertEquals(CommandLine.USAGE, out);
     }
 
     @Test

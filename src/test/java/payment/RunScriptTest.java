@@ -65,7 +65,7 @@ class RunScriptTest {
     private static void writeJar(Path jar) throws IOException {
         Manifest manifest = new Manifest();
         manifest.getMainAttributes().put(Attributes.Name.MANIFEST_VERSION, "1.0");
-        manifest.getMainAttributes().put(Attributes.Name.MAIN_CLASS, PaymentNode.class.getName());
+        manifest.getMainAttributes().put(Attributes.Name.MAIN_CLASS, CommandLine.class.getName());
         Set<String> written = new HashSet<>();
         try (JarOutputStream out = new JarOutputStream(Files.newOutputStream(jar), manifest)) {
             Path classes = Path.of(Node.location(PaymentNode.class));
@@ -186,8 +186,8 @@ class RunScriptTest {
 
     @Test
     void helpListsTheShortOptionsAndBuildingAhead() {
-        assertTrue(PaymentNode.USAGE.contains("-v, --verbose"), PaymentNode.USAGE);
-        assertTrue(PaymentNode.USAGE.contains("-h, --help"), PaymentNode.USAGE);
-        assertTrue(PaymentNode.USAGE.contains("--build"), PaymentNode.USAGE);
+        assertTrue(CommandLine.USAGE.contains("-v, --verbose"), CommandLine.USAGE);
+        assertTrue(CommandLine.USAGE.contains("-h, --help"), CommandLine.USAGE);
+        assertTrue(CommandLine.USAGE.contains("--build"), CommandLine.USAGE);
     }
 }

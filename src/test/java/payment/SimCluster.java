@@ -290,7 +290,7 @@ final class SimCluster implements AutoCloseable {
             this.id = id;
             PaymentNode node;
             try {
-                node = PaymentNode.fromOptions(PaymentNode.Options.parse(new String[] {"--store", "lin-kv", "--kv-timeout",
+                node = CommandLine.fromOptions(CommandLine.Options.parse(new String[] {"--store", "lin-kv", "--kv-timeout",
                         Long.toString(kvTimeoutMillis)}), stdout, new PaymentNode.Log(new PrintStream(stderr, true, StandardCharsets.UTF_8), false));
             } catch (IOException e) {
                 throw new UncheckedIOException(e);

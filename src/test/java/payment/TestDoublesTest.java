@@ -108,17 +108,17 @@ class TestDoublesTest {
     @Test
     void aBadFaultListIsAUsageErrorThatSaysWhatIsWrong() {
         assertEquals("--faults: unknown fault 'slow' (known: fail, drop, unknown, delay, duplicate, crash; e.g. --faults fail=0.05,delay=0.1:200)",
-                assertThrows(IllegalArgumentException.class, () -> PaymentNode.Options.parse(new String[] {"--faults", "slow=0.1"})).getMessage());
+                assertThrows(IllegalArgumentException.class, () -> CommandLine.Options.parse(new String[] {"--faults", "slow=0.1"})).getMessage());
         assertEquals("--faults: the probabilities add up to 1.2, more than 1 (each attempt draws at most one fault)",
-                assertThrows(IllegalArgumentException.class, () -> PaymentNode.Options.parse(new String[] {"--faults=fail=0.6,drop=0.6"})).getMessage());
+                assertThrows(IllegalArgumentException.class, () -> CommandLine.Options.parse(new String[] {"--faults=fail=0.6,drop=0.6"})).getMessage());
         assertEquals("--faults: delay needs a probability and milliseconds, e.g. delay=0.1:200",
-                assertThrows(IllegalArgumentException.class, () -> PaymentNode.Options.parse(new String[] {"--faults", "delay=0.1"})).getMessage());
+                assertThrows(IllegalArgumentException.class, () -> CommandLine.Options.parse(new String[] {"--faults", "delay=0.1"})).getMessage());
         assertEquals("--faults: drop needs a probability from 0 to 1, e.g. drop=0.05, got 'often'",
-                assertThrows(IllegalArgumentException.class, () -> PaymentNode.Options.parse(new String[] {"--faults", "drop=often"})).getMessage());
+                assertThrows(IllegalArgumentException.class, () -> CommandLine.Options.parse(new String[] {"--faults", "drop=often"})).getMessage());
         assertEquals("--seed needs an integer, got x",
-                assertThrows(IllegalArgumentException.class, () -> PaymentNode.Options.parse(new String[] {"--seed", "x"})).getMessage());
+                assertThrows(IllegalArgumentException.class, () -> CommandLine.Options.parse(new String[] {"--seed", "x"})).getMessage());
         assertEquals("--balance needs an amount of 0 or more, got -5",
-                assertThrows(IllegalArgumentException.class, () -> PaymentNode.Options.parse(new String[] {"--balance", "-5"})).getMessage());
+                assertThrows(IllegalArgumentException.class, () -> CommandLine.Options.parse(new String[] {"--balance", "-5"})).getMessage());
     }
 
     @Test
@@ -192,7 +192,7 @@ class TestDoublesTest {
                 assertEquals(150, paymentByKey.size());
                 return;
             }
-            assertEquals(PaymentNode.EXIT_INJECTED_CRASH, node.exitValue(), Files.readString(dir.resolve("stderr-" + round)));
+            assertEquals(FaultyService.EXIT_INJECTED_CRASH, node.exitValue(), Files.readString(dir.resolve("stderr-" + round)));
             assertTrue(Files.readString(dir.resolve("stderr-" + round)).contains("fault: crash"));
             crashes++;
         }
@@ -267,9 +267,9 @@ class TestDoublesTest {
                 payment-node: fault: unknown trip:step1:refund msg_id 7
                 """, run.stderr());
         assertEquals("--fault: unknown fault 'late' (known: fail, drop, unknown, delay:MS, duplicate, crash, none)",
-                assertThrows(IllegalArgumentException.class, () -> PaymentNode.Options.parse(new String[] {"--fault", "k=late"})).getMessage());
+                assertThrows(IllegalArgumentException.class, () -> CommandLine.Options.parse(new String[] {"--fault", "k=late"})).getMessage());
         assertEquals("--fault needs KEY=KIND[,KIND...], e.g. --fault saga42:step2=drop,fail, got 'trip'",
-                assertThrows(IllegalArgumentException.class, () -> PaymentNode.Options.parse(new String[] {"--fault", "trip"})).getMessage());
+                assertThrows(IllegalArgumentException.class, () -> CommandLine.Options.parse(new String[] {"--fault", "trip"})).getMessage());
     }
 
     /** BalanceRead: a user's balance and what was charged and refunded, so that a test can see nobody paid twice (issue 16, item 3). */

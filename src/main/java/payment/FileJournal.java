@@ -1,0 +1,337 @@
+package payment;
+
+import com.fasterxml.jackson.core.JsonFactory;
+import com.fasterxml.jackson.core.JsonParseException;
+import com.fasterxml.jackson.core.JsonParser;
+import com.fasterxml.jackson.core.JsonProcessingException;
+import com.fasterxml.jackson.core.JsonToken;
+import com.fasterxml.jackson.core.StreamReadConstraints;
+import java.io.ByteArrayInputStream;
+import java.io.FileDescriptor;
+import java.io.FileInputStream;
+import java.io.FileOutputStream;
+import java.io.Flushable;
+import java.io.IOException;
+import java.io.InputStream;
+import java.io.InterruptedIOException;
+import java.io.OutputStream;
+import java.io.PrintStream;
+import java.math.BigDecimal;
+import java.nio.ByteBuffer;
+import java.nio.channels.Channels;
+import java.nio.channels.FileChannel;
+import java.nio.channels.OverlappingFileLockException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.AccessDeniedException;
+import java.nio.file.FileSystemException;
+import java.nio.file.NoSuchFileException;
+import java.nio.file.Path;
+import java.nio.file.StandardOpenOption;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.util.ArrayDeque;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.EnumMap;
+import java.util.EnumSet;
+import java.util.HashMap;
+import java.util.HashSet;
+import java.util.HexFormat;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.Objects;
+import java.util.Set;
+import java.util.SplittableRandom;
+import java.util.concurrent.ArrayBlockingQueue;
+import java.util.concurrent.BlockingQueue;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.ScheduledThreadPoolExecutor;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicBoolean;
+import java.util.concurrent.atomic.AtomicLong;
+import java.util.function.Consumer;
+import java.util.function.Function;
+import java.util.function.Supplier;
+import java.util.function.UnaryOperator;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+import java.util.zip.CRC32;
+
+import static payment.PaymentNode.*;
+import static payment.CommandLine.table;
+
+/**
+ * An append-only file of state changes, one record a line: the CRC-32 of the record in eight hex
+ * digits, a space, and the record as a JSON array ({@code ["charge", key, user_id, amount, number]},
+ * {@code ["refund", key, payment_id, amount, refunded, number, payment_number]}, {@code ["close", key]},
+ * {@code ["decline", key, user_id, amount, reason]}).
+ * Records gather in memory and {@link #commit} writes and forces them to disk once per batch of
+ * replies (group commit). On start the records are replayed; a torn tail, the trace of a crash in
+ * mid-write, is cut off with a warning, while a bad record followed by good ones stops the node:
+ * that is damage, not a crash, and dropping good records would forget answered charges.
+ */
+final class FileJournal implements Journal {
+    private static final int MAX_RECORD_BYTES = 16 * MAX_LINE_BYTES;
+
+    /** The record kinds, as docs/JOURNAL.md lists them. */
+    static final List<String> RECORD_KINDS = List.of("balance", "charge", "decline", "refund", "close");
+
+    private final Path path;
+    private final FileChannel file;
+    private final JsonBytes pending = new JsonBytes();
+    private final CRC32 crc = new CRC32();
+    /** The --balance the journal was started with (its first record), null for none. */
+    private String balanceRecorded;
+
+    private FileJournal(Path path, FileChannel file) {
+        this.path = path;
+        this.file = file;
+    }
+
+    /** Opens (or creates) the journal and takes its lock: two nodes on one journal would corrupt it. */
+    static FileJournal open(Path path) throws IOException {
+        FileChannel file = openOwnerOnly(path);
+        try {
+            if (file.tryLock() == null) {
+                throw new IOException("another node is using it");
+            }
+        } catch (IOException | OverlappingFileLockException e) {
+            file.close();
+            throw e instanceof IOException io ? io : new IOException("another node is using it");
+        }
+        return new FileJournal(path, file);
+    }
+
+    /** A journal holds payment records: a new one is readable and writable by its owner only. */
+    private static FileChannel openOwnerOnly(Path path) throws IOException {
+        Set<StandardOpenOption> options = EnumSet.of(StandardOpenOption.CREATE, StandardOpenOption.READ, StandardOpenOption.WRITE);
+        try {
+            return FileChannel.open(path, options, PosixFilePermissions.asFileAttribute(PosixFilePermissions.fromString("rw-------")));
+        } catch (UnsupportedOperationException notPosix) {
+            return FileChannel.open(path, options);
+        }
+    }
+
+    /** Replays every complete record into {@code handler}, then cuts a torn tail; returns the records replayed. */
+    long replay(PaymentHandler handler, Log log) throws IOException {
+        LineReader lines = new LineReader(Channels.newInputStream(file.position(0)), MAX_RECORD_BYTES, () -> { });
+        long size = file.size();
+        long offset = 0;
+        long goodEnd = 0;
+        long records = 0;
+        long firstBadLine = 0;
+        for (long lineNumber = 1; lines.next(); lineNumber++) {
+            boolean complete = lines.tooLongPrefix() == null && offset + lines.length() < size
+                    && replayRecord(lines.buffer(), lines.start(), lines.length(), handler);
+            offset += lines.tooLongPrefix() != null ? lines.tooLongLength() + 1 : lines.length() + 1;
+            if (complete && firstBadLine != 0) {
+                throw new IOException("record " + firstBadLine + " is damaged and good records follow it:"
+                        + " refusing to start rather than forget them (repair the file, or move it aside)");
+            }
+            if (complete) {
+                records++;
+                goodEnd = offset;
+            } else if (firstBadLine == 0) {
+                firstBadLine = lineNumber;
+            }
+        }
+        if (goodEnd < size) {
+            log.warn("journal " + path + ": cut off a torn last record (" + (size - goodEnd)
+                    + " bytes after record " + records + "), the trace of a crash in mid-write");
+            file.truncate(goodEnd);
+            file.force(true);
+        }
+        file.position(goodEnd);
+        return records;
+    }
+
+    private boolean replayRecord(byte[] line, int start, int length, PaymentHandler handler) {
+        if (length < 10 || line[start + 8] != ' ') {
+            return false;
+        }
+        CRC32 crc = new CRC32();
+        crc.update(line, start + 9, length - 9);
+        byte[] expected = hex(crc.getValue());
+        if (!Arrays.equals(line, start, start + 8, expected, 0, 8)) {
+            return false;
+        }
+        try (JsonParser record = JSON.createParser(line, start + 9, length - 9)) {
+            if (record.nextToken() != JsonToken.START_ARRAY) {
+                return false;
+            }
+            switch (nextText(record)) {
+                case "charge" -> handler.restoreCharge(nextText(record), nextText(record), nextText(record),
+                        nextLong(record));
+                case "refund" -> handler.restoreRefund(nextText(record), nextText(record), nextText(record),
+                        nextText(record), nextLong(record), nextLong(record));
+                case "close" -> handler.restoreClose(nextText(record));
+                case "balance" -> balanceRecorded = nextText(record);
+                case "decline" -> handler.restoreDecline(nextText(record), nextText(record), nextText(record), nextText(record));
+                default -> {
+                    return false;
+                }
+            }
+            return record.nextToken() == JsonToken.END_ARRAY;
+        } catch (IOException | RuntimeException unreadable) {
+            return false;
+        }
+    }
+
+    private static String nextText(JsonParser record) throws IOException {
+        JsonToken token = record.nextToken();
+        return token == JsonToken.VALUE_NULL ? null : record.getText();
+    }
+
+    private static long nextLong(JsonParser record) throws IOException {
+        record.nextToken();
+        return record.getLongValue();
+    }
+
+    @Override
+    public synchronized void charged(ChargeRequest request, long paymentNumber) {
+        int start = beginCharge("charge", request);
+        pending.number(paymentNumber);
+        end(start);
+    }
+
+    @Override
+    public synchronized void declined(ChargeRequest request, String reason) {
+        int start = beginCharge("decline", request);
+        pending.string(reason);
+        end(start);
+    }
+
+    /** A charge's or a decline's record up to its last field: kind, key, user_id, amount. */
+    private int beginCharge(String kind, ChargeRequest request) {
+        int start = begin(kind, request.key());
+        pending.ascii(", ");
+        pending.string(request.userId());
+        pending.ascii(", ");
+        pending.ascii(request.amount().text());
+        pending.ascii(", ");
+        return start;
+    }
+
+    @Override
+    public synchronized void closed(String chargeKey) {
+        end(begin("close", chargeKey));
+    }
+
+    /** The first record of a journal started with --balance: {@code ["balance", "<amount>"]}. */
+    synchronized void balanceStarted(String balance) {
+        int start = pending.size();
+        pending.ascii("00000000 [");
+        pending.string("balance");
+        pending.ascii(", ");
+        pending.string(balance);
+        end(start);
+    }
+
+    String balanceRecorded() {
+        return balanceRecorded;
+    }
+
+    @Override
+    public synchronized void refunded(RefundRequest request, String refunded, long refundNumber, long paymentNumber) {
+        int start = begin("refund", request.key());
+        pending.ascii(", ");
+        pending.string(request.paymentId());
+        pending.ascii(", ");
+        pending.ascii(request.amount() == null ? "null" : request.amount().text());
+        pending.ascii(", ");
+        pending.ascii(refunded);
+        pending.ascii(", ");
+        pending.number(refundNumber);
+        pending.ascii(", ");
+        pending.number(paymentNumber);
+        end(start);
+    }
+
+    /** Writes the records gathered so far and forces them to disk. */
+    @Override
+    public synchronized void commit() throws IOException {
+        if (pending.size() == 0) {
+            return;
+        }
+        ByteBuffer bytes = ByteBuffer.wrap(pending.array(), 0, pending.size());
+        while (bytes.hasRemaining()) {
+            file.write(bytes);
+        }
+        file.force(false);
+        pending.clear();
+    }
+
+    /** Releases the file and its lock (a process that ends releases them anyway). */
+    @Override
+    public void close() throws IOException {
+        file.close();
+    }
+
+    private int begin(String kind, String key) {
+        int start = pending.size();
+        pending.ascii("00000000 [");
+        pending.string(kind);
+        pending.ascii(", ");
+        pending.string(key);
+        return start;
+    }
+
+    /** Closes the record that starts at {@code start} and writes its checksum in front of it. */
+    private void end(int start) {
+        pending.ascii("]");
+        crc.reset();
+        crc.update(pending.array(), start + 9, pending.size() - start - 9);
+        System.arraycopy(hex(crc.getValue()), 0, pending.array(), start, 8);
+        pending.put('\n');
+    }
+
+    /** A CRC-32 as eight lower-case hex digits. */
+    private static byte[] hex(long crc) {
+        return HexFormat.of().toHexDigits((int) crc).getBytes(StandardCharsets.US_ASCII);
+    }
+
+    /** In a --journal path, stands for the node's id: each node of a harness keeps its own file. */
+    static final String NODE_ID = "{node_id}";
+
+    /**
+     * The table that comes back from the journal at {@code path} and goes on into it; {@code balances} (null:
+     * none) are replayed with it, and must be the ones the journal was started with. A journal that cannot
+     * be opened or read, or that was started with another --balance, is an IOException.
+     */
+    static PaymentHandler tableFromJournal(Path path, Log log, Balances balances, long maxKeys) throws IOException {
+        FileJournal journal = FileJournal.open(path);
+        PaymentHandler table = table(log, journal, balances, maxKeys);
+        long records = journal.replay(table, log);
+        String startedWith = balances == null ? null : balances.start().toPlainString();
+        if (records == 0 && startedWith != null) {
+            journal.balanceStarted(startedWith);   // so that a restart with another --balance is refused, not served
+            journal.commit();
+        } else if (!sameBalance(journal.balanceRecorded(), startedWith)) {
+            journal.close();
+            throw new IOException("it was started " + withBalance(journal.balanceRecorded()) + ", and this node " + withBalance(startedWith)
+                    + ": start it with the same --balance (or move the journal aside)");
+        }
+        log.verbose("journal " + path + ": replayed " + records + " records");
+        return table;
+    }
+
+    private static boolean sameBalance(String recorded, String given) {
+        return recorded == null ? given == null : given != null && new BigDecimal(recorded).compareTo(new BigDecimal(given)) == 0;
+    }
+
+    private static String withBalance(String balance) {
+        return balance == null ? "without --balance" : "with --balance " + balance;
+    }
+
+    static String journalProblem(Exception e) {
+        if (e instanceof NoSuchFileException) {
+            return "its folder does not exist";
+        }
+        if (e instanceof AccessDeniedException) {
+            return "permission denied";
+        }
+        return e instanceof FileSystemException f && f.getReason() != null ? f.getReason() : e.getMessage();
+    }
+}
