@@ -126,77 +126,44 @@ final class ClusterService implements Service {
         return System.currentTimeMillis() * 1000;
     }
 
-    /** One line read by the cluster's reader thread (a copy: the reader goes on meanwhile). */
-    private record Line(byte[] bytes, byte[] tooLongPrefix, long tooLongLength) {
-    }
-
-    private static final Line END_OF_INPUT = new Line(null, null, 0);
-
     /** How long a cluster node may hold its output in a buffer while input keeps coming. */
     private static final long MAX_HOLD_NANOS = 2_000_000;
+    private long flushedAt = System.nanoTime();
 
     /**
-     * The main loop of a cluster node. A reader thread reads stdin, and this thread handles each line and
-     * each lin-kv reply as it comes, and answers the calls that lin-kv left unanswered past their time:
-     * the input never waits for lin-kv. At the end of input, calls still waiting can only time out.
+     * The node reads stdin through a {@link TimedInput} that wakes up for this service's timed work: it answers
+     * the calls that lin-kv left unanswered past their time, and it never holds lin-kv requests in the reply
+     * buffer for long under a flood of input. The input never waits for lin-kv.
      */
     @Override
-    public int serve(PaymentNode node, InputStream in) {
-        BlockingQueue<Line> queue = new ArrayBlockingQueue<>(4096);
-        IOException[] readFailure = new IOException[1];
-        Thread reader = new Thread(() -> {
-            LineReader lines = new LineReader(in, MAX_LINE_BYTES, () -> { });
-            try {
-                while (lines.next()) {
-                    queue.put(new Line(Arrays.copyOfRange(lines.buffer(), lines.start(), lines.start() + lines.length()),
-                            lines.tooLongPrefix(), lines.tooLongLength()));
-                }
-            } catch (IOException e) {
-                readFailure[0] = e;
-            } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
-            }
-            try {
-                queue.put(END_OF_INPUT);
-            } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
-            }
-        }, "stdin");
-        reader.setDaemon(true);
-        reader.start();
-        try {
-            boolean inputOpen = true;
-            long flushedAt = System.nanoTime();
-            while (inputOpen || waiting()) {
-                Line line = queue.poll();
-                if (line == null || System.nanoTime() - flushedAt > MAX_HOLD_NANOS) {
-                    // Before waiting, and at least every MAX_HOLD_NANOS under a flood of input: lin-kv
-                    // requests and replies never sit in a buffer while their time runs.
-                    replies.flush();
-                    flushedAt = System.nanoTime();
-                }
-                if (line == null) {
-                    long wait = millisToNextDeadline();
-                    line = wait < 0 ? (inputOpen ? queue.take() : null) : queue.poll(wait, TimeUnit.MILLISECONDS);
-                }
-                expire();
-                if (line == END_OF_INPUT) {
-                    inputOpen = false;
-                } else if (line != null) {
-                    node.handleLine(line.bytes(), 0, line.bytes().length, line.tooLongPrefix(), line.tooLongLength());
-                }
-            }
+    public InputStream input(InputStream stdin) {
+        return new TimedInput(stdin, this::runDue);
+    }
+
+    private long runDue() throws IOException {
+        expire();
+        if (System.nanoTime() - flushedAt > MAX_HOLD_NANOS) {
             replies.flush();
-            if (readFailure[0] != null) {
-                throw readFailure[0];
+            flushedAt = System.nanoTime();
+        }
+        long millis = millisToNextDeadline();
+        return millis < 0 ? -1 : Math.max(1, millis * 1_000_000);
+    }
+
+    /** At the end of input, calls still waiting can only time out (their replies would have come on stdin). */
+    @Override
+    public void close() throws IOException {
+        replies.flush();
+        while (waiting()) {
+            long millis = millisToNextDeadline();
+            try {
+                Thread.sleep(Math.max(1, millis));
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                return;
             }
-            return 0;
-        } catch (InterruptedException e) {
-            Thread.currentThread().interrupt();
-            return 1;
-        } catch (IOException e) {
-            log.error("stopping: reading stdin or writing stdout failed: " + e, null);
-            return 1;
+            expire();
+            replies.flush();
         }
     }
 
@@ -231,15 +198,15 @@ final class ClusterService implements Service {
         }
 
         /** Writes the request's one reply; anything after it (a late call's reply) is ignored. */
-        void answer(ReplyWriter.Writing writing) throws IOException {
+        void answer(Reply reply) throws IOException {
             if (!answered) {
                 answered = true;
-                writing.run();
+                reply.writeTo(replies);
             }
         }
 
         void fail(RpcError error) throws IOException {
-            answer(() -> replies.error(reply, error));
+            answer(writer -> writer.error(reply, error));
         }
 
         boolean answered() {
@@ -268,11 +235,6 @@ final class ClusterService implements Service {
 
     // ---- the requests ------------------------------------------------------------------------
 
-    @Override
-    public void balance(Envelope reply, BalanceRequest request) {
-        throw new RpcError(Reason.BALANCES_NOT_KEPT, "BalanceRead is not supported with --store lin-kv: the cluster keeps no balances");
-    }
-
     /** init: the node's id (lin-kv requests come from it), and the first id blocks, so that no first charge waits for one. */
     @Override
     public void init(String id, int nodeIds) throws IOException {
@@ -284,14 +246,15 @@ final class ClusterService implements Service {
     }
 
     @Override
-    public void charge(Envelope reply, ChargeRequest request) throws IOException {
+    public Reply charge(Envelope reply, ChargeRequest request) throws IOException {
         Flight flight = start(reply);
         StepRecord known = steps.get(request.key());
         if (known != null) {
             answerCharge(flight, request, known, true);   // a step record never changes: no lin-kv call
-            return;
+            return Reply.LATER;
         }
         chargeWithNewId(flight, request);
+        return Reply.LATER;
     }
 
     /**
@@ -339,19 +302,20 @@ final class ClusterService implements Service {
             Rules.requireSameParams(request.key(), Rules.chargeDiffers(step.userId(), step.amount(), request));
             log.verboseCacheHit(request.key());
         }
-        flight.answer(() -> replies.chargeOk(flight.reply, request,
+        flight.answer(writer -> writer.chargeOk(flight.reply, request,
                 new Served<>(new ChargeResult(step.paymentId(), step.amount()), replayed)));
     }
 
     @Override
-    public void refund(Envelope reply, RefundRequest request) throws IOException {
+    public Reply refund(Envelope reply, RefundRequest request) throws IOException {
         Flight flight = start(reply);
         RefundRecord done = refunds.get(request.key());
         if (done != null) {
             answerRefund(flight, request, done, true);   // a final record never changes: no lin-kv call
-            return;
+            return Reply.LATER;
         }
         resume(flight, request);
+        return Reply.LATER;
     }
 
     /** From the refund key's record: answer what is final, finish or void what is pending, or start. */
@@ -612,19 +576,19 @@ final class ClusterService implements Service {
         if (replayed) {
             log.verboseCacheHit(request.key());
         }
-        flight.answer(() -> replies.refundOk(flight.reply, request, new Served<>(done.result(), replayed)));
+        flight.answer(writer -> writer.refundOk(flight.reply, request, new Served<>(done.result(), replayed)));
     }
 
     /** What is recorded for a step, read fresh (its ledger may have moved on): no key is created or changed. */
     @Override
-    public void status(Envelope reply, StatusRequest request) throws IOException {
+    public Reply status(Envelope reply, StatusRequest request) throws IOException {
         Flight flight = start(reply);
         String refundKey = refundRecordKey(request.refundKey());
         readStep(flight, request.chargeKey(), step -> read(flight, refundKey, (o, v) -> {
             RefundRecord refund = o == Outcome.OK ? RefundRecord.decode(refundKey, v) : null;
             RefundResult refunded = refund != null && refund.isRefunded() ? refund.result() : null;
             if (step == null || !step.charged()) {
-                flight.answer(() -> replies.paymentStatusOk(reply, request, new StepStatus(step == null ? null : Compensated.STEP, refunded)));
+                flight.answer(writer -> writer.paymentStatusOk(reply, request, new StepStatus(step == null ? "none" : "compensated", null, refunded)));
                 return;
             }
             String paymentKey = paymentRecordKey(step.paymentId());
@@ -634,13 +598,12 @@ final class ClusterService implements Service {
                 }
                 PaymentRecord ledger = PaymentRecord.decode(paymentKey, v2);
                 ledgers.put(step.paymentId(), ledger);
-                Charged payment = new Charged(step.userId(), step.amount(), Rules.paymentNumber(step.paymentId()));
-                if (new BigDecimal(ledger.refunded()).signum() > 0) {
-                    payment.restoreDeducted(new BigDecimal(ledger.refunded()));
-                }
-                flight.answer(() -> replies.paymentStatusOk(reply, request, new StepStatus(payment, refunded)));
+                PaymentView payment = new PaymentView(step.paymentId(), step.amount(),
+                        new BigDecimal(ledger.refunded()).signum() > 0 ? new BigDecimal(ledger.refunded()).toPlainString() : "0");
+                flight.answer(writer -> writer.paymentStatusOk(reply, request, new StepStatus("charged", payment, refunded)));
             });
         }));
+        return Reply.LATER;
     }
 
     // ---- lin-kv ------------------------------------------------------------------------------
@@ -696,7 +659,7 @@ final class ClusterService implements Service {
     }
 
     private void send(Flight flight, String type, String key, Object value, Object from, Object to, boolean create, Then then) throws IOException {
-        long msgId = replies.request(new Envelope(nodeId, KV, null), type, json -> {
+        long msgId = replies.send(new Envelope(nodeId, KV, null), type, json -> {
             json.field("key");
             json.string(key);
             if (value != null) {
@@ -729,13 +692,13 @@ final class ClusterService implements Service {
     }
 
     @Override
-    public boolean completes(RawMessage message) throws IOException {
-        Long inReplyTo = longOrNull(message.body.inReplyTo);
+    public boolean completes(String from, byte[] line, int start, int length) throws IOException {
+        KvReply body = KvReply.parse(line, start, length);
+        Long inReplyTo = body.inReplyTo();
         Call call = inReplyTo == null ? null : calls.get(inReplyTo);
-        if (call == null || !KV.equals(message.src.text())) {
+        if (call == null || !KV.equals(from)) {
             return false;   // late (timed out), from an earlier process of this node, or not lin-kv's
         }
-        KvReply body = KvReply.parse(message);
         String type = body.type();
         if (!(call.type() + "_ok").equals(type) && !"error".equals(type)) {
             log.warn("a reply of type " + type + " to a " + call.type() + " (msg_id " + inReplyTo + "): dropped");
@@ -867,7 +830,7 @@ final class ClusterService implements Service {
                 if (answered()) {
                     return;
                 }
-                answer(() -> { });
+                answer(Reply.LATER);
                 reserving = false;
                 while (!waiters.isEmpty()) {
                     waiters.poll().flight().fail(error);
@@ -885,7 +848,7 @@ final class ClusterService implements Service {
                         reserve(reservation);   // another node took a block meanwhile
                         return;
                     }
-                    reservation.answer(() -> { });
+                    reservation.answer(Reply.LATER);
                     reserving = false;
                     if (next > end) {
                         next = from + 1;
@@ -979,13 +942,14 @@ final class ClusterService implements Service {
      * The fields of a lin-kv reply, read from its line again: only the cluster reads them, so the parse of
      * every other line skips them. {@code value} is as {@link KvValue#read} gives it (null: none).
      */
-    record KvReply(String type, Long code, String text, Object value) {
-        static KvReply parse(RawMessage message) throws IOException {
-            String type = stringOrNull(message.body.type);
+    record KvReply(String type, Long inReplyTo, Long code, String text, Object value) {
+        static KvReply parse(byte[] line, int start, int length) throws IOException {
+            String type = null;
+            Long inReplyTo = null;
             Long code = null;
             String text = null;
             Object value = null;
-            try (JsonParser parser = JSON.createParser(message.line, message.start, message.length)) {
+            try (JsonParser parser = JSON.createParser(line, start, length)) {
                 parser.nextToken();
                 while (parser.nextToken() == JsonToken.FIELD_NAME) {
                     String name = parser.currentName();
@@ -997,6 +961,8 @@ final class ClusterService implements Service {
                         String field = parser.currentName();
                         JsonToken token = parser.nextToken();
                         switch (field) {
+                            case "type" -> type = stringOrNull(Value.read(parser, token));
+                            case "in_reply_to" -> inReplyTo = longOrNull(Value.read(parser, token));
                             case "code" -> code = longOrNull(Value.read(parser, token));
                             case "text" -> text = stringOrNull(Value.read(parser, token));
                             case "value" -> value = KvValue.read(parser, token);
@@ -1005,7 +971,7 @@ final class ClusterService implements Service {
                     }
                 }
             }
-            return new KvReply(type, code, text, value);
+            return new KvReply(type, inReplyTo, code, text, value);
         }
     }
 

@@ -61,6 +61,7 @@ import java.util.zip.CRC32;
 
 import static payment.PaymentNode.*;
 import payment.Faults.FaultPlan;
+import payment.FundedPaymentHandler.BalanceReads;
 import static payment.FileJournal.NODE_ID;
 import static payment.FileJournal.journalProblem;
 import static payment.FileJournal.tableFromJournal;
@@ -130,16 +131,17 @@ final class CommandLine {
      */
     static PaymentNode fromOptions(Options options, OutputStream stdout, Log log) throws IOException {
         if (options.linKv()) {
-            return new PaymentNode(stdout, log, replies -> new ClusterService(replies, log, options.kvTimeoutMillis()));
+            return new PaymentNode(stdout, log, replies -> new BalanceReads(new ClusterService(replies, log, options.kvTimeoutMillis()), null));
         }
         Balances balances = options.balance() == null ? null : new Balances(options.balance());
         Function<ReplyWriter, Service> local;
         if (options.journal() != null && options.journal().contains(NODE_ID)) {
-            local = replies -> new JournalAtInit(options.journal(), balances, options.maxKeys(), replies, log);
+            local = replies -> new JournalAtInit(options.journal(), balances, options.maxKeys(),
+                    table -> new BalanceReads(new LocalService(table, replies, log), balances), log);
         } else {
             PaymentHandler table = options.journal() != null ? tableFromJournal(Path.of(options.journal()), log, balances, options.maxKeys())
                     : table(log, Journal.NONE, balances, options.maxKeys());
-            local = replies -> new LocalService(table, replies, log);
+            local = replies -> new BalanceReads(new LocalService(table, replies, log), balances);
         }
         if (options.faults() == null) {
             return new PaymentNode(stdout, log, local);

@@ -59,6 +59,8 @@ import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 import java.util.zip.CRC32;
 
+import java.util.PriorityQueue;
+
 import static payment.PaymentNode.*;
 import payment.Faults.Drawn;
 import payment.Faults.Fault;
@@ -66,62 +68,66 @@ import payment.Faults.Fault;
 /**
  * A service under injected faults (--faults): ChargePayment and RefundPayment draw at most one fault an
  * attempt. {@code fail} does nothing and answers 11; every other fault lets the work happen, then changes
- * what becomes of its reply, which the reply writer keeps back while the work runs, so that it can be
- * dropped, replaced, doubled or delayed. init and PaymentStatus are never faulted.
+ * what becomes of its reply: dropped, replaced, doubled or delayed. init and PaymentStatus are never faulted.
+ * A delayed reply is rendered at once (it takes its msg_id in order) and written when it is due, by the
+ * node's own loop, which reads its input through a {@link TimedInput} that wakes up for it.
  */
-final class FaultyService implements Service {
-    private final Service service;
+final class FaultyService extends ServiceAround {
     private final Faults faults;
     private final ReplyWriter replies;
     private final Log log;
-    private DelayedReplies delayed;   // made at the first delayed reply
+    /** Replies rendered and waiting for their time, soonest first (then in the order they were made). */
+    private final PriorityQueue<Delayed> delayed = new PriorityQueue<>();
+    private long delayedCount;
 
     FaultyService(Service service, Faults faults, ReplyWriter replies, Log log) {
-        this.service = service;
+        super(service);
         this.faults = faults;
         this.replies = replies;
         this.log = log;
     }
 
     @Override
-    public void charge(Envelope reply, ChargeRequest request) throws IOException {
-        withFault(reply, request.key(), () -> service.charge(reply, request));
+    public Reply charge(Envelope reply, ChargeRequest request) throws IOException {
+        return withFault(reply, request.key(), () -> inner.charge(reply, request));
     }
 
     @Override
-    public void refund(Envelope reply, RefundRequest request) throws IOException {
-        withFault(reply, request.key(), () -> service.refund(reply, request));
+    public Reply refund(Envelope reply, RefundRequest request) throws IOException {
+        return withFault(reply, request.key(), () -> inner.refund(reply, request));
     }
 
     @Override
-    public void status(Envelope reply, StatusRequest request) throws IOException {
-        service.status(reply, request);
+    public InputStream input(InputStream stdin) {
+        return new TimedInput(inner.input(stdin), this::writeDue);
     }
 
-    @Override
-    public void balance(Envelope reply, BalanceRequest request) throws IOException {
-        service.balance(reply, request);
-    }
-
-    @Override
-    public void init(String nodeId, int nodeIds) throws IOException {
-        service.init(nodeId, nodeIds);
-    }
-
-    /** Delayed replies still leave before the node exits. */
+    /** Delayed replies still leave, each at its time, before the node exits. */
     @Override
     public void close() throws IOException {
-        if (delayed != null) {
-            delayed.drain();
+        while (!delayed.isEmpty()) {
+            long wait = writeDue();
+            if (wait > 0) {
+                try {
+                    TimeUnit.NANOSECONDS.sleep(wait);
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                    throw new InterruptedIOException("interrupted while delayed replies were pending");
+                }
+            }
         }
-        service.close();
+        inner.close();
     }
 
-    private void withFault(Envelope reply, String key, ReplyWriter.Writing handling) throws IOException {
+    /** A request's work, with what it answers or refuses. */
+    private interface Work {
+        Reply run() throws IOException;
+    }
+
+    private Reply withFault(Envelope reply, String key, Work work) throws IOException {
         Drawn drawn = faults.draw(key);
         if (drawn == null) {
-            handling.run();
-            return;
+            return work.run();
         }
         Fault fault = drawn.fault();
         log.event("fault: " + fault.option + (fault == Fault.DELAY ? " " + drawn.delayMillis() + "ms" : "")
@@ -129,62 +135,54 @@ final class FaultyService implements Service {
         if (fault == Fault.FAIL) {
             throw new RpcError(Reason.INJECTED_FAIL, "injected fault: fail: nothing was done; safe to retry");
         }
-        ReplyWriter.Kept kept = replies.keepBack(() -> {
-            try {
-                handling.run();
-            } catch (RpcError refused) {
-                replies.error(reply, refused);
-            }
-        });
-        switch (fault) {
-            case DROP -> replies.forget(kept);
-            case UNKNOWN -> {
-                replies.forget(kept);
-                replies.error(reply, new RpcError(Reason.INJECTED_UNKNOWN,
-                        "injected fault: unknown outcome: the request may or may not have been done; a retry will tell"));
-            }
-            case DELAY -> {
-                if (delayed == null) {
-                    delayed = new DelayedReplies();
-                }
-                delayed.schedule(() -> replies.writeAtOnce(kept.line()), drawn.delayMillis());   // later replies may overtake it
-            }
-            case DUPLICATE -> {
-                replies.writeLine(kept.line());
-                replies.writeLine(kept.line());
-            }
-            case CRASH -> {
-                replies.forget(kept);
-                throw new Stop(null, EXIT_INJECTED_CRASH);   // the fault's line said it all
-            }
-            default -> throw new IllegalStateException("fault " + fault);
+        Reply done;
+        try {
+            done = work.run();
+        } catch (RpcError refused) {
+            done = writer -> writer.error(reply, refused);
         }
+        Reply answer = done;
+        return switch (fault) {
+            case DROP -> Reply.LATER;   // never
+            case UNKNOWN -> writer -> writer.error(reply, new RpcError(Reason.INJECTED_UNKNOWN,
+                    "injected fault: unknown outcome: the request may or may not have been done; a retry will tell"));
+            case DELAY -> writer -> delay(writer.render(answer), drawn.delayMillis());   // later replies may overtake it
+            case DUPLICATE -> writer -> {
+                byte[] line = writer.render(answer);
+                writer.writeLine(line);
+                writer.writeLine(line);
+            };
+            case CRASH -> throw new Stop(null, EXIT_INJECTED_CRASH);   // the fault's line said it all
+            default -> throw new IllegalStateException("fault " + fault);
+        };
+    }
+
+    /** A reply's line, and when it is due. */
+    private record Delayed(long dueNanos, long order, byte[] line) implements Comparable<Delayed> {
+        @Override
+        public int compareTo(Delayed other) {
+            int byTime = Long.compare(dueNanos - other.dueNanos, 0);
+            return byTime != 0 ? byTime : Long.compare(order, other.order);
+        }
+    }
+
+    private void delay(byte[] line, long millis) {
+        delayed.add(new Delayed(System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(millis), delayedCount++, line));
+    }
+
+    /** Writes the delayed replies that are due, and flushes them; returns the nanoseconds until the next is due, -1 for none. */
+    private long writeDue() throws IOException {
+        boolean wrote = false;
+        while (!delayed.isEmpty() && delayed.peek().dueNanos() - System.nanoTime() <= 0) {
+            replies.writeLine(delayed.poll().line());
+            wrote = true;
+        }
+        if (wrote) {
+            replies.flush();
+        }
+        return delayed.isEmpty() ? -1 : Math.max(1, delayed.peek().dueNanos() - System.nanoTime());
     }
 
     /** The exit status of an injected crash (--faults crash=P): the work was done and journaled, no reply sent. */
     static final int EXIT_INJECTED_CRASH = 3;
-
-    /** A timer thread that writes delayed replies when they are due; it sleeps in between, never spins. */
-    static final class DelayedReplies {
-        private final ScheduledThreadPoolExecutor timer = new ScheduledThreadPoolExecutor(1, task -> {
-            Thread thread = new Thread(task, "delayed-replies");
-            thread.setDaemon(true);
-            return thread;
-        });
-
-        void schedule(Runnable write, long millis) {
-            timer.schedule(write, millis, TimeUnit.MILLISECONDS);
-        }
-
-        /** Lets every scheduled reply go out, then stops the thread. */
-        void drain() throws IOException {
-            timer.shutdown();   // scheduled tasks still run after shutdown: that is the default policy
-            try {
-                timer.awaitTermination(Long.MAX_VALUE, TimeUnit.NANOSECONDS);
-            } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
-                throw new InterruptedIOException("interrupted while delayed replies were pending");
-            }
-        }
-    }
 }

@@ -61,6 +61,7 @@ import java.util.zip.CRC32;
 
 import static payment.PaymentNode.*;
 import static payment.CommandLine.table;
+import payment.FundedPaymentHandler.Declined;
 
 /**
  * An append-only file of state changes, one record a line: the CRC-32 of the record in eight hex
@@ -123,9 +124,14 @@ final class FileJournal implements Journal {
         long records = 0;
         long firstBadLine = 0;
         for (long lineNumber = 1; lines.next(); lineNumber++) {
-            boolean complete = lines.tooLongPrefix() == null && offset + lines.length() < size
-                    && replayRecord(lines.buffer(), lines.start(), lines.length(), handler);
-            offset += lines.tooLongPrefix() != null ? lines.tooLongLength() + 1 : lines.length() + 1;
+            int length = lines.lineEnd - lines.lineStart;
+            boolean complete;
+            try {
+                complete = lines.tooLongPrefix == null && offset + length < size && replayRecord(lines.buf, lines.lineStart, length, handler);
+            } catch (BrokenInvariant broken) {
+                throw new IOException("record " + lineNumber + ": " + broken.getMessage() + ": refusing to start (repair the file, or move it aside)");
+            }
+            offset += lines.tooLongPrefix != null ? lines.tooLongLength + 1 : length + 1;
             if (complete && firstBadLine != 0) {
                 throw new IOException("record " + firstBadLine + " is damaged and good records follow it:"
                         + " refusing to start rather than forget them (repair the file, or move it aside)");
@@ -162,18 +168,25 @@ final class FileJournal implements Journal {
                 return false;
             }
             switch (nextText(record)) {
-                case "charge" -> handler.restoreCharge(nextText(record), nextText(record), nextText(record),
-                        nextLong(record));
-                case "refund" -> handler.restoreRefund(nextText(record), nextText(record), nextText(record),
-                        nextText(record), nextLong(record), nextLong(record));
-                case "close" -> handler.restoreClose(nextText(record));
+                case "charge" -> {
+                    String key = nextText(record);
+                    handler.restore(key, new Charged(sagaIdOf(key), nextText(record), nextText(record), nextLong(record)), 0);
+                }
+                case "refund" -> {
+                    String key = nextText(record);
+                    Refunded refunded = new Refunded(nextText(record), nextText(record), nextText(record), nextLong(record));
+                    handler.restore(key, refunded, nextLong(record));
+                }
+                case "close" -> handler.restore(nextText(record), Compensated.STEP, 0);
                 case "balance" -> balanceRecorded = nextText(record);
-                case "decline" -> handler.restoreDecline(nextText(record), nextText(record), nextText(record), nextText(record));
+                case "decline" -> handler.restore(nextText(record), new Declined(nextText(record), nextText(record), nextText(record)), 0);
                 default -> {
                     return false;
                 }
             }
             return record.nextToken() == JsonToken.END_ARRAY;
+        } catch (BrokenInvariant broken) {
+            throw broken;   // a record that breaks a money rule is damage to report, not a torn tail to cut
         } catch (IOException | RuntimeException unreadable) {
             return false;
         }
@@ -196,10 +209,11 @@ final class FileJournal implements Journal {
         end(start);
     }
 
+    /** A decline (--balance), the step's refusal kept as its result: {@code ["decline", key, user_id, amount, reason]}. */
     @Override
-    public synchronized void declined(ChargeRequest request, String reason) {
+    public synchronized void refused(ChargeRequest request, Refusal refusal) {
         int start = beginCharge("decline", request);
-        pending.string(reason);
+        pending.string(refusal.error().getMessage());
         end(start);
     }
 

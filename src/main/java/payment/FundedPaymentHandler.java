@@ -1,70 +1,19 @@
 package payment;
 
-import com.fasterxml.jackson.core.JsonFactory;
-import com.fasterxml.jackson.core.JsonParseException;
 import com.fasterxml.jackson.core.JsonParser;
-import com.fasterxml.jackson.core.JsonProcessingException;
 import com.fasterxml.jackson.core.JsonToken;
-import com.fasterxml.jackson.core.StreamReadConstraints;
-import java.io.ByteArrayInputStream;
-import java.io.FileDescriptor;
-import java.io.FileInputStream;
-import java.io.FileOutputStream;
-import java.io.Flushable;
+
 import java.io.IOException;
-import java.io.InputStream;
-import java.io.InterruptedIOException;
-import java.io.OutputStream;
-import java.io.PrintStream;
-import java.math.BigDecimal;
-import java.nio.ByteBuffer;
-import java.nio.channels.Channels;
-import java.nio.channels.FileChannel;
-import java.nio.channels.OverlappingFileLockException;
-import java.nio.charset.StandardCharsets;
-import java.nio.file.AccessDeniedException;
-import java.nio.file.FileSystemException;
-import java.nio.file.NoSuchFileException;
-import java.nio.file.Path;
-import java.nio.file.StandardOpenOption;
-import java.nio.file.attribute.PosixFilePermissions;
-import java.util.ArrayDeque;
-import java.util.ArrayList;
-import java.util.Arrays;
-import java.util.EnumMap;
-import java.util.EnumSet;
-import java.util.HashMap;
-import java.util.HashSet;
-import java.util.HexFormat;
-import java.util.LinkedHashMap;
-import java.util.List;
-import java.util.Locale;
-import java.util.Map;
-import java.util.Objects;
-import java.util.Set;
-import java.util.SplittableRandom;
-import java.util.concurrent.ArrayBlockingQueue;
-import java.util.concurrent.BlockingQueue;
-import java.util.concurrent.CompletableFuture;
-import java.util.concurrent.ConcurrentHashMap;
-import java.util.concurrent.ScheduledThreadPoolExecutor;
-import java.util.concurrent.TimeUnit;
-import java.util.concurrent.atomic.AtomicBoolean;
-import java.util.concurrent.atomic.AtomicLong;
-import java.util.function.Consumer;
-import java.util.function.Function;
-import java.util.function.Supplier;
-import java.util.function.UnaryOperator;
-import java.util.regex.Matcher;
-import java.util.regex.Pattern;
-import java.util.zip.CRC32;
 
 import static payment.PaymentNode.*;
+
 import payment.Balances.Account;
 
 /**
  * The table with balances (--balance): every user starts with the same amount, a charge above what is
- * left is declined, and the decline is that step's result; a refund pays back.
+ * left is declined, and the decline is that step's result; a refund pays back. It plugs into the card's
+ * table at its seams: {@code firstCharge} (the decline), {@code refundPayment} (the repayment),
+ * {@code restore} (a replayed journal moves the balances too) and {@link Refusal} (the decline kept).
  */
 final class FundedPaymentHandler extends PaymentHandler {
     private final Balances balances;
@@ -86,13 +35,8 @@ final class FundedPaymentHandler extends PaymentHandler {
         }
         Declined declined = new Declined(request.userId(), request.amount().text(),
                 "declined: insufficient funds: " + shortfall + " (" + request.key() + ")");
-        journal().declined(request, declined.reason());
+        journal().refused(request, declined);
         return declined;
-    }
-
-    @Override
-    Account account(String userId) {
-        return balances.account(userId);
     }
 
     @Override
@@ -103,16 +47,86 @@ final class FundedPaymentHandler extends PaymentHandler {
     }
 
     @Override
-    void restoreCharge(String key, String userId, String amount, long paymentNumber) {
-        super.restoreCharge(key, userId, amount, paymentNumber);
-        balances.restoreWithdrawal(userId, amount);
+    void restore(String key, Entry entry, long drewOn) {
+        super.restore(key, entry, drewOn);
+        if (entry instanceof Charged charged) {
+            balances.restoreWithdrawal(charged.userId(), charged.amount());
+        } else if (entry instanceof Refunded refunded && drewOn != 0) {
+            balances.repay(payment(drewOn), refunded.refunded());
+        }
     }
 
-    @Override
-    void restoreRefund(String key, String paymentId, String amount, String refunded, long refundNumber, long paymentNumber) {
-        super.restoreRefund(key, paymentId, amount, refunded, refundNumber, paymentNumber);
-        if (paymentNumber != 0) {
-            balances.repay(payment(paymentNumber), refunded);
+    Balances balances() {
+        return balances;
+    }
+
+    /** A charge key whose charge was declined: the decline is the step's result, as a charge would be. */
+    record Declined(String userId, String amount, String reason) implements Refusal {
+        @Override
+        public RpcError error() {
+            return new RpcError(Reason.INSUFFICIENT_FUNDS, reason);
+        }
+
+        @Override
+        public String status() {
+            return "declined";
+        }
+    }
+
+    /**
+     * BalanceRead (docs/PROTOCOL.md section 9): a user's balance, and the totals charged and refunded that made it,
+     * answered from {@code balances}; null balances (no --balance): error 10, this node keeps none.
+     */
+    static final class BalanceReads extends ServiceAround {
+        private final Balances balances;
+
+        BalanceReads(Service inner, Balances balances) {
+            super(inner);
+            this.balances = balances;
+        }
+
+        @Override
+        public Reply other(Envelope reply, String type, byte[] line, int start, int length) throws IOException {
+            if (!type.equals("BalanceRead")) {
+                return inner.other(reply, type, line, start, length);
+            }
+            if (balances == null) {
+                throw new RpcError(Reason.BALANCES_NOT_KEPT, "BalanceRead needs --balance: this node keeps no balances");
+            }
+            String userId = requiredString(userIdOf(line, start, length), "user_id");
+            Account account = balances.account(userId);
+            return replies -> replies.send(reply, "BalanceRead_ok", json -> {
+                json.field("user_id");
+                json.string(userId);
+                json.field("balance");
+                json.ascii(account.balance().toPlainString());
+                json.field("charged");
+                json.ascii(account.charged().toPlainString());
+                json.field("refunded");
+                json.ascii(account.refunded().toPlainString());
+            });
+        }
+
+        /** The body's user_id, read from the line the node already found readable. */
+        private static Value userIdOf(byte[] line, int start, int length) throws IOException {
+            Value userId = null;
+            try (JsonParser parser = JSON.createParser(line, start, length)) {
+                parser.nextToken();
+                while (parser.nextToken() == JsonToken.FIELD_NAME) {
+                    String name = parser.currentName();
+                    parser.nextToken();
+                    if (!name.equals("body")) {
+                        parser.skipChildren();
+                        continue;
+                    }
+                    while (parser.nextToken() == JsonToken.FIELD_NAME) {
+                        boolean isUserId = parser.currentName().equals("user_id");
+                        Value value = Value.read(parser, parser.nextToken());
+                        userId = isUserId ? value : userId;   // a repeated key keeps its last value, as the node's parse does
+                    }
+                }
+            }
+            return userId;
         }
     }
 }

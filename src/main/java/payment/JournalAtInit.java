@@ -1,112 +1,85 @@
 package payment;
 
-import com.fasterxml.jackson.core.JsonFactory;
-import com.fasterxml.jackson.core.JsonParseException;
-import com.fasterxml.jackson.core.JsonParser;
-import com.fasterxml.jackson.core.JsonProcessingException;
-import com.fasterxml.jackson.core.JsonToken;
-import com.fasterxml.jackson.core.StreamReadConstraints;
-import java.io.ByteArrayInputStream;
-import java.io.FileDescriptor;
-import java.io.FileInputStream;
-import java.io.FileOutputStream;
-import java.io.Flushable;
 import java.io.IOException;
-import java.io.InputStream;
-import java.io.InterruptedIOException;
-import java.io.OutputStream;
-import java.io.PrintStream;
-import java.math.BigDecimal;
-import java.nio.ByteBuffer;
-import java.nio.channels.Channels;
-import java.nio.channels.FileChannel;
-import java.nio.channels.OverlappingFileLockException;
-import java.nio.charset.StandardCharsets;
-import java.nio.file.AccessDeniedException;
-import java.nio.file.FileSystemException;
-import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
-import java.nio.file.StandardOpenOption;
-import java.nio.file.attribute.PosixFilePermissions;
-import java.util.ArrayDeque;
-import java.util.ArrayList;
-import java.util.Arrays;
-import java.util.EnumMap;
-import java.util.EnumSet;
-import java.util.HashMap;
-import java.util.HashSet;
-import java.util.HexFormat;
-import java.util.LinkedHashMap;
-import java.util.List;
-import java.util.Locale;
-import java.util.Map;
-import java.util.Objects;
-import java.util.Set;
-import java.util.SplittableRandom;
-import java.util.concurrent.ArrayBlockingQueue;
-import java.util.concurrent.BlockingQueue;
-import java.util.concurrent.CompletableFuture;
-import java.util.concurrent.ConcurrentHashMap;
-import java.util.concurrent.ScheduledThreadPoolExecutor;
-import java.util.concurrent.TimeUnit;
-import java.util.concurrent.atomic.AtomicBoolean;
-import java.util.concurrent.atomic.AtomicLong;
-import java.util.function.Consumer;
 import java.util.function.Function;
-import java.util.function.Supplier;
-import java.util.function.UnaryOperator;
-import java.util.regex.Matcher;
-import java.util.regex.Pattern;
-import java.util.zip.CRC32;
 
-import static payment.PaymentNode.*;
 import static payment.FileJournal.NODE_ID;
 import static payment.FileJournal.journalProblem;
 import static payment.FileJournal.tableFromJournal;
+import static payment.PaymentNode.*;
 
 /**
  * A node whose journal is its own file, named by its id (docs/PROTOCOL.md, section 7): the journal opens
  * at the first init, before init_ok; until then requests get error 11. A journal that cannot be opened
  * then stops the node (status 2) rather than let it serve from memory.
  */
-final class JournalAtInit extends LocalService {
+final class JournalAtInit implements Service {
     private final String pathWithNodeId;
-    private final Log log;
     private final Balances balances;
-
     private final long maxKeys;
+    /** The service of the table once it is replayed from the journal: the card's, with any mode around it. */
+    private final Function<PaymentHandler, Service> serving;
+    private final Log log;
+    /** Null until the first init opens the journal. */
+    private Service opened;
 
-    JournalAtInit(String pathWithNodeId, Balances balances, long maxKeys, ReplyWriter replies, Log log) {
-        super(null, replies, log);
+    JournalAtInit(String pathWithNodeId, Balances balances, long maxKeys, Function<PaymentHandler, Service> serving, Log log) {
         this.pathWithNodeId = pathWithNodeId;
-        this.log = log;
         this.balances = balances;
         this.maxKeys = maxKeys;
+        this.serving = serving;
+        this.log = log;
     }
 
-    @Override
-    PaymentHandler table() {
-        PaymentHandler table = super.table();
-        if (table == null) {
+    private Service opened() {
+        if (opened == null) {
             throw new RpcError(Reason.NOT_INITIALISED, "not initialized: this node's journal ("
                     + pathWithNodeId + ") opens at its first init; nothing was done");
         }
-        return table;
+        return opened;
     }
 
     @Override
     public void init(String nodeId, int nodeIds) throws IOException {
-        if (super.table() == null) {
+        if (opened == null) {
             if (nodeId == null || nodeId.contains("/") || nodeId.contains("\\") || nodeId.equals("..") || nodeId.contains("\0")) {
                 throw new RpcError(Reason.BAD_NODE_ID, "node_id " + nodeId + " cannot name a journal file");
             }
             String path = pathWithNodeId.replace(NODE_ID, nodeId);
             try {
-                use(tableFromJournal(Path.of(path), log, balances, maxKeys));
+                opened = serving.apply(tableFromJournal(Path.of(path), log, balances, maxKeys));
             } catch (IOException | RuntimeException e) {
                 throw new Stop("cannot use the journal " + path + ": " + journalProblem(e), 2);
             }
         }
-        super.init(nodeId, nodeIds);
+        opened.init(nodeId, nodeIds);
+    }
+
+    @Override
+    public Reply charge(Envelope reply, ChargeRequest request) throws IOException {
+        return opened().charge(reply, request);
+    }
+
+    @Override
+    public Reply refund(Envelope reply, RefundRequest request) throws IOException {
+        return opened().refund(reply, request);
+    }
+
+    @Override
+    public Reply status(Envelope reply, StatusRequest request) throws IOException {
+        return opened().status(reply, request);
+    }
+
+    @Override
+    public Reply other(Envelope reply, String type, byte[] line, int start, int length) throws IOException {
+        return opened().other(reply, type, line, start, length);
+    }
+
+    @Override
+    public void close() throws IOException {
+        if (opened != null) {
+            opened.close();
+        }
     }
 }

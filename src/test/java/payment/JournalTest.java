@@ -128,7 +128,7 @@ class JournalTest {
             }
 
             @Override
-            public void declined(PaymentNode.ChargeRequest request, String reason) {
+            public void refused(PaymentNode.ChargeRequest request, PaymentNode.Refusal refusal) {
                 appended.incrementAndGet();
             }
 

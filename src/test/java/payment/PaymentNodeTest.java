@@ -89,13 +89,13 @@ class PaymentNodeTest {
                 new ByteArrayInputStream(("\n" + Wire.charge(1, "after", 1, "1")).getBytes(StandardCharsets.UTF_8)));
         PaymentNode.LineReader reader = new PaymentNode.LineReader(input, LIMIT, () -> { });
         assertTrue(reader.next());
-        assertEquals(size, reader.tooLongLength());
-        assertEquals(LIMIT, reader.tooLongPrefix().length);
+        assertEquals(size, reader.tooLongLength);
+        assertEquals(LIMIT, reader.tooLongPrefix.length);
         assertTrue(reader.next());
         assertEquals(Wire.charge(1, "after", 1, "1").trim(),
-                new String(reader.buffer(), reader.start(), reader.length(), StandardCharsets.UTF_8));
+                new String(reader.buf, reader.lineStart, (reader.lineEnd - reader.lineStart), StandardCharsets.UTF_8));
         assertFalse(reader.next());
-        assertTrue(reader.buffer().length <= LIMIT + 64 * 1024, "buffer grew to " + reader.buffer().length);
+        assertTrue(reader.buf.length <= LIMIT + 64 * 1024, "buffer grew to " + reader.buf.length);
     }
 
     /** Each bad line is answered 12 when its src can still be read, else logged; the next request is served. */

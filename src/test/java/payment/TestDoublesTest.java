@@ -285,7 +285,8 @@ class TestDoublesTest {
                 + new Wire.ReplyBody("\"type\": \"BalanceRead_ok\", \"user_id\": \"u1\", \"balance\": 80.00, \"charged\": 30.00, \"refunded\": 10").to(4, 3)
                 + new Wire.ReplyBody("\"type\": \"BalanceRead_ok\", \"user_id\": \"u9\", \"balance\": 100.00, \"charged\": 0, \"refunded\": 0").to(5, 4)
                 + Wire.error(12, "malformed_request", "missing user_id").to(6, 5), run.stdout());
-        Node.Run without = Node.run(Wire.request("{\"type\":\"BalanceRead\",\"msg_id\":1,\"user_id\":\"u1\"}"));
+        Node.Run without = Node.runWithOptions(Wire.request("{\"type\":\"BalanceRead\",\"msg_id\":1,\"user_id\":\"u1\"}")
+                .getBytes(StandardCharsets.UTF_8));
         assertEquals(Wire.error(10, "balances_not_kept", "BalanceRead needs --balance: this node keeps no balances").to(1, 0), without.stdout());
     }
 
