@@ -200,6 +200,7 @@ public final class PaymentNode {
                 case NAMED_PAYMENT -> {
                     Charged ofAnotherStep = payments.get(request.paymentId());
                     if (ofAnotherStep != null) {
+                        Rules.requireOwnSaga(ofAnotherStep.sagaId(), request);
                         return refundPayment(ofAnotherStep, request);
                     }
                     Rules.requireAmountOfUnknownPayment(request, "this node");
@@ -637,6 +638,14 @@ public final class PaymentNode {
                 return RefundCase.OWN_PAYMENT;
             }
             return request.paymentId() != null ? RefundCase.NAMED_PAYMENT : RefundCase.CLOSE_STEP;
+        }
+
+        /** Case 2: a payment named by a compensation must be one of its own saga's (a restarted node without a journal hands out p1 again). */
+        static void requireOwnSaga(String paymentSagaId, RefundRequest request) {
+            if (!paymentSagaId.equals(request.sagaId())) {
+                throw new RpcError(Reason.PAYMENT_OF_ANOTHER_SAGA, "payment_id " + request.paymentId() + " is a payment of another saga:"
+                        + " a compensation refunds its own saga's payments");
+            }
         }
 
         /** A payment the service does not know is refunded as asked, so the amount must be given. {@code who}: "this node" or "this service". */
@@ -1569,7 +1578,8 @@ public final class PaymentNode {
         KEY_REUSED(ErrorCode.PRECONDITION_FAILED),
         REFUND_EXCEEDS_PAYMENT(ErrorCode.PRECONDITION_FAILED),
         PAYMENT_FULLY_REFUNDED(ErrorCode.PRECONDITION_FAILED),
-        PAYMENT_NOT_OF_STEP(ErrorCode.PRECONDITION_FAILED);
+        PAYMENT_NOT_OF_STEP(ErrorCode.PRECONDITION_FAILED),
+        PAYMENT_OF_ANOTHER_SAGA(ErrorCode.PRECONDITION_FAILED);
 
         final ErrorCode code;
 

@@ -104,6 +104,20 @@ class JournalTest {
         assertTrue(refused.getMessage().startsWith("record 1 is damaged and good records follow it"), refused.getMessage());
     }
 
+    /** A replayed refund is held to its payment's charge like a new one (issue 19, item 3): a journal that breaks the rule stops the node. */
+    @Test
+    void aReplayedRefundAboveItsChargeStopsTheNodeAtStartUp() throws IOException {
+        Path journal = dir.resolve("journal");
+        runWithJournal(journal, Wire.charge(1, "trip", 1, "10") + Wire.refund(2, "trip", 1, "p1", "6"));
+        String forged = "[\"refund\", \"trip:step2:refund\", \"p1\", 6, 6, 2, 1]";
+        java.util.zip.CRC32 crc = new java.util.zip.CRC32();
+        crc.update(forged.getBytes(StandardCharsets.UTF_8));
+        Files.writeString(journal, String.format("%08x %s%n", crc.getValue(), forged), StandardOpenOption.APPEND);
+        IOException refused = assertThrows(IOException.class, () -> FileJournal.tableFromJournal(journal, log, null, 0));
+        assertEquals("record 3: invariant refunds_within_charge broken: the refunds of p1 would add up to 12, more than its charge of 10:"
+                + " refusing to start (repair the file, or move it aside)", refused.getMessage());
+    }
+
     @Test
     void twoNodesCannotShareAJournal() throws IOException {
         Path journal = dir.resolve("journal");

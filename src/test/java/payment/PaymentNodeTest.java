@@ -179,6 +179,41 @@ class PaymentNodeTest {
         assertTrue(run.stderr().contains("IllegalStateException: simulated bug"), "stack trace logged");
     }
 
+    /**
+     * A node without a journal hands out p1 again after a restart: a compensation naming its forgotten p1 must
+     * not refund the stranger who now has that id (issue 19, item 4; docs/PROTOCOL.md section 4, case 2).
+     */
+    @Test
+    void aStaleIdAfterARestartRefundsNoStranger() {
+        Node.Run first = Node.run(Wire.charge(1, "A", 1, "100"));
+        assertEquals(Wire.chargeOk("A", 1, "p1", "100").to(1, 0), first.stdout());
+        Node.Run restarted = Node.run(Wire.charge(1, "B", 1, "100") + Wire.refund(2, "A", 2, "p1", "100") + Wire.paymentStatus(3, "B", 1));
+        assertEquals(Wire.chargeOk("B", 1, "p1", "100").to(1, 0)
+                + Wire.error(22, "payment_of_another_saga",
+                        "payment_id p1 is a payment of another saga: a compensation refunds its own saga's payments").to(2, 1)
+                + Wire.paymentStatusOk("B", 1, "charged", new Wire.Payment("p1", "100", "0"), null).to(3, 2), restarted.stdout());
+    }
+
+    /** A money invariant broken in production is a bug: the request is answered 13, naming it, and the node goes on (issue 19, item 3). */
+    @Test
+    void aBrokenMoneyInvariantIsAnswered13AndNamed() {
+        Node.CapturedLog log = Node.CapturedLog.of(false);
+        PaymentNode.PaymentHandler overRefunding = new PaymentNode.PaymentHandler(log.log(), PaymentNode.Journal.NONE) {
+            @Override
+            PaymentNode.Refunded refundPayment(PaymentNode.Charged payment, PaymentNode.RefundRequest request) {
+                payment.restoreDeducted(new java.math.BigDecimal("1000"));   // a bug that skips the refund rules
+                return super.refundPayment(payment, request);
+            }
+        };
+        String input = Wire.charge(1, "s", 1, "7") + Wire.refund(2, "s", 1, null, "1") + Wire.paymentStatus(3, "s", 1);
+        Node.Run run = Node.run(input.getBytes(StandardCharsets.UTF_8), overRefunding, log);
+        assertEquals(Wire.chargeOk("s", 1, "p1", "7").to(1, 0)
+                + Wire.error(13, "internal_error", "internal error: invariant refunds_within_charge broken: the refunds of p1 would add up"
+                        + " to 1000, more than its charge of 7").to(2, 1)
+                + Wire.paymentStatusOk("s", 1, "charged", new Wire.Payment("p1", "7", "0"), null).to(3, 2), run.stdout());
+        assertTrue(run.stderr().contains("line 2: invariant refunds_within_charge broken"), run.stderr());
+    }
+
     @Test
     void aBrokenStdoutEndsTheNodeWithStatus1() {
         OutputStream broken = new OutputStream() {
