@@ -100,10 +100,20 @@ thp=""
 [ -r /sys/kernel/mm/transparent_hugepage/enabled ] && read -r thp < /sys/kernel/mm/transparent_hugepage/enabled
 case "$thp" in *"[never]"*|"") ;; *) jvm+=(-XX:+UseTransparentHugePages) ;; esac
 [ -f "$archive" ] && jvm+=(-XX:SharedArchiveFile="$archive")
-# Replies go to file descriptor 3, a copy of this script's stdout, and the JVM's own stdout becomes
-# stderr: whatever a JVM option prints (-verbose:gc, -XX:+PrintCommandLineFlags, a start-up error)
-# can never mix with the replies.
-jvm+=(-Dpayment.replies=/dev/fd/3)
+# stdout is the replies' own, whatever the redirections:
+# - The JVM gets stderr as its stdout (1>&2), so that nothing the JVM prints can mix with the replies:
+#   not what JAVA_OPTS asks for (-verbose:gc, -Xlog:gc:stdout, -XX:+PrintCommandLineFlags, ...), nor
+#   JAVA_TOOL_OPTIONS or an @argfile, nor what reaches a running node (`jcmd PID VM.log what=gc`, whose
+#   output is stdout by default; a SIGQUIT thread dump), nor a start-up error. Steering the JVM with
+#   options instead (-XX:+DisplayVMOutputToStderr, JAVA_OPTS's -Xlog and -verbose rewritten to stderr)
+#   would miss options given elsewhere and whatever jcmd turns on later: unified logging's stdout
+#   output is always descriptor 1.
+# - The replies go out through descriptor 3 (3>&1), the very open file this script was given as
+#   stdout, written as is by the node (ReplyStream.java): never reopened (/dev/fd/3 would be a new
+#   open file with an offset of its own: under `> f 2>&1` stderr and the replies then overwrite each
+#   other, and under `{ ./run.sh; echo; } > f` the shell's next line overwrites the replies). Java 17
+#   has no public way to write to a descriptor by number, hence --add-opens for the one field that holds it.
+jvm+=(-Dpayment.replies.fd=3 --add-opens=java.base/java.io=ALL-UNNAMED)
 # JAVA_OPTS adds or overrides JVM options, e.g. JAVA_OPTS=-Xmx256m.
 # shellcheck disable=SC2086
 exec java "${jvm[@]}" ${JAVA_OPTS:-} -jar "$jar" "$@" 3>&1 1>&2

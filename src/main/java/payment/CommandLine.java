@@ -77,17 +77,20 @@ final class CommandLine {
             System.exit(2);
             return;
         }
-        if (options.help()) {
-            System.out.print(USAGE);
-            System.out.flush();
-            return;
-        }
         OutputStream stdout;
         try {
             stdout = replyStream();
         } catch (IOException e) {
             System.err.println("payment-node: cannot open the reply stream: " + e.getMessage());
             System.exit(2);
+            return;
+        }
+        if (options.help()) {   // on the replies' stdout: under run.sh, System.out is stderr
+            try {
+                stdout.write(USAGE.getBytes(StandardCharsets.UTF_8));
+            } catch (IOException e) {
+                System.exit(1);
+            }
             return;
         }
         // From here on a stray System.out.println, ours or a library's, lands on stderr: stdout
@@ -115,13 +118,11 @@ final class CommandLine {
     }
 
     /**
-     * Where replies go: stdout, or the file that {@code -Dpayment.replies} names. run.sh names a copy of
-     * its stdout there and gives the JVM stderr as stdout, so that nothing a JVM option prints can mix
-     * with the replies. Appending, so that a reopened {@code >>} file is never overwritten.
+     * Where replies go: stdout, or under run.sh the descriptor it hands them, its own stdout as is, while
+     * the JVM's stdout is stderr ({@link ReplyStream}).
      */
     private static OutputStream replyStream() throws IOException {
-        String path = System.getProperty("payment.replies");
-        return path == null ? new FileOutputStream(FileDescriptor.out) : new FileOutputStream(path, true);
+        return ReplyStream.open();
     }
 
     /**

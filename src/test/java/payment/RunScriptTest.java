@@ -4,6 +4,7 @@ import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
+import java.io.ByteArrayOutputStream;
 import java.io.IOException;
 import java.io.InputStream;
 import java.io.OutputStream;
@@ -11,6 +12,7 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.attribute.FileTime;
+import java.util.ArrayList;
 import java.util.HashSet;
 import java.util.List;
 import java.util.Map;
@@ -27,6 +29,7 @@ import java.util.stream.Stream;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 /**
  * run.sh as users start it: with their own JVM options, through a symlink, on a machine without flock,
@@ -182,6 +185,144 @@ class RunScriptTest {
         assertTrue(Files.exists(project.resolve("target/payment-node.jsa")), "the start-up archive was made ahead");
         assertFalse(Files.exists(project.resolve("target/.build.lock.d")), "the lock was released");
         assertRepliesOnly(runSample(project, "./run.sh", noFlock));
+    }
+
+    /**
+     * GitHub issue 22: stdout is the replies' own whatever the redirections. With stdout and stderr one
+     * file ({@code > f 2>&1}) and a log line beside every reply, every reply is there, whole, in order, and
+     * so is every log line: the replies share the shell's open file (and its offset) rather than reopen it.
+     */
+    @Test
+    void repliesAndTheLogShareOneFileWhole() throws Exception {
+        int charges = 3000;
+        StringBuilder in = new StringBuilder("{\"src\":\"c0\",\"dest\":\"n1\",\"body\":{\"type\":\"init\",\"msg_id\":1,\"node_id\":\"n1\",\"node_ids\":[\"n1\"]}}\n");
+        for (int i = 0; i < charges; i++) {
+            in.append("{\"src\":\"c1\",\"dest\":\"n1\",\"body\":{\"type\":\"ChargePayment\",\"msg_id\":").append(i + 2)
+                    .append(",\"saga_id\":\"s").append(i).append("\",\"step\":1,\"params\":{\"user_id\":\"u").append(i % 50)
+                    .append("\",\"amount\":1.00}}}\n");
+        }
+        byte[] requests = in.toString().getBytes(StandardCharsets.UTF_8);
+        Files.write(project.resolve("many.in"), requests);
+        // What the replies are: a pipe carries them whole.
+        Result piped = run(List.of("./run.sh"), project, Map.of(), requests);
+        assertEquals(0, piped.status(), piped.stderr());
+        List<String> expected = piped.stdout().lines().toList();
+        assertEquals(charges + 1, expected.size(), "one reply per request through a pipe");
+
+        Result shared = shell("./run.sh --verbose < many.in > shared.out 2>&1");
+        assertEquals(0, shared.status(), shared.stderr());
+        List<String> lines = Files.readAllLines(project.resolve("shared.out"));
+        assertLines(expected, lines.stream().filter(line -> line.startsWith("{")).toList(), "the replies in shared.out");
+        List<String> log = lines.stream().filter(line -> !line.startsWith("{")).toList();
+        assertEquals(List.of(), log.stream().filter(line -> !line.startsWith("payment-node: ") && !line.matches("\\[[0-9.]+s\\]\\[.*")).toList(),
+                "shared.out holds replies, the node's log lines and the JVM's, nothing torn");
+        assertEquals(charges + 1, log.stream().filter(line -> line.startsWith("payment-node: line ")).count(),
+                "one log line per request");
+    }
+
+    /**
+     * GitHub issue 22: what the shell writes before and after the node, into the same file, stays whole and
+     * in place, and so do the replies between: with {@code >} (one offset shared by the shell and the node)
+     * and with {@code >>}.
+     */
+    @Test
+    void theShellsLinesAroundTheNodeStayWhole() throws Exception {
+        String framed = "HEADER\n" + Files.readString(GOLDEN_OUT) + "FOOTER\n";
+        String sample = GOLDEN_IN.toString();   // the copy's, in the copy's folder
+        Result written = shell("{ echo HEADER; ./run.sh < " + sample + "; echo FOOTER; } > framed.out");
+        assertEquals(0, written.status(), written.stderr());
+        assertEquals(framed, Files.readString(project.resolve("framed.out")));
+        Result appended = shell("echo HEADER > appended.out; ./run.sh < " + sample + " >> appended.out; echo FOOTER >> appended.out");
+        assertEquals(0, appended.status(), appended.stderr());
+        assertEquals(framed, Files.readString(project.resolve("appended.out")));
+    }
+
+    /** README, Quick start: `./run.sh --help` prints the usage on stdout (`./run.sh --help | less`), status 0. */
+    @Test
+    void helpThroughRunShIsOnStdout() throws Exception {
+        Result help = run(List.of("./run.sh", "--help"), project, Map.of(), new byte[0]);
+        assertEquals(0, help.status(), help.stderr());
+        assertEquals(CommandLine.USAGE, help.stdout());
+        assertFalse(help.stderr().contains("Usage"), help.stderr());
+    }
+
+    /**
+     * Why run.sh gives the JVM stderr as its stdout rather than steering the JVM's output with options: what
+     * reaches a running node keeps off stdout too. {@code jcmd PID VM.log what=gc} logs to the JVM's stdout
+     * unless told otherwise, and no option given at start can move that.
+     */
+    @Test
+    void whatJcmdTurnsOnInARunningNodeStaysOffStdout() throws Exception {
+        Path jcmd = Path.of(System.getProperty("java.home"), "bin", "jcmd");
+        assumeTrue(Files.isExecutable(jcmd), "no jcmd beside this JVM: " + jcmd);
+        ProcessBuilder builder = new ProcessBuilder("./run.sh").directory(project.toFile());
+        builder.environment().remove("JAVA_OPTS");
+        Process node = builder.start();   // run.sh execs the JVM: this is its pid
+        CompletableFuture<byte[]> stderr = CompletableFuture.supplyAsync(() -> readAll(node.getErrorStream()));
+        try {
+            List<String> requests = Files.readAllLines(GOLDEN_IN);
+            InputStream stdout = node.getInputStream();
+            OutputStream stdin = node.getOutputStream();
+            stdin.write((requests.get(0) + "\n").getBytes(StandardCharsets.UTF_8));
+            stdin.flush();
+            ByteArrayOutputStream replies = new ByteArrayOutputStream();
+            CompletableFuture.runAsync(() -> {   // init_ok: the node is up
+                int b;
+                do {
+                    b = read(stdout);
+                    if (b >= 0) {
+                        replies.write(b);
+                    }
+                } while (b >= 0 && b != '\n');
+            }).get(60, TimeUnit.SECONDS);
+            for (List<String> command : List.of(List.of("VM.log", "what=gc=info"), List.of("GC.run"))) {
+                List<String> line = new ArrayList<>(List.of(jcmd.toString(), Long.toString(node.pid())));
+                line.addAll(command);
+                Result result = run(line, project, Map.of(), new byte[0]);
+                assertEquals(0, result.status(), "jcmd " + command + ": " + result.stdout() + result.stderr());
+            }
+            for (String request : requests.subList(1, requests.size())) {
+                stdin.write((request + "\n").getBytes(StandardCharsets.UTF_8));
+            }
+            stdin.close();
+            replies.write(readAll(stdout));
+            assertTrue(node.waitFor(60, TimeUnit.SECONDS), "the node hung");
+            assertEquals(0, node.exitValue());
+            assertEquals(Files.readString(GOLDEN_OUT), replies.toString(StandardCharsets.UTF_8), "stdout must carry the replies and nothing else");
+            String log = new String(stderr.get(60, TimeUnit.SECONDS), StandardCharsets.UTF_8);
+            assertTrue(log.contains("(Diagnostic Command)"), "the GC that jcmd asked for is logged on stderr: " + log);
+        } finally {
+            node.destroyForcibly();
+        }
+    }
+
+    private static int read(InputStream in) {
+        try {
+            return in.read();
+        } catch (IOException e) {
+            throw new RuntimeException(e);
+        }
+    }
+
+    private static Result shell(String script) throws Exception {
+        return run(List.of("bash", "-c", script), project, Map.of(), new byte[0]);
+    }
+
+    /** The two lists equal, and if not, a message that says how, without printing thousands of lines. */
+    private static void assertLines(List<String> expected, List<String> actual, String what) {
+        if (expected.equals(actual)) {
+            return;
+        }
+        Set<String> present = new HashSet<>(actual);
+        long whole = expected.stream().filter(present::contains).count();
+        int first = 0;
+        while (first < Math.min(expected.size(), actual.size()) && expected.get(first).equals(actual.get(first))) {
+            first++;
+        }
+        throw new AssertionError(what + ": " + whole + " of " + expected.size() + " replies whole, " + actual.size()
+                + " lines starting with '{'; the first difference is at reply " + (first + 1) + ": expected\n  "
+                + (first < expected.size() ? expected.get(first) : "(no more)") + "\nbut was\n  "
+                + (first < actual.size() ? actual.get(first) : "(no more)"));
     }
 
     @Test
