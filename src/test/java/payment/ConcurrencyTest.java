@@ -1,5 +1,6 @@
 package payment;
 
+import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 
 import java.math.BigDecimal;
@@ -72,6 +73,7 @@ class ConcurrencyTest {
         void accept(int value) throws Exception;
     }
 
+    @Tag("slow")
     @Test
     void everyKeyIsChargedOnceAndEveryAttemptSeesTheSameResult() throws Exception {
         int keys = 300;

@@ -1,5 +1,6 @@
 package payment;
 
+import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
@@ -104,6 +105,7 @@ class HarnessTest {
      * Maelstrom's kill nemesis: SIGKILL, the same command line started again, init again. Every key answered
      * before a kill comes back with its result and its note.
      */
+    @Tag("slow")
     @Test
     void aNodeKilledAndReinitializedAnswersEveryKeyAsBefore() throws Exception {
         String journal = dir.resolve("payments-{node_id}.journal").toString();

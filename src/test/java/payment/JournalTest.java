@@ -1,5 +1,6 @@
 package payment;
 
+import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
@@ -227,6 +228,7 @@ class JournalTest {
         return true;
     }
 
+    @Tag("slow")
     @Test
     void aNodeKilledAtRandomMomentsForgetsNothingItAnswered() throws Exception {
         Path journal = dir.resolve("journal");

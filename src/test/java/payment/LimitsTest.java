@@ -1,6 +1,7 @@
 package payment;
 
 import com.fasterxml.jackson.databind.ObjectMapper;
+import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 
 import java.io.ByteArrayOutputStream;
@@ -19,6 +20,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * A node at the edges a harness pushes it to (docs/PROTOCOL.md section 7): killed in the middle of its
  * output, it never leaves half a line; with its table full, it refuses new keys and goes on answering.
  */
+@Tag("slow")
 class LimitsTest {
     private static final ObjectMapper JSON = new ObjectMapper();
 

@@ -1,5 +1,6 @@
 package payment;
 
+import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
@@ -200,6 +201,7 @@ class TestDoublesTest {
     }
 
     /** While only delayed replies are pending, the node sleeps: no busy wait. */
+    @Tag("slow")
     @Test
     void pendingDelayedRepliesCostNoCpu() throws Exception {
         Process node = Node.start("--faults", "delay=1:6000", "--seed", "1");
