@@ -766,7 +766,7 @@ public final class PaymentNode {
         return new PaymentNode(stdout, log, replies -> new LocalService(table, replies, log));
     }
 
-    /** The card's node alone: no options (the command line, with every mode, is CommandLine's main). */
+    /** The card's node alone: no options (the command line, with every mode, is the main beside this file that run.sh starts). */
     public static void main(String[] args) {
         Log log = new Log(System.err, false);
         PaymentNode node = serving(new PaymentHandler(log, Journal.NONE), new FileOutputStream(FileDescriptor.out), log);
