@@ -263,7 +263,7 @@ final class ClusterService implements Service {
      */
     private void chargeWithNewId(Flight flight, ChargeRequest request) throws IOException {
         paymentIds.take(flight, number -> {
-            String paymentId = Rules.paymentId(number);
+            String paymentId = Charged.paymentId(number);
             PaymentRecord payment = PaymentRecord.of(request.key(), request.amount().text());
             cas(flight, paymentRecordKey(paymentId), ABSENT, payment.encode(), (o, v) -> {
                 if (o != Outcome.OK) {
@@ -526,7 +526,7 @@ final class ClusterService implements Service {
             return;
         }
         refundIds.take(flight, number -> {
-            LedgerEntry mine = new LedgerEntry(Rules.refundId(number), amount, pending.paymentIdGiven(), pending.amountGiven(), "");
+            LedgerEntry mine = new LedgerEntry(Refunded.refundId(number), amount, pending.paymentIdGiven(), pending.amountGiven(), "");
             flight.wrote(mine);
             PaymentRecord next = (ledger == null ? PaymentRecord.notKnown() : ledger).with(request.key(), mine);
             cas(flight, paymentRecordKey(paymentId), ledger == null ? ABSENT : ledger.encode(), next.encode(), (o, v) -> {
@@ -1016,7 +1016,7 @@ final class ClusterService implements Service {
     }
 
     static String paymentIdIn(String key, String text) {
-        if (Rules.paymentNumber(text) < 0) {
+        if (Charged.paymentNumber(text) < 0) {
             throw notOurs(key, "'" + abbreviate(text) + "' is not a payment id");
         }
         return text;
@@ -1032,7 +1032,7 @@ final class ClusterService implements Service {
 
     /** A refund id, or "" for a refund that refunded nothing. */
     static String refundIdIn(String key, String text) {
-        if (!text.isEmpty() && (text.length() < 2 || text.charAt(0) != 'r' || Rules.paymentNumber("p" + text.substring(1)) < 0)) {
+        if (!text.isEmpty() && (text.length() < 2 || text.charAt(0) != 'r' || Charged.paymentNumber("p" + text.substring(1)) < 0)) {
             throw notOurs(key, "'" + abbreviate(text) + "' is not a refund id");
         }
         return text;

@@ -170,7 +170,7 @@ final class FileJournal implements Journal {
             switch (nextText(record)) {
                 case "charge" -> {
                     String key = nextText(record);
-                    handler.restore(key, new Charged(sagaIdOf(key), nextText(record), nextText(record), nextLong(record)), 0);
+                    handler.restore(key, new Charged(PaymentHandler.sagaIdOf(key), nextText(record), nextText(record), nextLong(record)), 0);
                 }
                 case "refund" -> {
                     String key = nextText(record);

@@ -49,6 +49,7 @@ import java.util.regex.Pattern;
  * {@code firstCharge} / {@code refundPayment} / {@code restore}.
  */
 public final class PaymentNode {
+
     // ---------------------------------------------------------------------------------------------
     // 1. The idempotency table: each key served once
     // ---------------------------------------------------------------------------------------------
@@ -76,20 +77,36 @@ public final class PaymentNode {
 
         /** ChargePayment: the step's payment, made by the first attempt; every retry gets it again. */
         Served<ChargeResult> charge(ChargeRequest request) {
-            Served<Entry> served = once(request.key(), () -> firstCharge(request));
+            String key = chargeKey(request.sagaId(), request.step());
+            Served<Entry> served = once(key, () -> firstCharge(request));
             if (served.result() instanceof Charged charged) {
                 if (served.replayed()) {
-                    Rules.requireSameParams(request.key(), Rules.chargeDiffers(charged.userId(), charged.amount(), request));
+                    Rules.requireSameParams(key, Rules.chargeDiffers(charged.userId(), charged.amount(), request));
                 }
                 return new Served<>(charged.result(), served.replayed());
             }
             if (served.result() instanceof Refusal refusal) {
                 if (served.replayed()) {
-                    Rules.requireSameParams(request.key(), Rules.chargeDiffers(refusal.userId(), refusal.amount(), request));
+                    Rules.requireSameParams(key, Rules.chargeDiffers(refusal.userId(), refusal.amount(), request));
                 }
                 throw refusal.error();   // the step's result: every retry gets it again
             }
-            throw Rules.compensatedFirst(request.key());
+            throw Rules.compensatedFirst(key);
+        }
+
+        /**
+         * The idempotency key of a step. It is unambiguous: the step is all digits, so the last
+         * {@code ":step"} of a key always separates saga_id from step, whatever the saga_id holds.
+         */
+        static String chargeKey(String sagaId, long step) {
+            return sagaId + ":step" + step;
+        }
+
+        static final String REFUND_SUFFIX = ":refund";
+
+        /** The saga_id of a charge key: what comes before its last {@code ":step"}. */
+        static String sagaIdOf(String chargeKey) {
+            return chargeKey.substring(0, chargeKey.lastIndexOf(":step"));
         }
 
         /** Runs {@code firstTime} for a key at most once; every other attempt gets the entry it left. */
@@ -133,9 +150,10 @@ public final class PaymentNode {
 
         /** The charge itself, once per key; a mode may refuse it first (--balance: a decline). */
         Entry firstCharge(ChargeRequest request) {
-            Charged charged = new Charged(request.sagaId(), request.userId(), request.amount().text(), paymentCount.incrementAndGet());
-            journal.charged(request, charged.paymentNumber());   // before anyone can refund it, so the journal keeps that order
-            payments.add(charged);
+            long number = paymentCount.incrementAndGet();
+            journal.charged(request, number);   // before anyone can refund it, so the journal keeps that order
+            Charged charged = new Charged(request.sagaId(), request.userId(), request.amount().text(), number);
+            payments.add(number, charged);
             return charged;
         }
 
@@ -268,7 +286,7 @@ public final class PaymentNode {
          */
         void restore(String key, Entry entry, long drewOn) {
             if (entry instanceof Charged charged) {
-                payments.add(charged);
+                payments.add(charged.paymentNumber(), charged);
                 paymentCount.accumulateAndGet(charged.paymentNumber(), Math::max);
             } else if (entry instanceof Refunded refunded) {
                 if (drewOn != 0) {
@@ -334,277 +352,6 @@ public final class PaymentNode {
         BrokenInvariant(Invariant invariant, String detail) {
             super("invariant " + invariant.wire() + " broken: " + detail);
             this.invariant = invariant;
-        }
-    }
-
-    // ---------------------------------------------------------------------------------------------
-    // 2. The entries the table stores, and the journal they go to
-    // ---------------------------------------------------------------------------------------------
-
-    /** What the idempotency table holds for a key. */
-    interface Entry {
-        /** The final entry, waiting if an attempt is in progress; null if that attempt failed. */
-        default Entry await() {
-            return this;
-        }
-    }
-
-    /** An attempt owns the key and is running now. */
-    record InProgress(CompletableFuture<Entry> settled) implements Entry {
-        @Override
-        public Entry await() {
-            return settled.join();
-        }
-    }
-
-    /*
-     * The final entries are what a node keeps for every key it ever served, a million or more, so each
-     * is one small object: the params it was first asked with (to tell a retry from a reuse) and its
-     * result's text share one CompactText array, cut by lengths, instead of a String apiece.
-     */
-
-    /** A charge key's final entry: the payment it made, and that payment's refunds so far. */
-    static final class Charged implements Entry {
-        private final byte[] params;          // CompactText: user_id, the amount's text as the request wrote it, then saga_id
-        private final int userIdLength;
-        private final int amountLength;
-        private final long paymentNumber;     // the payment id is "p" + paymentNumber
-        private BigDecimal refunded;          // guarded by this; null until the first refund
-
-        Charged(String sagaId, String userId, String amount, long paymentNumber) {
-            this.params = CompactText.of(userId + amount + sagaId);
-            this.userIdLength = userId.length();
-            this.amountLength = amount.length();
-            this.paymentNumber = paymentNumber;
-        }
-
-        ChargeResult result() {
-            return new ChargeResult(paymentId(), amount());
-        }
-
-        String paymentId() {
-            return Rules.paymentId(paymentNumber);
-        }
-
-        long paymentNumber() {
-            return paymentNumber;
-        }
-
-        String userId() {
-            return CompactText.substring(params, 0, userIdLength);
-        }
-
-        String amount() {
-            return CompactText.substring(params, userIdLength, userIdLength + amountLength);
-        }
-
-        /** The saga whose step made this payment: only that saga's compensations may refund it. */
-        String sagaId() {
-            return CompactText.substring(params, userIdLength + amountLength, CompactText.length(params));
-        }
-
-        /** The exact total refunded from this payment so far, by every refund key. */
-        synchronized String refundedSoFar() {
-            return refunded == null ? "0" : refunded.toPlainString();
-        }
-
-        /** Refunds {@code requested}, or all that is left when null; never more than was charged. Returns the amount's text. */
-        synchronized String deductRefund(Amount requested) {
-            String amount = Rules.refundAmount(paymentId(), amount(), refunded, requested);
-            refunded = withinCharge(new BigDecimal(amount));
-            return amount;
-        }
-
-        /** Replaying a journal: a refund that was made, checked like a new one. */
-        synchronized void restoreDeducted(BigDecimal amount) {
-            refunded = withinCharge(amount);
-        }
-
-        /** The total refunded once {@code amount} is added, checked against the charge before anything changes. */
-        private BigDecimal withinCharge(BigDecimal amount) {
-            BigDecimal total = refunded == null ? amount : refunded.add(amount);
-            if (total.compareTo(new BigDecimal(amount())) > 0) {
-                throw new BrokenInvariant(Invariant.REFUNDS_WITHIN_CHARGE, "the refunds of " + paymentId() + " would add up to "
-                        + total.toPlainString() + ", more than its charge of " + amount());
-            }
-            return total;
-        }
-    }
-
-    /** A refund key's final entry: the refund it made. */
-    static final class Refunded implements Entry {
-        static final long NOTHING = 0;         // refund number of a compensation that found nothing to refund
-        private final byte[] params;           // CompactText: payment_id and amount as given (each may be absent), then the amount refunded
-        private final int paymentIdLength;     // -1: not given
-        private final int amountLength;        // -1: not given
-        private final long refundNumber;
-
-        Refunded(RefundRequest request, long refundNumber, String refunded) {
-            this(request.paymentId(), request.amount() == null ? null : request.amount().text(), refunded, refundNumber);
-        }
-
-        Refunded(String paymentId, String amount, String refunded, long refundNumber) {
-            this.params = CompactText.of((paymentId == null ? "" : paymentId) + (amount == null ? "" : amount) + refunded);
-            this.paymentIdLength = paymentId == null ? -1 : paymentId.length();
-            this.amountLength = amount == null ? -1 : amount.length();
-            this.refundNumber = refundNumber;
-        }
-
-        RefundResult result() {
-            return new RefundResult(refundNumber == NOTHING ? null : Rules.refundId(refundNumber), refunded());
-        }
-
-        long refundNumber() {
-            return refundNumber;
-        }
-
-        /** The text of the amount refunded. */
-        String refunded() {
-            return CompactText.substring(params, amountEnd(), CompactText.length(params));
-        }
-
-        /** The payment_id as the first request gave it, or null. */
-        String paymentId() {
-            return paymentIdLength < 0 ? null : CompactText.substring(params, 0, paymentIdLength);
-        }
-
-        /** The amount as the first request gave it, or null. */
-        String amount() {
-            return amountLength < 0 ? null : CompactText.substring(params, amountEnd() - amountLength, amountEnd());
-        }
-
-        private int amountEnd() {
-            return Math.max(paymentIdLength, 0) + Math.max(amountLength, 0);
-        }
-    }
-
-    /** A charge key closed by a compensation that came first: that step is never charged. */
-    enum Compensated implements Entry {
-        STEP
-    }
-
-    /**
-     * A charge key's final entry that is a refusal kept as the step's result (a mode's: --balance declines a
-     * charge): a retry with the same params gets the same error, a compensation of the step refunds nothing,
-     * and PaymentStatus shows its status.
-     */
-    interface Refusal extends Entry {
-        String userId();
-
-        String amount();
-
-        RpcError error();
-
-        String status();
-    }
-
-    /**
-     * A string kept without String's 24-byte header, for the texts held in a million entries: one byte a
-     * character when every character is below 256 (ids and amounts nearly always are), else two, behind
-     * a tag byte. Unlike UTF-8 it is exact for every Java string, lone surrogates included, so two
-     * different user ids can never be stored alike.
-     */
-    static final class CompactText {
-        private static final byte ONE_BYTE = 0;
-        private static final byte TWO_BYTES = 1;
-
-        static byte[] of(String text) {
-            boolean narrow = true;
-            for (int i = 0; i < text.length() && narrow; i++) {
-                narrow = text.charAt(i) < 256;
-            }
-            byte[] bytes = new byte[1 + (narrow ? text.length() : 2 * text.length())];
-            bytes[0] = narrow ? ONE_BYTE : TWO_BYTES;
-            for (int i = 0; i < text.length(); i++) {
-                char c = text.charAt(i);
-                if (narrow) {
-                    bytes[1 + i] = (byte) c;
-                } else {
-                    bytes[1 + 2 * i] = (byte) (c >> 8);
-                    bytes[2 + 2 * i] = (byte) c;
-                }
-            }
-            return bytes;
-        }
-
-        static int length(byte[] text) {
-            return text[0] == ONE_BYTE ? text.length - 1 : (text.length - 1) / 2;
-        }
-
-        static String substring(byte[] text, int from, int to) {
-            if (text[0] == ONE_BYTE) {
-                return new String(text, 1 + from, to - from, StandardCharsets.ISO_8859_1);
-            }
-            char[] chars = new char[to - from];
-            for (int i = from; i < to; i++) {
-                chars[i - from] = (char) ((text[1 + 2 * i] & 0xff) << 8 | text[2 + 2 * i] & 0xff);
-            }
-            return new String(chars);
-        }
-    }
-
-    /** Where the table records each change of state; {@link #commit} makes them durable (a mode's: --journal). */
-    interface Journal {
-        /** No journal: the node keeps its state in memory only. */
-        Journal NONE = new Journal() {
-            @Override
-            public void charged(ChargeRequest request, long paymentNumber) {
-            }
-
-            @Override
-            public void closed(String key) {
-            }
-
-            @Override
-            public void refunded(RefundRequest request, String refunded, long refundNumber, long paymentNumber) {
-            }
-
-            @Override
-            public void commit() {
-            }
-        };
-
-        void charged(ChargeRequest request, long paymentNumber);
-
-        /** A refusal kept as a step's result ({@link Refusal}). */
-        default void refused(ChargeRequest request, Refusal refusal) {
-        }
-
-        void closed(String chargeKey);
-
-        /** {@code paymentNumber}: the payment of this node whose ledger the refund drew on, else 0. */
-        void refunded(RefundRequest request, String refunded, long refundNumber, long paymentNumber);
-
-        void commit() throws IOException;
-
-        /** Releases the journal (a process that ends releases it anyway). */
-        default void close() throws IOException {
-        }
-    }
-
-    /** The node's payments by number (p1 is slot 1). Numbers are dense, so an array beats a hash map. */
-    static final class PaymentsByNumber {
-        private volatile Charged[] slots = new Charged[1 << 10];
-
-        synchronized void add(Charged payment) {
-            int number = Math.toIntExact(payment.paymentNumber());
-            Charged[] current = slots;
-            if (number >= current.length) {
-                current = Arrays.copyOf(current, Math.max(2 * current.length, number + 1));
-            }
-            current[number] = payment;
-            slots = current;   // the volatile write publishes the new slot to readers
-        }
-
-        /** The payment with this id if this node made it, else null. */
-        Charged get(String paymentId) {
-            long number = Rules.paymentNumber(paymentId);
-            return number < 0 ? null : get(number);
-        }
-
-        Charged get(long number) {
-            Charged[] current = slots;
-            return number < current.length ? current[(int) number] : null;
         }
     }
 
@@ -707,13 +454,103 @@ public final class PaymentNode {
         static RpcError compensatedFirst(String key) {
             return new RpcError(Reason.STEP_COMPENSATED, "step " + key + " was already compensated: its refund came first, so it is never charged");
         }
+    }
 
+    // ---------------------------------------------------------------------------------------------
+    // 2. The entries the table stores, and the journal they go to
+    // ---------------------------------------------------------------------------------------------
+
+    /** Where the table records each change of state; {@link #commit} makes them durable (a mode's: --journal). */
+    interface Journal {
+        /** No journal: the node keeps its state in memory only. */
+        Journal NONE = new Journal() {
+            @Override
+            public void charged(ChargeRequest request, long paymentNumber) {
+            }
+
+            @Override
+            public void closed(String key) {
+            }
+
+            @Override
+            public void refunded(RefundRequest request, String refunded, long refundNumber, long paymentNumber) {
+            }
+
+            @Override
+            public void commit() {
+            }
+        };
+
+        void charged(ChargeRequest request, long paymentNumber);
+
+        /** A refusal kept as a step's result ({@link Refusal}). */
+        default void refused(ChargeRequest request, Refusal refusal) {
+        }
+
+        void closed(String chargeKey);
+
+        /** {@code paymentNumber}: the payment of this node whose ledger the refund drew on, else 0. */
+        void refunded(RefundRequest request, String refunded, long refundNumber, long paymentNumber);
+
+        void commit() throws IOException;
+
+        /** Releases the journal (a process that ends releases it anyway). */
+        default void close() throws IOException {
+        }
+    }
+
+    /** What the idempotency table holds for a key. */
+    interface Entry {
+        /** The final entry, waiting if an attempt is in progress; null if that attempt failed. */
+        default Entry await() {
+            return this;
+        }
+    }
+
+    /** An attempt owns the key and is running now. */
+    record InProgress(CompletableFuture<Entry> settled) implements Entry {
+        @Override
+        public Entry await() {
+            return settled.join();
+        }
+    }
+
+    /*
+     * The final entries are what a node keeps for every key it ever served, a million or more, so each
+     * is one small object: the params it was first asked with (to tell a retry from a reuse) and its
+     * result's text share one CompactText array, cut by lengths, instead of a String apiece.
+     */
+
+    /** A charge key's final entry: the payment it made, and that payment's refunds so far. */
+    static final class Charged implements Entry {
+        private final byte[] params;          // CompactText: user_id, the amount's text as the request wrote it, then saga_id
+        private final int userIdLength;
+        private final int amountLength;
+        private final long paymentNumber;     // the payment id is "p" + paymentNumber
+        private BigDecimal refunded;          // guarded by this; null until the first refund
+
+        Charged(String sagaId, String userId, String amount, long paymentNumber) {
+            this.params = CompactText.of(userId + amount + sagaId);
+            this.userIdLength = userId.length();
+            this.amountLength = amount.length();
+            this.paymentNumber = paymentNumber;
+        }
+
+        ChargeResult result() {
+            return new ChargeResult(paymentId(), amount());
+        }
+
+        String paymentId() {
+            return paymentId(paymentNumber);
+        }
+
+        /** Payment ids are p1, p2, ... in the order charges happen. */
         static String paymentId(long number) {
             return "p" + number;
         }
 
-        static String refundId(long number) {
-            return "r" + number;
+        long paymentNumber() {
+            return paymentNumber;
         }
 
         /** The number of a payment id this service gives ("p" and a number, no leading zero), else -1. */
@@ -731,10 +568,193 @@ public final class PaymentNode {
             }
             return number;
         }
+
+        String userId() {
+            return CompactText.substring(params, 0, userIdLength);
+        }
+
+        String amount() {
+            return CompactText.substring(params, userIdLength, userIdLength + amountLength);
+        }
+
+        /** The saga whose step made this payment: only that saga's compensations may refund it. */
+        String sagaId() {
+            return CompactText.substring(params, userIdLength + amountLength, CompactText.length(params));
+        }
+
+        /** The exact total refunded from this payment so far, by every refund key. */
+        synchronized String refundedSoFar() {
+            return refunded == null ? "0" : refunded.toPlainString();
+        }
+
+        /** Refunds {@code requested}, or all that is left when null; never more than was charged. Returns the amount's text. */
+        synchronized String deductRefund(Amount requested) {
+            String amount = Rules.refundAmount(paymentId(), amount(), refunded, requested);
+            refunded = withinCharge(new BigDecimal(amount));
+            return amount;
+        }
+
+        /** Replaying a journal: a refund that was made, checked like a new one. */
+        synchronized void restoreDeducted(BigDecimal amount) {
+            refunded = withinCharge(amount);
+        }
+
+        /** The total refunded once {@code amount} is added, checked against the charge before anything changes. */
+        private BigDecimal withinCharge(BigDecimal amount) {
+            BigDecimal total = refunded == null ? amount : refunded.add(amount);
+            if (total.compareTo(new BigDecimal(amount())) > 0) {
+                throw new BrokenInvariant(Invariant.REFUNDS_WITHIN_CHARGE, "the refunds of " + paymentId() + " would add up to "
+                        + total.toPlainString() + ", more than its charge of " + amount());
+            }
+            return total;
+        }
+    }
+
+    /**
+     * A string kept without String's 24-byte header, for the texts held in a million entries: one byte a
+     * character when every character is below 256 (ids and amounts nearly always are), else two, behind
+     * a tag byte. Unlike UTF-8 it is exact for every Java string, lone surrogates included, so two
+     * different user ids can never be stored alike.
+     */
+    static final class CompactText {
+        private static final byte ONE_BYTE = 0;
+        private static final byte TWO_BYTES = 1;
+
+        static byte[] of(String text) {
+            boolean narrow = true;
+            for (int i = 0; i < text.length() && narrow; i++) {
+                narrow = text.charAt(i) < 256;
+            }
+            byte[] bytes = new byte[1 + (narrow ? text.length() : 2 * text.length())];
+            bytes[0] = narrow ? ONE_BYTE : TWO_BYTES;
+            for (int i = 0; i < text.length(); i++) {
+                char c = text.charAt(i);
+                if (narrow) {
+                    bytes[1 + i] = (byte) c;
+                } else {
+                    bytes[1 + 2 * i] = (byte) (c >> 8);
+                    bytes[2 + 2 * i] = (byte) c;
+                }
+            }
+            return bytes;
+        }
+
+        static int length(byte[] text) {
+            return text[0] == ONE_BYTE ? text.length - 1 : (text.length - 1) / 2;
+        }
+
+        static String substring(byte[] text, int from, int to) {
+            if (text[0] == ONE_BYTE) {
+                return new String(text, 1 + from, to - from, StandardCharsets.ISO_8859_1);
+            }
+            char[] chars = new char[to - from];
+            for (int i = from; i < to; i++) {
+                chars[i - from] = (char) ((text[1 + 2 * i] & 0xff) << 8 | text[2 + 2 * i] & 0xff);
+            }
+            return new String(chars);
+        }
+    }
+
+    /** The node's payments by number (p1 is slot 1). Numbers are dense, so an array beats a hash map. */
+    static final class PaymentsByNumber {
+        private volatile Charged[] slots = new Charged[1 << 10];
+
+        synchronized void add(long paymentNumber, Charged payment) {
+            int number = Math.toIntExact(paymentNumber);
+            Charged[] current = slots;
+            if (number >= current.length) {
+                current = Arrays.copyOf(current, Math.max(2 * current.length, number + 1));
+            }
+            current[number] = payment;
+            slots = current;   // the volatile write publishes the new slot to readers
+        }
+
+        /** The payment with this id if this node made it, else null. */
+        Charged get(String paymentId) {
+            long number = Charged.paymentNumber(paymentId);
+            return number < 0 ? null : get(number);
+        }
+
+        Charged get(long number) {
+            Charged[] current = slots;
+            return number < current.length ? current[(int) number] : null;
+        }
+    }
+
+    /** A refund key's final entry: the refund it made. */
+    static final class Refunded implements Entry {
+        static final long NOTHING = 0;         // refund number of a compensation that found nothing to refund
+        private final byte[] params;           // CompactText: payment_id and amount as given (each may be absent), then the amount refunded
+        private final int paymentIdLength;     // -1: not given
+        private final int amountLength;        // -1: not given
+        private final long refundNumber;
+
+        Refunded(RefundRequest request, long refundNumber, String refunded) {
+            this(request.paymentId(), request.amount() == null ? null : request.amount().text(), refunded, refundNumber);
+        }
+
+        Refunded(String paymentId, String amount, String refunded, long refundNumber) {
+            this.params = CompactText.of((paymentId == null ? "" : paymentId) + (amount == null ? "" : amount) + refunded);
+            this.paymentIdLength = paymentId == null ? -1 : paymentId.length();
+            this.amountLength = amount == null ? -1 : amount.length();
+            this.refundNumber = refundNumber;
+        }
+
+        RefundResult result() {
+            return new RefundResult(refundNumber == NOTHING ? null : refundId(refundNumber), refunded());
+        }
+
+        /** Refund ids are r1, r2, ... in the order refunds happen. */
+        static String refundId(long number) {
+            return "r" + number;
+        }
+
+        long refundNumber() {
+            return refundNumber;
+        }
+
+        /** The text of the amount refunded. */
+        String refunded() {
+            return CompactText.substring(params, amountEnd(), CompactText.length(params));
+        }
+
+        /** The payment_id as the first request gave it, or null. */
+        String paymentId() {
+            return paymentIdLength < 0 ? null : CompactText.substring(params, 0, paymentIdLength);
+        }
+
+        /** The amount as the first request gave it, or null. */
+        String amount() {
+            return amountLength < 0 ? null : CompactText.substring(params, amountEnd() - amountLength, amountEnd());
+        }
+
+        private int amountEnd() {
+            return Math.max(paymentIdLength, 0) + Math.max(amountLength, 0);
+        }
+    }
+
+    /** A charge key closed by a compensation that came first: that step is never charged. */
+    enum Compensated implements Entry {
+        STEP
+    }
+
+    /**
+     * A charge key's final entry that is a refusal kept as the step's result (a mode's: --balance declines a
+     * charge): a retry with the same params gets the same error, a compensation of the step refunds nothing,
+     * and PaymentStatus shows its status.
+     */
+    interface Refusal extends Entry {
+        String userId();
+
+        String amount();
+
+        RpcError error();
+
+        String status();
     }
 
     // ---------------------------------------------------------------------------------------------
-    // 3. The node: the loop that feeds the table, a line's trip from stdin to dispatch
+    // 3. The node: the loop that feeds the table, a line's trip from stdin to the table
     // ---------------------------------------------------------------------------------------------
 
     /** A longer line is refused (error 12) without ever being held in memory whole. */
@@ -792,6 +812,62 @@ public final class PaymentNode {
         } catch (IOException e) {
             log.error("stopping: reading stdin, writing stdout or writing the journal failed: " + e, null);
             return 1;
+        }
+    }
+
+    /**
+     * Where checked requests go: this node's own table ({@link LocalService}, the card's), or a mode's
+     * service that wraps or replaces it. Each answers with the {@link Reply} the node then writes; a service
+     * that answers later (a cluster waiting for its store) returns {@link Reply#LATER} and writes it itself.
+     * Everything a mode needs from the node comes through here, so that the card's path never passes
+     * through a mode's code.
+     */
+    interface Service {
+        Reply charge(Envelope reply, ChargeRequest request) throws IOException;
+
+        Reply refund(Envelope reply, RefundRequest request) throws IOException;
+
+        Reply status(Envelope reply, StatusRequest request) throws IOException;
+
+        /** A type the card does not know: a mode's own message reads what it needs from its {@code line}; else error 10. */
+        default Reply other(Envelope reply, String type, byte[] line, int start, int length) throws IOException {
+            throw new RpcError(Reason.UNSUPPORTED_TYPE, "unsupported message type: " + type);
+        }
+
+        /** init names the node ({@code nodeIds}: how many nodes it names, -1 when none); refusing it, a service changes nothing. */
+        void init(String nodeId, int nodeIds) throws IOException;
+
+        /** A reply from {@code from} to a message this node sent (a mode's own request); false when it is not one it waits for. */
+        default boolean completes(String from, byte[] line, int start, int length) throws IOException {
+            return false;
+        }
+
+        /** What the loop reads: stdin as it is, or a stream of the mode's that does timed work while stdin is quiet. */
+        default InputStream input(InputStream stdin) {
+            return stdin;
+        }
+
+        /** The end of input: what the service still owes goes out, and what it holds is released. */
+        default void close() throws IOException {
+        }
+    }
+
+    /** A reply a service made: the node writes it to its reply writer. */
+    interface Reply {
+        /** The reply of a service that answers later, by itself. */
+        Reply LATER = replies -> { };
+
+        void writeTo(ReplyWriter replies) throws IOException;
+    }
+
+    /** A service's request to end the node's run at once, with this exit status (a journal that cannot open, an injected crash). */
+    static class Stop extends IOException {
+        private static final long serialVersionUID = 1L;
+        final int status;
+
+        Stop(String message, int status) {
+            super(message);
+            this.status = status;
         }
     }
 
@@ -908,16 +984,6 @@ public final class PaymentNode {
                 limit = 0;
             }
         }
-
-        static boolean isBlank(byte[] buf, int from, int to) {
-            for (int i = from; i < to; i++) {
-                byte b = buf[i];
-                if (b != ' ' && b != '\t' && b != '\r') {
-                    return false;
-                }
-            }
-            return true;
-        }
     }
 
     /** One line's whole trip; {@code tooLongPrefix} is the first megabyte of a line over the limit, else null. */
@@ -927,7 +993,7 @@ public final class PaymentNode {
             refuseTooLongLine(tooLongPrefix, tooLongLength);
             return;
         }
-        if (LineReader.isBlank(line, start, start + length)) {
+        if (isBlank(line, start, start + length)) {
             return;
         }
         RawMessage message = new RawMessage();
@@ -946,12 +1012,15 @@ public final class PaymentNode {
         dispatch(message, line, start, length);
     }
 
-    /** A JSON scalar as written (numbers keep their exact text), or the bare token of an object or array. */
-    record Value(JsonToken token, String text) {
-        static Value read(JsonParser parser, JsonToken token) throws IOException {
-            parser.skipChildren();
-            return new Value(token, token.isScalarValue() ? parser.getText() : null);
+    /** Blank lines are skipped (spaces, tabs and a CR before the newline). */
+    static boolean isBlank(byte[] buf, int from, int to) {
+        for (int i = from; i < to; i++) {
+            byte b = buf[i];
+            if (b != ' ' && b != '\t' && b != '\r') {
+                return false;
+            }
         }
+        return true;
     }
 
     static final class RawMessage {
@@ -972,17 +1041,6 @@ public final class PaymentNode {
         Value step;
         Value compensating;
         RawParams params;   // null when missing
-    }
-
-    static final class RawParams {
-        final JsonToken token;   // what params was: an object (its fields below), or null, a string, ...
-        Value userId;
-        Value amount;
-        Value paymentId;
-
-        RawParams(JsonToken token) {
-            this.token = token;
-        }
     }
 
     /**
@@ -1023,6 +1081,14 @@ public final class PaymentNode {
         }
     }
 
+    /** A JSON scalar as written (numbers keep their exact text), or the bare token of an object or array. */
+    record Value(JsonToken token, String text) {
+        static Value read(JsonParser parser, JsonToken token) throws IOException {
+            parser.skipChildren();
+            return new Value(token, token.isScalarValue() ? parser.getText() : null);
+        }
+    }
+
     private static void parseBody(JsonParser parser, RawBody body) throws IOException {
         while (parser.nextToken() == JsonToken.FIELD_NAME) {
             String name = parser.currentName();
@@ -1046,6 +1112,17 @@ public final class PaymentNode {
                 }
                 default -> parser.skipChildren();
             }
+        }
+    }
+
+    static final class RawParams {
+        final JsonToken token;   // what params was: an object (its fields below), or null, a string, ...
+        Value userId;
+        Value amount;
+        Value paymentId;
+
+        RawParams(JsonToken token) {
+            this.token = token;
         }
     }
 
@@ -1074,6 +1151,10 @@ public final class PaymentNode {
             items++;
         }
         return items;
+    }
+
+    static boolean isString(Value value) {
+        return value != null && value.token() == JsonToken.VALUE_STRING;
     }
 
     /** Who a reply goes to: from this node, to the request's src, in reply to its msg_id (null: none). */
@@ -1125,25 +1206,40 @@ public final class PaymentNode {
         }
     }
 
+    /** JSON null counts as missing, like a key that is not there. */
+    static boolean isMissing(Value value) {
+        return value == null || value.token() == JsonToken.VALUE_NULL;
+    }
+
     private Envelope replyEnvelope(RawMessage message, RawBody body) {
         String from = nodeId != null ? nodeId : stringOrNull(message.dest);
         return new Envelope(from, message.src.text(), longOrNull(body.msgId));
     }
 
-    private static String stepForLog(RawBody body) {
-        return isString(body.sagaId) && body.step != null ? " " + body.sagaId.text() + ":step" + body.step.text() : "";
+    static String stringOrNull(Value value) {
+        return isString(value) ? value.text() : null;
     }
 
-    private Reply init(Envelope reply, RawMessage message, RawBody body) throws IOException {
-        String id = isMissing(body.nodeId) ? stringOrNull(message.dest) : requiredString(body.nodeId, "node_id");
-        service.init(id, body.nodeIds);   // before the node takes the id: an id the service refuses changes nothing
-        if (id != null) {
-            // A repeated init only renames the node: the idempotency table is untouched.
-            nodeId = id;
+    /** A JSON integer that fits in a long, else null. */
+    static Long longOrNull(Value value) {
+        if (value == null || value.token() != JsonToken.VALUE_NUMBER_INT || value.text().length() > 20) {
+            return null;
         }
-        log.verbose("initialized as " + nodeId);
-        Envelope renamed = reply.withFrom(nodeId);   // init_ok already comes from the new name
-        return replies -> replies.initOk(renamed);
+        try {
+            return Long.parseLong(value.text());
+        } catch (NumberFormatException tooBig) {
+            return null;
+        }
+    }
+
+    static String requiredString(Value value, String name) {
+        if (isMissing(value)) {
+            throw malformed("missing " + name);
+        }
+        if (!isString(value) || value.text().isEmpty()) {
+            throw malformed(name + " must be a non-empty string");
+        }
+        return value.text();
     }
 
     /** A ChargePayment, checked: docs/PROTOCOL.md, section 3. */
@@ -1158,18 +1254,8 @@ public final class PaymentNode {
         }
 
         String key() {
-            return chargeKey(sagaId, step);
+            return PaymentHandler.chargeKey(sagaId, step);
         }
-    }
-
-    static String requiredString(Value value, String name) {
-        if (isMissing(value)) {
-            throw malformed("missing " + name);
-        }
-        if (!isString(value) || value.text().isEmpty()) {
-            throw malformed(name + " must be a non-empty string");
-        }
-        return value.text();
     }
 
     static long requiredStep(Value value) {
@@ -1198,61 +1284,6 @@ public final class PaymentNode {
         return params;
     }
 
-
-    /** A RefundPayment, checked: docs/PROTOCOL.md, section 4. Both params are optional (null: not given). */
-    record RefundRequest(String sagaId, long step, String paymentId, Amount amount) {
-        static RefundRequest from(RawBody body) {
-            String sagaId = requiredString(body.sagaId, "saga_id");
-            long step = requiredStep(body.step);
-            if (!isMissing(body.compensating) && !isBoolean(body.compensating)) {
-                throw malformed("compensating must be true or false");
-            }
-            RawParams params = paramsObject(body, false);
-            String paymentId = isMissing(params.paymentId) ? null : requiredString(params.paymentId, "params.payment_id");
-            Amount amount = isMissing(params.amount) ? null : Amount.parse(params.amount, "params.amount");
-            return new RefundRequest(sagaId, step, paymentId, amount);
-        }
-
-        String chargeKey() {
-            return PaymentNode.chargeKey(sagaId, step);
-        }
-
-        /** Its own key space: a refund is never answered with a charge's result, nor the other way round. */
-        String key() {
-            return chargeKey() + REFUND_SUFFIX;
-        }
-    }
-
-    /** A PaymentStatus, checked: it names a step and reads it. */
-    record StatusRequest(String sagaId, long step) {
-        static StatusRequest from(RawBody body) {
-            return new StatusRequest(requiredString(body.sagaId, "saga_id"), requiredStep(body.step));
-        }
-
-        String chargeKey() {
-            return PaymentNode.chargeKey(sagaId, step);
-        }
-
-        String refundKey() {
-            return chargeKey() + REFUND_SUFFIX;
-        }
-    }
-
-    /**
-     * The idempotency key of a step. It is unambiguous: the step is all digits, so the last
-     * {@code ":step"} of a key always separates saga_id from step, whatever the saga_id holds.
-     */
-    static String chargeKey(String sagaId, long step) {
-        return sagaId + ":step" + step;
-    }
-
-    /** The saga_id of a charge key: what comes before its last {@code ":step"}. */
-    static String sagaIdOf(String chargeKey) {
-        return chargeKey.substring(0, chargeKey.lastIndexOf(":step"));
-    }
-
-    static final String REFUND_SUFFIX = ":refund";
-
     /**
      * A decimal amount of money, kept as the request wrote it ({@code 100.50} stays {@code 100.50}) and
      * never passed through a binary float. Absurd sizes are refused before any arithmetic, so that
@@ -1270,24 +1301,27 @@ public final class PaymentNode {
                 throw malformed(name + " must be a number");
             }
             String text = value.text();
-            String outOfRange = name + " " + abbreviate(text) + " is out of range: at most " + MAX_DIGITS
-                    + " digits before the decimal point and " + MAX_DIGITS + " after it";
             if (text.length() > 3 * MAX_DIGITS) {
-                throw malformed(outOfRange);
+                throw outOfRange(name, text);
             }
             BigDecimal decimal;
             try {
                 decimal = new BigDecimal(text);
             } catch (NumberFormatException exponentOverflow) {
-                throw malformed(outOfRange);
+                throw outOfRange(name, text);
             }
             if (decimal.signum() <= 0) {
                 throw malformed(name + " must be greater than 0, got " + text);
             }
             if (decimal.scale() > MAX_DIGITS || decimal.precision() - decimal.scale() > MAX_DIGITS) {
-                throw malformed(outOfRange);
+                throw outOfRange(name, text);
             }
             return new Amount(text, decimal);
+        }
+
+        private static RpcError outOfRange(String name, String text) {
+            return malformed(name + " " + abbreviate(text) + " is out of range: at most " + MAX_DIGITS
+                    + " digits before the decimal point and " + MAX_DIGITS + " after it");
         }
 
         /** Whether a stored amount's text has this value (99.99 equals 99.990). */
@@ -1296,41 +1330,124 @@ public final class PaymentNode {
         }
     }
 
-    static RpcError malformed(String text) {
-        return new RpcError(Reason.MALFORMED_REQUEST, text);
+    /** This node's own table: every request is handled at once, in input order. */
+    static final class LocalService implements Service {
+        private final PaymentHandler table;
+        private final Log log;
+
+        LocalService(PaymentHandler table, ReplyWriter replies, Log log) {
+            this.table = table;
+            this.log = log;
+            replies.commitFirst(table.journal());   // no reply leaves before the records behind it are durable
+        }
+
+        PaymentHandler table() {
+            return table;
+        }
+
+        @Override
+        public Reply charge(Envelope reply, ChargeRequest request) {
+            Served<ChargeResult> served = table.charge(request);
+            if (served.replayed()) {
+                log.verboseCacheHit(request.key());
+            }
+            return replies -> replies.chargeOk(reply, request, served);
+        }
+
+        @Override
+        public Reply refund(Envelope reply, RefundRequest request) {
+            Served<RefundResult> served = table.refund(request);
+            if (served.replayed()) {
+                log.verboseCacheHit(request.key());
+            }
+            return replies -> replies.refundOk(reply, request, served);
+        }
+
+        @Override
+        public Reply status(Envelope reply, StatusRequest request) {
+            StepStatus status = table.status(request);
+            return replies -> replies.paymentStatusOk(reply, request, status);
+        }
+
+        @Override
+        public void init(String nodeId, int nodeIds) {
+            if (nodeIds > 1) {
+                log.warn("init names " + nodeIds + " nodes, and this node shares no state with the others:"
+                        + " a retry sent to another node may charge again");
+            }
+        }
+
+        @Override
+        public void close() throws IOException {
+            table.journal().close();
+        }
     }
 
-    /** JSON null counts as missing, like a key that is not there. */
-    static boolean isMissing(Value value) {
-        return value == null || value.token() == JsonToken.VALUE_NULL;
-    }
-
-    static boolean isString(Value value) {
-        return value != null && value.token() == JsonToken.VALUE_STRING;
+    static String abbreviate(String text) {
+        return text.length() > 50 ? text.substring(0, 20) + "...(" + text.length() + " characters)" : text;
     }
 
     static boolean isBoolean(Value value) {
         return value.token() == JsonToken.VALUE_TRUE || value.token() == JsonToken.VALUE_FALSE;
     }
 
-    static String stringOrNull(Value value) {
-        return isString(value) ? value.text() : null;
+    static RpcError malformed(String text) {
+        return new RpcError(Reason.MALFORMED_REQUEST, text);
     }
 
-    /** A JSON integer that fits in a long, else null. */
-    static Long longOrNull(Value value) {
-        if (value == null || value.token() != JsonToken.VALUE_NUMBER_INT || value.text().length() > 20) {
-            return null;
+    private static String stepForLog(RawBody body) {
+        return isString(body.sagaId) && body.step != null ? " " + body.sagaId.text() + ":step" + body.step.text() : "";
+    }
+
+    private Reply init(Envelope reply, RawMessage message, RawBody body) throws IOException {
+        String id = isMissing(body.nodeId) ? stringOrNull(message.dest) : requiredString(body.nodeId, "node_id");
+        service.init(id, body.nodeIds);   // before the node takes the id: an id the service refuses changes nothing
+        if (id != null) {
+            // A repeated init only renames the node: the idempotency table is untouched.
+            nodeId = id;
         }
-        try {
-            return Long.parseLong(value.text());
-        } catch (NumberFormatException tooBig) {
-            return null;
+        log.verbose("initialized as " + nodeId);
+        Envelope renamed = reply.withFrom(nodeId);   // init_ok already comes from the new name
+        return replies -> replies.initOk(renamed);
+    }
+
+    /** A RefundPayment, checked: docs/PROTOCOL.md, section 4. Both params are optional (null: not given). */
+    record RefundRequest(String sagaId, long step, String paymentId, Amount amount) {
+        static RefundRequest from(RawBody body) {
+            String sagaId = requiredString(body.sagaId, "saga_id");
+            long step = requiredStep(body.step);
+            if (!isMissing(body.compensating) && !isBoolean(body.compensating)) {
+                throw malformed("compensating must be true or false");
+            }
+            RawParams params = paramsObject(body, false);
+            String paymentId = isMissing(params.paymentId) ? null : requiredString(params.paymentId, "params.payment_id");
+            Amount amount = isMissing(params.amount) ? null : Amount.parse(params.amount, "params.amount");
+            return new RefundRequest(sagaId, step, paymentId, amount);
+        }
+
+        String chargeKey() {
+            return PaymentHandler.chargeKey(sagaId, step);
+        }
+
+        /** Its own key space: a refund is never answered with a charge's result, nor the other way round. */
+        String key() {
+            return chargeKey() + PaymentHandler.REFUND_SUFFIX;
         }
     }
 
-    static String abbreviate(String text) {
-        return text.length() > 50 ? text.substring(0, 20) + "...(" + text.length() + " characters)" : text;
+    /** A PaymentStatus, checked: it names a step and reads it. */
+    record StatusRequest(String sagaId, long step) {
+        static StatusRequest from(RawBody body) {
+            return new StatusRequest(requiredString(body.sagaId, "saga_id"), requiredStep(body.step));
+        }
+
+        String chargeKey() {
+            return PaymentHandler.chargeKey(sagaId, step);
+        }
+
+        String refundKey() {
+            return chargeKey() + PaymentHandler.REFUND_SUFFIX;
+        }
     }
 
     /**
@@ -1433,115 +1550,6 @@ public final class PaymentNode {
         return code >= ' ' && code < 0x7f ? "'" + character + "'" : String.format("U+%04X", code);
     }
 
-    /**
-     * Where checked requests go: this node's own table ({@link LocalService}, the card's), or a mode's
-     * service that wraps or replaces it. Each answers with the {@link Reply} the node then writes; a service
-     * that answers later (a cluster waiting for its store) returns {@link Reply#LATER} and writes it itself.
-     * Everything a mode needs from the node comes through here, so that the card's path never passes
-     * through a mode's code.
-     */
-    interface Service {
-        Reply charge(Envelope reply, ChargeRequest request) throws IOException;
-
-        Reply refund(Envelope reply, RefundRequest request) throws IOException;
-
-        Reply status(Envelope reply, StatusRequest request) throws IOException;
-
-        /** A type the card does not know: a mode's own message reads what it needs from its {@code line}; else error 10. */
-        default Reply other(Envelope reply, String type, byte[] line, int start, int length) throws IOException {
-            throw new RpcError(Reason.UNSUPPORTED_TYPE, "unsupported message type: " + type);
-        }
-
-        /** init names the node ({@code nodeIds}: how many nodes it names, -1 when none); refusing it, a service changes nothing. */
-        void init(String nodeId, int nodeIds) throws IOException;
-
-        /** A reply from {@code from} to a message this node sent (a mode's own request); false when it is not one it waits for. */
-        default boolean completes(String from, byte[] line, int start, int length) throws IOException {
-            return false;
-        }
-
-        /** What the loop reads: stdin as it is, or a stream of the mode's that does timed work while stdin is quiet. */
-        default InputStream input(InputStream stdin) {
-            return stdin;
-        }
-
-        /** The end of input: what the service still owes goes out, and what it holds is released. */
-        default void close() throws IOException {
-        }
-    }
-
-    /** A reply a service made: the node writes it to its reply writer. */
-    interface Reply {
-        /** The reply of a service that answers later, by itself. */
-        Reply LATER = replies -> { };
-
-        void writeTo(ReplyWriter replies) throws IOException;
-    }
-
-    /** A service's request to end the node's run at once, with this exit status (a journal that cannot open, an injected crash). */
-    static class Stop extends IOException {
-        private static final long serialVersionUID = 1L;
-        final int status;
-
-        Stop(String message, int status) {
-            super(message);
-            this.status = status;
-        }
-    }
-
-    /** This node's own table: every request is handled at once, in input order. */
-    static final class LocalService implements Service {
-        private final PaymentHandler table;
-        private final Log log;
-
-        LocalService(PaymentHandler table, ReplyWriter replies, Log log) {
-            this.table = table;
-            this.log = log;
-            replies.commitFirst(table.journal());   // no reply leaves before the records behind it are durable
-        }
-
-        PaymentHandler table() {
-            return table;
-        }
-
-        @Override
-        public Reply charge(Envelope reply, ChargeRequest request) {
-            Served<ChargeResult> served = table.charge(request);
-            if (served.replayed()) {
-                log.verboseCacheHit(request.key());
-            }
-            return replies -> replies.chargeOk(reply, request, served);
-        }
-
-        @Override
-        public Reply refund(Envelope reply, RefundRequest request) {
-            Served<RefundResult> served = table.refund(request);
-            if (served.replayed()) {
-                log.verboseCacheHit(request.key());
-            }
-            return replies -> replies.refundOk(reply, request, served);
-        }
-
-        @Override
-        public Reply status(Envelope reply, StatusRequest request) {
-            StepStatus status = table.status(request);
-            return replies -> replies.paymentStatusOk(reply, request, status);
-        }
-
-        @Override
-        public void init(String nodeId, int nodeIds) {
-            if (nodeIds > 1) {
-                log.warn("init names " + nodeIds + " nodes, and this node shares no state with the others:"
-                        + " a retry sent to another node may charge again");
-            }
-        }
-
-        @Override
-        public void close() throws IOException {
-            table.journal().close();
-        }
-    }
-
     enum ErrorCode {
         TIMEOUT(0), NOT_SUPPORTED(10), TEMPORARILY_UNAVAILABLE(11), MALFORMED_REQUEST(12), CRASH(13), ABORT(14), PRECONDITION_FAILED(22);
 
@@ -1617,149 +1625,6 @@ public final class PaymentNode {
     // 4. Replies out, and flush; the log
     // ---------------------------------------------------------------------------------------------
 
-
-    // ---------------------------------------------------------------------------------------------
-    // 5. Replies out, and flush; the log
-    // ---------------------------------------------------------------------------------------------
-
-    /**
-     * A growable byte buffer that writes JSON in the layout of Python's {@code json.dumps}: ASCII only,
-     * {@code ", "} and {@code ": "} between items. Replies and journal records are both written with it.
-     */
-    static final class JsonBytes {
-        private static final byte[] HEX = "0123456789abcdef".getBytes(StandardCharsets.US_ASCII);
-
-        private byte[] buf = new byte[64 * 1024];
-        private int count;
-
-        int size() {
-            return count;
-        }
-
-        byte[] array() {
-            return buf;
-        }
-
-        void clear() {
-            count = 0;
-        }
-
-        void truncate(int size) {
-            count = size;
-        }
-
-        void bytes(byte[] bytes) {
-            if (count + bytes.length > buf.length) {
-                buf = Arrays.copyOf(buf, Math.max(buf.length * 2, count + bytes.length));
-            }
-            System.arraycopy(bytes, 0, buf, count, bytes.length);
-            count += bytes.length;
-        }
-
-        void ascii(String text) {
-            for (int i = 0; i < text.length(); i++) {
-                put(text.charAt(i));
-            }
-        }
-
-        void number(long value) {
-            ascii(Long.toString(value));
-        }
-
-        /** The separator and name of an object's next field (never its first). */
-        void field(String name) {
-            ascii(", \"");
-            ascii(name);
-            ascii("\": ");
-        }
-
-        /**
-         * A JSON string as json.dumps writes it: printable ASCII as is; a backslash before {@code "} and
-         * before a backslash; the short escapes for backspace, form feed, newline, return and tab; and for
-         * every other character a backslash-u escape with four lower-case hex digits, one UTF-16 unit at a
-         * time, so that non-ASCII text comes out as surrogate pairs, exactly like Python's. Null is null.
-         */
-        void string(String text) {
-            if (text == null) {
-                ascii("null");
-                return;
-            }
-            put('"');
-            for (int i = 0; i < text.length(); i++) {
-                char c = text.charAt(i);
-                if (c >= ' ' && c <= '~' && c != '"' && c != '\\') {
-                    put(c);
-                    continue;
-                }
-                put('\\');
-                switch (c) {
-                    case '"' -> put('"');
-                    case '\\' -> put('\\');
-                    case '\b' -> put('b');
-                    case '\f' -> put('f');
-                    case '\n' -> put('n');
-                    case '\r' -> put('r');
-                    case '\t' -> put('t');
-                    default -> {
-                        put('u');
-                        put(HEX[c >> 12 & 0xf]);
-                        put(HEX[c >> 8 & 0xf]);
-                        put(HEX[c >> 4 & 0xf]);
-                        put(HEX[c & 0xf]);
-                    }
-                }
-            }
-            put('"');
-        }
-
-        void put(int b) {
-            if (count == buf.length) {
-                buf = Arrays.copyOf(buf, buf.length * 2);
-            }
-            buf[count++] = (byte) b;
-        }
-
-        /**
-         * Writes what the buffer holds, whole lines only, each write at most {@link #ATOMIC_WRITE} bytes: a
-         * write of up to PIPE_BUF bytes to a pipe happens whole or not at all, so a node killed at any instant
-         * never leaves half a line on stdout. (A single line longer than that is written alone, in one call.)
-         */
-        void writeLinesTo(OutputStream out) throws IOException {
-            int from = 0;
-            while (from < count) {
-                int end = Math.min(count, from + ATOMIC_WRITE);
-                if (end < count) {
-                    int newline = lastNewline(from, end);
-                    end = newline >= from ? newline + 1 : nextLineEnd(end);
-                }
-                out.write(buf, from, end - from);
-                from = end;
-            }
-            count = 0;
-        }
-
-        /** PIPE_BUF on Linux (and the POSIX minimum is 512): the largest write a pipe never splits. */
-        static final int ATOMIC_WRITE = 4096;
-
-        private int lastNewline(int from, int end) {
-            for (int i = end - 1; i >= from; i--) {
-                if (buf[i] == '\n') {
-                    return i;
-                }
-            }
-            return -1;
-        }
-
-        private int nextLineEnd(int from) {
-            for (int i = from; i < count; i++) {
-                if (buf[i] == '\n') {
-                    return i + 1;
-                }
-            }
-            return count;
-        }
-    }
-
     /**
      * Writes replies: keys in the order of docs/PROTOCOL.md, one reply per line. The layout is fixed, so the bytes
      * are written directly. Replies gather in a buffer and reach stdout in batches: when the input runs
@@ -1799,7 +1664,7 @@ public final class PaymentNode {
         }
 
         void chargeOk(Envelope to, ChargeRequest request, Served<ChargeResult> served) throws IOException {
-            beginStepReply(to, "ChargePayment_ok", request.sagaId(), request.step());
+            begin(to, "ChargePayment_ok", request.sagaId(), request.step());
             json.ascii(", \"result\": {\"payment_id\": ");
             json.string(served.result().paymentId());
             json.ascii(", \"charged\": ");
@@ -1811,8 +1676,57 @@ public final class PaymentNode {
             end(to);
         }
 
+        private void begin(Envelope to, String type, String sagaId, long step) {
+            begin(to, type);
+            json.field("saga_id");
+            json.string(sagaId);
+            json.field("step");
+            json.number(step);
+        }
+
+        private void begin(Envelope to, String type) {
+            json.ascii("{\"src\": ");
+            json.string(to.from());
+            json.ascii(", \"dest\": ");
+            json.string(to.to());
+            json.ascii(", \"body\": {\"type\": ");
+            json.string(type);
+        }
+
+        /** Ends a message with its in_reply_to and msg_id; returns that msg_id. */
+        private long end(Envelope to) throws IOException {
+            if (to.inReplyTo() != null) {
+                json.field("in_reply_to");
+                json.number(to.inReplyTo());
+            }
+            long msgId = nextMsgId++;
+            json.field("msg_id");
+            json.number(msgId);
+            json.ascii("}}\n");
+            writeBatchIfFull();
+            return msgId;
+        }
+
+        /** A full batch goes out, unless a reply is being rendered. */
+        private void writeBatchIfFull() throws IOException {
+            if (json.count >= BATCH_BYTES && !rendering) {
+                writeBatch();
+            }
+        }
+
+        @Override
+        public void flush() throws IOException {
+            writeBatch();
+            out.flush();
+        }
+
+        private void writeBatch() throws IOException {
+            journal.commit();
+            json.writeLinesTo(out);
+        }
+
         void refundOk(Envelope to, RefundRequest request, Served<RefundResult> served) throws IOException {
-            beginStepReply(to, "RefundPayment_ok", request.sagaId(), request.step());
+            begin(to, "RefundPayment_ok", request.sagaId(), request.step());
             json.ascii(", \"result\": ");
             refundResult(served.result());
             if (served.replayed()) {
@@ -1823,7 +1737,7 @@ public final class PaymentNode {
 
         /** PaymentStatus_ok: the step's status, its payment (when charged) and its refund (when there is one). */
         void paymentStatusOk(Envelope to, StatusRequest request, StepStatus status) throws IOException {
-            beginStepReply(to, "PaymentStatus_ok", request.sagaId(), request.step());
+            begin(to, "PaymentStatus_ok", request.sagaId(), request.step());
             json.field("status");
             json.string(status.status());
             if (status.payment() != null) {
@@ -1874,55 +1788,6 @@ public final class PaymentNode {
             end(to);
         }
 
-        @Override
-        public void flush() throws IOException {
-            writeBatch();
-            out.flush();
-        }
-
-        private void begin(Envelope to, String type) {
-            json.ascii("{\"src\": ");
-            json.string(to.from());
-            json.ascii(", \"dest\": ");
-            json.string(to.to());
-            json.ascii(", \"body\": {\"type\": ");
-            json.string(type);
-        }
-
-        private void beginStepReply(Envelope to, String type, String sagaId, long step) {
-            begin(to, type);
-            json.field("saga_id");
-            json.string(sagaId);
-            json.field("step");
-            json.number(step);
-        }
-
-        /** Ends a message with its in_reply_to and msg_id; returns that msg_id. */
-        private long end(Envelope to) throws IOException {
-            if (to.inReplyTo() != null) {
-                json.field("in_reply_to");
-                json.number(to.inReplyTo());
-            }
-            long msgId = nextMsgId++;
-            json.field("msg_id");
-            json.number(msgId);
-            json.ascii("}}\n");
-            writeBatchIfFull();
-            return msgId;
-        }
-
-        /** A full batch goes out, unless a reply is being rendered. */
-        private void writeBatchIfFull() throws IOException {
-            if (json.size() >= BATCH_BYTES && !rendering) {
-                writeBatch();
-            }
-        }
-
-        private void writeBatch() throws IOException {
-            journal.commit();
-            json.writeLinesTo(out);
-        }
-
         // What the modes need beyond the card's replies: a message of the node's own (a cluster's requests
         // to its store, a mode's own reply type), a msg_id range of its own, and a reply as bytes to write
         // later or again (injected faults).
@@ -1959,6 +1824,146 @@ public final class PaymentNode {
             writeBatchIfFull();
         }
     }
+
+    /**
+     * A growable byte buffer that writes JSON in the layout of Python's {@code json.dumps}: ASCII only,
+     * {@code ", "} and {@code ": "} between items. Replies and journal records are both written with it.
+     */
+    static final class JsonBytes {
+        private static final byte[] HEX = "0123456789abcdef".getBytes(StandardCharsets.US_ASCII);
+
+        private byte[] buf = new byte[64 * 1024];
+        int count;   // bytes held
+
+        int size() {
+            return count;
+        }
+
+        byte[] array() {
+            return buf;
+        }
+
+        void clear() {
+            count = 0;
+        }
+
+        void truncate(int size) {
+            count = size;
+        }
+
+        void bytes(byte[] bytes) {
+            if (count + bytes.length > buf.length) {
+                buf = Arrays.copyOf(buf, Math.max(buf.length * 2, count + bytes.length));
+            }
+            System.arraycopy(bytes, 0, buf, count, bytes.length);
+            count += bytes.length;
+        }
+
+        void ascii(String text) {
+            for (int i = 0; i < text.length(); i++) {
+                put(text.charAt(i));
+            }
+        }
+
+        void put(int b) {
+            if (count == buf.length) {
+                buf = Arrays.copyOf(buf, buf.length * 2);
+            }
+            buf[count++] = (byte) b;
+        }
+
+        /**
+         * A JSON string as json.dumps writes it: printable ASCII as is; a backslash before {@code "} and
+         * before a backslash; the short escapes for backspace, form feed, newline, return and tab; and for
+         * every other character a backslash-u escape with four lower-case hex digits, one UTF-16 unit at a
+         * time, so that non-ASCII text comes out as surrogate pairs, exactly like Python's. Null is null.
+         */
+        void string(String text) {
+            if (text == null) {
+                ascii("null");
+                return;
+            }
+            put('"');
+            for (int i = 0; i < text.length(); i++) {
+                char c = text.charAt(i);
+                if (c >= ' ' && c <= '~' && c != '"' && c != '\\') {
+                    put(c);
+                    continue;
+                }
+                put('\\');
+                switch (c) {
+                    case '"' -> put('"');
+                    case '\\' -> put('\\');
+                    case '\b' -> put('b');
+                    case '\f' -> put('f');
+                    case '\n' -> put('n');
+                    case '\r' -> put('r');
+                    case '\t' -> put('t');
+                    default -> {
+                        put('u');
+                        put(HEX[c >> 12 & 0xf]);
+                        put(HEX[c >> 8 & 0xf]);
+                        put(HEX[c >> 4 & 0xf]);
+                        put(HEX[c & 0xf]);
+                    }
+                }
+            }
+            put('"');
+        }
+
+        /** The separator and name of an object's next field (never its first). */
+        void field(String name) {
+            ascii(", \"");
+            ascii(name);
+            ascii("\": ");
+        }
+
+        void number(long value) {
+            ascii(Long.toString(value));
+        }
+
+
+        /**
+         * Writes what the buffer holds, whole lines only, each write at most {@link #ATOMIC_WRITE} bytes: a
+         * write of up to PIPE_BUF bytes to a pipe happens whole or not at all, so a node killed at any instant
+         * never leaves half a line on stdout. (A single line longer than that is written alone, in one call.)
+         */
+        void writeLinesTo(OutputStream out) throws IOException {
+            int from = 0;
+            while (from < count) {
+                int end = Math.min(count, from + ATOMIC_WRITE);
+                if (end < count) {
+                    int newline = lastNewline(from, end);
+                    end = newline >= from ? newline + 1 : nextLineEnd(end);
+                }
+                out.write(buf, from, end - from);
+                from = end;
+            }
+            count = 0;
+        }
+
+        /** PIPE_BUF on Linux (and the POSIX minimum is 512): the largest write a pipe never splits. */
+        static final int ATOMIC_WRITE = 4096;
+
+        private int lastNewline(int from, int end) {
+            for (int i = end - 1; i >= from; i--) {
+                if (buf[i] == '\n') {
+                    return i;
+                }
+            }
+            return -1;
+        }
+
+        private int nextLineEnd(int from) {
+            for (int i = from; i < count; i++) {
+                if (buf[i] == '\n') {
+                    return i + 1;
+                }
+            }
+            return count;
+        }
+    }
+
     static final class Log {
         private final PrintStream err;
         final boolean verbose;

@@ -23,7 +23,7 @@ class WireTest {
         assertEquals(in.get(1), Wire.paymentStatus(2, "saga42", 2).trim());
         assertEquals(out.get(1), Wire.paymentStatusOk("saga42", 2, "none").to(2, 1).trim());
         assertEquals(out.get(3), Wire.paymentStatusOk("saga42", 2, "charged", new Wire.Payment("p1", "99.99", "0"), null).to(4, 3).trim());
-        assertEquals(out.get(6), Wire.paymentStatusOk("saga42", 2, "charged", new Wire.Payment("p1", "99.99", "30.01"),
+        assertEquals(out.get(6), Wire.paymentStatusOk("saga42", 2, "charged", new Wire.Payment("p1", "99.99", "30"),
                 new Wire.Refund("r1", "30")).to(7, 6).trim());
         assertEquals(out.get(10), Wire.paymentStatusOk("saga42", 4, "compensated", null, new Wire.Refund(null, "0")).to(11, 10).trim());
     }
