@@ -1,19 +1,40 @@
 package payment;
 
+import com.fasterxml.jackson.core.JsonFactory;
+import com.fasterxml.jackson.core.JsonParser;
+import com.fasterxml.jackson.core.JsonProcessingException;
+import com.fasterxml.jackson.core.JsonToken;
+import com.fasterxml.jackson.core.StreamReadConstraints;
+import com.fasterxml.jackson.core.exc.StreamReadException;
+import com.fasterxml.jackson.core.io.JsonEOFException;
+import com.fasterxml.jackson.core.util.JsonParserDelegate;
+import com.fasterxml.jackson.databind.DeserializationFeature;
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.exc.MismatchedInputException;
+import com.fasterxml.jackson.databind.json.JsonMapper;
+import com.fasterxml.jackson.databind.node.BigIntegerNode;
+import com.fasterxml.jackson.databind.node.DecimalNode;
+import com.fasterxml.jackson.databind.node.JsonNodeFactory;
+import com.fasterxml.jackson.databind.node.NumericNode;
+import com.fasterxml.jackson.databind.node.ValueNode;
+
+import java.io.IOException;
+import java.io.UncheckedIOException;
 import java.math.BigDecimal;
+import java.math.BigInteger;
 import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.HashSet;
+import java.util.List;
 import java.util.Map;
 import java.util.Objects;
 import java.util.Set;
-import java.util.List;
-import java.util.regex.Matcher;
-import java.util.regex.Pattern;
 
 /**
  * The protocol (docs/PROTOCOL.md) as plain maps: what the node must print for a sequence of lines. Written
- * from the contract, sharing no code with the node. ModelTest holds one node to it byte for byte;
+ * from the contract, sharing no code with the node: it reads lines with Jackson Databind's trees (the node
+ * reads tokens with jackson-core) and writes replies as text. ModelTest holds one node to it byte for byte;
  * ClusterModelTest holds the cluster to it, searching for an order of the concurrent requests that the
  * model explains (hence {@link #copy} and {@link #fingerprint}).
  */
@@ -41,6 +62,8 @@ final class ReferenceModel {
     private final Map<String, Refund> refunds = new HashMap<>();
     private final Map<String, BigDecimal> refundedByPayment = new HashMap<>();
     private final Map<String, String> chargedByPayment = new HashMap<>();
+    /** The saga each payment was charged under: a compensation refunds only its own saga's payments. */
+    private final Map<String, String> sagaByPayment = new HashMap<>();
     private int payments;
     private int refundIds;
     private int msgId;
@@ -58,6 +81,7 @@ final class ReferenceModel {
         copy.refunds.putAll(refunds);
         copy.refundedByPayment.putAll(refundedByPayment);
         copy.chargedByPayment.putAll(chargedByPayment);
+        copy.sagaByPayment.putAll(sagaByPayment);
         copy.payments = payments;
         copy.refundIds = refundIds;
         copy.msgId = msgId;
@@ -84,55 +108,237 @@ final class ReferenceModel {
                 + new java.util.TreeMap<>(balances) + "|" + payments + "|" + refundIds + "|" + nodeId;
     }
 
-    private static final Pattern ENVELOPE = Pattern.compile("^\\{\"src\":\"([^\"]+)\",(?:\"dest\":\"([^\"]+)\",)?\"body\":\\{(.*)\\}\\}$");
-    private static final Pattern CUT_SHORT = Pattern.compile("^\\{\"src\":\"([^\"]+)\",\"dest\":\"([^\"]+)\",\"body\":\\{\"type\":\"ChargePayment\",\"msg_id\":(\\d+),\"saga_id\":\"s1\"$");
+    // ---- reading a line: docs/PROTOCOL.md sections 1 and 5 ------------------------------------------------
+
+    /**
+     * Lines as trees. Amounts keep their text (see {@link Written}), decimals are never doubles, and a line is
+     * one value: anything after it makes the line unreadable. Numbers of any length are read, so that an
+     * absurd amount is refused by the protocol's rule (error 12, out of range) rather than by the parser's limit.
+     */
+    private static final ObjectMapper JSON = JsonMapper.builder(JsonFactory.builder()
+                    .streamReadConstraints(StreamReadConstraints.builder().maxNumberLength(Integer.MAX_VALUE).build()).build())
+            .enable(DeserializationFeature.USE_BIG_DECIMAL_FOR_FLOATS)
+            .enable(DeserializationFeature.FAIL_ON_TRAILING_TOKENS)
+            .build();
 
     String run(List<String> lines) {
         for (String line : lines) {
-            Matcher envelope = ENVELOPE.matcher(line);
-            Matcher cut = CUT_SHORT.matcher(line);
-            if (envelope.matches()) {
-                handle(envelope.group(1), envelope.group(2), envelope.group(3));
-            } else if (cut.matches()) {
-                reply(nodeId != null ? nodeId : cut.group(2), cut.group(1),
-                        "\"type\": \"error\", \"code\": 12, \"text\": \"not valid JSON: the line ends before the JSON does\", \"reason\": \"unreadable_line\"",
-                        Long.valueOf(cut.group(3)));
-            }
+            read(line);
         }
         return out.toString();
     }
 
-    private static String field(String body, String name) {
-        Matcher m = Pattern.compile("\"" + name + "\":(\\{[^}]*\\}|\\[[^\\]]*\\]|\"[^\"]*\"|[^,}\\]]+)").matcher(body);
-        return m.find() ? m.group(1) : null;
+    /** One line: answered, or skipped as docs/PROTOCOL.md section 5 says (blank, or unreadable without a string src). */
+    private void read(String line) {
+        if (line.isBlank()) {
+            return;
+        }
+        JsonNode envelope;
+        try (JsonParser parser = new OutOfRangeAsUnvalued(JSON.createParser(line))) {
+            envelope = JSON.reader().with(new KeepNumbersAsWritten(parser)).readTree(parser);
+        } catch (JsonProcessingException e) {
+            unreadable(line, e);
+            return;
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        }
+        JsonNode src = envelope.get("src");
+        if (!envelope.isObject() || src == null || !src.isTextual()) {
+            return;   // nobody to answer: the node only logs it
+        }
+        JsonNode dest = envelope.get("dest");
+        String from = nodeId != null ? nodeId : dest != null && dest.isTextual() ? dest.textValue() : null;
+        JsonNode body = given(envelope, "body");
+        if (body == null || !body.isObject()) {
+            reply(from, src.textValue(), unreadableLine(body == null ? "missing body" : "body must be an object"), null);
+            return;
+        }
+        handle(src.textValue(), dest != null && dest.isTextual() ? dest.textValue() : null, body);
     }
 
-    private static boolean isString(String value) {
-        return value != null && value.startsWith("\"");
+    /**
+     * A line that is not JSON: answered 12 if its text, read up to where it breaks, gives a string src (with
+     * in_reply_to when a msg_id was read too), unless what was read is a reply; otherwise only logged.
+     */
+    private void unreadable(String line, JsonProcessingException e) {
+        String src = null;
+        String dest = null;
+        Long msgId = null;
+        boolean isReply = false;
+        try (JsonParser parser = JSON.createParser(line)) {
+            int depth = 0;
+            boolean inBody = false;
+            for (JsonToken token = parser.nextToken(); token != null; token = parser.nextToken()) {
+                if (token.isStructStart()) {
+                    inBody = depth == 1 && "body".equals(parser.currentName()) && token == JsonToken.START_OBJECT;
+                    depth++;
+                } else if (token.isStructEnd()) {
+                    depth--;
+                    inBody = false;
+                } else if (token.isScalarValue() && depth == 1 && token == JsonToken.VALUE_STRING) {
+                    if ("src".equals(parser.currentName())) {
+                        src = parser.getText();
+                    } else if ("dest".equals(parser.currentName())) {
+                        dest = parser.getText();
+                    }
+                } else if (token.isScalarValue() && depth == 2 && inBody) {
+                    if ("in_reply_to".equals(parser.currentName()) && token != JsonToken.VALUE_NULL) {
+                        isReply = true;
+                    } else if ("msg_id".equals(parser.currentName()) && token == JsonToken.VALUE_NUMBER_INT && parser.getNumberType() != JsonParser.NumberType.BIG_INTEGER) {
+                        msgId = parser.getLongValue();
+                    }
+                }
+                if (depth == 0) {
+                    break;   // one whole value was read: what breaks the line comes after it
+                }
+            }
+        } catch (IOException brokenHere) {
+            // the text ends or breaks here: keep what was read before it
+        }
+        if (src == null || isReply) {
+            return;
+        }
+        String why;
+        if (e instanceof JsonEOFException) {
+            why = "not valid JSON: the line ends before the JSON does";   // the contract's own example, section 5
+        } else if (e instanceof MismatchedInputException && e.getOriginalMessage().startsWith("Trailing token")) {
+            why = "more data after the JSON object";
+        } else {
+            // The contract words only these; a new kind of broken line needs its words here, not a guess.
+            throw new IllegalArgumentException("the model has no words for this unreadable line (" + e.getOriginalMessage() + "): " + line);
+        }
+        reply(nodeId != null ? nodeId : dest, src, unreadableLine(why), msgId);
     }
 
-    private static String text(String value) {
-        return value.substring(1, value.length() - 1);
+    private static String unreadableLine(String why) {
+        return "\"type\": \"error\", \"code\": 12, \"text\": " + quote(why) + ", \"reason\": \"unreadable_line\"";
     }
 
-    private void handle(String src, String dest, String body) {
-        if (field(body, "in_reply_to") != null) {
+    /** A field's value; JSON null counts as absent (docs/PROTOCOL.md section 5), as a missing field does. */
+    private static JsonNode given(JsonNode object, String name) {
+        JsonNode value = object.get(name);
+        return value == null || value.isNull() ? null : value;
+    }
+
+    /** A number's text as the line wrote it. */
+    private static String written(JsonNode number) {
+        return ((Written) number).text();
+    }
+
+    /**
+     * A JSON number that keeps its text as the line wrote it: the node echoes an amount's own digits
+     * ({@code 1e1} stays {@code 1e1}, {@code 100.50} stays {@code 100.50}), which no BigDecimal remembers.
+     */
+    interface Written {
+        String text();
+    }
+
+    static final class WrittenDecimal extends DecimalNode implements Written {
+        private static final long serialVersionUID = 1L;
+        private final String text;
+
+        WrittenDecimal(BigDecimal value, String text) {
+            super(value);
+            this.text = text;
+        }
+
+        @Override
+        public String text() {
+            return text;
+        }
+    }
+
+    static final class WrittenInteger extends BigIntegerNode implements Written {
+        private static final long serialVersionUID = 1L;
+        private final String text;
+
+        WrittenInteger(BigInteger value, String text) {
+            super(value);
+            this.text = text;
+        }
+
+        @Override
+        public String text() {
+            return text;
+        }
+    }
+
+    /**
+     * Jackson makes no BigDecimal of {@code 1E+99999999999999} (an exponent beyond an int): the line is still
+     * JSON, and the amount is refused by the protocol's range rule, from its text. Such a number gets no value.
+     */
+    private static final class OutOfRangeAsUnvalued extends JsonParserDelegate {
+        OutOfRangeAsUnvalued(JsonParser parser) {
+            super(parser);
+        }
+
+        @Override
+        public BigDecimal getDecimalValue() throws IOException {
+            try {
+                return super.getDecimalValue();
+            } catch (StreamReadException | NumberFormatException beyondBigDecimal) {
+                return null;
+            }
+        }
+    }
+
+    /** Makes every number of one line a {@link Written} one, its text read off the parser standing on it. */
+    private static final class KeepNumbersAsWritten extends JsonNodeFactory {
+        private static final long serialVersionUID = 1L;
+        private final transient JsonParser parser;
+
+        KeepNumbersAsWritten(JsonParser parser) {
+            super(true);
+            this.parser = parser;
+        }
+
+        private String text() {
+            try {
+                return parser.getText();
+            } catch (IOException e) {
+                throw new UncheckedIOException(e);
+            }
+        }
+
+        @Override
+        public NumericNode numberNode(int v) {
+            return new WrittenInteger(BigInteger.valueOf(v), text());
+        }
+
+        @Override
+        public NumericNode numberNode(long v) {
+            return new WrittenInteger(BigInteger.valueOf(v), text());
+        }
+
+        @Override
+        public ValueNode numberNode(BigInteger v) {
+            return new WrittenInteger(v, text());
+        }
+
+        @Override
+        public ValueNode numberNode(BigDecimal v) {
+            return new WrittenDecimal(v == null ? BigDecimal.ZERO : v, text());   // the model reads a decimal by its text only
+        }
+    }
+
+    // ---- answering it ---------------------------------------------------------------------------------------
+
+    private void handle(String src, String dest, JsonNode body) {
+        if (given(body, "in_reply_to") != null) {
             return;   // a reply to something the node sent: never answered
         }
-        String rawMsgId = field(body, "msg_id");
-        boolean integer = rawMsgId != null && rawMsgId.matches("-?\\d+");
-        boolean fits = integer && new BigDecimal(rawMsgId).abs().compareTo(BigDecimal.valueOf(Long.MAX_VALUE)) <= 0;
-        Long inReplyTo = fits ? Long.valueOf(rawMsgId) : null;
+        JsonNode rawMsgId = given(body, "msg_id");
+        boolean integer = rawMsgId != null && rawMsgId.isIntegralNumber();
+        Long inReplyTo = integer && rawMsgId.canConvertToLong() ? rawMsgId.longValue() : null;
         String from = nodeId != null ? nodeId : dest;
         try {
             if (rawMsgId != null && inReplyTo == null) {
-                throw new Refusal(12, "malformed_request", integer ? "msg_id " + rawMsgId + " does not fit in 64 bits" : "msg_id must be an integer");
+                throw new Refusal(12, "malformed_request", integer ? "msg_id " + written(rawMsgId) + " does not fit in 64 bits" : "msg_id must be an integer");
             }
-            String type = text(field(body, "type"));
+            String type = requiredString(body, "type", "type");
             switch (type) {
                 case "init" -> {
-                    String node = field(body, "node_id");
-                    nodeId = node != null ? text(node) : dest != null ? dest : nodeId;
+                    nodeId = given(body, "node_id") != null ? requiredString(body, "node_id", "node_id") : dest != null ? dest : nodeId;
                     reply(nodeId != null ? nodeId : dest, src, "\"type\": \"init_ok\"", inReplyTo);
                 }
                 case "ChargePayment" -> reply(from, src, charge(body), inReplyTo);
@@ -141,14 +347,14 @@ final class ReferenceModel {
                 default -> throw new Refusal(10, "unsupported_type", "unsupported message type: " + type);
             }
         } catch (Refusal e) {
-            reply(from, src, "\"type\": \"error\", \"code\": " + e.code + ", \"text\": \"" + e.getMessage() + "\", \"reason\": \"" + e.reason + "\""
+            reply(from, src, "\"type\": \"error\", \"code\": " + e.code + ", \"text\": " + quote(e.getMessage()) + ", \"reason\": \"" + e.reason + "\""
                     + (e.differs.isEmpty() ? "" : ", \"differs\": [\"" + String.join("\", \"", e.differs) + "\"]"), inReplyTo);
         }
     }
 
     private void reply(String from, String to, String fields, Long inReplyTo) {
-        out.append("{\"src\": ").append(from == null ? "null" : "\"" + from + "\"").append(", \"dest\": \"").append(to)
-                .append("\", \"body\": {").append(fields);
+        out.append("{\"src\": ").append(from == null ? "null" : quote(from)).append(", \"dest\": ").append(quote(to))
+                .append(", \"body\": {").append(fields);
         if (inReplyTo != null) {
             out.append(", \"in_reply_to\": ").append(inReplyTo);
         }
@@ -173,50 +379,112 @@ final class ReferenceModel {
         }
     }
 
-    private static String sagaId(String body) {
-        String saga = field(body, "saga_id");
-        if (saga == null) {
-            throw new Refusal(12, "malformed_request", "missing saga_id");
+    /** A string as the node writes it: escaped as Python's json.dumps escapes (ASCII only, {@code \\u00e9}). */
+    static String quote(String text) {
+        StringBuilder quoted = new StringBuilder(text.length() + 2).append('"');
+        for (int i = 0; i < text.length(); i++) {
+            char c = text.charAt(i);
+            switch (c) {
+                case '"' -> quoted.append("\\\"");
+                case '\\' -> quoted.append("\\\\");
+                case '\n' -> quoted.append("\\n");
+                case '\r' -> quoted.append("\\r");
+                case '\t' -> quoted.append("\\t");
+                case '\b' -> quoted.append("\\b");
+                case '\f' -> quoted.append("\\f");
+                default -> {
+                    if (c < 0x20 || c > 0x7e) {
+                        quoted.append(String.format("\\u%04x", (int) c));
+                    } else {
+                        quoted.append(c);
+                    }
+                }
+            }
         }
-        return text(saga);
+        return quoted.append('"').toString();
     }
 
-    private static long step(String body) {
-        String step = field(body, "step");
-        if (!step.matches("\\d+")) {
-            throw new Refusal(12, "malformed_request", "step must be an integer from 0 to 9223372036854775807");
-        }
-        return Long.parseLong(step);
+    private static Refusal malformed(String text) {
+        return new Refusal(12, "malformed_request", text);
     }
 
-    private static BigDecimal amount(String amount) {
-        if (isString(amount)) {
-            throw new Refusal(12, "malformed_request", "params.amount must be a number");
+    /** A field that must be a non-empty string; {@code name} is how the error names it ({@code params.user_id}). */
+    private static String requiredString(JsonNode object, String field, String name) {
+        JsonNode value = given(object, field);
+        if (value == null) {
+            throw malformed("missing " + name);
         }
-        if (amount.contains("999999999")) {
-            throw new Refusal(12, "malformed_request", "params.amount " + amount + " is out of range: at most 40 digits before the decimal point and 40 after it");
+        if (!value.isTextual() || value.textValue().isEmpty()) {
+            throw malformed(name + " must be a non-empty string");
         }
-        BigDecimal value = new BigDecimal(amount);
+        return value.textValue();
+    }
+
+    private static long step(JsonNode body) {
+        JsonNode step = given(body, "step");
+        if (step == null) {
+            throw malformed("missing step");
+        }
+        if (!step.isIntegralNumber() || !step.canConvertToLong() || step.longValue() < 0) {
+            throw malformed("step must be an integer from 0 to " + Long.MAX_VALUE);
+        }
+        return step.longValue();
+    }
+
+    /** The params object; a missing (or null) one is an error where params are required, else no params. */
+    private static JsonNode params(JsonNode body, boolean required) {
+        JsonNode params = given(body, "params");
+        if (params == null) {
+            if (required) {
+                throw malformed("missing params");
+            }
+            return JSON.createObjectNode();
+        }
+        if (!params.isObject()) {
+            throw malformed("params must be an object");
+        }
+        return params;
+    }
+
+    /** An amount's text as the request wrote it, once it is a number > 0 of sane size (docs/PROTOCOL.md section 5). */
+    private static String amount(JsonNode params) {
+        JsonNode amount = given(params, "amount");
+        if (amount == null) {
+            throw malformed("missing params.amount");
+        }
+        if (!amount.isNumber()) {
+            throw malformed("params.amount must be a number");
+        }
+        String text = written(amount);
+        BigDecimal value;
+        try {
+            value = new BigDecimal(text);
+        } catch (NumberFormatException exponentBeyondInt) {
+            throw outOfRange(text);
+        }
         if (value.signum() <= 0) {
-            throw new Refusal(12, "malformed_request", "params.amount must be greater than 0, got " + amount);
+            throw malformed("params.amount must be greater than 0, got " + text);
         }
-        return value;
+        if (value.scale() > 40 || value.precision() - value.scale() > 40) {
+            throw outOfRange(text);   // refused before any arithmetic: 1e999999999 is never expanded
+        }
+        return text;
+    }
+
+    private static Refusal outOfRange(String text) {
+        return malformed("params.amount " + text + " is out of range: at most 40 digits before the decimal point and 40 after it");
     }
 
     private static boolean sameAmount(String a, String b) {
         return a == null ? b == null : b != null && new BigDecimal(a).compareTo(new BigDecimal(b)) == 0;
     }
 
-    private String charge(String body) {
-        String saga = sagaId(body);
+    private String charge(JsonNode body) {
+        String saga = requiredString(body, "saga_id", "saga_id");
         long step = step(body);
-        String params = field(body, "params");
-        if (!params.startsWith("{")) {
-            throw new Refusal(12, "malformed_request", "params must be an object");
-        }
-        String userId = text(field(params, "user_id"));
-        String amount = field(params, "amount");
-        amount(amount);
+        JsonNode params = params(body, true);
+        String userId = requiredString(params, "user_id", "params.user_id");
+        String amount = amount(params);
         String key = saga + ":step" + step;
         Charge charge = charges.get(key);
         String note = "";
@@ -244,10 +512,11 @@ final class ReferenceModel {
             charge = new Charge(userId, amount, "p" + ++payments);
             charges.put(key, charge);
             chargedByPayment.put(charge.paymentId(), amount);
+            sagaByPayment.put(charge.paymentId(), saga);
             userByPayment.put(charge.paymentId(), userId);
         }
-        return "\"type\": \"ChargePayment_ok\", \"saga_id\": \"" + saga + "\", \"step\": " + step
-                + ", \"result\": {\"payment_id\": \"" + charge.paymentId() + "\", \"charged\": " + charge.amount() + "}" + note;
+        return "\"type\": \"ChargePayment_ok\", \"saga_id\": " + quote(saga) + ", \"step\": " + step
+                + ", \"result\": {\"payment_id\": " + quote(charge.paymentId()) + ", \"charged\": " + charge.amount() + "}" + note;
     }
 
     /** A retry whose params differ is refused with error 22, naming them in the order of the contract. */
@@ -264,23 +533,16 @@ final class ReferenceModel {
         }
     }
 
-    private String refund(String body) {
-        String saga = sagaId(body);
+    private String refund(JsonNode body) {
+        String saga = requiredString(body, "saga_id", "saga_id");
         long step = step(body);
-        String compensating = field(body, "compensating");
-        if (compensating != null && !compensating.equals("true") && !compensating.equals("false")) {
-            throw new Refusal(12, "malformed_request", "compensating must be true or false");
+        JsonNode compensating = given(body, "compensating");
+        if (compensating != null && !compensating.isBoolean()) {
+            throw malformed("compensating must be true or false");
         }
-        String params = Objects.requireNonNullElse(field(body, "params"), "{}");
-        String paymentId = field(params, "payment_id");
-        if (paymentId != null && !isString(paymentId)) {
-            throw new Refusal(12, "malformed_request", "params.payment_id must be a non-empty string");
-        }
-        paymentId = paymentId == null ? null : text(paymentId);
-        String amount = field(params, "amount");
-        if (amount != null) {
-            amount(amount);
-        }
+        JsonNode params = params(body, false);
+        String paymentId = given(params, "payment_id") == null ? null : requiredString(params, "payment_id", "params.payment_id");
+        String amount = given(params, "amount") == null ? null : amount(params);
         String chargeKey = saga + ":step" + step;
         String key = chargeKey + ":refund";
         Refund refund = refunds.get(key);
@@ -298,6 +560,11 @@ final class ReferenceModel {
                 }
                 refund = refundOf(charge.paymentId(), paymentId, amount);
             } else if (paymentId != null && chargedByPayment.containsKey(paymentId)) {
+                if (!sagaByPayment.get(paymentId).equals(saga)) {
+                    // SPEC section 4, case 2: nothing is done, and the step stays open.
+                    throw new Refusal(22, "payment_of_another_saga", "payment_id " + paymentId
+                            + " is a payment of another saga: a compensation refunds its own saga's payments");
+                }
                 refund = refundOf(paymentId, paymentId, amount);
             } else if (paymentId != null) {
                 if (amount == null) {
@@ -311,8 +578,8 @@ final class ReferenceModel {
             }
             refunds.put(key, refund);
         }
-        return "\"type\": \"RefundPayment_ok\", \"saga_id\": \"" + saga + "\", \"step\": " + step + ", \"result\": {"
-                + (refund.refundId() == null ? "" : "\"refund_id\": \"" + refund.refundId() + "\", ")
+        return "\"type\": \"RefundPayment_ok\", \"saga_id\": " + quote(saga) + ", \"step\": " + step + ", \"result\": {"
+                + (refund.refundId() == null ? "" : "\"refund_id\": " + quote(refund.refundId()) + ", ")
                 + "\"refunded\": " + refund.refunded() + "}" + note;
     }
 
@@ -339,21 +606,21 @@ final class ReferenceModel {
         return new Refund(paymentIdGiven, amount, "r" + ++refundIds, text);
     }
 
-    private String status(String body) {
-        String saga = sagaId(body);
+    private String status(JsonNode body) {
+        String saga = requiredString(body, "saga_id", "saga_id");
         long step = step(body);
         String key = saga + ":step" + step;
         Charge charge = charges.get(key);
         String status = charge != null ? "charged" : declines.containsKey(key) ? "declined" : closedSteps.contains(key) ? "compensated" : "none";
-        StringBuilder reply = new StringBuilder("\"type\": \"PaymentStatus_ok\", \"saga_id\": \"" + saga + "\", \"step\": " + step
+        StringBuilder reply = new StringBuilder("\"type\": \"PaymentStatus_ok\", \"saga_id\": " + quote(saga) + ", \"step\": " + step
                 + ", \"status\": \"" + status + "\"");
         if (charge != null) {
-            reply.append(", \"payment\": {\"payment_id\": \"").append(charge.paymentId()).append("\", \"charged\": ").append(charge.amount())
+            reply.append(", \"payment\": {\"payment_id\": ").append(quote(charge.paymentId())).append(", \"charged\": ").append(charge.amount())
                     .append(", \"refunded\": ").append(refundedByPayment.getOrDefault(charge.paymentId(), BigDecimal.ZERO).toPlainString()).append("}");
         }
         Refund refund = refunds.get(key + ":refund");
         if (refund != null) {
-            reply.append(", \"refund\": {").append(refund.refundId() == null ? "" : "\"refund_id\": \"" + refund.refundId() + "\", ")
+            reply.append(", \"refund\": {").append(refund.refundId() == null ? "" : "\"refund_id\": " + quote(refund.refundId()) + ", ")
                     .append("\"refunded\": ").append(refund.refunded()).append("}");
         }
         return reply.toString();
