@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the payment node on stdin/stdout, from any directory and through symlinks:
-#   ./run.sh [--journal FILE] [--verbose] [--help]     run the node (builds the jar first if needed)
-#   ./run.sh --build                                   only build the jar (and its start-up archive), then exit
+#   ./run.sh [OPTIONS] < messages.jsonl    run the node (builds the jar first if needed); ./run.sh --help lists
+#                                          the options (CommandLine.USAGE, the one place they are written)
+#   ./run.sh --build                       only build the jar (and its start-up archive), then exit
 # Build output goes to stderr: stdout carries replies only, whatever JAVA_OPTS asks the JVM to print.
 set -euo pipefail
 

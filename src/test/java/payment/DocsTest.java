@@ -38,6 +38,20 @@ class DocsTest {
     }
 
     /** The output the quick start promises is what the node prints for that input. */
+    /** The options are written once, in the usage text: the README's table names exactly the options --help names (issue 19). */
+    @Test
+    void theReadmesOptionsAreTheUsagesOptions() throws IOException {
+        java.util.regex.Pattern option = java.util.regex.Pattern.compile("(?<![\\w-])--[a-z][a-z-]+");
+        java.util.Set<String> inUsage = new java.util.TreeSet<>();
+        option.matcher(CommandLine.USAGE.substring(CommandLine.USAGE.indexOf("Options:"))).results().forEach(m -> inUsage.add(m.group()));
+        String readme = Files.readString(Path.of("README.md"));
+        String table = readme.substring(readme.indexOf("| option |"), readme.indexOf("\n\n", readme.indexOf("| option |")));
+        java.util.Set<String> inReadme = new java.util.TreeSet<>();
+        table.lines().map(row -> row.split("\\|")).filter(cells -> cells.length > 1)
+                .forEach(cells -> option.matcher(cells[1]).results().forEach(m -> inReadme.add(m.group())));
+        assertEquals(inUsage, inReadme);
+    }
+
     @Test
     void theQuickStartShowsExactlyWhatTheNodePrints() throws IOException {
         String readme = Files.readString(README);
