@@ -271,7 +271,7 @@ final class CommandLine {
         private static BigDecimal balance(String text) {
             try {
                 BigDecimal amount = new BigDecimal(text);
-                if (amount.signum() >= 0 && amount.precision() - amount.scale() <= Amount.MAX_DIGITS && amount.scale() <= Amount.MAX_DIGITS) {
+                if (amount.signum() >= 0 && Amount.withinDigits(amount)) {
                     return amount;
                 }
             } catch (NumberFormatException notANumber) {

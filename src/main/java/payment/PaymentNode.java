@@ -1313,10 +1313,15 @@ public final class PaymentNode {
             if (decimal.signum() <= 0) {
                 throw malformed(name + " must be greater than 0, got " + text);
             }
-            if (decimal.scale() > MAX_DIGITS || decimal.precision() - decimal.scale() > MAX_DIGITS) {
+            if (!withinDigits(decimal)) {
                 throw outOfRange(name, text);
             }
             return new Amount(text, decimal);
+        }
+
+        /** At most {@link #MAX_DIGITS} digits before the decimal point and as many after it: every amount this service takes. */
+        static boolean withinDigits(BigDecimal decimal) {
+            return decimal.scale() <= MAX_DIGITS && decimal.precision() - decimal.scale() <= MAX_DIGITS;
         }
 
         private static RpcError outOfRange(String name, String text) {
