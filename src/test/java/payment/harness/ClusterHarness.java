@@ -1,14 +1,14 @@
-package payment;
+package payment.harness;
 
 import com.fasterxml.jackson.core.JsonProcessingException;
 import com.fasterxml.jackson.databind.DeserializationFeature;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ObjectNode;
-import payment.ClusterHistory.Phase;
-import payment.ClusterHistory.Type;
-import payment.ClusterOptions.Nemesis;
-import payment.ClusterOptions.Settings;
+import payment.harness.ClusterHistory.Phase;
+import payment.harness.ClusterHistory.Type;
+import payment.harness.ClusterOptions.Nemesis;
+import payment.harness.ClusterOptions.Settings;
 
 import java.io.BufferedReader;
 import java.io.IOException;

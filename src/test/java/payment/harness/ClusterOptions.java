@@ -1,4 +1,4 @@
-package payment;
+package payment.harness;
 
 import java.nio.file.Path;
 import java.util.EnumSet;

@@ -1,10 +1,13 @@
-package payment;
+package payment.harness;
 
 import com.fasterxml.jackson.databind.JsonNode;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
-import payment.ClusterHistory.Event;
-import payment.ClusterHistory.Type;
+import payment.Lines;
+import payment.Node;
+import payment.Wire;
+import payment.harness.ClusterHistory.Event;
+import payment.harness.ClusterHistory.Type;
 
 import javax.imageio.ImageIO;
 import java.awt.image.BufferedImage;

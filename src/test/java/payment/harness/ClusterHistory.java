@@ -1,4 +1,4 @@
-package payment;
+package payment.harness;
 
 import com.fasterxml.jackson.annotation.JsonIgnore;
 import com.fasterxml.jackson.annotation.JsonInclude;

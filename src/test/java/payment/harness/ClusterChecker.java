@@ -1,7 +1,7 @@
-package payment;
+package payment.harness;
 
 import com.fasterxml.jackson.databind.JsonNode;
-import payment.ClusterHistory.Event;
+import payment.harness.ClusterHistory.Event;
 
 import java.math.BigDecimal;
 import java.util.ArrayList;

@@ -1,14 +1,14 @@
-package payment;
+package payment.harness;
 
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.SerializationFeature;
 import com.fasterxml.jackson.databind.node.ArrayNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
-import payment.ClusterChecker.Anomaly;
-import payment.ClusterChecker.Kind;
-import payment.ClusterHistory.Event;
-import payment.ClusterHistory.Type;
-import payment.ClusterOptions.Settings;
+import payment.harness.ClusterChecker.Anomaly;
+import payment.harness.ClusterChecker.Kind;
+import payment.harness.ClusterHistory.Event;
+import payment.harness.ClusterHistory.Type;
+import payment.harness.ClusterOptions.Settings;
 
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;

@@ -1,9 +1,10 @@
-package payment;
+package payment.harness;
 
 import com.fasterxml.jackson.databind.DeserializationFeature;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ObjectNode;
+import payment.Node;
 
 import java.io.BufferedReader;
 import java.io.File;

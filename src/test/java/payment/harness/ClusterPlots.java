@@ -1,4 +1,4 @@
-package payment;
+package payment.harness;
 
 import org.jfree.chart.ChartUtils;
 import org.jfree.chart.JFreeChart;
