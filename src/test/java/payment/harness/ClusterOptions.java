@@ -108,7 +108,7 @@ final class ClusterOptions {
                                      operation), 0.1-100000 [50]
               --concurrency N        clients, each one saga at a time: at most N operations in flight (a saga's
                                      three refunds sent together count as one); a slot that finds every client
-                                     busy is missed, and counted, 1-1000 [100]
+                                     busy is missed, and counted, 1-1000 [200]
               --sagas N              bound the run by N sagas in all instead of by time (not with --time-limit),
                                      1-1000000 [none: the time limit]
               --stall-timeout S      stop the run early, INVALID (unavailable), when no request has been answered
@@ -149,7 +149,7 @@ final class ClusterOptions {
     /** {@code projectDir}: where run.sh and target/ are (the default node command and results folder). */
     static Settings parse(String[] args, Path projectDir) throws UsageError, HelpRequested {
         int nodes = 3;
-        int concurrency = 100;
+        int concurrency = 200;   // at 100 a second, a node paused past the 2 s timeout holds about 70
         double rate = 50;
         Integer timeLimit = null;
         int sagas = 0;

@@ -140,7 +140,7 @@ class ClusterTest {
         assertEquals(0, help.status());
         assertEquals(ClusterOptions.USAGE, help.stdout());
         assertEquals("", help.stderr());
-        Map<String, String> defaults = Map.ofEntries(Map.entry("--nodes N", "[3]"), Map.entry("--concurrency N", "[100]"),
+        Map<String, String> defaults = Map.ofEntries(Map.entry("--nodes N", "[3]"), Map.entry("--concurrency N", "[200]"),
                 Map.entry("--time-limit S", "[20]"), Map.entry("--rate R", "[50]"), Map.entry("--stall-timeout S", "[10]"),
                 Map.entry("--sagas N", "[none: the time limit]"), Map.entry("--seed N", "[1]"), Map.entry("--nemesis LIST", "[kill]"),
                 Map.entry("--nemesis-interval MS", "[the time limit / faults; 2000 with --sagas]"), Map.entry("--faults N", "[4]"),
