@@ -41,9 +41,11 @@ import java.util.concurrent.atomic.AtomicLong;
 /**
  * A Maelstrom-style cluster on one machine, to test payment nodes as Maelstrom would: N node processes started with
  * one command line in one working directory, each sent its init (node_id, node_ids); a network that routes every
- * message between nodes, clients and lin-kv ({@link LinKvService}); a nemesis (kill, pause, partition, kv); clients
- * running sagas; then a healing phase, final status reads, and the checker ({@link ClusterChecker}) on the history.
- * Every choice is seeded; the timing is the machine's.
+ * message between nodes, clients and lin-kv ({@link LinKvService}); a nemesis (kill, pause, partition, kv) with its
+ * faults over most of the run; clients running sagas, their operations offered open loop at a rate ({@link Schedule})
+ * for a time limit; a watcher that stops a run no request is answered in ({@link Liveness}); then a healing phase,
+ * final status reads, and the checker ({@link ClusterChecker}) on the history. Every choice is seeded; the timing is
+ * the machine's.
  *
  * <p>Run it: {@code tests/cluster.sh --help}. The entry for tests is {@link #run(String[], PrintStream, PrintStream)},
  * which returns the exit status.
@@ -85,34 +87,39 @@ final class ClusterHarness {
      * The open-loop clock of the workload, as Maelstrom's rate: operation slot i is due at start + i / rate, whoever
      * is free to take it. A client that asks gets the next slot not yet taken and waits for its time, so operations
      * start on schedule whether or not earlier ones were answered; a slot whose time passes while every client is busy
-     * is missed (counted), never made up later by a burst. There are no slots from {@code endNanos} on.
+     * is missed (counted), never made up later by a burst. A time limit of T seconds has exactly T x rate slots, each
+     * taken or missed by the end (a group that no longer fits leaves the last one or two missed).
      */
     static final class Schedule {
         private final long startNanos;
         private final double periodNanos;
-        private final long endNanos;
+        /** How many slots the workload has (unbounded with --sagas). */
+        private final long slots;
         private long next;
         private long taken;
         private long missed;
 
-        Schedule(long startNanos, double rate, long endNanos) {
+        /** {@code seconds}: the time limit, or 0 for none. */
+        Schedule(long startNanos, double rate, long seconds) {
             this.startNanos = startNanos;
             this.periodNanos = 1e9 / rate;
-            this.endNanos = endNanos;
+            this.slots = seconds == 0 ? Long.MAX_VALUE : (long) Math.ceil(seconds * rate - 1e-6);   // 3 s at 60: 180, not 181
         }
 
         /** Takes {@code count} slots in a row: the time the first is due, or -1 when the workload's time is over. */
         synchronized long take(int count) {
-            // the slot due now may be taken a little late; those before it are missed (none past the end)
-            long due = (long) Math.floor((Math.min(System.nanoTime(), endNanos) - startNanos) / periodNanos);
+            // the slot due now may be taken a little late; those before it are missed
+            long due = Math.min(slots, (long) Math.floor((System.nanoTime() - startNanos) / periodNanos));
             if (next < due) {
                 missed += due - next;
                 next = due;
             }
-            long at = startNanos + Math.round(next * periodNanos);
-            if (at >= endNanos) {
+            if (next + count > slots) {
+                missed += slots - next;
+                next = slots;
                 return -1;
             }
+            long at = startNanos + Math.round(next * periodNanos);
             next += count;
             taken += count;
             return at;
@@ -955,15 +962,15 @@ final class ClusterHarness {
             long began = history.now();
             history.add("nemesis", Type.FAULT_START, null, null, targetName, null, null, kind.label(), null, describe(kind, targetName));
             faultsStarted.incrementAndGet();
-            switch (kind) {
-                case KILL -> target.kill();
-                case PAUSE -> target.signal("STOP");
-                case PARTITION -> isolated = target.id;
-                case KV -> linKv.setFaulty(true);
-            }
             CountDownLatch restarted = null;
             String how = "healed";
             try {
+                switch (kind) {
+                    case KILL -> target.kill();
+                    case PAUSE -> target.signal("STOP");
+                    case PARTITION -> isolated = target.id;
+                    case KV -> linKv.setFaulty(true);
+                }
                 sleepUntil(faultEnd);
                 if (kind == Nemesis.KILL) {
                     restarted = target.start();   // the same command, then init again
@@ -1092,8 +1099,7 @@ final class ClusterHarness {
             }
             // the time limit and the nemesis count from here: every node has answered its init, every client is ready
             long workloadStart = System.nanoTime();
-            schedule = new Schedule(workloadStart, settings.rate(),
-                    settings.timeBound() ? workloadStart + TimeUnit.SECONDS.toNanos(settings.timeLimitSeconds()) : Long.MAX_VALUE);
+            schedule = new Schedule(workloadStart, settings.rate(), settings.timeBound() ? settings.timeLimitSeconds() : 0);
             workloadMayStart.countDown();
             Thread nemesis = new Thread(() -> {
                 try {
