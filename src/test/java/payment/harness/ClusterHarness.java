@@ -963,7 +963,7 @@ final class ClusterHarness {
             history.add("nemesis", Type.FAULT_START, null, null, targetName, null, null, kind.label(), null, describe(kind, targetName));
             faultsStarted.incrementAndGet();
             CountDownLatch restarted = null;
-            String how = "healed";
+            boolean runStopped = false;
             try {
                 switch (kind) {
                     case KILL -> target.kill();
@@ -976,7 +976,7 @@ final class ClusterHarness {
                     restarted = target.start();   // the same command, then init again
                 }
             } catch (InterruptedException stop) {
-                how = "the run was stopped";
+                runStopped = true;
             } finally {
                 switch (kind) {
                     case KILL -> {
@@ -987,15 +987,13 @@ final class ClusterHarness {
                     case KV -> linKv.setFaulty(false);
                 }
                 faults.add(new Fault(kind.label(), targetName, began, history.now()));
-                history.add("nemesis", Type.FAULT_END, null, null, targetName, null, null, kind.label(), null, how);
+                history.add("nemesis", Type.FAULT_END, null, null, targetName, null, null, kind.label(), null,
+                        runStopped ? "the run was stopped" : "healed");
             }
-            if (restarted == null) {
-                if (how.equals("healed")) {
-                    continue;
-                }
+            if (runStopped) {
                 return;
             }
-            if (!restarted.await(INIT_WAIT_MILLIS, TimeUnit.MILLISECONDS)) {
+            if (restarted != null && !restarted.await(INIT_WAIT_MILLIS, TimeUnit.MILLISECONDS)) {
                 log.println("cluster: " + target.id + " did not answer its init within 10 s of its restart");
             }
         }

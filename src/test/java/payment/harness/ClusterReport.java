@@ -227,9 +227,9 @@ final class ClusterReport {
         long duplicates = f.requests().size() - retries - firstRequests;
         text.append(String.format(Locale.ROOT, "history: %d requests sent for %d operations in %.1f s: %d first requests, %d duplicates sent at once"
                 + " to a second node, %d retries%n", f.requests().size(), f.operations(), run.seconds(), firstRequests, duplicates, retries));
-        text.append(String.format(Locale.ROOT, "workload: %d operations started on schedule, %s a second offered %s; %d slots missed because all %d"
-                        + " clients were busy%n", run.onSchedule(), number(s.rate()), s.timeBound() ? "for " + s.timeLimitSeconds() + " s"
-                        : "until " + s.sagas() + " sagas were done", run.slotsMissed(), s.concurrency()));
+        text.append(String.format(Locale.ROOT, "workload: %d operations started on schedule, %s a second offered %s; slots missed (all %d"
+                        + " clients busy): %d%n", run.onSchedule(), number(s.rate()), s.timeBound() ? "for " + s.timeLimitSeconds() + " s"
+                        : "until " + s.sagas() + " sagas were done", s.concurrency(), run.slotsMissed()));
         if (run.stopped() != null) {
             text.append("stopped early: ").append(run.stopped()).append('\n');
         }
