@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the cluster harness (src/test/java/payment/ClusterHarness.java): payment nodes on one lin-kv, a nemesis,
+# Runs the cluster harness (src/test/java/payment/harness/ClusterHarness.java): payment nodes on one lin-kv, a nemesis,
 # saga clients, a healing phase and a checker; a results folder per run. Options: tests/cluster.sh --help.
 # Build output is shown only when the build fails; stdout is the summary, its last line the results folder.
 set -euo pipefail
@@ -23,4 +23,4 @@ if ! (
 fi
 # The caller's working directory stays: a relative --out is relative to where the command was typed.
 java -Djava.awt.headless=true -Dcluster.project="$here" \
-    -cp "$here/target/test-classes:$here/target/classes:$(cat "$classpath_file")" payment.ClusterHarness "$@"
+    -cp "$here/target/test-classes:$here/target/classes:$(cat "$classpath_file")" payment.harness.ClusterHarness "$@"

@@ -10,13 +10,13 @@ import java.util.concurrent.TimeUnit;
 import java.util.concurrent.TimeoutException;
 
 /** Reading a process's output in a test without waiting for ever when the process says nothing. */
-final class Lines {
+public final class Lines {
     /**
      * The next line of {@code reader}, or null at the end of the stream. A line that does not come within
      * {@code within} fails the test (AssertionError) instead of hanging it. The read goes on in a daemon thread
      * after a timeout, so the reader must not be used again then.
      */
-    static String readLine(BufferedReader reader, Duration within) {
+    public static String readLine(BufferedReader reader, Duration within) {
         CompletableFuture<String> line = new CompletableFuture<>();
         Thread thread = new Thread(() -> {
             try {

@@ -19,8 +19,8 @@ import java.util.List;
  * Runs the node: its real main loop in-process, on byte streams instead of stdin/stdout ({@link #run}),
  * or as a real process started the way run.sh starts it, JVM logs on stderr ({@link #start}).
  */
-final class Node {
-    record Run(int status, String stdout, String stderr) {
+public final class Node {
+    public record Run(int status, String stdout, String stderr) {
     }
 
     /** A node's log, written to memory so that a test can read what it said. */
@@ -43,7 +43,7 @@ final class Node {
         return run(input.getBytes(StandardCharsets.UTF_8));
     }
 
-    static Run run(byte[] input) {
+    public static Run run(byte[] input) {
         return run(input, false);
     }
 
@@ -92,7 +92,7 @@ final class Node {
     // ---- as a real process ---------------------------------------------------------------------------
 
     /** {@code stderrFile}: where the node's stderr goes (null: a pipe), since killing a process closes its pipes. */
-    static Process start(List<String> jvmOptions, Path stderrFile, String... args) throws IOException {
+    public static Process start(List<String> jvmOptions, Path stderrFile, String... args) throws IOException {
         ProcessBuilder builder = new ProcessBuilder(command(jvmOptions, args));
         if (stderrFile != null) {
             builder.redirectError(stderrFile.toFile());
@@ -105,7 +105,7 @@ final class Node {
     }
 
     /** Runs the process with no input to its end: its status, stdout and stderr (a usage error, --help). */
-    static Run runProcess(String... args) throws IOException, InterruptedException {
+    public static Run runProcess(String... args) throws IOException, InterruptedException {
         Process node = start(args);
         node.getOutputStream().close();
         String out = new String(node.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
@@ -117,7 +117,7 @@ final class Node {
         return new Run(node.exitValue(), out, err);
     }
 
-    static List<String> command(List<String> jvmOptions, String... args) {
+    public static List<String> command(List<String> jvmOptions, String... args) {
         String java = Path.of(System.getProperty("java.home"), "bin", "java").toString();
         List<String> command = new ArrayList<>(List.of(java, "-Xlog:disable", "-Xlog:all=warning:stderr"));
         command.addAll(jvmOptions);
@@ -131,7 +131,7 @@ final class Node {
     }
 
     /** The jar or folder a class was loaded from. */
-    static String location(Class<?> type) {
+    public static String location(Class<?> type) {
         try {
             return Path.of(type.getProtectionDomain().getCodeSource().getLocation().toURI()).toString();
         } catch (URISyntaxException e) {

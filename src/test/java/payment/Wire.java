@@ -17,14 +17,14 @@ import java.util.Map;
  * from {@code c1} to {@code payment} unless told otherwise), the node's replies as it must print them
  * (json.dumps layout), and a reader that takes a reply line apart. In-process and process tests share it.
  */
-final class Wire {
+public final class Wire {
     static final String NODE = "payment";
     static final String CLIENT = "c1";
 
     // ---- requests -----------------------------------------------------------------------------------
 
     /** One request line: {@code body} (a JSON object's text) from {@code src} to the node. */
-    static String envelope(String src, String body) {
+    public static String envelope(String src, String body) {
         return "{\"src\":\"" + src + "\",\"dest\":\"" + NODE + "\",\"body\":" + body + "}\n";
     }
 
@@ -38,7 +38,7 @@ final class Wire {
     }
 
     /** A ChargePayment by user u1. */
-    static String charge(long msgId, String sagaId, long step, String amount) {
+    public static String charge(long msgId, String sagaId, long step, String amount) {
         return request(chargeBody(msgId, sagaId, step, amount));
     }
 

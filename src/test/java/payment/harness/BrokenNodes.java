@@ -1,9 +1,10 @@
-package payment;
+package payment.harness;
 
 import com.fasterxml.jackson.databind.DeserializationFeature;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ObjectNode;
+import payment.Node;
 
 import java.io.BufferedReader;
 import java.io.File;
@@ -30,14 +31,16 @@ import java.util.Set;
  * <li>{@code one-id}: gives every payment the id p1;</li>
  * <li>{@code garbage}: every 9th line it writes is preceded by a line that is not JSON, and every 7th charge is
  * answered with the type RefundPayment_ok;</li>
- * <li>{@code sticky-refusal}: a refused refund leaves its key blocked: a corrected request under it is refused too.</li>
+ * <li>{@code sticky-refusal}: a refused refund leaves its key blocked: a corrected request under it is refused too;</li>
+ * <li>{@code dies}: correct, and exits for good {@value #DIES_AFTER_MILLIS} ms after its first init.</li>
  * </ul>
  */
 final class BrokenNodes {
     private static final ObjectMapper JSON = new ObjectMapper().enable(DeserializationFeature.USE_BIG_DECIMAL_FOR_FLOATS)
             .enable(DeserializationFeature.USE_LONG_FOR_INTS);
 
-    static final List<String> MODES = List.of("correct", "silent", "forgetful", "overrefund", "one-id", "garbage", "sticky-refusal");
+    static final List<String> MODES = List.of("correct", "silent", "forgetful", "overrefund", "one-id", "garbage", "sticky-refusal", "dies");
+    static final long DIES_AFTER_MILLIS = 3000;
 
     /** The command that starts one broken node of {@code mode}, for the harness's {@code -- COMMAND}. */
     static List<String> command(String mode) {
@@ -88,6 +91,21 @@ final class BrokenNodes {
         JsonNode body = message.path("body");
         String type = body.path("type").asText();
         if (type.equals("init")) {
+            if (mode.equals("dies") && nodeId.equals("n?")) {
+                Thread death = new Thread(() -> {
+                    try {
+                        Thread.sleep(DIES_AFTER_MILLIS);
+                    } catch (InterruptedException ignored) {
+                        // dies now
+                    }
+                    System.err.println("dies: exiting for good, " + DIES_AFTER_MILLIS + " ms after init");
+                    synchronized (out) {   // never in the middle of a reply: a line cut short would be another anomaly
+                        Runtime.getRuntime().halt(1);
+                    }
+                }, "death");
+                death.setDaemon(true);
+                death.start();
+            }
             nodeId = body.path("node_id").asText();
             reply(message, JSON.createObjectNode().put("type", "init_ok"));
             return;

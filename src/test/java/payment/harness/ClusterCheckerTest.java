@@ -1,10 +1,10 @@
-package payment;
+package payment.harness;
 
 import com.fasterxml.jackson.databind.JsonNode;
 import org.junit.jupiter.api.Test;
-import payment.ClusterChecker.Kind;
-import payment.ClusterHistory.Event;
-import payment.ClusterHistory.Type;
+import payment.harness.ClusterChecker.Kind;
+import payment.harness.ClusterHistory.Event;
+import payment.harness.ClusterHistory.Type;
 
 import java.util.ArrayList;
 import java.util.List;

@@ -1,4 +1,4 @@
-package payment;
+package payment.harness;
 
 import java.nio.file.Path;
 import java.util.EnumSet;
@@ -26,11 +26,16 @@ final class ClusterOptions {
 
     /**
      * What to run. {@code nodeCommand} starts one node (the harness adds nothing to it); {@code out} is the results
-     * folder.
+     * folder. The workload is bounded by {@code timeLimitSeconds}, or by {@code sagas} in all when that is above 0
+     * (the alternative bound); {@code rate} operations a second are offered open loop by {@code concurrency} clients.
+     * {@code nemesisIntervalMillis} 0 means: the faults spread evenly over the time limit.
      */
-    record Settings(List<String> nodeCommand, int nodes, int clients, int sagasPerClient, long seed, Set<Nemesis> nemeses,
-                    long nemesisIntervalMillis, int faults, Latency kvLatency, long kvLateMillis, long clientTimeoutMillis,
-                    int attempts, long healTimeoutMillis, Path out, boolean measure) {
+    record Settings(List<String> nodeCommand, int nodes, int concurrency, double rate, int timeLimitSeconds, int sagas, long seed,
+                    Set<Nemesis> nemeses, long nemesisIntervalMillis, int faults, Latency kvLatency, long kvLateMillis,
+                    long clientTimeoutMillis, int attempts, long healTimeoutMillis, int stallTimeoutSeconds, Path out, boolean measure) {
+        /** With --sagas and no interval given, faults come this often, as before the time limit existed. */
+        static final long SAGAS_RUN_INTERVAL_MILLIS = 2000;
+
         Settings {
             // in the enum's order: the nemesis draws its faults from this list, and the seed must pin the draw
             nemeses = java.util.Collections.unmodifiableSet(nemeses.isEmpty() ? EnumSet.noneOf(Nemesis.class) : EnumSet.copyOf(nemeses));
@@ -42,9 +47,30 @@ final class ClusterOptions {
             return nemeses.isEmpty() || faults == 0;
         }
 
+        /** Bounded by time (the default), not by a number of sagas. */
+        boolean timeBound() {
+            return sagas == 0;
+        }
+
+        /** From one fault's start to the next: given, or the time limit shared evenly among the faults. */
+        long faultIntervalMillis() {
+            if (nemesisIntervalMillis > 0) {
+                return nemesisIntervalMillis;
+            }
+            return timeBound() ? Math.max(1, timeLimitSeconds * 1000L / Math.max(1, faults)) : SAGAS_RUN_INTERVAL_MILLIS;
+        }
+
+        /**
+         * How long each fault lasts: three quarters of its interval, so that most requests meet a fault while a quarter
+         * is left for the cluster to recover (a restarted node's init) before the next.
+         */
+        long faultLengthMillis() {
+            return faultIntervalMillis() * 3 / 4;
+        }
+
         Settings withOut(Path folder) {
-            return new Settings(nodeCommand, nodes, clients, sagasPerClient, seed, nemeses, nemesisIntervalMillis, faults,
-                    kvLatency, kvLateMillis, clientTimeoutMillis, attempts, healTimeoutMillis, folder, measure);
+            return new Settings(nodeCommand, nodes, concurrency, rate, timeLimitSeconds, sagas, seed, nemeses, nemesisIntervalMillis, faults,
+                    kvLatency, kvLateMillis, clientTimeoutMillis, attempts, healTimeoutMillis, stallTimeoutSeconds, folder, measure);
         }
     }
 
@@ -70,25 +96,36 @@ final class ClusterOptions {
             Usage: tests/cluster.sh [OPTIONS] [-- NODE COMMAND...]
 
             Runs payment nodes as a Maelstrom-style cluster on one machine: a lin-kv service with Maelstrom's
-            semantics, a nemesis, and clients running sagas; then heals, checks every answer in the history,
-            prints a summary and writes a results folder (its path is the last line printed).
+            semantics, a nemesis, and clients running sagas for a time limit at a rate offered open loop; then
+            heals, checks every answer in the history, prints a summary and writes a results folder (its path is
+            the last line printed). A progress line goes to stderr every few seconds.
             Exit status: 0 valid, 1 anomalies found, 2 could not run (a usage error included).
 
             Options (defaults in brackets):
+              --time-limit S         seconds of workload, then healing and final reads, 1-86400 [20]
+              --rate R               operations a second offered across all clients, open loop: each starts on
+                                     schedule whether or not earlier ones were answered (a retry is part of its
+                                     operation), 0.1-100000 [50]
+              --concurrency N        clients, each one saga at a time: at most N operations in flight (a saga's
+                                     three refunds sent together count as one); a slot that finds every client
+                                     busy is missed, and counted, 1-1000 [200]
+              --sagas N              bound the run by N sagas in all instead of by time (not with --time-limit),
+                                     1-1000000 [none: the time limit]
+              --stall-timeout S      stop the run early, INVALID (unavailable), when no request has been answered
+                                     for S seconds while requests wait, 1-3600 [10]
               --nodes N              nodes to start, 1-20 [3]
-              --clients N            clients, each one request at a time, 1-100 [4]
-              --sagas N              sagas per client, 1-100000 [60]
               --seed N               seed of every choice: workload, fault kinds and targets, lin-kv delays; not
                                      of timing [1]
-              --nemesis LIST         faults to inject, any mix of kill,pause,partition,kv, or none [kill]
+              --nemesis LIST         faults to inject, any mix of kill,pause,partition,kv, or none; each kind
+                                     named is used in turn, in a seeded order [kill]
                                        kill       SIGKILL a node, restart it with the same command, init again
                                        pause      SIGSTOP a node, SIGCONT it when the fault ends
                                        partition  drop every message to and from one node (clients and lin-kv
                                                   included)
                                        kv         lin-kv replies lost, duplicated, or late (see --kv-late)
-              --nemesis-interval MS  milliseconds from one fault's start to the next; each fault lasts half of
-                                     it, 50-600000 [2000]
               --faults N             how many faults the nemesis injects, 0-10000 [4]
+              --nemesis-interval MS  milliseconds from one fault's start to the next; each fault lasts three
+                                     quarters of it, 50-600000 [the time limit / faults; 2000 with --sagas]
               --latency MS|MIN:MAX   lin-kv's delay before each reply, milliseconds, uniform in MIN-MAX (one
                                      number: 0-MS), 0-60000 [0:5]
               --kv-late MS           how late the kv nemesis delivers a reply it delays, milliseconds: past the
@@ -97,8 +134,8 @@ final class ClusterOptions {
                                      unknown and retries on another node, milliseconds, 10-600000 [2000]
               --attempts N           requests per operation while faults run (the first and its retries),
                                      1-100 [3]
-              --heal-timeout MS      after the last fault, how long the healing phase may retry operations still
-                                     without a definite answer, milliseconds, 0-3600000 [20000]
+              --heal-timeout MS      after the workload and the last fault, how long the healing phase may retry
+                                     operations still without a definite answer, milliseconds, 0-3600000 [20000]
               --out DIR              results folder [target/cluster-runs/<time>, linked as
                                      target/cluster-runs/latest]
               --no-store             nodes without --store lin-kv (each keeps its own table): the checker must
@@ -112,11 +149,14 @@ final class ClusterOptions {
     /** {@code projectDir}: where run.sh and target/ are (the default node command and results folder). */
     static Settings parse(String[] args, Path projectDir) throws UsageError, HelpRequested {
         int nodes = 3;
-        int clients = 4;
-        int sagas = 60;
+        int concurrency = 200;   // at 100 a second, a node paused past the 2 s timeout holds about 70
+        double rate = 50;
+        Integer timeLimit = null;
+        int sagas = 0;
+        int stallTimeout = 10;
         long seed = 1;
         Set<Nemesis> nemeses = EnumSet.of(Nemesis.KILL);
-        long interval = 2000;
+        long interval = 0;
         int faults = 4;
         Latency latency = new Latency(0, 5);
         long kvLate = 1500;
@@ -141,16 +181,20 @@ final class ClusterOptions {
                     i = args.length;
                 }
                 case "--kills" -> throw new UsageError("--kills is now --nemesis kill --faults N");
-                case "--nodes", "--clients", "--sagas", "--seed", "--nemesis", "--nemesis-interval", "--faults", "--latency",
-                        "--kv-late", "--timeout", "--attempts", "--heal-timeout", "--out" -> {
+                case "--clients" -> throw new UsageError("--clients is now --concurrency N (clients, at most N operations in flight)");
+                case "--nodes", "--concurrency", "--rate", "--time-limit", "--sagas", "--stall-timeout", "--seed", "--nemesis",
+                        "--nemesis-interval", "--faults", "--latency", "--kv-late", "--timeout", "--attempts", "--heal-timeout", "--out" -> {
                     if (i + 1 >= args.length) {
                         throw new UsageError(option + " needs a value");
                     }
                     String value = args[++i];
                     switch (option) {
                         case "--nodes" -> nodes = (int) number(option, value, 1, 20);
-                        case "--clients" -> clients = (int) number(option, value, 1, 100);
-                        case "--sagas" -> sagas = (int) number(option, value, 1, 100_000);
+                        case "--concurrency" -> concurrency = (int) number(option, value, 1, 1000);
+                        case "--rate" -> rate = rate(value);
+                        case "--time-limit" -> timeLimit = (int) number(option, value, 1, 86_400);
+                        case "--sagas" -> sagas = (int) number(option, value, 1, 1_000_000);
+                        case "--stall-timeout" -> stallTimeout = (int) number(option, value, 1, 3600);
                         case "--seed" -> seed = number(option, value, Long.MIN_VALUE, Long.MAX_VALUE);
                         case "--nemesis" -> nemeses = nemeses(value);
                         case "--nemesis-interval" -> interval = number(option, value, 50, 600_000);
@@ -165,6 +209,9 @@ final class ClusterOptions {
                 }
                 default -> throw new UsageError("unknown option " + option + " (tests/cluster.sh --help lists them)");
             }
+        }
+        if (timeLimit != null && sagas > 0) {
+            throw new UsageError("--time-limit and --sagas are two bounds of one run: give one or the other");
         }
         if (command == null) {
             String runSh = projectDir.resolve("run.sh").toAbsolutePath().toString();
@@ -181,8 +228,21 @@ final class ClusterOptions {
             out = projectDir.resolve("target").resolve("cluster-runs")
                     .resolve(java.time.LocalDateTime.now().format(java.time.format.DateTimeFormatter.ofPattern("yyyyMMdd-HHmmss-SSS")));
         }
-        return new Settings(command, nodes, clients, sagas, seed, nemeses, interval, faults, latency, kvLate, timeout,
-                attempts, heal, out, measure);
+        return new Settings(command, nodes, concurrency, rate, timeLimit == null ? 20 : timeLimit, sagas, seed, nemeses, interval, faults,
+                latency, kvLate, timeout, attempts, heal, stallTimeout, out, measure);
+    }
+
+    private static double rate(String text) throws UsageError {
+        double value;
+        try {
+            value = Double.parseDouble(text);
+        } catch (NumberFormatException e) {
+            throw new UsageError("--rate needs a number of operations a second, got '" + text + "'");
+        }
+        if (!(value >= 0.1 && value <= 100_000)) {
+            throw new UsageError("--rate must be from 0.1 to 100000 operations a second, got " + text);
+        }
+        return value;
     }
 
     private static long number(String option, String text, long min, long max) throws UsageError {

@@ -1,4 +1,4 @@
-package payment;
+package payment.harness;
 
 import com.fasterxml.jackson.annotation.JsonIgnore;
 import com.fasterxml.jackson.annotation.JsonInclude;
@@ -20,12 +20,14 @@ import java.util.List;
  * *_ok reply), {@code fail} (a definite error: nothing was done, or the request was refused), or {@code info} (the
  * outcome is unknown: error 0 or 13, or no reply within the client's timeout). A reply that comes after its request
  * was completed is {@code late}. The nemesis's faults are {@code fault-start} and {@code fault-end}; a node's
- * {@code init} and {@code init_ok}, and a stdout line that is not JSON ({@code garbage}), are the harness's own.
+ * {@code init} and {@code init_ok}, and a stdout line that is not JSON ({@code garbage}), are the harness's own. A
+ * {@code stall} is the harness stopping the run because no request had been answered for --stall-timeout: what was
+ * still open then was never answered.
  */
 final class ClusterHistory {
     enum Type {
         INVOKE("invoke"), OK("ok"), FAIL("fail"), INFO("info"), LATE("late"), FAULT_START("fault-start"),
-        FAULT_END("fault-end"), INIT("init"), INIT_OK("init_ok"), GARBAGE("garbage");
+        FAULT_END("fault-end"), INIT("init"), INIT_OK("init_ok"), GARBAGE("garbage"), STALL("stall");
 
         final String label;
 

@@ -1,14 +1,15 @@
-package payment;
+package payment.harness;
 
 import com.fasterxml.jackson.core.JsonProcessingException;
 import com.fasterxml.jackson.databind.DeserializationFeature;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ObjectNode;
-import payment.ClusterHistory.Phase;
-import payment.ClusterHistory.Type;
-import payment.ClusterOptions.Nemesis;
-import payment.ClusterOptions.Settings;
+import payment.harness.ClusterHistory.Event;
+import payment.harness.ClusterHistory.Phase;
+import payment.harness.ClusterHistory.Type;
+import payment.harness.ClusterOptions.Nemesis;
+import payment.harness.ClusterOptions.Settings;
 
 import java.io.BufferedReader;
 import java.io.IOException;
@@ -40,9 +41,11 @@ import java.util.concurrent.atomic.AtomicLong;
 /**
  * A Maelstrom-style cluster on one machine, to test payment nodes as Maelstrom would: N node processes started with
  * one command line in one working directory, each sent its init (node_id, node_ids); a network that routes every
- * message between nodes, clients and lin-kv ({@link LinKvService}); a nemesis (kill, pause, partition, kv); clients
- * running sagas; then a healing phase, final status reads, and the checker ({@link ClusterChecker}) on the history.
- * Every choice is seeded; the timing is the machine's.
+ * message between nodes, clients and lin-kv ({@link LinKvService}); a nemesis (kill, pause, partition, kv) with its
+ * faults over most of the run; clients running sagas, their operations offered open loop at a rate ({@link Schedule})
+ * for a time limit; a watcher that stops a run no request is answered in ({@link Liveness}); then a healing phase,
+ * final status reads, and the checker ({@link ClusterChecker}) on the history. Every choice is seeded; the timing is
+ * the machine's.
  *
  * <p>Run it: {@code tests/cluster.sh --help}. The entry for tests is {@link #run(String[], PrintStream, PrintStream)},
  * which returns the exit status.
@@ -64,15 +67,111 @@ final class ClusterHarness {
     /** How long a node may take to answer its init (Maelstrom waits 10 s too). */
     static final long INIT_WAIT_MILLIS = 10_000;
     private static final String HARNESS = "c0";
+    /** The folder of the nodes' logs in a run's folder, as Maelstrom names it. */
+    static final String NODE_LOGS = "node-logs";
 
     /** A fault as it happened: for the plots, the timeline and results.json. */
     record Fault(String kind, String target, long startNanos, long endNanos) {
     }
 
-    /** What a run left: its settings, history, verdict and the service's counters. */
+    /**
+     * What a run left: its settings, history, verdict and the service's counters; the operations started on schedule
+     * and the slots missed because every client was busy; why it was stopped early (null: it ran to its end).
+     */
     record Run(Settings settings, Path folder, List<ClusterHistory.Event> history, ClusterChecker.Verdict verdict,
                List<Fault> faults, Map<String, Long> kvCalls, Map<String, Long> kvFates, Map<String, Long> dropped,
-               double seconds) {
+               double seconds, long onSchedule, long slotsMissed, String stopped) {
+    }
+
+    /**
+     * The open-loop clock of the workload, as Maelstrom's rate: operation slot i is due at start + i / rate, whoever
+     * is free to take it. A client that asks gets the next slot not yet taken and waits for its time, so operations
+     * start on schedule whether or not earlier ones were answered; a slot whose time passes while every client is busy
+     * is missed (counted), never made up later by a burst. A time limit of T seconds has exactly T x rate slots, each
+     * taken or missed by the end (a group that no longer fits leaves the last one or two missed).
+     */
+    static final class Schedule {
+        private final long startNanos;
+        private final double periodNanos;
+        /** How many slots the workload has (unbounded with --sagas). */
+        private final long slots;
+        private long next;
+        private long taken;
+        private long missed;
+
+        /** {@code seconds}: the time limit, or 0 for none. */
+        Schedule(long startNanos, double rate, long seconds) {
+            this.startNanos = startNanos;
+            this.periodNanos = 1e9 / rate;
+            this.slots = seconds == 0 ? Long.MAX_VALUE : (long) Math.ceil(seconds * rate - 1e-6);   // 3 s at 60: 180, not 181
+        }
+
+        /** Takes {@code count} slots in a row: the time the first is due, or -1 when the workload's time is over. */
+        synchronized long take(int count) {
+            // the slot due now may be taken a little late; those before it are missed
+            long due = Math.min(slots, (long) Math.floor((System.nanoTime() - startNanos) / periodNanos));
+            if (next < due) {
+                missed += due - next;
+                next = due;
+            }
+            if (next + count > slots) {
+                missed += slots - next;
+                next = slots;
+                return -1;
+            }
+            long at = startNanos + Math.round(next * periodNanos);
+            next += count;
+            taken += count;
+            return at;
+        }
+
+        synchronized long taken() {
+            return taken;
+        }
+
+        synchronized long missed() {
+            return missed;
+        }
+    }
+
+    /**
+     * Whether the cluster answers: when the first request sent since the last reply to a client went out. A run with
+     * no request waiting is idle, not stalled.
+     */
+    static final class Liveness {
+        private long waitingSince = -1;
+        private long sent;
+        private long answered;
+
+        synchronized void sent(long now) {
+            if (waitingSince < 0) {
+                waitingSince = now;
+            }
+            sent++;
+        }
+
+        synchronized void answered() {
+            waitingSince = -1;
+            answered++;
+        }
+
+        /** Since when requests have waited without any reply (history time), or -1. */
+        synchronized long waitingSince() {
+            return waitingSince;
+        }
+
+        synchronized String progress() {
+            return sent + " requests sent, " + answered + " replies";
+        }
+    }
+
+    /** Thrown to a client when its next operation has no slot: the time limit is reached, or the run was stopped. */
+    static final class WorkloadOver extends Exception {
+        private static final long serialVersionUID = 1L;
+
+        WorkloadOver() {
+            super("the workload is over", null, false, false);
+        }
     }
 
     private final Settings settings;
@@ -88,8 +187,17 @@ final class ClusterHarness {
     private final Map<String, AtomicLong> dropped = new ConcurrentHashMap<>();
     private final Map<String, CountDownLatch> initAnswered = new ConcurrentHashMap<>();
     private final List<Fault> faults = Collections.synchronizedList(new ArrayList<>());
+    private final AtomicLong faultsStarted = new AtomicLong();
     /** The node the partition nemesis cuts off (null: none). */
     private volatile String isolated;
+    /** The workload's clock (null while measuring: no schedule). */
+    private volatile Schedule schedule;
+    /** Sagas are numbered across all clients; saga n's choices come from the seed and n alone. */
+    private final AtomicLong sagaNumbers = new AtomicLong();
+    private final Liveness liveness = new Liveness();
+    /** Why the run was stopped early (null: it was not). */
+    private volatile String stopped;
+    private volatile Thread nemesisThread;
 
     ClusterHarness(Settings settings, Path folder, PrintStream log) {
         this.settings = settings;
@@ -145,38 +253,70 @@ final class ClusterHarness {
         }
     }
 
-    /** One node: its process, restarted under the same id after a kill; stdin fed by one writer from a bounded queue. */
+    /**
+     * One node: its process, restarted under the same id after a kill; stdin fed by one writer from a bounded queue;
+     * its stderr copied line by line into node-logs/ID.log, each line stamped with the run's time (seconds, as
+     * history.jsonl's), with the harness's own lines (started, killed, paused) between the node's.
+     */
     final class NodeProcess {
         final String id;
-        private final Path stderr;
+        private final Path logFile;
         private final BlockingQueue<String> toStdin = new LinkedBlockingQueue<>(QUEUE_BOUND);
         private final Object writing = new Object();
+        private final java.io.Writer logWriter;
         private volatile Process process;
         private volatile OutputStream stdin;
         private volatile boolean killedByNemesis;
+        private volatile Thread stderrReader;
 
-        NodeProcess(String id) {
+        NodeProcess(String id) throws IOException {
             this.id = id;
-            this.stderr = folder.resolve(id + ".stderr");
+            this.logFile = folder.resolve(NODE_LOGS).resolve(id + ".log");
+            this.logWriter = Files.newBufferedWriter(logFile, StandardCharsets.UTF_8, StandardOpenOption.CREATE, StandardOpenOption.APPEND);
             Thread writer = new Thread(this::writeStdin, id + "-stdin");
             writer.setDaemon(true);
             writer.start();
         }
 
-        /** A line in this node's stderr file from the harness, so that its log shows when it was started, killed, paused. */
+        /** One line of the node's log, stamped now; flushed at once, so that a log read during the run is whole. */
+        void logLine(String text) {
+            synchronized (logWriter) {
+                try {
+                    logWriter.write(String.format(java.util.Locale.ROOT, "%8.3f  %s%n", history.now() / 1e9, text));
+                    logWriter.flush();
+                } catch (IOException e) {
+                    log.println("cluster: cannot write " + logFile + ": " + e.getMessage());
+                }
+            }
+        }
+
+        /** A line in this node's log from the harness, so that its log shows when it was started, killed, paused. */
         void mark(String what) {
-            try {
-                Files.writeString(stderr, "cluster: " + ClusterChecker.seconds(history.now()) + ": " + id + " " + what + "\n",
-                        StandardCharsets.UTF_8, StandardOpenOption.CREATE, StandardOpenOption.APPEND);
-            } catch (IOException e) {
-                log.println("cluster: cannot write " + stderr + ": " + e.getMessage());
+            logLine("cluster: " + id + " " + what);
+        }
+
+        /** Copies what one process of this node writes on stderr into its log, until the process is gone. */
+        private void readStderr(Process mine) {
+            try (BufferedReader err = new BufferedReader(new InputStreamReader(mine.getErrorStream(), StandardCharsets.UTF_8))) {
+                for (String line; (line = err.readLine()) != null; ) {
+                    logLine(line);
+                }
+            } catch (IOException closed) {
+                // the pipe closes when the node is killed
+            }
+        }
+
+        /** Waits (a little) for the last words of a process that has exited to reach the log. */
+        private void awaitStderr() throws InterruptedException {
+            Thread reader = stderrReader;
+            if (reader != null) {
+                reader.join(2000);
             }
         }
 
         /** Starts the process with the node command, then sends its init before anything else reaches it. */
         CountDownLatch start() throws IOException, CouldNotRun {
             ProcessBuilder builder = new ProcessBuilder(settings.nodeCommand()).directory(folder.toFile());
-            builder.redirectError(ProcessBuilder.Redirect.appendTo(stderr.toFile()));
             synchronized (writing) {
                 mark("starting: " + String.join(" ", settings.nodeCommand()));   // before the node can write a line of its own
                 Process started;
@@ -192,6 +332,10 @@ final class ClusterHarness {
                 Thread reader = new Thread(() -> readStdout(started), id + "-stdout");
                 reader.setDaemon(true);
                 reader.start();
+                Thread errors = new Thread(() -> readStderr(started), id + "-stderr");
+                errors.setDaemon(true);
+                errors.start();
+                stderrReader = errors;
                 long msgId = harnessMsgIds.getAndIncrement();
                 ObjectNode init = JSON.createObjectNode();
                 init.put("type", "init").put("msg_id", msgId).put("node_id", id);
@@ -273,13 +417,15 @@ final class ClusterHarness {
             }
         }
 
-        /** The end of this node's stderr, for a message that says why a run could not go on. */
-        String stderrTail() {
+        /** The end of this node's log, for a message that says why a run could not go on. */
+        String stderrTail() throws InterruptedException {
+            awaitStderr();
             try {
-                List<String> lines = Files.readAllLines(stderr, StandardCharsets.UTF_8);
-                return "the end of " + stderr + ": " + String.join(" | ", lines.subList(Math.max(0, lines.size() - 3), lines.size()));
+                List<String> lines = Files.readAllLines(logFile, StandardCharsets.UTF_8);
+                return "the end of " + logFile + ": " + String.join(" | ", lines.subList(Math.max(0, lines.size() - 3), lines.size())
+                        .stream().map(String::strip).toList());
             } catch (IOException e) {
-                return "its stderr " + stderr + " cannot be read: " + e.getMessage();
+                return "its log " + logFile + " cannot be read: " + e.getMessage();
             }
         }
 
@@ -300,24 +446,32 @@ final class ClusterHarness {
             }
         }
 
-        /** End of input: the node exits by itself; one that does not within 10 s is killed. */
+        /** End of input: the node exits by itself; one that does not within 10 s is killed. Its log is then closed. */
         void stop() throws InterruptedException {
             Process current = process;
-            if (current == null) {
-                return;
-            }
-            synchronized (writing) {
-                try {
-                    stdin.close();
-                } catch (IOException ignored) {
-                    // already gone
+            if (current != null) {
+                synchronized (writing) {
+                    try {
+                        stdin.close();
+                    } catch (IOException ignored) {
+                        // already gone
+                    }
+                }
+                if (!current.waitFor(10, TimeUnit.SECONDS)) {
+                    current.destroyForcibly();
+                    awaitStderr();
+                    mark("did not exit within 10 s of the end of its input: killed");
+                } else {
+                    awaitStderr();
+                    mark("exited with status " + current.exitValue() + " at the end of its input");
                 }
             }
-            if (!current.waitFor(10, TimeUnit.SECONDS)) {
-                current.destroyForcibly();
-                mark("did not exit within 10 s of the end of its input: killed");
-            } else {
-                mark("exited with status " + current.exitValue() + " at the end of its input");
+            synchronized (logWriter) {
+                try {
+                    logWriter.close();
+                } catch (IOException ignored) {
+                    // nothing more to write
+                }
             }
         }
     }
@@ -343,13 +497,12 @@ final class ClusterHarness {
     }
 
     /**
-     * A client: one operation at a time (a duplicate is sent to two nodes at once); a request not answered within
-     * the timeout, or answered 0, 11 or 13, is retried on another node. Its state is touched by its own thread only.
+     * A client: one saga at a time, one operation at a time (a duplicate is sent to two nodes at once, three refunds
+     * may go together), each operation started on the workload's schedule; a request not answered within the
+     * timeout, or answered 0, 11 or 13, is retried on another node. Its state is touched by its own thread only.
      */
     final class Client {
         final String id;
-        /** One draw per saga (its pace and its own generator): a saga's answers never shift the next saga's choices. */
-        final Random random;
         /** The nodes of retries, which depend on timing: kept apart from the workload's choices. */
         private final Random retries;
         private final BlockingQueue<JsonNode> inbox = new LinkedBlockingQueue<>(QUEUE_BOUND);
@@ -360,15 +513,20 @@ final class ClusterHarness {
 
         Client(String id, long seed) {
             this.id = id;
-            this.random = new Random(seed);
             this.retries = new Random(~seed);
             clients.put(id, this);
         }
 
         void deliver(JsonNode message) {
+            liveness.answered();   // the cluster answered, whenever this client gets to read it
             if (!inbox.offer(message)) {
                 drop("client inbox full");
             }
+        }
+
+        /** The node after {@code node} in the cluster's order: where a duplicate goes, a choice the seed pins. */
+        String nextNode(String node) {
+            return nodeIds.get((nodeIds.indexOf(node) + 1) % nodeIds.size());
         }
 
         /** A node other than {@code previous}, when there is one. */
@@ -388,7 +546,8 @@ final class ClusterHarness {
             message.set("body", body);
             pending.put(msgId, new Pending(op, attempt, node, System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(settings.clientTimeoutMillis())));
             opOfMsgId.put(msgId, op);
-            history.add(id, Type.INVOKE, op.number, attempt, node, msgId, op.phase, null, body, null);
+            Event invoke = history.add(id, Type.INVOKE, op.number, attempt, node, msgId, op.phase, null, body, null);
+            liveness.sent(invoke.nanos());
             route(message);
             return msgId;
         }
@@ -445,11 +604,15 @@ final class ClusterHarness {
             }
         }
 
-        /** Handles replies until {@code done} says so or every pending request has expired; bounded by the client timeout. */
+        /**
+         * Handles replies until {@code done} says so, every pending request has expired, or the run is stopped; bounded
+         * by the client timeout.
+         */
         private void await(java.util.function.BooleanSupplier done) throws InterruptedException {
-            while (!done.getAsBoolean() && !pending.isEmpty()) {
+            while (!done.getAsBoolean() && !pending.isEmpty() && stopped == null) {
                 long earliest = pending.values().stream().mapToLong(Pending::deadlineNanos).min().orElseThrow();
-                JsonNode message = inbox.poll(Math.max(0, earliest - System.nanoTime()), TimeUnit.NANOSECONDS);
+                long wait = Math.min(Math.max(0, earliest - System.nanoTime()), TimeUnit.MILLISECONDS.toNanos(100));   // a stop is seen soon
+                JsonNode message = inbox.poll(wait, TimeUnit.NANOSECONDS);
                 if (message != null) {
                     receive(message);
                 }
@@ -463,7 +626,7 @@ final class ClusterHarness {
          */
         JsonNode call(Op op, String node, boolean duplicate, int attempts, long deadlineNanos) throws InterruptedException {
             String target = node;
-            while (op.answer == null && op.attempts < attempts && (deadlineNanos == 0 || System.nanoTime() < deadlineNanos)) {
+            while (op.answer == null && op.attempts < attempts && (deadlineNanos == 0 || System.nanoTime() < deadlineNanos) && stopped == null) {
                 op.attempts++;
                 if (op.attempts > 1) {
                     target = otherNode(target);
@@ -471,7 +634,7 @@ final class ClusterHarness {
                 long started = System.nanoTime();
                 long main = send(op, op.attempts, target);
                 if (duplicate && op.attempts == 1) {
-                    send(op, op.attempts, otherNode(target));   // the same request at once to another node
+                    send(op, op.attempts, nextNode(target));   // the same request at once to another node
                 }
                 await(() -> op.answer != null || !pending.containsKey(main));
                 if (op.answer == null && System.nanoTime() - started < TimeUnit.MILLISECONDS.toNanos(50)) {
@@ -481,15 +644,44 @@ final class ClusterHarness {
             return op.answer;
         }
 
-        JsonNode call(JsonNode body, String node, boolean duplicate, Phase phase) throws InterruptedException {
+        JsonNode call(JsonNode body, String node, boolean duplicate, Phase phase) throws InterruptedException, WorkloadOver {
             return callOp(body, node, duplicate, phase).answer;
         }
 
-        Op callOp(JsonNode body, String node, boolean duplicate) throws InterruptedException {
+        Op callOp(JsonNode body, String node, boolean duplicate) throws InterruptedException, WorkloadOver {
             return callOp(body, node, duplicate, Phase.RUN);
         }
 
-        private Op callOp(JsonNode body, String node, boolean duplicate, Phase phase) throws InterruptedException {
+        /**
+         * Waits for the workload's next {@code operations} slots (none while measuring). Throws WorkloadOver when there
+         * are none left: the saga under way ends there.
+         */
+        private void onSchedule(int operations) throws InterruptedException, WorkloadOver {
+            Schedule clock = schedule;
+            if (clock == null) {
+                return;
+            }
+            long at = stopped == null ? clock.take(operations) : -1;
+            if (at < 0) {
+                throw new WorkloadOver();
+            }
+            // meanwhile, replies to requests still out (a duplicate's) are read as they come, and timeouts kept
+            for (long wait; (wait = at - System.nanoTime()) > 0; ) {
+                if (stopped != null) {
+                    throw new WorkloadOver();
+                }
+                JsonNode message = inbox.poll(Math.min(wait, TimeUnit.MILLISECONDS.toNanos(100)), TimeUnit.NANOSECONDS);
+                if (message != null) {
+                    receive(message);
+                }
+                expire();
+            }
+        }
+
+        private Op callOp(JsonNode body, String node, boolean duplicate, Phase phase) throws InterruptedException, WorkloadOver {
+            if (phase == Phase.RUN) {
+                onSchedule(1);
+            }
             Op op = new Op(ops.size() + 1, body, phase);
             ops.add(op);
             call(op, node, duplicate, settings.attempts(), 0);
@@ -500,7 +692,8 @@ final class ClusterHarness {
          * Several operations at once, each to a node of its own choosing (an orchestrator compensating several steps
          * in parallel), then each one's retries, one operation after the other.
          */
-        List<Op> callTogether(List<JsonNode> bodies, List<String> nodesToUse) throws InterruptedException {
+        List<Op> callTogether(List<JsonNode> bodies, List<String> nodesToUse) throws InterruptedException, WorkloadOver {
+            onSchedule(bodies.size());
             Map<Op, String> firstNode = new LinkedHashMap<>();
             for (int i = 0; i < bodies.size(); i++) {
                 Op op = new Op(ops.size() + 1, bodies.get(i), Phase.RUN);
@@ -524,65 +717,70 @@ final class ClusterHarness {
          * nodes; one is refused, 22: only 20% left) and the refused one asked again for what is left (served: an
          * error leaves no record), or a compensation of the
          * charge and its retry; and 15% of sagas compensate first, then charge (error 14). Every choice of a saga is
-         * drawn before it starts ({@link SagaPlan}), so that the seed pins them whatever the answers.
+         * drawn before it starts ({@link SagaPlan}) from the seed and the saga's number, so that the seed pins them
+         * whatever the answers and whichever client runs it.
          */
-        void runSagas(int sagas, long paceNanos) throws InterruptedException {
-            long next = System.nanoTime();
-            for (int n = 1; n <= sagas; n++) {
-                // one saga per pace on average; a client held up by a fault starts its next saga at once, and keeps
-                // no debt: it never bursts to catch up
-                next = Math.max(next, System.nanoTime()) + Math.round(paceNanos * (0.5 + random.nextDouble()));
-                long wait = next - System.nanoTime();
-                if (wait > 0) {
-                    TimeUnit.NANOSECONDS.sleep(wait);
+        void runSagas() throws InterruptedException {
+            while (stopped == null) {
+                long n = sagaNumbers.incrementAndGet();
+                if (!settings.timeBound() && n > settings.sagas()) {
+                    return;
                 }
-                SagaPlan plan = SagaPlan.draw(new Random(random.nextLong()), nodeIds);
-                String saga = id + "-saga" + n;
-                if (plan.kind() < 15) {
-                    call(refund(saga, 1, null, null), plan.node(0), plan.duplicate(0), Phase.RUN);
-                    call(charge(saga, 1, plan.amount()), plan.node(1), false, Phase.RUN);
-                    continue;
+                try {
+                    saga(n);
+                } catch (WorkloadOver over) {
+                    return;   // the time limit (or a stop) ends the saga under way: its open operations are healed
                 }
-                JsonNode charged = call(charge(saga, 1, plan.amount()), plan.node(0), plan.duplicate(0), Phase.RUN);
-                if (plan.flag(0)) {
-                    call(charge(saga, 1, plan.amount()), plan.node(1), false, Phase.RUN);
-                }
-                if (charged != null && charged.path("type").asText().endsWith("_ok") && plan.flag(1)) {
-                    call(charge(saga, 1, new BigDecimal(plan.amount()).add(BigDecimal.ONE).toPlainString()), plan.node(2), false, Phase.RUN);
-                }
-                if (plan.kind() < 45) {
-                    JsonNode status = call(status(saga, 1), plan.node(3), false, Phase.RUN);
-                    JsonNode payment = status == null ? null : status.path("payment");
-                    if (payment != null && payment.hasNonNull("payment_id")) {
-                        String paymentId = payment.path("payment_id").asText();
-                        String part = payment.path("charged").decimalValue().multiply(new BigDecimal("0.4")).toPlainString();
-                        List<JsonNode> refunds = new ArrayList<>();
-                        for (int step = 7; step <= 9; step++) {
-                            refunds.add(refund(saga, step, paymentId, part));
-                        }
-                        List<Op> sent = plan.flag(2) ? callTogether(refunds, List.of(plan.node(4), plan.node(5), plan.node(6)))
-                                : List.of(callOp(refunds.get(0), plan.node(4), plan.duplicate(1)), callOp(refunds.get(1), plan.node(5), plan.duplicate(2)),
-                                callOp(refunds.get(2), plan.node(6), plan.duplicate(3)));
-                        // The refused one, corrected: what is left (20%). An error leaves no record, so it must be served.
-                        for (Op refused : sent) {
-                            if (refused.answer != null && refused.answer.path("code").asInt() == 22) {
-                                // after every request of the refused operation is done (a duplicate may still be at work):
-                                // a request on the key still at work would hold it, and 22 would then be right
-                                await(() -> pending.values().stream().noneMatch(request -> request.op() == refused));
-                                call(refund(saga, refused.body.path("step").asLong(), paymentId, null), plan.node(7), false, Phase.RUN);
-                                break;
-                            }
+            }
+        }
+
+        private void saga(long n) throws InterruptedException, WorkloadOver {
+            SagaPlan plan = SagaPlan.draw(new Random(settings.seed() * 0x9E3779B97F4A7C15L + n * 0xBF58476D1CE4E5B9L), nodeIds);
+            String saga = "saga" + n;
+            if (plan.kind() < 15) {
+                call(refund(saga, 1, null, null), plan.node(0), plan.duplicate(0), Phase.RUN);
+                call(charge(saga, 1, plan.amount()), plan.node(1), false, Phase.RUN);
+                return;
+            }
+            JsonNode charged = call(charge(saga, 1, plan.amount()), plan.node(0), plan.duplicate(0), Phase.RUN);
+            if (plan.flag(0)) {
+                call(charge(saga, 1, plan.amount()), plan.node(1), false, Phase.RUN);
+            }
+            if (charged != null && charged.path("type").asText().endsWith("_ok") && plan.flag(1)) {
+                call(charge(saga, 1, new BigDecimal(plan.amount()).add(BigDecimal.ONE).toPlainString()), plan.node(2), false, Phase.RUN);
+            }
+            if (plan.kind() < 45) {
+                JsonNode status = call(status(saga, 1), plan.node(3), false, Phase.RUN);
+                JsonNode payment = status == null ? null : status.path("payment");
+                if (payment != null && payment.hasNonNull("payment_id")) {
+                    String paymentId = payment.path("payment_id").asText();
+                    String part = payment.path("charged").decimalValue().multiply(new BigDecimal("0.4")).toPlainString();
+                    List<JsonNode> refunds = new ArrayList<>();
+                    for (int step = 7; step <= 9; step++) {
+                        refunds.add(refund(saga, step, paymentId, part));
+                    }
+                    List<Op> sent = plan.flag(2) ? callTogether(refunds, List.of(plan.node(4), plan.node(5), plan.node(6)))
+                            : List.of(callOp(refunds.get(0), plan.node(4), plan.duplicate(1)), callOp(refunds.get(1), plan.node(5), plan.duplicate(2)),
+                            callOp(refunds.get(2), plan.node(6), plan.duplicate(3)));
+                    // The refused one, corrected: what is left (20%). An error leaves no record, so it must be served.
+                    for (Op refused : sent) {
+                        if (refused.answer != null && refused.answer.path("code").asInt() == 22) {
+                            // after every request of the refused operation is done (a duplicate may still be at work):
+                            // a request on the key still at work would hold it, and 22 would then be right
+                            await(() -> pending.values().stream().noneMatch(request -> request.op() == refused));
+                            call(refund(saga, refused.body.path("step").asLong(), paymentId, null), plan.node(7), false, Phase.RUN);
+                            break;
                         }
                     }
-                } else if (plan.kind() < 75) {
-                    call(refund(saga, 1, null, null), plan.node(4), plan.duplicate(1), Phase.RUN);
-                    if (plan.flag(3)) {
-                        call(refund(saga, 1, null, null), plan.node(5), false, Phase.RUN);
-                    }
                 }
-                if (plan.flag(4)) {
-                    call(status(saga, 1), plan.node(7), false, Phase.RUN);
+            } else if (plan.kind() < 75) {
+                call(refund(saga, 1, null, null), plan.node(4), plan.duplicate(1), Phase.RUN);
+                if (plan.flag(3)) {
+                    call(refund(saga, 1, null, null), plan.node(5), false, Phase.RUN);
                 }
+            }
+            if (plan.flag(4)) {
+                call(status(saga, 1), plan.node(7), false, Phase.RUN);
             }
         }
 
@@ -601,7 +799,7 @@ final class ClusterHarness {
                 Op retry = new Op(op.number, op.body, Phase.HEAL);
                 retry.attempts = op.attempts;
                 int index = op.number;
-                while (op.answer == null && retry.answer == null && System.nanoTime() < deadlineNanos) {
+                while (op.answer == null && retry.answer == null && System.nanoTime() < deadlineNanos && stopped == null) {
                     call(retry, nodeIds.get(index++ % nodeIds.size()), false, retry.attempts + 1, deadlineNanos);
                 }
                 if (op.answer == null) {
@@ -621,6 +819,9 @@ final class ClusterHarness {
                 }
             }
             for (String step : steps) {
+                if (stopped != null) {
+                    return;
+                }
                 String[] parts = step.split("\n");
                 Op op = new Op(ops.size() + 1, status(parts[0], Long.parseLong(parts[1])), Phase.FINAL);
                 ops.add(op);
@@ -628,9 +829,18 @@ final class ClusterHarness {
             }
         }
 
-        /** Waits out every request still pending, so that each invocation in the history has its completion. */
+        /**
+         * Waits out every request still pending, so that each invocation in the history has its completion; in a run
+         * stopped early, what is still pending completes at once as unknown.
+         */
         void drain() throws InterruptedException {
             await(() -> false);
+            for (Map.Entry<Long, Pending> open : pending.entrySet()) {
+                Pending request = open.getValue();
+                history.add(id, Type.INFO, request.op().number, request.attempt(), request.node(), open.getKey(), request.op().phase,
+                        null, null, "no reply before the run was stopped");
+            }
+            pending.clear();
         }
     }
 
@@ -730,39 +940,62 @@ final class ClusterHarness {
     }
 
     /**
-     * The nemesis: exactly {@code faults} faults, the k-th from (k + 1/2) intervals after the start (or as soon as the
-     * one before it has ended), each half an interval long.
+     * The nemesis: exactly {@code faults} faults, the k-th in the k-th interval of the run (from 1/8 of it to 7/8, so
+     * that three quarters of the workload's time has a fault running and each is followed by time to recover). The
+     * kinds named are used in rounds, each round every kind once in a seeded order; the targets are seeded too. A run
+     * stopped early ends the fault under way at once (a killed node stays down: the run is over).
      */
     private void nemesis(long startNanos) throws Exception {
-        List<Nemesis> kinds = new ArrayList<>(settings.nemeses());
-        long interval = TimeUnit.MILLISECONDS.toNanos(settings.nemesisIntervalMillis());
+        List<Nemesis> round = new ArrayList<>();
+        long interval = TimeUnit.MILLISECONDS.toNanos(settings.faultIntervalMillis());
+        long length = TimeUnit.MILLISECONDS.toNanos(settings.faultLengthMillis());
         for (int k = 0; k < settings.faults(); k++) {
-            Nemesis kind = kinds.get(nemesisRandom.nextInt(kinds.size()));
+            if (round.isEmpty()) {
+                round.addAll(settings.nemeses());
+                Collections.shuffle(round, nemesisRandom);
+            }
+            Nemesis kind = round.remove(0);
             NodeProcess target = nodes.get(nodeIds.get(nemesisRandom.nextInt(nodeIds.size())));
-            sleepUntil(startNanos + interval * k + interval / 2);
-            long faultEnd = System.nanoTime() + interval / 2;   // half an interval from its real start: a slow restart only delays it
+            sleepUntil(startNanos + interval * k + (interval - length) / 2);
+            long faultEnd = System.nanoTime() + length;   // from its real start: a slow restart only delays it
             String targetName = kind == Nemesis.KV ? LinKvService.ID : target.id;
             long began = history.now();
             history.add("nemesis", Type.FAULT_START, null, null, targetName, null, null, kind.label(), null, describe(kind, targetName));
-            switch (kind) {
-                case KILL -> target.kill();
-                case PAUSE -> target.signal("STOP");
-                case PARTITION -> isolated = target.id;
-                case KV -> linKv.setFaulty(true);
-            }
-            sleepUntil(faultEnd);
+            faultsStarted.incrementAndGet();
             CountDownLatch restarted = null;
-            switch (kind) {
-                case KILL -> restarted = target.start();   // the same command, then init again
-                case PAUSE -> target.signal("CONT");
-                case PARTITION -> isolated = null;
-                case KV -> linKv.setFaulty(false);
+            boolean runStopped = false;
+            try {
+                switch (kind) {
+                    case KILL -> target.kill();
+                    case PAUSE -> target.signal("STOP");
+                    case PARTITION -> isolated = target.id;
+                    case KV -> linKv.setFaulty(true);
+                }
+                sleepUntil(faultEnd);
+                if (kind == Nemesis.KILL) {
+                    restarted = target.start();   // the same command, then init again
+                }
+            } catch (InterruptedException stop) {
+                runStopped = true;
+            } finally {
+                switch (kind) {
+                    case KILL -> {
+                        // restarted above, or left down: the run is over
+                    }
+                    case PAUSE -> target.signal("CONT");
+                    case PARTITION -> isolated = null;
+                    case KV -> linKv.setFaulty(false);
+                }
+                faults.add(new Fault(kind.label(), targetName, began, history.now()));
+                history.add("nemesis", Type.FAULT_END, null, null, targetName, null, null, kind.label(), null,
+                        runStopped ? "the run was stopped" : "healed");
+            }
+            if (runStopped) {
+                return;
             }
             if (restarted != null && !restarted.await(INIT_WAIT_MILLIS, TimeUnit.MILLISECONDS)) {
                 log.println("cluster: " + target.id + " did not answer its init within 10 s of its restart");
             }
-            faults.add(new Fault(kind.label(), targetName, began, history.now()));
-            history.add("nemesis", Type.FAULT_END, null, null, targetName, null, null, kind.label(), null, "healed");
         }
     }
 
@@ -782,34 +1015,76 @@ final class ClusterHarness {
         }
     }
 
+    /** How often the progress line goes to stderr. */
+    static final long PROGRESS_EVERY_MILLIS = 3000;
+
+    /**
+     * Watches the run until {@code done}: stops it when requests have waited --stall-timeout without any reply (a
+     * stall event in the history, the nemesis interrupted, the clients told), and writes a progress line to stderr
+     * every few seconds.
+     */
+    private void watch(CountDownLatch done) throws InterruptedException {
+        long stall = TimeUnit.SECONDS.toNanos(settings.stallTimeoutSeconds());
+        long nextProgress = history.now() + TimeUnit.MILLISECONDS.toNanos(PROGRESS_EVERY_MILLIS);
+        while (!done.await(50, TimeUnit.MILLISECONDS)) {
+            long now = history.now();
+            long waitingSince = liveness.waitingSince();
+            if (waitingSince >= 0 && now - waitingSince >= stall) {
+                String why = "no request answered from " + ClusterChecker.seconds(waitingSince) + " to " + ClusterChecker.seconds(now)
+                        + " (--stall-timeout " + settings.stallTimeoutSeconds() + " s): the run was stopped there";
+                history.add(HARNESS, Type.STALL, null, null, null, null, null, null, null, why);
+                stopped = why;
+                log.println("cluster: " + why);
+                Thread nemesis = nemesisThread;
+                if (nemesis != null) {
+                    nemesis.interrupt();
+                }
+                return;
+            }
+            if (now >= nextProgress) {
+                nextProgress += TimeUnit.MILLISECONDS.toNanos(PROGRESS_EVERY_MILLIS);
+                log.println(String.format(java.util.Locale.ROOT, "cluster: %.1f s: %s; faults %d of %d; %s", now / 1e9, liveness.progress(),
+                        faultsStarted.get(), settings.faultFree() ? 0 : settings.faults(), healing ? "healing and final reads" : "workload"));
+            }
+        }
+    }
+
+    /** Whether the workload and the nemesis are done: for the progress line. */
+    private volatile boolean healing;
+
     Run run() throws Exception {
         long start = System.nanoTime();
+        CountDownLatch finished = new CountDownLatch(1);
+        Thread watcher = null;
+        List<Throwable> failures = Collections.synchronizedList(new ArrayList<>());
         try {
             startNodes();
-            long workloadStart = System.nanoTime();   // the nemesis's schedule counts from here, not from the JVMs' start-up
-            List<Client> running = new ArrayList<>();
-            for (int i = 1; i <= settings.clients(); i++) {
-                running.add(new Client("c" + i, settings.seed() * 1000 + i));
-            }
-            // Sagas spread over the faults' time (at least), so that faults meet traffic; with no fault they run flat out.
-            long paceNanos = settings.faultFree() ? 0
-                    : TimeUnit.MILLISECONDS.toNanos(settings.faults() * settings.nemesisIntervalMillis()) / settings.sagasPerClient();
+            watcher = new Thread(() -> {
+                try {
+                    watch(finished);
+                } catch (Throwable e) {
+                    failures.add(e);
+                }
+            }, "watcher");
+            watcher.start();
+            CountDownLatch workloadMayStart = new CountDownLatch(1);
             CountDownLatch nemesisDone = new CountDownLatch(1);
-            CountDownLatch sagasDone = new CountDownLatch(running.size());
+            CountDownLatch sagasDone = new CountDownLatch(settings.concurrency());
             CountDownLatch healingMayStart = new CountDownLatch(1);
             AtomicLong healDeadline = new AtomicLong();
-            List<Throwable> failures = Collections.synchronizedList(new ArrayList<>());
             List<Thread> threads = new ArrayList<>();
-            for (Client client : running) {
+            for (int i = 1; i <= settings.concurrency(); i++) {
+                Client client = new Client("c" + i, settings.seed() * 1000 + i);
                 Thread thread = new Thread(() -> {
                     try {
                         try {
-                            client.runSagas(settings.sagasPerClient(), paceNanos);
+                            workloadMayStart.await();
+                            client.runSagas();
                         } finally {
                             sagasDone.countDown();
                         }
                         healingMayStart.await();
-                        if (client.heal(healDeadline.get())) {
+                        if (stopped == null && client.heal(healDeadline.get())) {
                             client.finalReads(healDeadline.get());
                         }
                         client.drain();
@@ -820,10 +1095,18 @@ final class ClusterHarness {
                 threads.add(thread);
                 thread.start();
             }
+            // the time limit and the nemesis count from here: every node has answered its init, every client is ready
+            long workloadStart = System.nanoTime();
+            schedule = new Schedule(workloadStart, settings.rate(), settings.timeBound() ? settings.timeLimitSeconds() : 0);
+            workloadMayStart.countDown();
             Thread nemesis = new Thread(() -> {
                 try {
                     if (!settings.faultFree()) {
                         nemesis(workloadStart);
+                    }
+                } catch (InterruptedException stop) {
+                    if (stopped == null) {
+                        failures.add(stop);
                     }
                 } catch (Throwable e) {
                     failures.add(e);
@@ -831,29 +1114,35 @@ final class ClusterHarness {
                     nemesisDone.countDown();
                 }
             }, "nemesis");
+            nemesisThread = nemesis;
             nemesis.start();
-            nemesisDone.await();   // healing starts when the last fault has ended and every client's sagas are done
+            nemesisDone.await();   // healing starts when the last fault has ended and every client's workload is done
             sagasDone.await();
+            healing = true;
             healDeadline.set(System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(settings.healTimeoutMillis()));
             healingMayStart.countDown();
             for (Thread thread : threads) {
                 thread.join();
             }
-            if (!failures.isEmpty()) {
-                throw new IllegalStateException("a client or the nemesis failed: " + failures.get(0), failures.get(0));
-            }
         } finally {
+            finished.countDown();
+            if (watcher != null) {
+                watcher.join();
+            }
             for (NodeProcess node : nodes.values()) {
                 node.stop();
             }
             linKv.stop();
+        }
+        if (!failures.isEmpty()) {
+            throw new IllegalStateException("a client, the nemesis or the watcher failed: " + failures.get(0), failures.get(0));
         }
         double seconds = (System.nanoTime() - start) / 1e9;
         List<ClusterHistory.Event> events = history.events();
         Map<String, Long> drops = new java.util.TreeMap<>();
         dropped.forEach((why, count) -> drops.put(why, count.get()));
         return new Run(settings, folder, events, ClusterChecker.check(events), List.copyOf(faults), linKv.calls(), linKv.fates(),
-                drops, seconds);
+                drops, seconds, schedule.taken(), schedule.missed(), stopped);
     }
 
     // ---- measuring calls per request -----------------------------------------------------------------------
@@ -882,10 +1171,10 @@ final class ClusterHarness {
     }
 
     private interface Request {
-        void send(int i) throws InterruptedException;
+        void send(int i) throws Exception;
     }
 
-    private void measure(Map<String, Double> perRequest, String kind, int count, Request request) throws InterruptedException {
+    private void measure(Map<String, Double> perRequest, String kind, int count, Request request) throws Exception {
         long before = linKv.totalCalls();
         for (int i = 0; i < count; i++) {
             request.send(i);
@@ -899,7 +1188,10 @@ final class ClusterHarness {
         System.exit(run(args, System.out, System.err));
     }
 
-    /** The whole command: parse, run, check, write the results folder, print the summary. Returns the exit status. */
+    /**
+     * The whole command: parse, run, check, write the results folder, print the summary (and keep what was printed as
+     * summary.txt). Returns the exit status.
+     */
     static int run(String[] args, PrintStream out, PrintStream err) {
         Settings settings;
         try {
@@ -911,20 +1203,26 @@ final class ClusterHarness {
             err.println("cluster: " + usage.getMessage());
             return EXIT_COULD_NOT_RUN;
         }
+        Path folder;
         try {
-            Path folder = resultsFolder(settings.out());
-            out.println(ClusterReport.heading(settings, folder));
-            out.flush();
+            folder = resultsFolder(settings.out());
+        } catch (CouldNotRun e) {
+            err.println("cluster: " + e.getMessage());
+            return EXIT_COULD_NOT_RUN;
+        }
+        StringBuilder printed = new StringBuilder();
+        try {
+            print(out, printed, ClusterReport.heading(settings, folder) + "\n");
             if (settings.measure()) {
                 new ClusterHarness(settings, folder, err).measureCalls(200).forEach((kind, calls) ->
-                        out.printf(java.util.Locale.ROOT, "lin-kv calls per %s: %.2f%n", kind, calls));
-                out.println("results: " + folder);
+                        print(out, printed, String.format(java.util.Locale.ROOT, "lin-kv calls per %s: %.2f%n", kind, calls)));
+                print(out, printed, "results: " + folder + "\n");
                 return EXIT_VALID;
             }
             Run run = new ClusterHarness(settings, folder, err).run();
             ClusterReport.write(run);
-            out.print(ClusterReport.summary(run));
-            out.println("results: " + folder);
+            print(out, printed, ClusterReport.summary(run));
+            print(out, printed, "results: " + folder + "\n");
             return run.verdict().valid() ? EXIT_VALID : EXIT_INVALID;
         } catch (CouldNotRun e) {
             err.println("cluster: could not run: " + e.getMessage());
@@ -933,19 +1231,63 @@ final class ClusterHarness {
             err.println("cluster: could not run: " + e);
             e.printStackTrace(err);
             return EXIT_COULD_NOT_RUN;
+        } finally {
+            try {
+                Files.writeString(folder.resolve("summary.txt"), printed, StandardCharsets.UTF_8);
+            } catch (IOException e) {
+                err.println("cluster: cannot write " + folder.resolve("summary.txt") + ": " + e.getMessage());
+            }
         }
     }
 
-    /** Creates the run's folder, and a latest link beside it (never replacing anything but a link). */
-    static Path resultsFolder(Path folder) throws IOException {
-        Files.createDirectories(folder);
+    /** Why a file operation failed, in words: the system's reason, or the kind of failure when it gives none. */
+    private static String why(Exception e) {
+        if (e instanceof java.nio.file.NoSuchFileException missing) {
+            return missing.getFile() + ": no such file or folder";
+        }
+        if (e instanceof java.nio.file.AccessDeniedException denied) {
+            return denied.getFile() + ": permission denied";
+        }
+        if (e instanceof java.nio.file.FileSystemException fs && fs.getReason() != null) {
+            return fs.getFile() + ": " + fs.getReason();
+        }
+        return e.getMessage();
+    }
+
+    /** Prints to stdout at once (a long run shows its heading while it runs) and keeps it for summary.txt. */
+    private static void print(PrintStream out, StringBuilder printed, String text) {
+        out.print(text);
+        out.flush();
+        printed.append(text);
+    }
+
+    /**
+     * Creates the run's folder with its node-logs/, and a latest link beside it (never replacing anything but a
+     * link). A folder that cannot be made or written is a usage error: one line.
+     */
+    static Path resultsFolder(Path folder) throws CouldNotRun {
+        if (Files.exists(folder) && !Files.isDirectory(folder)) {
+            throw new CouldNotRun("--out " + folder + ": it is a file, not a folder");
+        }
+        try {
+            Files.createDirectories(folder.resolve(NODE_LOGS));
+        } catch (IOException | UnsupportedOperationException | SecurityException e) {
+            throw new CouldNotRun("--out " + folder + ": cannot create the results folder (" + why(e) + ")");
+        }
         folder = folder.toAbsolutePath().normalize();
+        if (!Files.isWritable(folder)) {
+            throw new CouldNotRun("--out " + folder + ": the results folder is not writable");
+        }
         Path latest = folder.resolveSibling("latest");
-        if (!Files.exists(latest, java.nio.file.LinkOption.NOFOLLOW_LINKS) || Files.isSymbolicLink(latest)) {
-            Path link = folder.resolveSibling(".latest-" + ProcessHandle.current().pid());
-            Files.deleteIfExists(link);
-            Files.createSymbolicLink(link, folder.getFileName());
-            Files.move(link, latest, java.nio.file.StandardCopyOption.REPLACE_EXISTING, java.nio.file.StandardCopyOption.ATOMIC_MOVE);
+        try {
+            if (!Files.exists(latest, java.nio.file.LinkOption.NOFOLLOW_LINKS) || Files.isSymbolicLink(latest)) {
+                Path link = folder.resolveSibling(".latest-" + ProcessHandle.current().pid());
+                Files.deleteIfExists(link);
+                Files.createSymbolicLink(link, folder.getFileName());
+                Files.move(link, latest, java.nio.file.StandardCopyOption.REPLACE_EXISTING, java.nio.file.StandardCopyOption.ATOMIC_MOVE);
+            }
+        } catch (IOException | UnsupportedOperationException e) {
+            throw new CouldNotRun("--out " + folder + ": cannot link " + latest + " to it (" + e.getMessage() + ")");
         }
         return folder;
     }

@@ -1,4 +1,4 @@
-package payment;
+package payment.bench;
 
 import java.io.BufferedWriter;
 import java.io.IOException;

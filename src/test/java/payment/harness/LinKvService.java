@@ -1,4 +1,4 @@
-package payment;
+package payment.harness;
 
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;

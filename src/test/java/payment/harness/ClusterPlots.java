@@ -1,4 +1,4 @@
-package payment;
+package payment.harness;
 
 import org.jfree.chart.ChartUtils;
 import org.jfree.chart.JFreeChart;
@@ -178,9 +178,11 @@ final class ClusterPlots {
             }
             if (last >= 0) {
                 IntervalMarker marker = new IntervalMarker(first, Math.max(last, first + 0.01), new Color(0, 90, 255, 30));
-                marker.setLabel(phase.equals("heal") ? "healing" : "final reads");
-                marker.setLabelAnchor(RectangleAnchor.BOTTOM_LEFT);
-                marker.setLabelTextAnchor(TextAnchor.BOTTOM_LEFT);
+                // healing's name at the bottom, the final reads' at the top: two short phases side by side stay readable
+                boolean healing = phase.equals("heal");
+                marker.setLabel(healing ? "healing" : "final reads");
+                marker.setLabelAnchor(healing ? RectangleAnchor.BOTTOM_LEFT : RectangleAnchor.TOP_LEFT);
+                marker.setLabelTextAnchor(healing ? TextAnchor.BOTTOM_LEFT : TextAnchor.TOP_LEFT);
                 marker.setLabelPaint(new Color(0, 60, 170));
                 plot.addDomainMarker(marker, Layer.BACKGROUND);
             }

@@ -1,7 +1,8 @@
-package payment;
+package payment.bench;
 
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
+import payment.Node;
 
 import java.io.ByteArrayOutputStream;
 import java.io.IOException;

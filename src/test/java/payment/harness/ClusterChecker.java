@@ -1,7 +1,7 @@
-package payment;
+package payment.harness;
 
 import com.fasterxml.jackson.databind.JsonNode;
-import payment.ClusterHistory.Event;
+import payment.harness.ClusterHistory.Event;
 
 import java.math.BigDecimal;
 import java.util.ArrayList;
@@ -32,6 +32,7 @@ final class ClusterChecker {
         COMPENSATION_DID_NOT_CLOSE("compensation did not close its step", "a step closed by a compensation that came first was charged"),
         STALE_STATUS("stale status", "a PaymentStatus read missed what was acknowledged before it was sent"),
         UNRESOLVED("unresolved", "an operation without a definite answer after the healing phase"),
+        UNAVAILABLE("unavailable", "no request answered for --stall-timeout: the run was stopped early, with these operations open"),
         WRONG_REPLY("wrong reply type", "a reply of a type or key that does not fit its request, or a reply to no request"),
         NOT_JSON("stdout line not JSON", "a node wrote a line on stdout that is not a JSON message");
 
@@ -125,6 +126,7 @@ final class ClusterChecker {
         Map<String, List<Event>> requestsOfOp = new LinkedHashMap<>();
         List<Observation> observations = new ArrayList<>();
         Map<String, Integer> initsWithoutReply = new TreeMap<>();
+        Event stall = null;
         for (Event event : history) {
             switch (event.type()) {
                 case INVOKE -> {
@@ -149,15 +151,28 @@ final class ClusterChecker {
                 case INIT -> initsWithoutReply.merge(event.node() + " (msg_id " + event.msgId() + ")", 1, Integer::sum);
                 case INIT_OK -> initsWithoutReply.remove(event.node() + " (msg_id " + event.msgId() + ")");
                 case GARBAGE -> add(Kind.NOT_JSON, event.node() + " wrote at " + seconds(event.nanos()) + ": " + event.text());
+                case STALL -> stall = event;
                 default -> {
                     // faults are context, not answers
                 }
             }
         }
-        initsWithoutReply.keySet().forEach(init -> add(Kind.UNRESOLVED, "the init of " + init + " got no init_ok"));
-        unresolved(requestsOfOp, observations);
+        List<String> open = new ArrayList<>();
+        initsWithoutReply.keySet().forEach(init -> open.add("the init of " + init + " got no init_ok"));
+        open.addAll(unresolved(requestsOfOp, observations));
+        if (stall == null) {
+            open.forEach(what -> add(Kind.UNRESOLVED, what));
+        } else {
+            // a stopped run has no healing phase: what was open is the unavailability itself, listed once
+            add(Kind.UNAVAILABLE, stall.text() + "; " + open.size() + " operations open"
+                    + (open.isEmpty() ? "" : ", the first " + Math.min(STALL_EXAMPLES, open.size()) + ": "
+                    + String.join(" | ", open.subList(0, Math.min(STALL_EXAMPLES, open.size())))));
+        }
         keys(observations, history);
     }
+
+    /** How many of the operations open at a stall its anomaly names. */
+    static final int STALL_EXAMPLES = 10;
 
     /** A reply whose type, or key, does not fit its request is an anomaly and is not read as an answer. */
     private boolean fits(Observation seen) {
@@ -174,7 +189,8 @@ final class ClusterChecker {
         return true;
     }
 
-    private void unresolved(Map<String, List<Event>> requestsOfOp, List<Observation> observations) {
+    /** Every operation without a definite answer, described. */
+    private static List<String> unresolved(Map<String, List<Event>> requestsOfOp, List<Observation> observations) {
         Set<String> answered = new java.util.HashSet<>();
         Map<String, List<String>> gotten = new HashMap<>();
         for (Observation seen : observations) {
@@ -185,14 +201,16 @@ final class ClusterChecker {
             gotten.computeIfAbsent(op, k -> new ArrayList<>()).add(seen.answer().path("type").asText()
                     + (seen.answer().has("code") ? " " + seen.answer().path("code").asInt() : ""));
         }
+        List<String> open = new ArrayList<>();
         requestsOfOp.forEach((op, requests) -> {
             if (!answered.contains(op)) {
                 Event first = requests.get(0);
-                add(Kind.UNRESOLVED, op + " " + first.body().path("type").asText() + " " + first.body().path("saga_id").asText()
+                open.add(op + " " + first.body().path("type").asText() + " " + first.body().path("saga_id").asText()
                         + ":step" + first.body().path("step").asText() + ": " + requests.size() + " requests, first at "
                         + seconds(first.nanos()) + ", answers " + gotten.getOrDefault(op, List.of()) + ": " + first.body());
             }
         });
+        return open;
     }
 
     /** What the definite answers say of each key, payment and refund. */
