@@ -133,18 +133,19 @@ public final class PaymentNode {
 
         private Entry runClaimed(String key, InProgress claim, Supplier<Entry> firstTime) {
             Entry done = null;
+            boolean settled = false;
             try {
                 done = firstTime.get();
-                if (!entries.replace(key, claim, done)) {
+                settled = entries.replace(key, claim, done);
+                if (!settled) {
                     throw new BrokenInvariant(Invariant.CLAIM_SETTLED_BY_OWNER, "the claim on " + key + " was taken by another attempt");
                 }
                 return done;
             } finally {
-                if (done == null || entries.get(key) != done) {
+                if (!settled) {
                     entries.remove(key, claim);   // failed: leave no record
-                    done = null;
                 }
-                claim.settled().complete(done);
+                claim.settled().complete(settled ? done : null);
             }
         }
 
