@@ -241,8 +241,13 @@ public final class PaymentNode {
 
         /** Draws a refund on a payment's ledger; a mode may act on it too (--balance: the user is paid back). */
         Refunded refundPayment(Charged payment, RefundRequest request) {
-            String amount = payment.deductRefund(request.amount());   // may refuse: then no refund id is used up
-            return refunded(request, refundCount.incrementAndGet(), amount, payment);
+            String amount;
+            long number;
+            synchronized (payment) {   // the refunds of a payment take their ids in the order they draw on it (found by Lincheck)
+                amount = payment.deductRefund(request.amount());   // may refuse: then no refund id is used up
+                number = refundCount.incrementAndGet();
+            }
+            return refunded(request, number, amount, payment);
         }
 
         /** {@code payment}: the payment of this node whose ledger the refund drew on, else null. */
@@ -265,10 +270,17 @@ public final class PaymentNode {
          * a status read before a compensation never makes that compensation "come first".
          */
         StepStatus status(StatusRequest request) {
-            Entry step = settledEntry(request.chargeKey());
-            RefundResult refund = settledEntry(request.refundKey()) instanceof Refunded refunded ? refunded.result() : null;
+            Entry step;
+            String refundedSoFar;
+            RefundResult refund;
+            do {   // one snapshot: the step, its payment's total and its refund are read again until none moved in between (found by Lincheck)
+                step = settledEntry(request.chargeKey());
+                refundedSoFar = step instanceof Charged payment ? payment.refundedSoFar() : null;
+                refund = settledEntry(request.refundKey()) instanceof Refunded refunded ? refunded.result() : null;
+            } while (step != settledEntry(request.chargeKey())
+                    || step instanceof Charged payment && !payment.refundedSoFar().equals(refundedSoFar));
             if (step instanceof Charged payment) {
-                return new StepStatus("charged", new PaymentView(payment.paymentId(), payment.amount(), payment.refundedSoFar()), refund);
+                return new StepStatus("charged", new PaymentView(payment.paymentId(), payment.amount(), refundedSoFar), refund);
             }
             String status = step instanceof Refusal refusal ? refusal.status() : step == Compensated.STEP ? "compensated" : "none";
             return new StepStatus(status, null, refund);

@@ -99,16 +99,16 @@ public class LincheckTest {
     }
 
     /**
-     * A status read as far as it is one atomic read: the step's charge key and its payment's refunded total.
-     * The step's refund ({@code "refund"} in the reply) is left out: the node reads it from a second key, and
-     * Lincheck showed that a read racing a compensation that comes first can see the step {@code none} and
-     * that compensation's refund together, which no order explains (docs/TESTING.md).
+     * A status read, whole: the step's status, its payment and its refunded total, and the step's refund. (The node
+     * once read the refund from its key apart from the step's: a read racing a compensation that came first could
+     * see the step {@code none} and that compensation's refund together, which no order explains; docs/TESTING.md.)
      */
     @Operation
     public String status(@Param(name = "saga") int saga, @Param(name = "step") int step) {
         StepStatus status = table.status(new StatusRequest(saga(saga), step));
         PaymentView payment = status.payment();
-        return Outcome.status(status.status(), payment == null ? "" : Outcome.payment(payment.paymentId(), payment.charged(), payment.refunded()));
+        return Outcome.status(status.status(), payment == null ? "" : Outcome.payment(payment.paymentId(), payment.charged(), payment.refunded()))
+                + (status.refund() == null ? "" : Outcome.refund(status.refund().refundId(), status.refund().refunded()));
     }
 
     // ---- the two modes --------------------------------------------------------------------------------------
@@ -219,8 +219,11 @@ public class LincheckTest {
                         number(result.get("refunded")), body.has("note"));
                 case "PaymentStatus_ok" -> {
                     JsonNode payment = body.get("payment");
+                    JsonNode refund = body.get("refund");
                     yield Outcome.status(body.get("status").textValue(), payment == null ? ""
-                            : Outcome.payment(payment.get("payment_id").textValue(), number(payment.get("charged")), number(payment.get("refunded"))));
+                            : Outcome.payment(payment.get("payment_id").textValue(), number(payment.get("charged")), number(payment.get("refunded"))))
+                            + (refund == null ? "" : Outcome.refund(refund.has("refund_id") ? refund.get("refund_id").textValue() : null,
+                                    number(refund.get("refunded"))));
                 }
                 case "error" -> Outcome.error(body.get("code").intValue(), body.get("reason").textValue());
                 default -> throw new IllegalStateException("the model answered " + reply);
@@ -263,13 +266,16 @@ public class LincheckTest {
         }
 
         /**
-         * A refund by whether it made one and how much: not by its id. The node numbers a refund after it has
-         * drawn on the payment, outside the payment's lock, so two refunds of one payment can take their ids in
-         * the other order than their draws (Lincheck's interleaving is in docs/TESTING.md); no order explains
-         * "r1 6, r2 4" of a 10 charge when r1 took all that was left.
+         * A refund by its id and amount. (The node once numbered a refund after it had drawn on the payment, outside
+         * the payment's lock: two refunds of one payment could take their ids in the other order than their draws,
+         * "r1 6, r2 4" of a 10 charge when r1 took all that was left; docs/TESTING.md has Lincheck's interleaving.)
          */
         static String refunded(String refundId, String amount, boolean replayed) {
-            return "ok " + (refundId == null ? "no-refund" : "refund") + " " + amount + (replayed ? " already" : "");
+            return "ok " + (refundId == null ? "no-refund" : refundId) + " " + amount + (replayed ? " already" : "");
+        }
+
+        static String refund(String refundId, String amount) {
+            return " refund " + (refundId == null ? "none" : refundId) + " " + amount;
         }
 
         static String error(int code, String reason) {
