@@ -51,6 +51,12 @@ final class ClusterService implements Service {
     static final int FIRST_REPLAY_READS = 8;
     /** Client requests this node holds unanswered at most; one more is refused with error 11, nothing done. */
     static final int MAX_WAITING = 10_000;
+    /**
+     * How many lin-kv timeouts a request waits at most, whatever happens: a request is answered "outcome
+     * unknown" as soon as a call it waits on times out, and this is only the backstop of a request that
+     * waits on calls that keep being answered (an append that keeps losing its slot to others).
+     */
+    static final int PATIENCE_IN_TIMEOUTS = 10;
     /** Lines read ahead of the main loop at most. */
     static final int MAX_INPUT_LINES = 4096;
     /**
@@ -115,7 +121,7 @@ final class ClusterService implements Service {
     final class Waiting {
         final long number = ++arrivals;
         final Envelope reply;
-        final long deadlineNanos = System.nanoTime() + timeoutMillis * 1_000_000;
+        final long deadlineNanos = System.nanoTime() + PATIENCE_IN_TIMEOUTS * timeoutMillis * 1_000_000;
         final LoggedRequest request;
         final StatusRequest status;
         final BalanceRequest balance;
@@ -270,6 +276,8 @@ final class ClusterService implements Service {
         } else {
             if (reply.outcome() == LinKv.Outcome.EXISTS) {
                 knownFilled = Math.max(knownFilled, slot);   // someone's entry, perhaps ours (a duplicated cas): the read will tell
+            } else {
+                timedOut("the append of its entry to the log", -1);   // reads do not wait on a cas
             }
             sent.state = AppendState.SLOT_UNKNOWN;   // a lost or late reply: the cas may yet land, but only in this slot
         }
@@ -318,11 +326,26 @@ final class ClusterService implements Service {
         switch (reply.outcome()) {
             case OK -> slotRead(slot, reply);
             case MISSING -> slotMissing(slot, sequence);
-            default -> {
-                // No answer in time: if the slot is still needed, advance reads it again.
-            }
+            default -> timedOut("a read of the log", sequence - 1);   // if the slot is still needed, advance reads it again
         }
         advance();
+    }
+
+    /**
+     * A call timed out: the requests that wait on it are answered at once, their outcome unknown: those in the
+     * entry being appended (it may yet land), and the reads that came before the call was sent.
+     */
+    private void timedOut(String what, long readsBeforeCall) throws IOException {
+        RpcError unknown = new RpcError(Reason.KV_TIMEOUT, "lin-kv did not answer " + what + " within " + timeoutMillis
+                + " ms: the outcome is unknown; a retry will tell");
+        if (append != null) {
+            for (Waiting waiting : append.requests) {
+                waiting.fail(unknown);
+            }
+        }
+        while (!readers.isEmpty() && readers.peekFirst().readsSentBefore <= readsBeforeCall) {
+            readers.pollFirst().fail(unknown);
+        }
     }
 
     private void slotRead(long slot, LinKv.Reply reply) throws IOException {
@@ -451,15 +474,15 @@ final class ClusterService implements Service {
             switch (oldest.stage) {
                 case QUEUED -> {
                     queued.remove(oldest);
-                    oldest.fail(new RpcError(Reason.BUSY, "busy: not appended to the log within " + timeoutMillis
+                    oldest.fail(new RpcError(Reason.BUSY, "busy: not appended to the log within " + PATIENCE_IN_TIMEOUTS * timeoutMillis
                             + " ms; nothing was done, retry"));
                 }
                 case APPENDING -> oldest.fail(new RpcError(Reason.KV_TIMEOUT, "the log's slot for this request was not settled within "
-                        + timeoutMillis + " ms: the outcome is unknown; a retry will tell"));
+                        + PATIENCE_IN_TIMEOUTS * timeoutMillis + " ms: the outcome is unknown; a retry will tell"));
                 case READING -> {
                     readers.remove(oldest);
-                    oldest.fail(new RpcError(Reason.KV_TIMEOUT, "lin-kv did not show the end of the log within " + timeoutMillis
-                            + " ms: nothing was read or changed; retry"));
+                    oldest.fail(new RpcError(Reason.KV_TIMEOUT, "lin-kv did not show the end of the log within "
+                            + PATIENCE_IN_TIMEOUTS * timeoutMillis + " ms: nothing was read or changed; retry"));
                 }
             }
         }
