@@ -86,6 +86,7 @@ final class ClusterService implements Service {
     private long knownFilled;
     /** From init until a read finds the first slot that does not exist: the node answers nothing before. */
     private boolean replaying = true;
+    private long replayStartedNanos;
     private int readWindow = FIRST_REPLAY_READS;
     private final TreeMap<Long, Slot> fetched = new TreeMap<>();
     private final HashMap<Long, ReadsOfSlot> readsOut = new HashMap<>();
@@ -189,6 +190,7 @@ final class ClusterService implements Service {
     @Override
     public void init(String id, int nodeIds) throws IOException {
         if (id != null) {
+            replayStartedNanos = nodeId == null ? System.nanoTime() : replayStartedNanos;
             nodeId = id;
             kv.from(id);
             advance();
@@ -378,7 +380,11 @@ final class ClusterService implements Service {
         if (slot != applied + 1 || knownFilled >= slot) {
             return;   // beyond the end: it says nothing of the slots before it
         }
-        replaying = false;
+        if (replaying) {
+            replaying = false;
+            long micros = Math.max(1, (System.nanoTime() - replayStartedNanos) / 1000);
+            log.event("replayed the log: " + applied + " slots in " + micros / 1000 + " ms (" + applied * 1_000_000 / micros + " slots/s)");
+        }
         if (append != null && append.state == AppendState.SLOT_UNKNOWN && append.slot == slot) {
             append.state = AppendState.PLACE;   // not landed (yet): cas it again, at the same slot, the only one it can land in
         }
