@@ -75,6 +75,9 @@ final class ClusterService implements Service {
     private final Log log;
     private final LinKv kv;
     private final long timeoutMillis;
+    /** --faults on a cluster: {@code fail} decided here before appending, the reply-only faults on this node's answer (null: none). */
+    private final Faults faults;
+    private FaultyService.DelayedReplies delayed;   // made at the first delayed reply
     /** Differs in every process, so that a restarted node never takes its old process's late-landing entry for its own. */
     private final String processNonce = Long.toHexString(ThreadLocalRandom.current().nextLong() ^ System.nanoTime());
     private String nodeId;
@@ -103,7 +106,8 @@ final class ClusterService implements Service {
     private long arrivals;
 
     /** {@code table}: the card's table, with --balance and --max-keys as given (the same on every node). */
-    ClusterService(PaymentHandler table, BigDecimal balance, long maxKeys, ReplyWriter replies, Log log, long timeoutMillis) {
+    ClusterService(PaymentHandler table, BigDecimal balance, long maxKeys, Faults faults, ReplyWriter replies, Log log, long timeoutMillis) {
+        this.faults = faults;
         this.table = table;
         this.keepsBalances = balance != null;
         this.settings = "balance " + (balance == null ? "none" : balance.stripTrailingZeros().toPlainString()) + ", max-keys " + maxKeys;
@@ -126,6 +130,8 @@ final class ClusterService implements Service {
         final LoggedRequest request;
         final StatusRequest status;
         final BalanceRequest balance;
+        /** The injected fault of its answer (--faults), or null. */
+        Faults.Drawn fault;
         /** Reads sent before it came: only a read sent after it can tell where the log ends for it. */
         final long readsSentBefore = readsSent;
         Stage stage;
@@ -148,16 +154,66 @@ final class ClusterService implements Service {
         void fail(RpcError error) throws IOException {
             answer(() -> replies.error(reply, error));
         }
+
+        /** The table's answer, through the fault drawn for it when it came (--faults): the work is done, the reply may not be. */
+        void answerApplied(ReplyWriter.Writing writing) throws IOException {
+            if (fault == null) {
+                answer(writing);
+                return;
+            }
+            if (unanswered.remove(number) == null) {
+                return;
+            }
+            ReplyWriter.Kept kept = replies.keepBack(writing);
+            switch (fault.fault()) {
+                case DROP -> replies.forget(kept);
+                case UNKNOWN -> {
+                    replies.forget(kept);
+                    replies.error(reply, new RpcError(Reason.INJECTED_UNKNOWN,
+                            "injected fault: unknown outcome: the request may or may not have been done; a retry will tell"));
+                }
+                case DELAY -> {
+                    delayed = delayed != null ? delayed : new FaultyService.DelayedReplies();
+                    delayed.schedule(() -> replies.writeAtOnce(kept.line()), fault.delayMillis());
+                }
+                case DUPLICATE -> {
+                    replies.writeLine(kept.line());
+                    replies.writeLine(kept.line());
+                }
+                case CRASH -> {
+                    replies.forget(kept);
+                    throw new Stop(null, FaultyService.EXIT_INJECTED_CRASH);
+                }
+                default -> throw new IllegalStateException("fault " + fault.fault());
+            }
+        }
     }
 
     @Override
     public void charge(Envelope reply, ChargeRequest request) throws IOException {
-        admit(new Waiting(reply, new LoggedRequest(request, null, System.currentTimeMillis(), reply), null, null));
+        admit(withFault(new Waiting(reply, new LoggedRequest(request, null, System.currentTimeMillis(), reply), null, null), request.key()));
     }
 
     @Override
     public void refund(Envelope reply, RefundRequest request) throws IOException {
-        admit(new Waiting(reply, new LoggedRequest(null, request, System.currentTimeMillis(), reply), null, null));
+        admit(withFault(new Waiting(reply, new LoggedRequest(null, request, System.currentTimeMillis(), reply), null, null), request.key()));
+    }
+
+    /**
+     * Draws the attempt's fault (--faults) on the node that received it, before anything is appended: {@code fail}
+     * is refused here, so nothing of it ever reaches the log; any other fault touches only this node's reply.
+     */
+    private Waiting withFault(Waiting waiting, String key) {
+        Faults.Drawn drawn = faults == null || nodeId == null ? null : faults.draw(key);
+        if (drawn != null) {
+            log.event("fault: " + drawn.fault().option + (drawn.fault() == Faults.Fault.DELAY ? " " + drawn.delayMillis() + "ms" : "")
+                    + " " + key + " msg_id " + (waiting.reply.inReplyTo() == null ? "none" : waiting.reply.inReplyTo()));
+            if (drawn.fault() == Faults.Fault.FAIL) {
+                throw new RpcError(Reason.INJECTED_FAIL, "injected fault: fail: nothing was done; safe to retry");
+            }
+        }
+        waiting.fault = drawn;
+        return waiting;
     }
 
     @Override
@@ -440,18 +496,18 @@ final class ClusterService implements Service {
                 Served<ChargeResult> served = table.charge(logged.charge());
                 if (waiting != null) {
                     verboseCacheHit(served, logged.charge().key());
-                    waiting.answer(() -> replies.chargeOk(waiting.reply, logged.charge(), served));
+                    waiting.answerApplied(() -> replies.chargeOk(waiting.reply, logged.charge(), served));
                 }
             } else {
                 Served<RefundResult> served = table.refund(logged.refund());
                 if (waiting != null) {
                     verboseCacheHit(served, logged.refund().key());
-                    waiting.answer(() -> replies.refundOk(waiting.reply, logged.refund(), served));
+                    waiting.answerApplied(() -> replies.refundOk(waiting.reply, logged.refund(), served));
                 }
             }
         } catch (RpcError refused) {
             if (waiting != null) {
-                waiting.fail(refused);
+                waiting.answerApplied(() -> replies.error(waiting.reply, refused));
             }
         } catch (RuntimeException bug) {
             log.error("internal error applying a request of the log, answered with code 13", bug);
@@ -509,6 +565,14 @@ final class ClusterService implements Service {
         return kv.completes(reply);
     }
 
+    /** Delayed replies (--faults) still leave before the node exits. */
+    @Override
+    public void close() throws IOException {
+        if (delayed != null) {
+            delayed.drain();
+        }
+    }
+
     // ---- 6. The main loop ------------------------------------------------------------------------------
 
     /** One line read by the reader thread (a copy: the reader goes on meanwhile). */
@@ -552,13 +616,16 @@ final class ClusterService implements Service {
                 node.handleLine(line.bytes(), 0, line.bytes().length, line.tooLongPrefix(), line.tooLongLength());
             }
             replies.flush();
+            close();
             if (readFailure[0] != null) {
                 throw readFailure[0];
             }
             return 0;
         } catch (Stop stop) {
             replies.flushQuietly();
-            log.error("stopping: " + stop.getMessage(), null);
+            if (stop.getMessage() != null) {
+                log.error("stopping: " + stop.getMessage(), null);
+            }
             return stop.status;
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();

@@ -134,7 +134,8 @@ final class CommandLine {
             // The same table as one node's, on every node; its limit fixed in advance, never the heap's (docs/CLUSTER.md).
             long maxKeys = options.maxKeys() == 0 ? ClusterService.DEFAULT_MAX_KEYS : options.maxKeys();
             PaymentHandler table = table(log, Journal.NONE, balances, maxKeys);
-            return new PaymentNode(stdout, log, replies -> new ClusterService(table, options.balance(), maxKeys, replies, log,
+            Faults faults = options.faults() == null ? null : new Faults(options.faults(), options.seed());
+            return new PaymentNode(stdout, log, replies -> new ClusterService(table, options.balance(), maxKeys, faults, replies, log,
                     options.kvTimeoutMillis()));
         }
         Function<ReplyWriter, Service> local;
@@ -214,9 +215,6 @@ final class CommandLine {
             for (String script : scripts) {
                 faults = (faults == null ? FaultPlan.NONE : faults).withScript(script);
             }
-            if (linKv && faults != null) {
-                throw new IllegalArgumentException("--faults and --fault are not available with --store lin-kv");
-            }
             return new Options(verbose, help, journal, balance, faults, seed, linKv, kvTimeout, maxKeys);
         }
 
@@ -293,7 +291,8 @@ final class CommandLine {
     static final String USAGE = """
             Usage: ./run.sh [--journal FILE] [--balance AMOUNT] [--faults LIST --seed N]
                             [--fault KEY=KINDS]... [--max-keys N] [--verbose] < messages.jsonl
-                   ./run.sh --store lin-kv [--kv-timeout MS] [--balance AMOUNT] [--max-keys N] [--verbose]
+                   ./run.sh --store lin-kv [--kv-timeout MS] [--balance AMOUNT] [--max-keys N]
+                            [--faults LIST --seed N] [--fault KEY=KINDS]... [--verbose]
                    ./run.sh --build
                    java -jar target/payment-node.jar [OPTIONS]
 
@@ -350,7 +349,8 @@ final class CommandLine {
                               service to its own table, and a retry to any node (or
                               a restarted one) gets the same result; --balance and
                               --max-keys (default 1000000) must be the same on every
-                              node (docs/CLUSTER.md)
+                              node; --faults touch the replies of the node that got
+                              the request (fail: before it appends) (docs/CLUSTER.md)
               --store memory  the default: the table lives in this node (with --journal,
                               also in its file)
               --kv-timeout MS how long to wait for lin-kv before answering error 0,

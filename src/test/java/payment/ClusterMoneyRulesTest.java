@@ -43,7 +43,12 @@ class ClusterMoneyRulesTest {
     }
 
     private SimCluster cluster(String... nodes) {
-        cluster = new SimCluster(List.of(nodes), KV_TIMEOUT_MILLIS, stderr, null);
+        return clusterWith(List.of(), nodes);
+    }
+
+    /** Nodes started with these options too (the same on every node, as a harness starts them). */
+    private SimCluster clusterWith(List<String> options, String... nodes) {
+        cluster = new SimCluster(List.of(nodes), KV_TIMEOUT_MILLIS, stderr, null, options.toArray(new String[0]));
         cluster.runUntilQuiet(SimCluster.HONEST);   // each node replays the (empty) log before it answers
         return cluster;
     }
@@ -252,5 +257,43 @@ class ClusterMoneyRulesTest {
         assertBody("{\"type\":\"ChargePayment_ok\",\"saga_id\":\"trip\",\"step\":6,\"result\":{\"payment_id\":\"p3\",\"charged\":5}}",
                 reply(charge("n1", 6, "5", SimCluster.HONEST)), "the refused refund closed nothing: its step charges");
         assertTrue(stderr.toString().contains("trusting the saga"), "the trust is logged");
+    }
+
+    // ---- the test doubles, on a cluster ---------------------------------------------------------------------
+
+    /**
+     * --balance works on a cluster as on one node: a decline is the step's result at its position in the log,
+     * the same on every node, and BalanceRead (a read: it appends nothing) answers alike from any node.
+     */
+    @Test
+    void balancesAndBalanceReadWorkOnAClusterAsOnOneNode() {
+        clusterWith(List.of("--balance", "150"), "n1", "n2");
+        charge("n1", 1, "100", SimCluster.HONEST);
+        JsonNode declined = reply(charge("n2", 2, "100", SimCluster.HONEST));
+        assertEquals("insufficient_funds", declined.path("reason").asText(), declined.toString());
+        for (String node : new String[] {"n1", "n2"}) {
+            assertBody("{\"type\":\"BalanceRead_ok\",\"user_id\":\"u1\",\"balance\":50,\"charged\":100,\"refunded\":0}",
+                    reply(send(node, "{\"type\":\"BalanceRead\",\"msg_id\":" + ++msgId + ",\"user_id\":\"u1\"}", SimCluster.HONEST)),
+                    "BalanceRead on " + node);
+        }
+    }
+
+    /**
+     * --faults on a cluster: {@code fail} is decided by the node that got the attempt, before it appends (nothing
+     * reaches the log: the step is still "none"); {@code drop} lets the work happen (every node sees the charge)
+     * and loses only that node's reply.
+     */
+    @Test
+    void injectedFaultsFailBeforeTheLogAndDropAfterIt() {
+        clusterWith(List.of("--fault", "trip:step1=fail,drop"), "n1", "n2");
+        JsonNode failed = reply(charge("n1", 1, "100", SimCluster.HONEST));
+        assertEquals("injected_fail", failed.path("reason").asText(), failed.toString());
+        assertBody("{\"type\":\"PaymentStatus_ok\",\"saga_id\":\"trip\",\"step\":1,\"status\":\"none\"}", reply(status("n2", 1)),
+                "nothing of a failed attempt reached the log");
+        assertNull(reply(charge("n1", 1, "100", SimCluster.HONEST)), "a dropped reply");
+        assertBody("{\"type\":\"PaymentStatus_ok\",\"saga_id\":\"trip\",\"step\":1,\"status\":\"charged\",\"payment\":{\"payment_id\":\"p1\","
+                + "\"charged\":100,\"refunded\":0}}", reply(status("n2", 1)), "the dropped attempt's work is done, for every node");
+        assertBody("{\"type\":\"ChargePayment_ok\",\"saga_id\":\"trip\",\"step\":1,\"result\":{\"payment_id\":\"p1\",\"charged\":100},"
+                + "\"note\":\"cached_result\"}", reply(charge("n1", 1, "100", SimCluster.HONEST)), "the retry");
     }
 }

@@ -286,12 +286,14 @@ final class SimCluster implements AutoCloseable {
         /** The highest msg_id it has used: its successor must start past it. */
         long maxMsgId;
 
-        NodeProcess(String id, List<String> nodeIds, long kvTimeoutMillis, OutputStream stderr) {
+        NodeProcess(String id, List<String> nodeIds, long kvTimeoutMillis, OutputStream stderr, List<String> options) {
             this.id = id;
             PaymentNode node;
+            List<String> args = new ArrayList<>(List.of("--store", "lin-kv", "--kv-timeout", Long.toString(kvTimeoutMillis)));
+            args.addAll(options);
             try {
-                node = CommandLine.fromOptions(CommandLine.Options.parse(new String[] {"--store", "lin-kv", "--kv-timeout",
-                        Long.toString(kvTimeoutMillis)}), stdout, new PaymentNode.Log(new PrintStream(stderr, true, StandardCharsets.UTF_8), false));
+                node = CommandLine.fromOptions(CommandLine.Options.parse(args.toArray(new String[0])), stdout,
+                        new PaymentNode.Log(new PrintStream(stderr, true, StandardCharsets.UTF_8), false));
             } catch (IOException e) {
                 throw new UncheckedIOException(e);
             }
@@ -380,7 +382,11 @@ final class SimCluster implements AutoCloseable {
     /** How many ticks a new message waits before it may be delivered: none, unless a scheduler says so. */
     java.util.function.ToLongFunction<Message> delays = message -> 0;
 
-    SimCluster(List<String> nodeIds, long kvTimeoutMillis, OutputStream stderr, Consumer<JsonNode> onClientReply) {
+    /** The command-line options every node gets beyond --store lin-kv and --kv-timeout (--balance, --fault, ...). */
+    private final List<String> options;
+
+    SimCluster(List<String> nodeIds, long kvTimeoutMillis, OutputStream stderr, Consumer<JsonNode> onClientReply, String... options) {
+        this.options = List.of(options);
         this.nodeIds = List.copyOf(nodeIds);
         this.kvTimeoutMillis = kvTimeoutMillis;
         this.stderr = stderr;
@@ -391,7 +397,7 @@ final class SimCluster implements AutoCloseable {
     }
 
     private void start(String id) {
-        NodeProcess node = new NodeProcess(id, nodeIds, kvTimeoutMillis, stderr);
+        NodeProcess node = new NodeProcess(id, nodeIds, kvTimeoutMillis, stderr, options);
         nodes.put(id, node);
         StringBuilder ids = new StringBuilder();
         for (String other : nodeIds) {
