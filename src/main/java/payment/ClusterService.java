@@ -90,11 +90,15 @@ final class ClusterService implements Service {
     /** From init until a read finds the first slot that does not exist: the node answers nothing before. */
     private boolean replaying = true;
     private long replayStartedNanos;
+    /** While replaying, the lowest slot a read found missing: the end of the log as of some moment of the replay. */
+    private long replayEnd = Long.MAX_VALUE;
     private int readWindow = FIRST_REPLAY_READS;
     private final TreeMap<Long, Slot> fetched = new TreeMap<>();
     private final HashMap<Long, ReadsOfSlot> readsOut = new HashMap<>();
     private int readsInFlight;
     private long readsSent;
+    /** The count of the last entry applied of each process (node and nonce): a process appends its entries in order. */
+    private final HashMap<String, Long> appliedCounts = new HashMap<>();
     /** The last undecodable reading of a slot: a slot is skipped only when two readings agree. */
     private final HashMap<Long, String> badReadings = new HashMap<>();
 
@@ -265,6 +269,8 @@ final class ClusterService implements Service {
         final List<Waiting> requests;
         AppendState state = AppendState.PLACE;
         long slot;
+        /** How many cas of it went to each slot: a refusal of its only cas to a slot means the slot is another's. */
+        final HashMap<Long, Integer> casesAt = new HashMap<>();
 
         Append(String entryId, String value, List<Waiting> requests) {
             this.entryId = entryId;
@@ -290,13 +296,16 @@ final class ClusterService implements Service {
         }
         if (append != null && append.state == AppendState.PLACE && !replaying && knownFilled <= applied) {
             // The only slot it may take: every slot before it is applied, so it lands at most once.
-            Append sent = append;
-            long slot = applied + 1;
-            sent.slot = slot;
-            sent.state = AppendState.CAS_SENT;
-            kv.createOnly(slotKey(slot), sent.value, reply -> casEnded(sent, slot, reply));
+            cas(append, applied + 1);
         }
         sendReads();
+    }
+
+    private void cas(Append sent, long slot) throws IOException {
+        sent.slot = slot;
+        sent.state = AppendState.CAS_SENT;
+        sent.casesAt.merge(slot, 1, Integer::sum);
+        kv.createOnly(slotKey(slot), sent.value, reply -> casEnded(sent, slot, reply));
     }
 
     static String slotKey(long slot) {
@@ -331,9 +340,15 @@ final class ClusterService implements Service {
         if (reply.outcome() == LinKv.Outcome.OK) {
             knownFilled = Math.max(knownFilled, slot);
             fetched.put(slot, Slot.read(sent.value));
+        } else if (reply.outcome() == LinKv.Outcome.EXISTS && sent.casesAt.get(slot) == 1) {
+            // Refused, and no other cas of this entry went to this slot: the slot is another entry's. Try the
+            // next slot at once, while the reads fetch this one (a round trip saved per slot lost, which is
+            // what contention costs). Every slot before the next is then known to hold another entry.
+            knownFilled = Math.max(knownFilled, slot);
+            cas(sent, slot + 1);
         } else {
             if (reply.outcome() == LinKv.Outcome.EXISTS) {
-                knownFilled = Math.max(knownFilled, slot);   // someone's entry, perhaps ours (a duplicated cas): the read will tell
+                knownFilled = Math.max(knownFilled, slot);   // ours (an earlier cas of it landed late) or another's: the read will tell
             } else {
                 timedOut("the append of its entry to the log", -1);   // reads do not wait on a cas
             }
@@ -350,13 +365,18 @@ final class ClusterService implements Service {
         long newest;
     }
 
+    /**
+     * Reads what must be read: while replaying, a window ahead (the end is unknown: it doubles with every slot
+     * found); else every slot known to hold an entry and not applied yet (a refused cas says so), or the one
+     * slot a cas had no clear answer for; and the end of the log for the reads waiting. Never a guess beyond.
+     */
     private void sendReads() throws IOException {
-        boolean behind = replaying || knownFilled > applied || append != null && append.state == AppendState.SLOT_UNKNOWN;
-        if (behind) {
-            for (long slot = applied + 1; slot <= applied + readWindow && readsInFlight < MAX_READS_IN_FLIGHT; slot++) {
-                if (!fetched.containsKey(slot) && !readsOut.containsKey(slot)) {
-                    read(slot);
-                }
+        long last = replaying ? Math.min(applied + readWindow, replayEnd - 1)
+                : knownFilled > applied ? knownFilled
+                : append != null && append.state == AppendState.SLOT_UNKNOWN ? applied + 1 : applied;
+        for (long slot = applied + 1; slot <= last && readsInFlight < MAX_READS_IN_FLIGHT; slot++) {
+            if (!fetched.containsKey(slot) && !readsOut.containsKey(slot)) {
+                read(slot);
             }
         }
         Waiting newestReader = readers.peekLast();
@@ -408,7 +428,7 @@ final class ClusterService implements Service {
 
     private void slotRead(long slot, LinKv.Reply reply) throws IOException {
         knownFilled = Math.max(knownFilled, slot);
-        readWindow = Math.min(2 * readWindow, MAX_READS_IN_FLIGHT);
+        readWindow = replaying ? Math.min(2 * readWindow, MAX_READS_IN_FLIGHT) : readWindow;
         if (slot <= applied || fetched.containsKey(slot)) {
             return;
         }
@@ -432,14 +452,11 @@ final class ClusterService implements Service {
     }
 
     private void slotMissing(long slot, long sequence) throws IOException {
-        readWindow = 1;
+        if (replaying && knownFilled < slot) {
+            replayEnd = Math.min(replayEnd, slot);
+        }
         if (slot != applied + 1 || knownFilled >= slot) {
             return;   // beyond the end: it says nothing of the slots before it
-        }
-        if (replaying) {
-            replaying = false;
-            long micros = Math.max(1, (System.nanoTime() - replayStartedNanos) / 1000);
-            log.event("replayed the log: " + applied + " slots in " + micros / 1000 + " ms (" + applied * 1_000_000 / micros + " slots/s)");
         }
         if (append != null && append.state == AppendState.SLOT_UNKNOWN && append.slot == slot) {
             append.state = AppendState.PLACE;   // not landed (yet): cas it again, at the same slot, the only one it can land in
@@ -464,6 +481,13 @@ final class ClusterService implements Service {
             badReadings.remove(applied);
             apply(applied, slot);
         }
+        if (replaying && applied + 1 >= replayEnd) {
+            // Every slot before the end the replay found is applied: the node is as current as it was at that
+            // read, and answers from now on (its reads still wait for a read of the end sent after them).
+            replaying = false;
+            long micros = Math.max(1, (System.nanoTime() - replayStartedNanos) / 1000);
+            log.event("replayed the log: " + applied + " slots in " + micros / 1000 + " ms (" + applied * 1_000_000 / micros + " slots/s)");
+        }
         if (append != null && append.state != AppendState.PLACE && append.slot <= applied) {
             append.state = AppendState.PLACE;   // its slot holds another entry: the next one
         }
@@ -480,6 +504,15 @@ final class ClusterService implements Service {
             throw new Stop("slot " + number + " of the log was appended by a node with " + entry.settings()
                     + ", and this node runs with " + settings + ": every node of a cluster needs the same --balance and --max-keys", 2);
         }
+        String process = entry.process();
+        long count = entry.count();
+        Long before = appliedCounts.get(process);
+        if (before != null && count <= before) {
+            // An entry stored twice (a cas duplicated on the wire): every node applies its first copy only.
+            log.warn("slot " + number + " repeats entry " + entry.id() + ": skipped, as on every node");
+            return;
+        }
+        appliedCounts.put(process, count);
         boolean ours = append != null && entry.id().equals(append.entryId);
         for (int i = 0; i < entry.requests().size(); i++) {
             applyRequest(entry.requests().get(i), ours ? append.requests.get(i) : null);
@@ -741,6 +774,15 @@ final class ClusterService implements Service {
     record LogEntry(String id, String settings, List<LoggedRequest> requests) {
         static final String FORMAT = "payment-log/1";
 
+        /** The process that appended it (its node and nonce): its entries land in the order of their counts. */
+        String process() {
+            return id.substring(0, id.lastIndexOf('/'));
+        }
+
+        long count() {
+            return Long.parseLong(id.substring(id.lastIndexOf('/') + 1));
+        }
+
         static String encode(String id, String settings, List<String> encodedRequests) {
             StringBuilder body = new StringBuilder(new Tokens().add(FORMAT).add(id).add(settings)
                     .add(Integer.toString(encodedRequests.size())).toString());
@@ -762,6 +804,9 @@ final class ClusterService implements Service {
                 throw new IllegalArgumentException("not of format " + FORMAT);
             }
             String id = in.next();
+            if (!id.matches(".+/[0-9a-f]+/[1-9][0-9]{0,17}")) {
+                throw new IllegalArgumentException("an entry id that is not node/nonce/count: " + id);
+            }
             String settings = in.next();
             long count = in.number(1, MAX_ENTRY_CHARS);
             List<LoggedRequest> requests = new ArrayList<>();
