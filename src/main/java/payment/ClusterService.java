@@ -34,8 +34,8 @@ import static payment.PaymentNode.*;
  *
  * <p>The story of a request, in the order this file tells it: it arrives ({@link #charge}) and waits in a
  * queue; {@link #advance} takes the queue into one entry and appends it at the first slot this node has not
- * applied; if that slot is someone else's, the node reads it, applies it and tries the next; when the slot
- * holding its entry is applied, the table's answer goes back. PaymentStatus and BalanceRead append nothing:
+ * applied; if that slot is someone else's, the node tries the next at once while it reads the refused one and
+ * applies it; when the slot holding its entry is applied, the table's answer goes back. PaymentStatus and BalanceRead append nothing:
  * they wait until a read sent after they arrived finds the first slot that does not exist yet.
  */
 final class ClusterService implements Service {
@@ -87,8 +87,9 @@ final class ClusterService implements Service {
     private long applied;
     /** The highest slot known to hold an entry (slots are filled in order: every slot before it holds one too). */
     private long knownFilled;
-    /** From init until a read finds the first slot that does not exist: the node answers nothing before. */
+    /** From init until the replay reaches the end of the log it found: the node answers nothing before. */
     private boolean replaying = true;
+    private boolean replayLogged;
     private long replayStartedNanos;
     /** While replaying, the lowest slot a read found missing: the end of the log as of some moment of the replay. */
     private long replayEnd = Long.MAX_VALUE;
@@ -485,8 +486,11 @@ final class ClusterService implements Service {
             // Every slot before the end the replay found is applied: the node is as current as it was at that
             // read, and answers from now on (its reads still wait for a read of the end sent after them).
             replaying = false;
-            long micros = Math.max(1, (System.nanoTime() - replayStartedNanos) / 1000);
-            log.event("replayed the log: " + applied + " slots in " + micros / 1000 + " ms (" + applied * 1_000_000 / micros + " slots/s)");
+            if (!replayLogged) {
+                replayLogged = true;
+                long micros = Math.max(1, (System.nanoTime() - replayStartedNanos) / 1000);
+                log.event("replayed the log: " + applied + " slots in " + micros / 1000 + " ms (" + applied * 1_000_000 / micros + " slots/s)");
+            }
         }
         if (append != null && append.state != AppendState.PLACE && append.slot <= applied) {
             append.state = AppendState.PLACE;   // its slot holds another entry: the next one
@@ -514,6 +518,10 @@ final class ClusterService implements Service {
         }
         appliedCounts.put(process, count);
         boolean ours = append != null && entry.id().equals(append.entryId);
+        if (ours && entry.requests().size() != append.requests.size()) {
+            throw new IllegalStateException("entry " + entry.id() + " holds " + entry.requests().size() + " requests, and this node appended "
+                    + append.requests.size());
+        }
         for (int i = 0; i < entry.requests().size(); i++) {
             applyRequest(entry.requests().get(i), ours ? append.requests.get(i) : null);
         }
