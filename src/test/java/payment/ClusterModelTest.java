@@ -305,7 +305,7 @@ class ClusterModelTest {
     /** The log as lin-kv holds it at the end of a run: the values of log/1, log/2, ... up to the first missing. */
     private static List<String> logOf(SimCluster cluster) {
         List<String> log = new ArrayList<>();
-        for (JsonNode value; (value = cluster.kv.values.get(ClusterService.slotKey(log.size() + 1))) != null; ) {
+        for (JsonNode value; (value = cluster.kv.get(ClusterService.slotKey(log.size() + 1))) != null; ) {
             log.add(value.isTextual() ? value.asText() : value.toString());
         }
         return log;

@@ -122,55 +122,6 @@ final class SimCluster implements AutoCloseable {
 
     // ---- lin-kv ------------------------------------------------------------------------------------------
 
-    /** Maelstrom's lin-kv: one map, each request applied whole when it is delivered. */
-    static final class LinKv {
-        final Map<String, JsonNode> values = new HashMap<>();
-
-        ObjectNode handle(JsonNode request) {
-            ObjectNode reply = MAELSTROM_JSON.createObjectNode();
-            String key = request.path("key").asText();
-            JsonNode current = values.get(key);
-            switch (request.path("type").asText()) {
-                case "read" -> {
-                    if (current == null) {
-                        error(reply, 20, "key does not exist");
-                    } else {
-                        reply.put("type", "read_ok");
-                        reply.set("value", current.deepCopy());
-                    }
-                }
-                case "write" -> {
-                    values.put(key, request.get("value").deepCopy());
-                    reply.put("type", "write_ok");
-                }
-                case "cas" -> {
-                    if (current == null) {
-                        if (request.path("create_if_not_exists").asBoolean(false)) {
-                            values.put(key, request.get("to").deepCopy());
-                            reply.put("type", "cas_ok");
-                        } else {
-                            error(reply, 20, "key does not exist");
-                        }
-                    } else if (current.equals(request.get("from"))) {
-                        values.put(key, request.get("to").deepCopy());
-                        reply.put("type", "cas_ok");
-                    } else {
-                        error(reply, 22, "current value " + current + " is not " + request.get("from"));
-                    }
-                }
-                default -> error(reply, 10, "unsupported operation: " + request.path("type").asText());
-            }
-            reply.put("in_reply_to", request.path("msg_id").asLong());
-            return reply;
-        }
-
-        private static void error(ObjectNode reply, int code, String text) {
-            reply.put("type", "error");
-            reply.put("code", code);
-            reply.put("text", text);
-        }
-    }
-
     // ---- one node, in this JVM -----------------------------------------------------------------------------
 
     /** A node's stdin: blocks its reader thread until the test writes, ends when the test closes it. */
@@ -360,7 +311,8 @@ final class SimCluster implements AutoCloseable {
 
     static final Rule HONEST = message -> Fate.DELIVER;
 
-    final LinKv kv = new LinKv();
+    /** Maelstrom's lin-kv, each request applied whole when it is delivered (the one store the lin-kv fakes share). */
+    final LinKvStore kv = new LinKvStore(MAELSTROM_JSON);
     final List<String> nodeIds;
     final long kvTimeoutMillis;
     private final Map<String, NodeProcess> nodes = new LinkedHashMap<>();
@@ -484,7 +436,10 @@ final class SimCluster implements AutoCloseable {
             if (++deliveries > MAX_DELIVERIES) {
                 throw new AssertionError("more than " + MAX_DELIVERIES + " deliveries: the nodes never settle");
             }
-            enqueue(KV, message.src, kv.handle(message.body()), now, message.about);
+            ObjectNode reply = kv.handle(message.body());
+            if (reply != null) {
+                enqueue(KV, message.src, reply, now, message.about);
+            }
         } else if (nodes.containsKey(message.dest)) {
             deliverToNode(message.dest, message.line());
         }
