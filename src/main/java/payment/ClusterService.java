@@ -1,207 +1,157 @@
 package payment;
 
-import com.fasterxml.jackson.core.JsonFactory;
-import com.fasterxml.jackson.core.JsonParseException;
-import com.fasterxml.jackson.core.JsonParser;
-import com.fasterxml.jackson.core.JsonProcessingException;
-import com.fasterxml.jackson.core.JsonToken;
-import com.fasterxml.jackson.core.StreamReadConstraints;
-import java.io.ByteArrayInputStream;
-import java.io.FileDescriptor;
-import java.io.FileInputStream;
-import java.io.FileOutputStream;
-import java.io.Flushable;
 import java.io.IOException;
 import java.io.InputStream;
 import java.io.InterruptedIOException;
-import java.io.OutputStream;
-import java.io.PrintStream;
 import java.math.BigDecimal;
-import java.nio.ByteBuffer;
-import java.nio.channels.Channels;
-import java.nio.channels.FileChannel;
-import java.nio.channels.OverlappingFileLockException;
 import java.nio.charset.StandardCharsets;
-import java.nio.file.AccessDeniedException;
-import java.nio.file.FileSystemException;
-import java.nio.file.NoSuchFileException;
-import java.nio.file.Path;
-import java.nio.file.StandardOpenOption;
-import java.nio.file.attribute.PosixFilePermissions;
 import java.util.ArrayDeque;
 import java.util.ArrayList;
 import java.util.Arrays;
-import java.util.EnumMap;
-import java.util.EnumSet;
 import java.util.HashMap;
-import java.util.HashSet;
-import java.util.HexFormat;
 import java.util.LinkedHashMap;
 import java.util.List;
-import java.util.Locale;
-import java.util.Map;
-import java.util.Objects;
-import java.util.Set;
-import java.util.SplittableRandom;
+import java.util.TreeMap;
 import java.util.concurrent.ArrayBlockingQueue;
 import java.util.concurrent.BlockingQueue;
-import java.util.concurrent.CompletableFuture;
-import java.util.concurrent.ConcurrentHashMap;
-import java.util.concurrent.ScheduledThreadPoolExecutor;
+import java.util.concurrent.ThreadLocalRandom;
 import java.util.concurrent.TimeUnit;
-import java.util.concurrent.atomic.AtomicBoolean;
-import java.util.concurrent.atomic.AtomicLong;
-import java.util.function.Consumer;
-import java.util.function.Function;
-import java.util.function.Supplier;
-import java.util.function.UnaryOperator;
-import java.util.regex.Matcher;
-import java.util.regex.Pattern;
 import java.util.zip.CRC32;
+
+import com.fasterxml.jackson.core.JsonToken;
+
+import payment.FundedPaymentHandler.BalanceReads;
 
 import static payment.PaymentNode.*;
 
 /**
- * The cluster's payment service: every node started with --store lin-kv keeps the idempotency table
- * and the ledgers in Maelstrom's lin-kv, so a retry answered by any node, or by a node killed and
- * restarted, gets the same result. The state machine (docs/CLUSTER.md) needs no lease: every record is
- * created by one create-only cas, every later change is a cas from the value read, and a refund that a
- * node left half done is finished (or voided) by whoever comes next.
+ * The cluster (--store lin-kv): the card's own table, the same code as one node, on every node, fed by one
+ * log that lin-kv orders (docs/CLUSTER.md).
  *
- * <p>It runs on the main loop only: a request sends its lin-kv requests and is resumed by their
- * replies, which come in on stdin; meanwhile later requests go on.
+ * <p>The log is the slots {@code log/1}, {@code log/2}, ... in lin-kv, each written once by a create-only
+ * cas. A slot holds an entry: a batch of requests, as the node that appended them received them. Every node
+ * applies the slots in order to its own table, so after slot n every node holds the same table, and each
+ * request in slot n has the same result everywhere. A node answers a client only from the first application
+ * of the entry it appended for it, so every answer is the single-node table's answer at one position of one
+ * total order. Nothing a node believes comes from anything but the log.
+ *
+ * <p>The story of a request, in the order this file tells it: it arrives ({@link #charge}) and waits in a
+ * queue; {@link #advance} takes the queue into one entry and appends it at the first slot this node has not
+ * applied; if that slot is someone else's, the node tries the next at once while it reads the refused one and
+ * applies it; when the slot holding its entry is applied, the table's answer goes back. PaymentStatus and BalanceRead append nothing:
+ * they wait until a read sent after they arrived finds the first slot that does not exist yet.
  */
 final class ClusterService implements Service {
-    static final String KV = "lin-kv";
-    /** The {@code from} of a create-only cas: no value this node writes is ever this string. */
-    private static final String ABSENT = "(absent)";
-    /** Ids reserved by one cas on {@code ids/payments} or {@code ids/refunds}. */
-    private static final long ID_BLOCK = 100;
-    /** lin-kv calls in flight at most; a request beyond gets error 11 (nothing done). Requests waiting for ids, likewise. */
-    static final int MAX_CALLS = 10_000;
-    /** Rounds of going back (a write that lost a race, an intent voided) one request goes through at most before it gives up (error 13: the outcome is unknown). */
-    static final int MAX_ROUNDS = 16;
-    /** Entries each cache below keeps at most, the least recently used leaving first. */
-    static final int CACHE_ENTRIES = 1 << 16;
+    // ---- bounds: every queue and loop has one ---------------------------------------------------------
 
+    /** Requests in one entry at most. */
+    static final int MAX_BATCH_REQUESTS = 256;
+    /** Characters of one entry at most (a single request larger than this still goes, alone). */
+    static final int MAX_ENTRY_CHARS = 64 * 1024;
+    /** Reads of slots in flight at most, when this node is behind (catching up, replaying after a restart). */
+    static final int MAX_READS_IN_FLIGHT = 64;
+    /** The reads in flight a starting node replays the log with, doubled at each slot found, up to the bound above. */
+    static final int FIRST_REPLAY_READS = 8;
+    /** Client requests this node holds unanswered at most; one more is refused with error 11, nothing done. */
+    static final int MAX_WAITING = 10_000;
+    /**
+     * How many lin-kv timeouts a request waits at most, whatever happens: a request is answered "outcome
+     * unknown" as soon as a call it waits on times out, and this is only the backstop of a request that
+     * waits on calls that keep being answered (an append that keeps losing its slot to others).
+     */
+    static final int PATIENCE_IN_TIMEOUTS = 10;
+    /**
+     * --max-keys of a cluster node when none is given: a limit fixed in advance, not one derived from the
+     * heap, which differs from node to node (a full table must refuse the same key on every node).
+     */
+    static final long DEFAULT_MAX_KEYS = 1_000_000;
+
+    private final PaymentHandler table;
+    private final boolean keepsBalances;
+    /** What every node must apply the log under (--balance, --max-keys): written into every entry, checked at every apply. */
+    private final String settings;
     private final ReplyWriter replies;
     private final Log log;
-    /** This node's id, from init: lin-kv requests come from it. */
-    private String nodeId;
-    /** Numbers refund intents, from a base no earlier process of this node used (like its msg_ids). */
-    private long nextIntent = numberingBase();
+    private final LinKv kv;
     private final long timeoutMillis;
-    /** lin-kv requests waiting for their reply, oldest (soonest deadline) first; at most {@link #MAX_CALLS}. */
-    private final LinkedHashMap<Long, Call> calls = new LinkedHashMap<>();
-    /** Step records seen: immutable once written, so a retry to this node costs no lin-kv call. */
-    private final Map<String, StepRecord> steps = lru();
-    /** Payment records (ledgers) as this node last saw them: a guess for the next cas, never a ground for a refusal. */
-    private final Map<String, PaymentRecord> ledgers = lru();
-    /** Final refund records seen: immutable too. */
-    private final Map<String, RefundRecord> refunds = lru();
-    private final IdBlock paymentIds = new IdBlock("ids/payments");
-    private final IdBlock refundIds = new IdBlock("ids/refunds");
+    /** --faults on a cluster: {@code fail} decided here before appending, the reply-only faults on this node's answer (null: none). */
+    private final Faults faults;
+    private final FaultyService.DelayedReplies delayed = new FaultyService.DelayedReplies();
+    /** Differs in every process, so that a restarted node never takes its old process's late-landing entry for its own. */
+    private final String processNonce = Long.toHexString(ThreadLocalRandom.current().nextLong() ^ System.nanoTime());
+    private String nodeId;
+    private long entriesMade;
 
-    private static <V> Map<String, V> lru() {
-        return new LinkedHashMap<>(16, 0.75f, true) {
-            private static final long serialVersionUID = 1L;
+    // The log as this node has it: slots 1..applied applied to the table, some beyond them read.
+    private long applied;
+    /** The highest slot known to hold an entry (slots are filled in order: every slot before it holds one too). */
+    private long knownFilled;
+    /** From init until the replay reaches the end of the log it found: the node answers nothing before. */
+    private boolean replaying = true;
+    private boolean replayLogged;
+    private long replayStartedNanos;
+    /** While replaying, the lowest slot a read found missing: the end of the log as of some moment of the replay. */
+    private long replayEnd = Long.MAX_VALUE;
+    private int readWindow = FIRST_REPLAY_READS;
+    private final TreeMap<Long, Slot> fetched = new TreeMap<>();
+    private final HashMap<Long, ReadsOfSlot> readsOut = new HashMap<>();
+    private int readsInFlight;
+    private long readsSent;
+    /** The count of the last entry applied of each process (node and nonce): a process appends its entries in order. */
+    private final HashMap<String, Long> appliedCounts = new HashMap<>();
+    /** The last undecodable reading of a slot: a slot is skipped only when two readings agree. */
+    private final HashMap<Long, String> badReadings = new HashMap<>();
 
-            @Override
-            protected boolean removeEldestEntry(Map.Entry<String, V> eldest) {
-                return size() > CACHE_ENTRIES;
-            }
-        };
-    }
+    // The requests this node holds, each in one of the stages below.
+    private final LinkedHashMap<Long, Waiting> unanswered = new LinkedHashMap<>();
+    private final ArrayDeque<Waiting> queued = new ArrayDeque<>();
+    private final ArrayDeque<Waiting> readers = new ArrayDeque<>();
+    private Append append;
+    private long arrivals;
 
-    ClusterService(ReplyWriter replies, Log log, long timeoutMillis) {
+    /** {@code table}: the card's table, with --balance and --max-keys as given (the same on every node). */
+    ClusterService(PaymentHandler table, BigDecimal balance, long maxKeys, Faults faults, ReplyWriter replies, Log log, long timeoutMillis) {
+        this.faults = faults;
+        this.table = table;
+        this.keepsBalances = balance != null;
+        this.settings = "balance " + (balance == null ? "none" : balance.stripTrailingZeros().toPlainString()) + ", max-keys " + maxKeys;
         this.replies = replies;
         this.log = log;
         this.timeoutMillis = timeoutMillis;
-        // A reply meant for an earlier process of this node must never match a request of this one.
-        replies.startMsgIdsAt(numberingBase());
+        this.kv = new LinKv(replies, log, timeoutMillis);
     }
 
-    /** A number past any an earlier process of this node counted from (the clock in ms x 1000: unless it steps back). */
-    private static long numberingBase() {
-        return System.currentTimeMillis() * 1000;
-    }
+    // ---- 1. A request arrives, and waits ---------------------------------------------------------------
 
-    /** How long a cluster node may hold its output in a buffer while input keeps coming. */
-    private static final long MAX_HOLD_NANOS = 2_000_000;
-    private long flushedAt = System.nanoTime();
+    /** Where a client request is: queued for the next entry, in the entry being appended, or waiting for a read of the log's end. */
+    enum Stage { QUEUED, APPENDING, READING }
 
-    /**
-     * The node reads stdin through a {@link TimedInput} that wakes up for this service's timed work: it answers
-     * the calls that lin-kv left unanswered past their time, and it never holds lin-kv requests in the reply
-     * buffer for long under a flood of input. The input never waits for lin-kv.
-     */
-    @Override
-    public InputStream input(InputStream stdin) {
-        return new TimedInput(stdin, this::runDue);
-    }
-
-    private long runDue() throws IOException {
-        expire();
-        if (System.nanoTime() - flushedAt > MAX_HOLD_NANOS) {
-            replies.flush();
-            flushedAt = System.nanoTime();
-        }
-        long millis = millisToNextDeadline();
-        return millis < 0 ? -1 : Math.max(1, millis * 1_000_000);
-    }
-
-    /** At the end of input, calls still waiting can only time out (their replies would have come on stdin). */
-    @Override
-    public void close() throws IOException {
-        replies.flush();
-        while (waiting()) {
-            long millis = millisToNextDeadline();
-            try {
-                Thread.sleep(Math.max(1, millis));
-            } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
-                return;
-            }
-            expire();
-            replies.flush();
-        }
-    }
-
-    /** What a lin-kv request came back with. */
-    enum Outcome { OK, MISSING, CONFLICT }
-
-    interface Then {
-        void on(Outcome outcome, Object value) throws IOException;
-    }
-
-    interface With<T> {
-        void on(T value) throws IOException;
-    }
-
-    interface Next {
-        void run() throws IOException;
-    }
-
-    /**
-     * One client request in flight: where its reply goes (null for the node's own work, an id reservation),
-     * the records it wrote itself (so that a record found after a lost or doubled reply is known for its
-     * own, not taken for a retry's), and how many rounds of conflicting writes it has been through.
-     */
-    class Flight {
+    /** A client request not answered yet. Exactly one of {@code request}, {@code status}, {@code balance} is set. */
+    final class Waiting {
+        final long number = ++arrivals;
         final Envelope reply;
-        private boolean answered;
-        private int rounds;
-        private final List<Object> written = new ArrayList<>(2);
+        final long deadlineNanos = System.nanoTime() + PATIENCE_IN_TIMEOUTS * timeoutMillis * 1_000_000;
+        final LoggedRequest request;
+        final StatusRequest status;
+        final BalanceRequest balance;
+        /** The injected fault of its answer (--faults), or null. */
+        Faults.Drawn fault;
+        /** Reads sent before it came: only a read sent after it can tell where the log ends for it. */
+        final long readsSentBefore = readsSent;
+        Stage stage;
 
-        Flight(Envelope reply) {
+        Waiting(Envelope reply, LoggedRequest request, StatusRequest status, BalanceRequest balance) {
             this.reply = reply;
+            this.request = request;
+            this.status = status;
+            this.balance = balance;
+            this.stage = request != null ? Stage.QUEUED : Stage.READING;
         }
 
-        /** Writes the request's one reply; anything after it (a late call's reply) is ignored. */
-        void answer(Reply reply) throws IOException {
-            if (!answered) {
-                answered = true;
-                reply.writeTo(replies);
+        /** Its one reply; nothing if it was answered already (a timeout, an indefinite error). */
+        void answer(Reply answer) throws IOException {
+            if (unanswered.remove(number) != null) {
+                answer.writeTo(replies);
             }
         }
 
@@ -209,1083 +159,695 @@ final class ClusterService implements Service {
             answer(writer -> writer.error(reply, error));
         }
 
-        boolean answered() {
-            return answered;
-        }
-
-        /** After a conflict: one more round, up to {@link #MAX_ROUNDS}; then the request gives up, its outcome unknown. */
-        void nextRound() {
-            if (++rounds > MAX_ROUNDS) {
-                throw new RpcError(Reason.KV_UNKNOWN_OUTCOME, "lin-kv changed under this request " + MAX_ROUNDS
-                        + " times in a row: the outcome is unknown; a retry will tell");
-            }
-        }
-
-        void wrote(Object record) {
-            written.add(record);
-        }
-
-        boolean wroteItself(Object record) {
-            return written.contains(record);
-        }
-    }
-
-    record Call(String type, String key, long deadline, Flight flight, Then then) {
-    }
-
-    // ---- the requests ------------------------------------------------------------------------
-
-    /** init: the node's id (lin-kv requests come from it), and the first id blocks, so that no first charge waits for one. */
-    @Override
-    public void init(String id, int nodeIds) throws IOException {
-        if (id != null) {
-            nodeId = id;
-            paymentIds.refillAhead();
-            refundIds.refillAhead();
+        /** The table's answer, through the fault drawn for it when it came (--faults): the work is done, the reply may not be. */
+        void answerApplied(Reply answer) throws IOException {
+            answer(fault == null ? answer : FaultyService.afterWork(fault, reply, answer, delayed));
         }
     }
 
     @Override
     public Reply charge(Envelope reply, ChargeRequest request) throws IOException {
-        Flight flight = start(reply);
-        StepRecord known = steps.get(request.key());
-        if (known != null) {
-            answerCharge(flight, request, known, true);   // a step record never changes: no lin-kv call
-            return Reply.LATER;
-        }
-        chargeWithNewId(flight, request);
+        admit(withFault(new Waiting(reply, new LoggedRequest(request, null, System.currentTimeMillis(), reply), null, null), request.key()));
         return Reply.LATER;
-    }
-
-    /**
-     * The payment's record first, then the step's (the commit point): by the time a payment id can be
-     * seen anywhere, its ledger exists, so every refund of it is held to its charge.
-     */
-    private void chargeWithNewId(Flight flight, ChargeRequest request) throws IOException {
-        paymentIds.take(flight, number -> {
-            String paymentId = Charged.paymentId(number);
-            PaymentRecord payment = PaymentRecord.of(request.key(), request.amount().text());
-            cas(flight, paymentRecordKey(paymentId), ABSENT, payment.encode(), (o, v) -> {
-                if (o != Outcome.OK) {
-                    flight.nextRound();   // a saga's refund took this id first as a payment not known: take another
-                    chargeWithNewId(flight, request);
-                    return;
-                }
-                ledgers.put(paymentId, payment);
-                StepRecord charged = StepRecord.chargedWith(request.userId(), request.amount().text(), paymentId);
-                flight.wrote(charged);
-                cas(flight, stepRecordKey(request.key()), ABSENT, charged.encode(), (o2, v2) -> {
-                    if (o2 == Outcome.OK) {
-                        steps.put(request.key(), charged);
-                        answerCharge(flight, request, charged, false);
-                        return;
-                    }
-                    // The step was there before: a retry, a reuse, or a compensation first (the payment
-                    // record just written is an orphan: its step names another payment, or none).
-                    readStep(flight, request.key(), step -> {
-                        if (step == null) {
-                            throw new RpcError(Reason.KV_UNKNOWN_OUTCOME, "lin-kv refused to create " + stepRecordKey(request.key())
-                                    + " and then did not have it: the outcome is unknown; a retry will tell");
-                        }
-                        answerCharge(flight, request, step, !flight.wroteItself(step));
-                    });
-                });
-            });
-        });
-    }
-
-    private void answerCharge(Flight flight, ChargeRequest request, StepRecord step, boolean replayed) throws IOException {
-        if (!step.charged()) {
-            throw Rules.compensatedFirst(request.key());
-        }
-        if (replayed) {
-            Rules.requireSameParams(request.key(), Rules.chargeDiffers(step.userId(), step.amount(), request));
-            log.verboseCacheHit(request.key());
-        }
-        flight.answer(writer -> writer.chargeOk(flight.reply, request,
-                new Served<>(new ChargeResult(step.paymentId(), step.amount()), replayed)));
     }
 
     @Override
     public Reply refund(Envelope reply, RefundRequest request) throws IOException {
-        Flight flight = start(reply);
-        RefundRecord done = refunds.get(request.key());
-        if (done != null) {
-            answerRefund(flight, request, done, true);   // a final record never changes: no lin-kv call
-            return Reply.LATER;
-        }
-        resume(flight, request);
+        admit(withFault(new Waiting(reply, new LoggedRequest(null, request, System.currentTimeMillis(), reply), null, null), request.key()));
         return Reply.LATER;
     }
 
-    /** From the refund key's record: answer what is final, finish or void what is pending, or start. */
-    private void resume(Flight flight, RefundRequest request) throws IOException {
-        String key = refundRecordKey(request.key());
-        read(flight, key, (o, v) -> {
-            RefundRecord record = o == Outcome.OK ? RefundRecord.decode(key, v) : null;
-            if (record != null && record.isRefunded()) {
-                refunds.put(request.key(), record);
-                answerRefund(flight, request, record, !flight.wroteItself(record));
-            } else if (record != null && record.isPending() && record.differs(request).isEmpty()) {
-                proceed(flight, request, record);
-            } else if (record != null && record.isPending()) {
-                settleOthers(flight, request, record);
-            } else {
-                choosePayment(flight, request, record);
-            }
-        });
-    }
-
     /**
-     * A pending intent with other params than this request's. One that closes its step may have closed it
-     * already, which cannot be undone, and it can always be finished (it refunds nothing, or trusts the
-     * saga): so it is finished, on its own params, and this request (a reuse) gets 22. Any other: if its
-     * refund is in the ledger it happened, so it is finished likewise; if not, it never will be from this
-     * intent, which is voided, and this request is served on its own params. An error leaves no record.
+     * Draws the attempt's fault (--faults) on the node that received it, before anything is appended: {@code fail}
+     * is refused here, so nothing of it ever reaches the log; any other fault touches only this node's reply.
      */
-    private void settleOthers(Flight flight, RefundRequest request, RefundRecord pending) throws IOException {
-        if (pending.closesStep()) {
-            proceed(flight, request, pending);
-            return;
+    private Waiting withFault(Waiting waiting, String key) {
+        Faults.Drawn drawn = faults == null || nodeId == null ? null : faults.draw(key);
+        if (drawn != null) {
+            log.event("fault: " + drawn.fault().option + (drawn.fault() == Faults.Fault.DELAY ? " " + drawn.delayMillis() + "ms" : "")
+                    + " " + key + " msg_id " + (waiting.reply.inReplyTo() == null ? "none" : waiting.reply.inReplyTo()));
+            if (drawn.fault() == Faults.Fault.FAIL) {
+                throw new RpcError(Reason.INJECTED_FAIL, "injected fault: fail: nothing was done; safe to retry");
+            }
         }
-        voidFenced(flight, request, pending);
+        waiting.fault = drawn;
+        return waiting;
     }
 
-    /**
-     * Voids an intent that another attempt may be applying at this very moment: first a void marker for it
-     * goes into its payment's ledger (by a cas from a ledger without its entry), so that its apply can
-     * never land after; if its entry is there instead, it happened, and it is finished. Then the intent
-     * is voided, and this request chooses again on its own params.
-     */
-    private void voidFenced(Flight flight, RefundRequest request, RefundRecord pending) throws IOException {
-        String paymentId = pending.payment();
-        readLedger(flight, paymentId, ledger -> {
-            LedgerEntry entry = ledger == null ? null : ledger.entry(request.key());
-            if (entry != null && !entry.isVoidMarker()) {
-                writeFinalRefund(flight, request, pending, RefundRecord.finalOf(entry, paymentId), true);
-                return;
-            }
-            if (entry != null && entry.voids().equals(pending.intent())) {
-                voidAndChooseAgain(flight, request, pending);
-                return;
-            }
-            if (ledger == null) {
-                throw noLedger(paymentId, request);
-            }
-            PaymentRecord fenced = ledger.with(request.key(), LedgerEntry.voiding(pending.intent()));
-            cas(flight, paymentRecordKey(paymentId), ledger.encode(), fenced.encode(), (o, v) -> {
-                flight.nextRound();
-                if (o == Outcome.OK) {
-                    ledgers.put(paymentId, fenced);
-                    voidAndChooseAgain(flight, request, pending);
-                } else {
-                    voidFenced(flight, request, pending);   // the ledger moved on: look again
-                }
-            });
-        });
-    }
-
-    private void voidAndChooseAgain(Flight flight, RefundRequest request, RefundRecord pending) throws IOException {
-        voidIntent(flight, request, pending, () -> {
-            flight.nextRound();
-            choosePayment(flight, request, RefundRecord.VOID);
-        });
-    }
-
-    /** Cas a pending intent to void, then {@code then}; if the record moved on, goes on from what is there. */
-    private void voidIntent(Flight flight, RefundRequest request, RefundRecord pending, Next then) throws IOException {
-        cas(flight, refundRecordKey(request.key()), pending.encode(), RefundRecord.VOID.encode(), (o, v) -> {
-            if (o == Outcome.OK) {
-                then.run();
-            } else {
-                flight.nextRound();
-                resume(flight, request);
-            }
-        });
-    }
-
-    /** Which payment a compensation refunds: the four cases of one node ({@link Rules#refundCase}), cluster-wide. */
-    private void choosePayment(Flight flight, RefundRequest request, RefundRecord from) throws IOException {
-        readStep(flight, request.chargeKey(), step -> {
-            String ownPayment = step != null && step.charged() ? step.paymentId() : null;
-            switch (Rules.refundCase(ownPayment, false, request)) {
-                case OWN_PAYMENT -> intend(flight, request, from, ownPayment, false);
-                case NAMED_PAYMENT -> readLedger(flight, request.paymentId(), named -> {
-                    if (named != null && named.known()) {
-                        intend(flight, request, from, request.paymentId(), false);
-                        return;
-                    }
-                    Rules.requireAmountOfUnknownPayment(request, "this service");
-                    intend(flight, request, from, request.paymentId(), true);   // trusting the saga: the step is closed
-                });
-                case CLOSE_STEP -> intend(flight, request, from, "", true);   // nothing to refund: the step is closed
-                case NOTHING_CHARGED -> throw new IllegalStateException("a cluster declines no charge");
-            }
-        });
-    }
-
-    /**
-     * The intent: this refund key draws on this payment (none: "" for a compensation that refunds nothing),
-     * with these params, and closes its step or not. Taking the refund key comes first, as on one node, so
-     * that only the compensation that has the key closes the step. From here anyone can finish it.
-     */
-    private void intend(Flight flight, RefundRequest request, RefundRecord from, String paymentId, boolean closesStep) throws IOException {
-        RefundRecord pending = RefundRecord.pending(request, paymentId, closesStep, nodeId + "#" + nextIntent++);
-        cas(flight, refundRecordKey(request.key()), from == null ? ABSENT : from.encode(), pending.encode(), (o, v) -> {
-            if (o == Outcome.OK) {
-                proceed(flight, request, pending);
-            } else {
-                flight.nextRound();
-                resume(flight, request);   // another attempt got there first: go on from what it wrote
-            }
-        });
-    }
-
-    /** Goes on from a pending intent: closes its step if it must, then applies it (or, refunding nothing, finishes it). */
-    private void proceed(Flight flight, RefundRequest request, RefundRecord pending) throws IOException {
-        if (!pending.closesStep()) {
-            // Case 2 was decided on a step with no charge; if the step has been charged since, the intent no
-            // longer holds (the step's own payment comes first): void it and choose again. A charged step
-            // never changes, so the step's own payment is never checked twice.
-            readStep(flight, request.chargeKey(), step -> {
-                if (step != null && step.charged() && !step.paymentId().equals(pending.payment())) {
-                    voidFenced(flight, request, pending);
-                } else {
-                    apply(flight, request, pending, ledgers.get(pending.payment()), false);
-                }
-            });
-            return;
-        }
-        Next then = () -> {
-            if (pending.payment().isEmpty()) {
-                writeFinalRefund(flight, request, pending, RefundRecord.nothing(pending), false);
-            } else {
-                apply(flight, request, pending, ledgers.get(pending.payment()), false);
-            }
-        };
-        cas(flight, stepRecordKey(request.chargeKey()), ABSENT, StepRecord.COMPENSATED.encode(), (o, v) -> {
-            if (o == Outcome.OK) {
-                steps.put(request.chargeKey(), StepRecord.COMPENSATED);
-                then.run();
-                return;
-            }
-            readStep(flight, request.chargeKey(), step -> {
-                if (step != null && step.charged()) {
-                    // The charge won the race: nothing of this intent happened (it applies only once the step
-                    // is closed), so it is voided, and the refund takes that payment.
-                    voidAndChooseAgain(flight, request, pending);
-                } else {
-                    then.run();
-                }
-            });
-        });
-    }
-
-    /**
-     * Adds this refund key to the payment's ledger, once, never above the charge: one cas from the ledger
-     * checked. It starts from the ledger as this node last saw it, a guess that a failed cas corrects; a
-     * refusal is only ever decided on a ledger just read. A payment not known is refunded as asked (the
-     * saga is trusted), still inside its ledger.
-     */
-    private void apply(Flight flight, RefundRequest request, RefundRecord pending, PaymentRecord ledger, boolean fresh) throws IOException {
-        String paymentId = pending.payment();
-        if (ledger == null && !fresh) {
-            readLedger(flight, paymentId, read -> apply(flight, request, pending, read, true));
-            return;
-        }
-        LedgerEntry entry = ledger == null ? null : ledger.entry(request.key());
-        if (entry != null && entry.isVoidMarker()) {
-            if (entry.voids().equals(pending.intent())) {
-                flight.nextRound();
-                resume(flight, request);   // this intent was voided by another request: go on from what it wrote
-                return;
-            }
-            entry = null;   // the marker of an earlier intent on this key: this one may still be applied
-        }
-        if (entry != null) {
-            // Applied before (by an attempt that did not finish, or by this one through a doubled reply).
-            writeFinalRefund(flight, request, pending, RefundRecord.finalOf(entry, paymentId), !flight.wroteItself(entry));
-            return;
-        }
-        Amount requested = pending.amountGiven().isEmpty() ? null : new Amount(pending.amountGiven(), new BigDecimal(pending.amountGiven()));
-        boolean trusted = ledger == null || !ledger.known();
-        if (trusted && (requested == null || !pending.closesStep())) {
-            throw noLedger(paymentId, request);
-        }
-        String amount;
-        try {
-            amount = ledger != null && ledger.known()
-                    ? Rules.refundAmount(paymentId, ledger.charged(), new BigDecimal(ledger.refunded()), requested)
-                    : requested.text();
-        } catch (RpcError refused) {
-            if (fresh) {
-                abandon(flight, request, pending, refused);
-            } else {
-                readLedger(flight, paymentId, read -> apply(flight, request, pending, read, true));
-            }
-            return;
-        }
-        refundIds.take(flight, number -> {
-            LedgerEntry mine = new LedgerEntry(Refunded.refundId(number), amount, pending.paymentIdGiven(), pending.amountGiven(), "");
-            flight.wrote(mine);
-            PaymentRecord next = (ledger == null ? PaymentRecord.notKnown() : ledger).with(request.key(), mine);
-            cas(flight, paymentRecordKey(paymentId), ledger == null ? ABSENT : ledger.encode(), next.encode(), (o, v) -> {
-                if (o == Outcome.OK) {
-                    ledgers.put(paymentId, next);
-                    if (trusted) {
-                        log.warn(Rules.trustingTheSaga(request, "this service", ""));   // once: when the refund is made
-                    }
-                    writeFinalRefund(flight, request, pending, RefundRecord.finalOf(mine, paymentId), false);
-                } else {
-                    flight.nextRound();   // the ledger moved on: read it and decide again
-                    readLedger(flight, paymentId, read -> apply(flight, request, pending, read, true));
-                }
-            });
-        });
-    }
-
-    /** An intent that draws on a payment this service charged, whose record is not there: not a state it writes. */
-    private static RpcError noLedger(String paymentId, RefundRequest request) {
-        return notOurs(paymentRecordKey(paymentId), "no ledger of a payment charged, though " + refundRecordKey(request.key()) + " draws on it");
-    }
-
-    /** An error leaves no record: the intent is voided, so that a corrected request starts afresh. */
-    private void abandon(Flight flight, RefundRequest request, RefundRecord pending, RpcError error) throws IOException {
-        voidIntent(flight, request, pending, () -> flight.fail(error));
-    }
-
-    /**
-     * Writes a refund key's final record over what was there ({@code from}: the pending record, a void one,
-     * or none), then answers. If someone else wrote first, goes on from what they wrote.
-     */
-    private void writeFinalRefund(Flight flight, RefundRequest request, RefundRecord from, RefundRecord done, boolean replayed) throws IOException {
-        flight.wrote(done);
-        cas(flight, refundRecordKey(request.key()), from == null ? ABSENT : from.encode(), done.encode(), (o, v) -> {
-            if (o == Outcome.OK) {
-                refunds.put(request.key(), done);
-                answerRefund(flight, request, done, replayed);
-            } else {
-                flight.nextRound();
-                resume(flight, request);
-            }
-        });
-    }
-
-    private void answerRefund(Flight flight, RefundRequest request, RefundRecord done, boolean replayed) throws IOException {
-        Rules.requireSameParams(request.key(), done.differs(request));
-        if (replayed) {
-            log.verboseCacheHit(request.key());
-        }
-        flight.answer(writer -> writer.refundOk(flight.reply, request, new Served<>(done.result(), replayed)));
-    }
-
-    /** What is recorded for a step, read fresh (its ledger may have moved on): no key is created or changed. */
     @Override
     public Reply status(Envelope reply, StatusRequest request) throws IOException {
-        Flight flight = start(reply);
-        String refundKey = refundRecordKey(request.refundKey());
-        readStep(flight, request.chargeKey(), step -> read(flight, refundKey, (o, v) -> {
-            RefundRecord refund = o == Outcome.OK ? RefundRecord.decode(refundKey, v) : null;
-            RefundResult refunded = refund != null && refund.isRefunded() ? refund.result() : null;
-            if (step == null || !step.charged()) {
-                flight.answer(writer -> writer.paymentStatusOk(reply, request, new StepStatus(step == null ? "none" : "compensated", null, refunded)));
-                return;
-            }
-            String paymentKey = paymentRecordKey(step.paymentId());
-            read(flight, paymentKey, (o2, v2) -> {
-                if (o2 != Outcome.OK) {
-                    throw notOurs(paymentKey, "missing, though step " + request.chargeKey() + " names it");
-                }
-                PaymentRecord ledger = PaymentRecord.decode(paymentKey, v2);
-                ledgers.put(step.paymentId(), ledger);
-                PaymentView payment = new PaymentView(step.paymentId(), step.amount(),
-                        new BigDecimal(ledger.refunded()).signum() > 0 ? new BigDecimal(ledger.refunded()).toPlainString() : "0");
-                flight.answer(writer -> writer.paymentStatusOk(reply, request, new StepStatus("charged", payment, refunded)));
-            });
-        }));
+        admit(new Waiting(reply, null, request, null));
         return Reply.LATER;
     }
 
-    // ---- lin-kv ------------------------------------------------------------------------------
+    /** BalanceRead (with --balance): a read of the log's end first, as PaymentStatus; other types are not this service's. */
+    @Override
+    public Reply other(Envelope reply, String type, byte[] line, int start, int length) throws IOException {
+        if (!type.equals("BalanceRead")) {
+            throw new RpcError(Reason.UNSUPPORTED_TYPE, "unsupported message type: " + type);
+        }
+        if (!keepsBalances) {
+            throw new RpcError(Reason.BALANCES_NOT_KEPT, "BalanceRead needs --balance: this cluster keeps no balances");
+        }
+        admit(new Waiting(reply, null, null, new BalanceRequest(BalanceReads.userIdOf(line, start, length))));
+        return Reply.LATER;
+    }
 
-    /** A step's record (null: none), from what this node has seen or from lin-kv. */
-    private void readStep(Flight flight, String chargeKey, With<StepRecord> then) throws IOException {
-        StepRecord known = steps.get(chargeKey);
-        if (known != null) {
-            then.on(known);
+    /** A BalanceRead, checked: it names a user. */
+    record BalanceRequest(String userId) {
+    }
+
+    private void admit(Waiting waiting) throws IOException {
+        if (nodeId == null) {
+            throw new RpcError(Reason.NOT_INITIALISED, "not initialised: a cluster node reaches lin-kv only once init names it;"
+                    + " nothing was done");
+        }
+        if (unanswered.size() >= MAX_WAITING) {
+            throw new RpcError(Reason.BUSY, "busy: " + unanswered.size() + " requests are waiting; nothing was done, retry later");
+        }
+        unanswered.put(waiting.number, waiting);
+        (waiting.request != null ? queued : readers).add(waiting);
+        advance();
+    }
+
+    /** init names the node; the first one starts the replay of the log from slot 1. */
+    @Override
+    public void init(String id, int nodeIds) throws IOException {
+        if (id != null) {
+            replayStartedNanos = nodeId == null ? System.nanoTime() : replayStartedNanos;
+            nodeId = id;
+            kv.from(id);
+            advance();
+        }
+    }
+
+    // ---- 2. The append loop: one state-driven step after every event -----------------------------------
+
+    /** Where the entry being appended is: to be placed at the first slot not applied, sent there, or its slot's outcome unknown. */
+    enum AppendState { PLACE, CAS_SENT, SLOT_UNKNOWN }
+
+    /** The one entry this node is appending: fixed once made (a delayed cas of it may still land), until its slot is known. */
+    static final class Append {
+        final String entryId;
+        final String value;
+        final List<Waiting> requests;
+        AppendState state = AppendState.PLACE;
+        long slot;
+        /** How many cas of it went to each slot: a refusal of its only cas to a slot means the slot is another's. */
+        final HashMap<Long, Integer> casesAt = new HashMap<>();
+
+        Append(String entryId, String value, List<Waiting> requests) {
+            this.entryId = entryId;
+            this.value = value;
+            this.requests = requests;
+        }
+    }
+
+    /**
+     * Moves this node's log forward as far as what it knows allows, from wherever the last event left it (its
+     * recovery points are the states of {@link Append}): applies the slots read, in order; makes the next
+     * entry; appends it at the first slot not applied when nothing says that slot is taken; and reads what
+     * must be read (the slot whose cas had no clear answer, the slots of a node behind, the log's end for the
+     * reads waiting). Called after every event: a request, a lin-kv reply, a deadline.
+     */
+    private void advance() throws IOException {
+        if (nodeId == null) {
             return;
         }
-        String key = stepRecordKey(chargeKey);
-        read(flight, key, (o, v) -> {
-            StepRecord step = o == Outcome.OK ? StepRecord.decode(key, v) : null;
-            if (step != null) {
-                steps.put(chargeKey, step);
-            }
-            then.on(step);
-        });
-    }
-
-    /** A payment's record (null: none), read from lin-kv. */
-    private void readLedger(Flight flight, String paymentId, With<PaymentRecord> then) throws IOException {
-        String key = paymentRecordKey(paymentId);
-        read(flight, key, (o, v) -> {
-            PaymentRecord ledger = o == Outcome.OK ? PaymentRecord.decode(key, v) : null;
-            if (ledger != null) {
-                ledgers.put(paymentId, ledger);
-            }
-            then.on(ledger);
-        });
-    }
-
-    private Flight start(Envelope reply) {
-        if (nodeId == null) {
-            throw new RpcError(Reason.NOT_INITIALISED,
-                    "not initialized: a node of the cluster needs its id (init) to reach lin-kv; nothing was done");
+        applyFetchedSlots();
+        if (append == null && !queued.isEmpty() && !replaying) {
+            append = nextEntry();
         }
-        if (calls.size() >= MAX_CALLS) {
-            throw new RpcError(Reason.BUSY, "busy: " + calls.size()
-                    + " lin-kv calls are waiting for their replies; nothing was done, retry later");
+        if (append != null && append.state == AppendState.PLACE && !replaying && knownFilled <= applied) {
+            // The only slot it may take: every slot before it is applied, so it lands at most once.
+            cas(append, applied + 1);
         }
-        return new Flight(reply);
+        sendReads();
     }
 
-    private void read(Flight flight, String key, Then then) throws IOException {
-        send(flight, "read", key, null, null, null, false, then);
+    private void cas(Append sent, long slot) throws IOException {
+        sent.slot = slot;
+        sent.state = AppendState.CAS_SENT;
+        sent.casesAt.merge(slot, 1, Integer::sum);
+        kv.createOnly(slotKey(slot), sent.value, reply -> casEnded(sent, slot, reply));
     }
 
-    /** A cas from {@code from} to {@code to}; from {@link #ABSENT}, it creates the key or fails if there is one. */
-    private void cas(Flight flight, String key, Object from, Object to, Then then) throws IOException {
-        send(flight, "cas", key, null, from, to, ABSENT.equals(from), then);
+    static String slotKey(long slot) {
+        return "log/" + slot;
     }
 
-    private void send(Flight flight, String type, String key, Object value, Object from, Object to, boolean create, Then then) throws IOException {
-        long msgId = replies.send(new Envelope(nodeId, KV, null), type, json -> {
-            json.field("key");
-            json.string(key);
-            if (value != null) {
-                json.field("value");
-                KvValue.write(json, value);
+    /** The queued requests, oldest first, as one entry: bounded in requests and characters (one request at least). */
+    private Append nextEntry() {
+        String entryId = nodeId + "/" + processNonce + "/" + ++entriesMade;
+        List<Waiting> batch = new ArrayList<>();
+        List<String> encoded = new ArrayList<>();
+        int chars = 0;
+        while (!queued.isEmpty() && batch.size() < MAX_BATCH_REQUESTS) {
+            String one = queued.peekFirst().request.encode();
+            if (!batch.isEmpty() && chars + one.length() > MAX_ENTRY_CHARS) {
+                break;
             }
-            if (from != null) {
-                json.field("from");
-                KvValue.write(json, from);
-                json.field("to");
-                KvValue.write(json, to);
+            Waiting waiting = queued.pollFirst();
+            waiting.stage = Stage.APPENDING;
+            batch.add(waiting);
+            encoded.add(one);
+            chars += one.length();
+        }
+        return new Append(entryId, LogEntry.encode(entryId, settings, encoded), batch);
+    }
+
+    /** The cas of {@code sent} at {@code slot} ended; anything but a success means: read the slot, which decides. */
+    private void casEnded(Append sent, long slot, LinKv.Reply reply) throws IOException {
+        if (sent != append || slot != sent.slot || sent.state != AppendState.CAS_SENT) {
+            return;   // that slot was settled by a read meanwhile
+        }
+        if (reply.outcome() == LinKv.Outcome.OK) {
+            knownFilled = Math.max(knownFilled, slot);
+            fetched.put(slot, Slot.read(sent.value));
+        } else if (reply.outcome() == LinKv.Outcome.EXISTS && sent.casesAt.get(slot) == 1) {
+            // Refused, and no other cas of this entry went to this slot: the slot is another entry's. Try the
+            // next slot at once, while the reads fetch this one (a round trip saved per slot lost, which is
+            // what contention costs). Every slot before the next is then known to hold another entry.
+            knownFilled = Math.max(knownFilled, slot);
+            cas(sent, slot + 1);
+        } else {
+            if (reply.outcome() == LinKv.Outcome.EXISTS) {
+                knownFilled = Math.max(knownFilled, slot);   // ours (an earlier cas of it landed late) or another's: the read will tell
+            } else {
+                timedOut("the append of its entry to the log", -1);   // reads do not wait on a cas
             }
-            if (create) {
-                json.ascii(", \"create_if_not_exists\": true");
+            sent.state = AppendState.SLOT_UNKNOWN;   // a lost or late reply: the cas may yet land, but only in this slot
+        }
+        advance();
+    }
+
+    // ---- 3. Reading the log: catching up, resolving a slot, finding the end ---------------------------
+
+    /** The reads of one slot in flight: how many, and the newest one's sequence number. */
+    static final class ReadsOfSlot {
+        int inFlight;
+        long newest;
+    }
+
+    /**
+     * Reads what must be read: while replaying, a window ahead (the end is unknown: it doubles with every slot
+     * found); else every slot known to hold an entry and not applied yet (a refused cas says so), or the one
+     * slot a cas had no clear answer for; and the end of the log for the reads waiting. Never a guess beyond.
+     */
+    private void sendReads() throws IOException {
+        long last = replaying ? Math.min(applied + readWindow, replayEnd - 1)
+                : knownFilled > applied ? knownFilled
+                : append != null && append.state == AppendState.SLOT_UNKNOWN ? applied + 1 : applied;
+        for (long slot = applied + 1; slot <= last && readsInFlight < MAX_READS_IN_FLIGHT; slot++) {
+            if (!fetched.containsKey(slot) && !readsOut.containsKey(slot)) {
+                read(slot);
             }
-        });
-        calls.put(msgId, new Call(type, key, System.nanoTime() + timeoutMillis * 1_000_000, flight, then));
+        }
+        Waiting newestReader = readers.peekLast();
+        ReadsOfSlot head = readsOut.get(applied + 1);
+        if (newestReader != null && (head == null || head.newest <= newestReader.readsSentBefore) && readsInFlight < MAX_READS_IN_FLIGHT) {
+            read(applied + 1);   // a read of the end of the log sent after the newest reader came
+        }
     }
 
-    private static String stepRecordKey(String chargeKey) {
-        return "charge/" + chargeKey;
+    private void read(long slot) throws IOException {
+        long sequence = ++readsSent;
+        ReadsOfSlot reads = readsOut.computeIfAbsent(slot, s -> new ReadsOfSlot());
+        reads.inFlight++;
+        reads.newest = sequence;
+        readsInFlight++;
+        kv.read(slotKey(slot), reply -> readEnded(slot, sequence, reply));
     }
 
-    private static String paymentRecordKey(String paymentId) {
-        return "payment/" + paymentId;
+    private void readEnded(long slot, long sequence, LinKv.Reply reply) throws IOException {
+        readsInFlight--;
+        ReadsOfSlot reads = readsOut.get(slot);
+        if (--reads.inFlight == 0) {
+            readsOut.remove(slot);
+        }
+        switch (reply.outcome()) {
+            case OK -> slotRead(slot, reply);
+            case MISSING -> slotMissing(slot, sequence);
+            default -> timedOut("a read of the log", sequence - 1);   // if the slot is still needed, advance reads it again
+        }
+        advance();
     }
 
-    private static String refundRecordKey(String refundKey) {
-        return "refund/" + refundKey;
+    /**
+     * A call timed out: the requests that wait on it are answered at once, their outcome unknown: those in the
+     * entry being appended (it may yet land), and the reads that came before the call was sent.
+     */
+    private void timedOut(String what, long readsBeforeCall) throws IOException {
+        RpcError unknown = new RpcError(Reason.KV_TIMEOUT, "lin-kv did not answer " + what + " within " + timeoutMillis
+                + " ms: the outcome is unknown; a retry will tell");
+        if (append != null) {
+            for (Waiting waiting : append.requests) {
+                waiting.fail(unknown);
+            }
+        }
+        while (!readers.isEmpty() && readers.peekFirst().readsSentBefore <= readsBeforeCall) {
+            readers.pollFirst().fail(unknown);
+        }
+    }
+
+    private void slotRead(long slot, LinKv.Reply reply) throws IOException {
+        knownFilled = Math.max(knownFilled, slot);
+        readWindow = replaying ? Math.min(2 * readWindow, MAX_READS_IN_FLIGHT) : readWindow;
+        if (slot <= applied || fetched.containsKey(slot)) {
+            return;
+        }
+        Slot read = Slot.read(reply.value());
+        if (read.entry() == null && !reply.raw().equals(badReadings.get(slot))) {
+            // Undecodable: damaged on its way to this node, or stored so. A node never skips a slot on one
+            // reading (another node may read it whole): its waiting requests get an indefinite answer, and
+            // the slot is read again. Only a value that reads the same twice is taken as stored, and skipped.
+            badReadings.put(slot, reply.raw());
+            log.warn("slot " + slot + " read undecodable (" + read.why() + "): reading it again");
+            if (append != null) {
+                for (Waiting waiting : append.requests) {
+                    waiting.fail(new RpcError(Reason.KV_UNKNOWN_OUTCOME, "a reading of the log came damaged: the outcome is unknown;"
+                            + " a retry will tell"));
+                }
+            }
+            return;
+        }
+        badReadings.remove(slot);
+        fetched.put(slot, read);
+    }
+
+    private void slotMissing(long slot, long sequence) throws IOException {
+        if (replaying && knownFilled < slot) {
+            replayEnd = Math.min(replayEnd, slot);
+        }
+        if (slot != applied + 1 || knownFilled >= slot) {
+            return;   // beyond the end: it says nothing of the slots before it
+        }
+        if (append != null && append.state == AppendState.SLOT_UNKNOWN && append.slot == slot) {
+            append.state = AppendState.PLACE;   // not landed (yet): cas it again, at the same slot, the only one it can land in
+        }
+        // Every slot before this one is applied, and this read was sent after these readers came: the
+        // table now holds every change completed before they came (a linearizable read).
+        while (!readers.isEmpty() && readers.peekFirst().readsSentBefore < sequence) {
+            Waiting reader = readers.pollFirst();
+            if (reader.status != null) {
+                StepStatus status = table.status(reader.status);
+                reader.answer(writer -> writer.paymentStatusOk(reader.reply, reader.status, status));
+            } else {
+                Balances balances = ((FundedPaymentHandler) table).balances();   // keepsBalances: the table is funded
+                reader.answer(BalanceReads.reply(reader.reply, reader.balance.userId(), balances.account(reader.balance.userId())));
+            }
+        }
+    }
+
+    // ---- 4. Applying a slot: the table's answer, the same on every node --------------------------------
+
+    private void applyFetchedSlots() throws IOException {
+        for (Slot slot; (slot = fetched.remove(applied + 1)) != null; ) {
+            applied++;
+            badReadings.remove(applied);
+            apply(applied, slot);
+        }
+        if (replaying && applied + 1 >= replayEnd) {
+            // Every slot before the end the replay found is applied: the node is as current as it was at that
+            // read, and answers from now on (its reads still wait for a read of the end sent after them).
+            replaying = false;
+            if (!replayLogged) {
+                replayLogged = true;
+                long micros = Math.max(1, (System.nanoTime() - replayStartedNanos) / 1000);
+                log.event("replayed the log: " + applied + " slots in " + micros / 1000 + " ms (" + applied * 1_000_000 / micros + " slots/s)");
+            }
+        }
+        if (append != null && append.state != AppendState.PLACE && append.slot <= applied) {
+            append.state = AppendState.PLACE;   // its slot holds another entry: the next one
+        }
+    }
+
+    private void apply(long number, Slot slot) throws IOException {
+        if (slot.entry() == null) {
+            log.warn("slot " + number + " is not an entry this service writes (" + slot.why() + "): skipped, as on every node");
+            return;
+        }
+        LogEntry entry = slot.entry();
+        if (!entry.settings().equals(settings)) {
+            // Applied under other settings, this node's table would part from the others': it stops rather.
+            throw new Stop("slot " + number + " of the log was appended by a node with " + entry.settings()
+                    + ", and this node runs with " + settings + ": every node of a cluster needs the same --balance and --max-keys", 2);
+        }
+        String process = entry.process();
+        long count = entry.count();
+        Long before = appliedCounts.get(process);
+        if (before != null && count <= before) {
+            // An entry stored twice (a cas duplicated on the wire): every node applies its first copy only.
+            log.warn("slot " + number + " repeats entry " + entry.id() + ": skipped, as on every node");
+            return;
+        }
+        appliedCounts.put(process, count);
+        boolean ours = append != null && entry.id().equals(append.entryId);
+        if (ours && entry.requests().size() != append.requests.size()) {
+            throw new IllegalStateException("entry " + entry.id() + " holds " + entry.requests().size() + " requests, and this node appended "
+                    + append.requests.size());
+        }
+        for (int i = 0; i < entry.requests().size(); i++) {
+            applyRequest(entry.requests().get(i), ours ? append.requests.get(i) : null);
+        }
+        if (ours) {
+            append = null;
+        }
+    }
+
+    /** One request at its position in the log; {@code waiting}: its client, when this node appended it (else null). */
+    private void applyRequest(LoggedRequest logged, Waiting waiting) throws IOException {
+        try {
+            if (logged.charge() != null) {
+                Served<ChargeResult> served = table.charge(logged.charge());
+                if (waiting != null) {
+                    verboseCacheHit(served, logged.charge().key());
+                    waiting.answerApplied(writer -> writer.chargeOk(waiting.reply, logged.charge(), served));
+                }
+            } else {
+                Served<RefundResult> served = table.refund(logged.refund());
+                if (waiting != null) {
+                    verboseCacheHit(served, logged.refund().key());
+                    waiting.answerApplied(writer -> writer.refundOk(waiting.reply, logged.refund(), served));
+                }
+            }
+        } catch (RpcError refused) {
+            if (waiting != null) {
+                waiting.answerApplied(writer -> writer.error(waiting.reply, refused));
+            }
+        } catch (RuntimeException bug) {
+            log.error("internal error applying a request of the log, answered with code 13", bug);
+            if (waiting != null) {
+                waiting.fail(new RpcError(Reason.INTERNAL_ERROR, "internal error: " + bug));
+            }
+        }
+    }
+
+    private void verboseCacheHit(Served<?> served, String key) {
+        if (served.replayed()) {
+            log.verboseCacheHit(key);
+        }
+    }
+
+    // ---- 5. Time: deadlines of calls and of requests ---------------------------------------------------
+
+    /** Answers the requests past their deadline: the queued ones were not appended (nothing done), the others' outcome is unknown. */
+    private void expireRequests() throws IOException {
+        long now = System.nanoTime();
+        for (int bound = unanswered.size(); bound > 0 && !unanswered.isEmpty(); bound--) {
+            Waiting oldest = unanswered.values().iterator().next();
+            if (oldest.deadlineNanos - now > 0) {
+                return;
+            }
+            switch (oldest.stage) {
+                case QUEUED -> {
+                    queued.remove(oldest);
+                    oldest.fail(new RpcError(Reason.BUSY, "busy: not appended to the log within " + PATIENCE_IN_TIMEOUTS * timeoutMillis
+                            + " ms; nothing was done, retry"));
+                }
+                case APPENDING -> oldest.fail(new RpcError(Reason.KV_TIMEOUT, "the log's slot for this request was not settled within "
+                        + PATIENCE_IN_TIMEOUTS * timeoutMillis + " ms: the outcome is unknown; a retry will tell"));
+                case READING -> {
+                    readers.remove(oldest);
+                    oldest.fail(new RpcError(Reason.KV_TIMEOUT, "lin-kv did not show the end of the log within "
+                            + PATIENCE_IN_TIMEOUTS * timeoutMillis + " ms: nothing was read or changed; retry"));
+                }
+            }
+        }
+    }
+
+    private long millisToNextDeadline() {
+        long call = kv.millisToNextDeadline();
+        if (unanswered.isEmpty()) {
+            return call;
+        }
+        long nanos = unanswered.values().iterator().next().deadlineNanos - System.nanoTime();
+        long request = Math.max(0, (nanos + 999_999) / 1_000_000);
+        return call < 0 ? request : Math.min(call, request);
     }
 
     @Override
     public boolean completes(String from, byte[] line, int start, int length) throws IOException {
-        KvReply body = KvReply.parse(line, start, length);
-        Long inReplyTo = body.inReplyTo();
-        Call call = inReplyTo == null ? null : calls.get(inReplyTo);
-        if (call == null || !KV.equals(from)) {
-            return false;   // late (timed out), from an earlier process of this node, or not lin-kv's
-        }
-        String type = body.type();
-        if (!(call.type() + "_ok").equals(type) && !"error".equals(type)) {
-            log.warn("a reply of type " + type + " to a " + call.type() + " (msg_id " + inReplyTo + "): dropped");
-            return true;   // not the answer to this call: keep waiting for it
-        }
-        calls.remove(inReplyTo);
-        Outcome outcome;
-        if ("error".equals(type)) {
-            Long code = body.code();
-            if (code != null && code == 20) {
-                outcome = Outcome.MISSING;
-            } else if (code != null && code == 22) {
-                outcome = Outcome.CONFLICT;
-            } else {
-                call.flight().fail(new RpcError(Reason.KV_UNKNOWN_OUTCOME, "lin-kv answered " + call.type() + " of " + call.key() + " with error "
-                        + code + " (" + body.text() + "): the outcome is unknown; a retry will tell"));
-                return true;
-            }
-        } else if ("read".equals(call.type()) && (body.value() == null || body.value() == KvValue.OTHER)) {
-            call.flight().fail(notOurs(call.key(), body.value() == null ? "a read_ok without a value" : "not a string or a flat record of strings"));
-            return true;
-        } else {
-            outcome = Outcome.OK;
-        }
-        resumeCall(call, outcome, body.value());
-        return true;
+        return kv.completes(from, line, start, length);
     }
 
-    private void resumeCall(Call call, Outcome outcome, Object value) throws IOException {
-        if (call.flight().answered()) {
-            return;
-        }
-        try {
-            call.then().on(outcome, value);
-        } catch (RpcError refused) {
-            call.flight().fail(refused);
-        } catch (RuntimeException bug) {
-            log.error("internal error in a cluster request, answered with code 13", bug);
-            call.flight().fail(new RpcError(Reason.INTERNAL_ERROR, "internal error: " + bug));
-        }
-    }
+    // ---- 6. Time, while stdin is quiet -----------------------------------------------------------------
 
-    /** Milliseconds until the oldest call times out; -1 when none is waiting. */
-    long millisToNextDeadline() {
-        if (calls.isEmpty()) {
-            return -1;
-        }
-        long nanos = calls.values().iterator().next().deadline() - System.nanoTime();
-        return Math.max(0, (nanos + 999_999) / 1_000_000);
-    }
-
-    /** Answers the clients of calls past their deadline: the outcome is unknown, and a late reply is ignored. */
-    void expire() throws IOException {
-        long now = System.nanoTime();
-        var oldest = calls.values().iterator();
-        while (oldest.hasNext()) {
-            Call call = oldest.next();
-            if (call.deadline() - now > 0) {
-                return;
-            }
-            oldest.remove();
-            call.flight().fail(new RpcError(Reason.KV_TIMEOUT, "lin-kv did not answer a " + call.type() + " within "
-                    + timeoutMillis + " ms: the outcome is unknown; a retry will tell"));
-        }
-    }
-
-    boolean waiting() {
-        return !calls.isEmpty();
+    /**
+     * The node reads stdin through a {@link TimedInput} that wakes up for this service's timed work: calls and
+     * requests past their deadline, delayed replies (--faults), and output never held long under a flood of
+     * input. The input never waits for lin-kv.
+     */
+    @Override
+    public InputStream input(InputStream stdin) {
+        return new TimedInput(stdin, this::runDue);
     }
 
     /**
-     * Ids handed out from blocks reserved in lin-kv: unique cluster-wide, with gaps. The next block is
-     * reserved while half of the current one is left (and at init), so that no request waits for one
-     * in steady state; requests that find both used up wait in a queue, bounded like the calls.
+     * What time brings, each time the loop reads (and each time a wait for input ends): returns the nanoseconds
+     * until the next deadline, -1 for none. What it wrote leaves at once, before the loop waits again: a lin-kv
+     * request sent on a timeout must not sit in the buffer through its own time.
      */
-    final class IdBlock {
-        private final String key;
-        private long next = 1;
-        private long end = 0;          // the block in use: next to end
-        private long spareNext = 1;
-        private long spareEnd = 0;     // the block reserved ahead (empty: spareNext > spareEnd)
-        private boolean reserving;
-        private final ArrayDeque<Waiter> waiters = new ArrayDeque<>();
-
-        record Waiter(Flight flight, With<Long> then) {
-        }
-
-        IdBlock(String key) {
-            this.key = key;
-        }
-
-        void take(Flight flight, With<Long> then) throws IOException {
-            if (next > end && spareNext <= spareEnd) {
-                next = spareNext;
-                end = spareEnd;
-                spareNext = 1;
-                spareEnd = 0;
-            }
-            if (next <= end) {
-                long id = next++;
-                refillAhead();
-                then.on(id);
-                return;
-            }
-            if (waiters.size() >= MAX_CALLS) {
-                throw new RpcError(Reason.BUSY, "busy: " + waiters.size()
-                        + " requests are waiting for ids; nothing was done, retry later");
-            }
-            waiters.add(new Waiter(flight, then));
-            refillAhead();
-        }
-
-        /** Reserves the next block if none is reserved yet and half of this one is used. */
-        void refillAhead() throws IOException {
-            if (!reserving && spareNext > spareEnd && end - next + 1 <= ID_BLOCK / 2) {
-                reserving = true;
-                reserve(new Reservation());
-            }
-        }
-
-        /** The lin-kv calls of one reservation; if they fail, every request waiting for an id fails alike. */
-        final class Reservation extends Flight {
-            Reservation() {
-                super(null);
-            }
-
-            @Override
-            void fail(RpcError error) throws IOException {
-                if (answered()) {
-                    return;
-                }
-                answer(Reply.LATER);
-                reserving = false;
-                while (!waiters.isEmpty()) {
-                    waiters.poll().flight().fail(error);
-                }
-            }
-        }
-
-        private void reserve(Reservation reservation) throws IOException {
-            read(reservation, key, (o, v) -> {
-                Long last = o == Outcome.OK ? lastIdIn(key, v) : null;
-                long from = last == null ? 0 : last;
-                cas(reservation, key, last == null ? ABSENT : Long.toString(last), Long.toString(from + ID_BLOCK), (o2, v2) -> {
-                    if (o2 != Outcome.OK) {
-                        reservation.nextRound();
-                        reserve(reservation);   // another node took a block meanwhile
-                        return;
-                    }
-                    reservation.answer(Reply.LATER);
-                    reserving = false;
-                    if (next > end) {
-                        next = from + 1;
-                        end = from + ID_BLOCK;
-                    } else {
-                        spareNext = from + 1;
-                        spareEnd = from + ID_BLOCK;
-                    }
-                    serveWaiters();
-                });
-            });
-        }
-
-        private void serveWaiters() throws IOException {
-            while (!waiters.isEmpty() && next <= end) {
-                Waiter waiter = waiters.poll();
-                if (!waiter.flight().answered()) {
-                    try {
-                        waiter.then().on(next++);
-                    } catch (RpcError refused) {
-                        waiter.flight().fail(refused);
-                    }
-                }
-            }
-            refillAhead();
-        }
+    private long runDue() throws IOException {
+        kv.expire();
+        expireRequests();
+        advance();
+        replies.flush();
+        long delay = delayed.writeDue(replies);
+        long wait = millisToNextDeadline();
+        long nanos = wait < 0 ? -1 : Math.max(1, wait * 1_000_000);
+        return delay < 0 ? nanos : nanos < 0 ? delay : Math.min(delay, nanos);
     }
+
+    /** At the end of input, what is still owed can only time out (its lin-kv replies would have come on stdin). */
+    @Override
+    public void close() throws IOException {
+        replies.flush();
+        while (!unanswered.isEmpty()) {
+            try {
+                Thread.sleep(Math.max(1, millisToNextDeadline()));
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new InterruptedIOException("interrupted while requests were owed");
+            }
+            kv.expire();
+            expireRequests();
+            advance();
+            replies.flush();
+        }
+        delayed.drain(replies);
+    }
+
+    // ---- 7. The entries in lin-kv ----------------------------------------------------------------------
 
     /**
-     * The values this node keeps in lin-kv: strings, or flat objects whose fields are all strings (amounts
-     * included: lin-kv reads JSON numbers as doubles, and 100.50 must stay 100.50). A cas compares whole
-     * values, so a value is always sent back exactly as it was read.
+     * A request as the log holds it: a charge or a refund (one of the two set), when it arrived on the node
+     * that appended it (expiry, coming with two-phase payments, compares these times, never a node's clock),
+     * and who asked (for a person reading the log; the table never looks at it).
      */
-    static final class KvValue {
-        /** A value of another shape than this node writes: not ours, never taken for one of ours. */
-        static final Object OTHER = new Object();
-
-        static Object read(JsonParser parser, JsonToken token) throws IOException {
-            if (token == JsonToken.VALUE_STRING) {
-                return parser.getText();
-            }
-            if (token != JsonToken.START_OBJECT) {
-                parser.skipChildren();
-                return OTHER;
-            }
-            LinkedHashMap<String, String> fields = new LinkedHashMap<>();
-            boolean flat = true;
-            while (parser.nextToken() == JsonToken.FIELD_NAME) {
-                String name = parser.currentName();
-                if (parser.nextToken() == JsonToken.VALUE_STRING) {
-                    fields.put(name, parser.getText());
-                } else {
-                    parser.skipChildren();
-                    flat = false;
-                }
-            }
-            return flat ? fields : OTHER;
+    record LoggedRequest(ChargeRequest charge, RefundRequest refund, long arrivedMillis, String src, Long msgId) {
+        LoggedRequest(ChargeRequest charge, RefundRequest refund, long arrivedMillis, Envelope from) {
+            this(charge, refund, arrivedMillis, from.to(), from.inReplyTo());
         }
 
-        static void write(JsonBytes json, Object value) {
-            if (value instanceof String text) {
-                json.string(text);
-                return;
-            }
-            json.ascii("{");
-            boolean first = true;
-            for (var field : ((Map<?, ?>) value).entrySet()) {
-                json.ascii(first ? "" : ", ");
-                json.string((String) field.getKey());
-                json.ascii(": ");
-                json.string((String) field.getValue());
-                first = false;
-            }
-            json.ascii("}");
-        }
-
-        /** A record: its fields in the order given, as name, value, name, value, ... */
-        static LinkedHashMap<String, String> record(String... namesAndValues) {
-            LinkedHashMap<String, String> record = new LinkedHashMap<>();
-            for (int i = 0; i < namesAndValues.length; i += 2) {
-                record.put(namesAndValues[i], namesAndValues[i + 1]);
-            }
-            return record;
-        }
-
-        private KvValue() {
-        }
-    }
-
-    /**
-     * The fields of a lin-kv reply, read from its line again: only the cluster reads them, so the parse of
-     * every other line skips them. {@code value} is as {@link KvValue#read} gives it (null: none).
-     */
-    record KvReply(String type, Long inReplyTo, Long code, String text, Object value) {
-        static KvReply parse(byte[] line, int start, int length) throws IOException {
-            String type = null;
-            Long inReplyTo = null;
-            Long code = null;
-            String text = null;
-            Object value = null;
-            try (JsonParser parser = JSON.createParser(line, start, length)) {
-                parser.nextToken();
-                while (parser.nextToken() == JsonToken.FIELD_NAME) {
-                    String name = parser.currentName();
-                    if (parser.nextToken() != JsonToken.START_OBJECT || !name.equals("body")) {
-                        parser.skipChildren();
-                        continue;
-                    }
-                    while (parser.nextToken() == JsonToken.FIELD_NAME) {
-                        String field = parser.currentName();
-                        JsonToken token = parser.nextToken();
-                        switch (field) {
-                            case "type" -> type = stringOrNull(Value.read(parser, token));
-                            case "in_reply_to" -> inReplyTo = longOrNull(Value.read(parser, token));
-                            case "code" -> code = longOrNull(Value.read(parser, token));
-                            case "text" -> text = stringOrNull(Value.read(parser, token));
-                            case "value" -> value = KvValue.read(parser, token);
-                            default -> parser.skipChildren();
-                        }
-                    }
-                }
-            }
-            return new KvReply(type, inReplyTo, code, text, value);
-        }
-    }
-
-    /*
-     * The records this service keeps in lin-kv (docs/CLUSTER.md, "The keys"), each a flat object of strings.
-     * Only what a node of this service wrote is believed: a value is decoded strictly (every field there,
-     * no other, a known state, well-formed amounts and ids), and anything else is an indefinite error
-     * naming the key, never a decision and never cached.
-     */
-
-    /** A lin-kv value that no node of this service wrote: the outcome of the request is unknown. */
-    static RpcError notOurs(String key, String why) {
-        return new RpcError(Reason.KV_VALUE_NOT_OURS, "lin-kv holds a value under " + key + " that this service did not write (" + why
-                + "): the outcome is unknown; a retry will tell");
-    }
-
-    /** The fields of a record as read, checked against the names its kind has (in any order). */
-    static Map<String, String> fields(String key, Object value, String... names) {
-        if (!(value instanceof Map<?, ?> map)) {
-            throw notOurs(key, value instanceof String ? "a string, not a record" : "not a flat record of strings");
-        }
-        @SuppressWarnings("unchecked")
-        Map<String, String> record = (Map<String, String>) map;
-        for (String name : names) {
-            if (!record.containsKey(name)) {
-                throw notOurs(key, "no " + name);
-            }
-        }
-        return record;
-    }
-
-    static String decimal(String key, String text, boolean positive) {
-        try {
-            BigDecimal value = new BigDecimal(text);
-            if (positive ? value.signum() > 0 : value.signum() >= 0) {
-                return text;
-            }
-        } catch (NumberFormatException notANumber) {
-            // said below
-        }
-        throw notOurs(key, "'" + abbreviate(text) + "' is not an amount");
-    }
-
-    static String paymentIdIn(String key, String text) {
-        if (Charged.paymentNumber(text) < 0) {
-            throw notOurs(key, "'" + abbreviate(text) + "' is not a payment id");
-        }
-        return text;
-    }
-
-    /** The payment a refund draws on: one of this service's ids, or any id a saga named (a payment not known). */
-    static String paymentNamedIn(String key, String text) {
-        if (text.isEmpty()) {
-            throw notOurs(key, "a refund that draws on no payment");
-        }
-        return text;
-    }
-
-    /** A refund id, or "" for a refund that refunded nothing. */
-    static String refundIdIn(String key, String text) {
-        if (!text.isEmpty() && (text.length() < 2 || text.charAt(0) != 'r' || Charged.paymentNumber("p" + text.substring(1)) < 0)) {
-            throw notOurs(key, "'" + abbreviate(text) + "' is not a refund id");
-        }
-        return text;
-    }
-
-    /** A param as a record keeps it: its text, or "" when it was not given. */
-    static String given(Object param) {
-        return param == null ? "" : param instanceof Amount amount ? amount.text() : param.toString();
-    }
-
-    static String givenOrNull(String text) {
-        return text.isEmpty() ? null : text;
-    }
-
-    /**
-     * {@code charge/<step key>}: the step's record, the commit point of its charge, never changed once written.
-     * Charged (with the payment it made) or compensated (its refund came first: it is never charged).
-     */
-    record StepRecord(boolean charged, String userId, String amount, String paymentId) {
-        static final StepRecord COMPENSATED = new StepRecord(false, null, null, null);
-
-        static StepRecord chargedWith(String userId, String amount, String paymentId) {
-            return new StepRecord(true, userId, amount, paymentId);
-        }
-
-        Map<String, String> encode() {
-            return charged ? KvValue.record("state", "charged", "user_id", userId, "amount", amount, "payment_id", paymentId)
-                    : KvValue.record("state", "compensated");
-        }
-
-        static StepRecord decode(String key, Object value) {
-            Map<String, String> record = fields(key, value, "state");
-            switch (record.get("state")) {
-                case "charged" -> {
-                    fields(key, value, "state", "user_id", "amount", "payment_id");
-                    if (record.size() != 4 || record.get("user_id").isEmpty()) {
-                        throw notOurs(key, "not a charged step's fields");
-                    }
-                    return chargedWith(record.get("user_id"), decimal(key, record.get("amount"), true), paymentIdIn(key, record.get("payment_id")));
-                }
-                case "compensated" -> {
-                    if (record.size() != 1) {
-                        throw notOurs(key, "not a compensated step's fields");
-                    }
-                    return COMPENSATED;
-                }
-                default -> throw notOurs(key, "unknown state '" + abbreviate(record.get("state")) + "'");
-            }
-        }
-    }
-
-    /**
-     * One refund in a payment's ledger: its id, the amount it took, and the params it was first asked with
-     * (so that whoever finds it there answers it alike). Or, under a refund key whose intent on this payment
-     * was voided, a marker naming that intent ({@code voids}): once it is there, that intent can never be
-     * applied to this ledger, because an apply is a cas from a ledger without it.
-     */
-    record LedgerEntry(String refundId, String refunded, String paymentIdGiven, String amountGiven, String voids) {
-        static LedgerEntry voiding(String intent) {
-            return new LedgerEntry("", "0", "", "", intent);
-        }
-
-        boolean isVoidMarker() {
-            return !voids.isEmpty();
-        }
-
-        /** As a ledger field's value: {@code "r7 30.00 30.00 =p1"} (the last two "-" when not given), or {@code "void n1#17"}. */
         String encode() {
-            if (isVoidMarker()) {
-                return "void " + voids;
+            Tokens tokens = new Tokens();
+            if (charge != null) {
+                tokens.add("charge").add(charge.sagaId()).add(Long.toString(charge.step()));
+            } else {
+                tokens.add("refund").add(refund.sagaId()).add(Long.toString(refund.step()));
             }
-            return refundId + " " + refunded + " " + (amountGiven.isEmpty() ? "-" : amountGiven) + " "
-                    + (paymentIdGiven.isEmpty() ? "-" : "=" + paymentIdGiven);
+            tokens.add(Long.toString(arrivedMillis)).add(src).add(msgId == null ? null : Long.toString(msgId));
+            if (charge != null) {
+                tokens.add(charge.userId()).add(charge.amount().text());
+            } else {
+                tokens.add(refund.paymentId()).add(refund.amount() == null ? null : refund.amount().text());
+            }
+            return tokens.toString();
         }
 
-        static LedgerEntry decode(String key, String text) {
-            if (text.startsWith("void ") && text.length() > 5) {
-                return voiding(text.substring(5));
+        static LoggedRequest decode(Tokens.Reader in) {
+            String kind = in.next();
+            String sagaId = nonEmpty(in.next(), "saga_id");
+            long step = in.number(0, Long.MAX_VALUE);
+            long arrived = in.number(0, Long.MAX_VALUE);
+            String src = in.next();
+            String msgId = in.nextOrNull();
+            Long asked = msgId == null ? null : Long.parseLong(msgId);
+            switch (kind) {
+                case "charge" -> {
+                    String userId = nonEmpty(in.next(), "user_id");
+                    return new LoggedRequest(new ChargeRequest(sagaId, step, userId, amount(in.next())), null, arrived, src, asked);
+                }
+                case "refund" -> {
+                    String paymentId = in.nextOrNull();
+                    String amount = in.nextOrNull();
+                    return new LoggedRequest(null, new RefundRequest(sagaId, step, paymentId == null ? null : nonEmpty(paymentId, "payment_id"),
+                            amount == null ? null : amount(amount)), arrived, src, asked);
+                }
+                default -> throw new IllegalArgumentException("a request of kind '" + kind + "'");
             }
-            String[] parts = text.split(" ", 4);
-            if (parts.length != 4 || !(parts[3].equals("-") || parts[3].startsWith("="))) {
-                throw notOurs(key, "'" + abbreviate(text) + "' is not a ledger entry");
+        }
+
+        private static String nonEmpty(String text, String name) {
+            if (text.isEmpty()) {
+                throw new IllegalArgumentException("an empty " + name);
             }
-            return new LedgerEntry(refundIdIn(key, parts[0]), decimal(key, parts[1], true),
-                    parts[3].equals("-") ? "" : parts[3].substring(1), parts[2].equals("-") ? "" : decimal(key, parts[2], true), "");
+            return text;
+        }
+
+        /** An amount as the request wrote it, checked as a request's is. */
+        private static Amount amount(String text) {
+            return Amount.parse(new Value(JsonToken.VALUE_NUMBER_FLOAT, text), "amount");
         }
     }
 
     /**
-     * {@code payment/<payment id>}: a payment and its ledger, created before its payment id can be seen
-     * anywhere (the step's record comes after it), so that every refund of the payment, under any key,
-     * draws on this one record. A payment id this service never charged but a saga named gets a ledger
-     * too, of a payment not known ({@code charged} ""): its id is then taken for good, and no charge
-     * can ever make it a payment with refunds already outside its ledger.
+     * An entry of the log: its id (the node, a nonce of the process, a count), the settings it was appended
+     * under, and its requests. Stored as one string (lin-kv reads JSON numbers as doubles; a string is kept
+     * whole): a CRC-32 of the rest, then length-prefixed texts, so that any damage is detected, not decoded.
      */
-    record PaymentRecord(String step, String charged, String refunded, LinkedHashMap<String, LedgerEntry> entries) {
-        private static final String ENTRY = "refund ";
+    record LogEntry(String id, String settings, List<LoggedRequest> requests) {
+        static final String FORMAT = "payment-log/1";
 
-        static PaymentRecord of(String step, String charged) {
-            return new PaymentRecord(step, charged, "0", new LinkedHashMap<>());
+        /** The process that appended it (its node and nonce): its entries land in the order of their counts. */
+        String process() {
+            return id.substring(0, id.lastIndexOf('/'));
         }
 
-        static PaymentRecord notKnown() {
-            return new PaymentRecord("", "", "0", new LinkedHashMap<>());
+        long count() {
+            return Long.parseLong(id.substring(id.lastIndexOf('/') + 1));
         }
 
-        /** A payment this service charged (its refunds are held to its charge). */
-        boolean known() {
-            return !charged.isEmpty();
+        static String encode(String id, String settings, List<String> encodedRequests) {
+            StringBuilder body = new StringBuilder(new Tokens().add(FORMAT).add(id).add(settings)
+                    .add(Integer.toString(encodedRequests.size())).toString());
+            encodedRequests.forEach(body::append);
+            return crc(body) + " " + body;
         }
 
-        LedgerEntry entry(String refundKey) {
-            return entries.get(refundKey);
-        }
-
-        PaymentRecord with(String refundKey, LedgerEntry entry) {
-            LinkedHashMap<String, LedgerEntry> more = new LinkedHashMap<>(entries);
-            LedgerEntry before = more.put(refundKey, entry);
-            assert before == null || before.isVoidMarker() : "a refund key is applied to a ledger once";
-            return new PaymentRecord(step, charged, new BigDecimal(refunded).add(new BigDecimal(entry.refunded())).toPlainString(), more);
-        }
-
-        Map<String, String> encode() {
-            LinkedHashMap<String, String> record = KvValue.record("step", step, "charged", charged, "refunded", refunded);
-            entries.forEach((refundKey, entry) -> record.put(ENTRY + refundKey, entry.encode()));
-            return record;
-        }
-
-        static PaymentRecord decode(String key, Object value) {
-            Map<String, String> record = fields(key, value, "step", "charged", "refunded");
-            String charged = record.get("charged");
-            if (!charged.isEmpty()) {
-                decimal(key, charged, true);
+        /** The entry a stored value holds; IllegalArgumentException saying why when it holds none. */
+        static LogEntry decode(String value) {
+            if (value == null) {
+                throw new IllegalArgumentException("not a string");
             }
-            if (charged.isEmpty() != record.get("step").isEmpty()) {
-                throw notOurs(key, "a step without a charge, or a charge without a step");
+            int space = value.indexOf(' ');
+            if (space != 8 || !value.substring(0, 8).equals(crc(value.substring(9)))) {
+                throw new IllegalArgumentException("its checksum does not match");
             }
-            LinkedHashMap<String, LedgerEntry> entries = new LinkedHashMap<>();
-            BigDecimal sum = BigDecimal.ZERO;
-            for (var field : record.entrySet()) {
-                if (field.getKey().startsWith(ENTRY)) {
-                    LedgerEntry entry = LedgerEntry.decode(key, field.getValue());
-                    entries.put(field.getKey().substring(ENTRY.length()), entry);
-                    sum = sum.add(new BigDecimal(entry.refunded()));
-                } else if (!List.of("step", "charged", "refunded").contains(field.getKey())) {
-                    throw notOurs(key, "a field named '" + abbreviate(field.getKey()) + "'");
-                }
+            Tokens.Reader in = new Tokens.Reader(value, 9);
+            if (!FORMAT.equals(in.next())) {
+                throw new IllegalArgumentException("not of format " + FORMAT);
             }
-            String refunded = decimal(key, record.get("refunded"), false);
-            if (sum.compareTo(new BigDecimal(refunded)) != 0 || !charged.isEmpty() && sum.compareTo(new BigDecimal(charged)) > 0) {
-                throw notOurs(key, "its refunds do not add up");
+            String id = in.next();
+            if (!id.matches(".+/[0-9a-f]+/[1-9][0-9]{0,17}")) {
+                throw new IllegalArgumentException("an entry id that is not node/nonce/count: " + id);
             }
-            return new PaymentRecord(record.get("step"), charged, refunded, entries);
+            String settings = in.next();
+            long count = in.number(1, MAX_ENTRY_CHARS);
+            List<LoggedRequest> requests = new ArrayList<>();
+            for (long i = 0; i < count; i++) {
+                requests.add(LoggedRequest.decode(in));
+            }
+            in.end();
+            return new LogEntry(id, settings, List.copyOf(requests));
+        }
+
+        /** CRC-32 of the text's UTF-16 units (any Java string, lone surrogates included), as 8 hex digits. */
+        private static String crc(CharSequence text) {
+            CRC32 crc = new CRC32();
+            byte[] units = text.toString().getBytes(StandardCharsets.UTF_16BE);
+            crc.update(units, 0, units.length);
+            return String.format("%08x", crc.getValue());
         }
     }
 
-    /**
-     * {@code refund/<refund key>}: none → pending (the intent: the payment it draws on, and the params) →
-     * refunded (the result), or pending → void (refused, no longer holding, or voided by another request
-     * behind the fence); a void record counts as none.
-     */
-    record RefundRecord(String state, String paymentIdGiven, String amountGiven, String payment, boolean closesStep, String intent,
-                        String refundId, String refunded) {
-        static final RefundRecord VOID = new RefundRecord("void", "", "", "", false, "", "", "");
-
-        /**
-         * {@code payment} "": nothing to refund; {@code closesStep}: the step is closed before anything else
-         * (cases 3 and 4); {@code intent}: this intent's id, unique cluster-wide, which a void marker names.
-         */
-        static RefundRecord pending(RefundRequest request, String payment, boolean closesStep, String intent) {
-            return new RefundRecord("pending", given(request.paymentId()), given(request.amount()), payment, closesStep, intent, "", "");
-        }
-
-        /** The final record of a refund drawn from a ledger: the params it was first asked with, and what it took. */
-        static RefundRecord finalOf(LedgerEntry entry, String payment) {
-            return new RefundRecord("refunded", entry.paymentIdGiven(), entry.amountGiven(), payment, false, "", entry.refundId(), entry.refunded());
-        }
-
-        /** The final record of a compensation that refunded nothing, on the params of its intent. */
-        static RefundRecord nothing(RefundRecord pending) {
-            return new RefundRecord("refunded", pending.paymentIdGiven(), pending.amountGiven(), "", false, "", "", Amount.ZERO.text());
-        }
-
-        boolean isPending() {
-            return state.equals("pending");
-        }
-
-        boolean isRefunded() {
-            return state.equals("refunded");
-        }
-
-        List<String> differs(RefundRequest request) {
-            return Rules.refundDiffers(givenOrNull(paymentIdGiven), givenOrNull(amountGiven), request);
-        }
-
-        RefundResult result() {
-            return new RefundResult(givenOrNull(refundId), refunded);
-        }
-
-        Map<String, String> encode() {
-            return switch (state) {
-                case "pending" -> KvValue.record("state", state, "payment_id_given", paymentIdGiven, "amount_given", amountGiven, "payment", payment,
-                        "closes_step", closesStep ? "yes" : "no", "intent", intent);
-                case "refunded" -> KvValue.record("state", state, "payment_id_given", paymentIdGiven, "amount_given", amountGiven,
-                        "payment", payment, "refund_id", refundId, "refunded", refunded);
-                default -> KvValue.record("state", state);
-            };
-        }
-
-        static RefundRecord decode(String key, Object value) {
-            Map<String, String> record = fields(key, value, "state");
-            RefundRecord decoded = switch (record.get("state")) {
-                case "pending" -> {
-                    fields(key, value, "state", "payment_id_given", "amount_given", "payment", "closes_step", "intent");
-                    String closes = record.get("closes_step");
-                    if (!closes.equals("yes") && !closes.equals("no") || record.get("payment").isEmpty() && closes.equals("no")
-                            || record.get("intent").isEmpty()) {
-                        throw notOurs(key, "not a pending refund's fields");
-                    }
-                    String payment = record.get("payment");
-                    yield new RefundRecord("pending", record.get("payment_id_given"), amountGivenIn(key, record.get("amount_given")),
-                            payment.isEmpty() ? "" : paymentNamedIn(key, payment), closes.equals("yes"), record.get("intent"), "", "");
-                }
-                case "refunded" -> {
-                    fields(key, value, "state", "payment_id_given", "amount_given", "payment", "refund_id", "refunded");
-                    String payment = record.get("payment");
-                    String refundId = refundIdIn(key, record.get("refund_id"));
-                    if (payment.isEmpty() != refundId.isEmpty()) {
-                        throw notOurs(key, "a refund without a payment, or a payment without a refund");
-                    }
-                    yield new RefundRecord("refunded", record.get("payment_id_given"), amountGivenIn(key, record.get("amount_given")),
-                            payment.isEmpty() ? "" : paymentNamedIn(key, payment), false, "", refundId,
-                            decimal(key, record.get("refunded"), !refundId.isEmpty()));
-                }
-                case "void" -> VOID;
-                default -> throw notOurs(key, "unknown state '" + abbreviate(record.get("state")) + "'");
-            };
-            if (record.size() != decoded.encode().size()) {
-                throw notOurs(key, "not a " + decoded.state() + " refund's fields");
+    /** A slot as read: its entry, or why it holds none (then every node skips it alike). */
+    record Slot(LogEntry entry, String why) {
+        static Slot read(String value) {
+            try {
+                return new Slot(LogEntry.decode(value), null);
+            } catch (RuntimeException undecodable) {
+                return new Slot(null, undecodable.getMessage());
             }
-            return decoded;
-        }
-
-        private static String amountGivenIn(String key, String text) {
-            return text.isEmpty() ? text : decimal(key, text, true);
         }
     }
 
-    /** {@code ids/payments} and {@code ids/refunds}: the last id handed out, as a string. */
-    static long lastIdIn(String key, Object value) {
-        if (value instanceof String text && text.matches("\\d{1,15}")) {
-            return Long.parseLong(text);
+    /** Texts written one after the other, each as its length, a colon and itself; {@code -} for none. */
+    static final class Tokens {
+        private final StringBuilder text = new StringBuilder();
+
+        Tokens add(String token) {
+            if (token == null) {
+                text.append('-');
+            } else {
+                text.append(token.length()).append(':').append(token);
+            }
+            return this;
         }
-        throw notOurs(key, "not an id count");
+
+        @Override
+        public String toString() {
+            return text.toString();
+        }
+
+        /** Reads tokens strictly: anything else than what {@link Tokens} writes is an IllegalArgumentException. */
+        static final class Reader {
+            private final String text;
+            private int position;
+
+            Reader(String text, int position) {
+                this.text = text;
+                this.position = position;
+            }
+
+            String nextOrNull() {
+                if (position < text.length() && text.charAt(position) == '-') {
+                    position++;
+                    return null;
+                }
+                int colon = text.indexOf(':', position);
+                if (colon <= position || colon - position > 9) {
+                    throw new IllegalArgumentException("no token at " + position);
+                }
+                String digits = text.substring(position, colon);
+                if (!digits.chars().allMatch(Character::isDigit) || digits.length() > 1 && digits.charAt(0) == '0') {
+                    throw new IllegalArgumentException("a bad length at " + position);
+                }
+                int length = Integer.parseInt(digits);
+                if (length > text.length() - colon - 1) {
+                    throw new IllegalArgumentException("a token longer than what is left at " + position);
+                }
+                position = colon + 1 + length;
+                return text.substring(colon + 1, position);
+            }
+
+            String next() {
+                String token = nextOrNull();
+                if (token == null) {
+                    throw new IllegalArgumentException("a missing token at " + position);
+                }
+                return token;
+            }
+
+            long number(long min, long max) {
+                String token = next();
+                if (token.isEmpty() || token.length() > 19 || !token.chars().allMatch(Character::isDigit)
+                        || token.length() > 1 && token.charAt(0) == '0') {
+                    throw new IllegalArgumentException("not a number: " + token);
+                }
+                long number = Long.parseLong(token);
+                if (number < min || number > max) {
+                    throw new IllegalArgumentException("out of range: " + token);
+                }
+                return number;
+            }
+
+            void end() {
+                if (position != text.length()) {
+                    throw new IllegalArgumentException("more after the last request");
+                }
+            }
+        }
     }
 }

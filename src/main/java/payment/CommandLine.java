@@ -131,10 +131,15 @@ final class CommandLine {
      * now is an IOException.
      */
     static PaymentNode fromOptions(Options options, OutputStream stdout, Log log) throws IOException {
-        if (options.linKv()) {
-            return new PaymentNode(stdout, log, replies -> new BalanceReads(new ClusterService(replies, log, options.kvTimeoutMillis()), null));
-        }
         Balances balances = options.balance() == null ? null : new Balances(options.balance());
+        if (options.linKv()) {
+            // The same table as one node's, on every node; its limit fixed in advance, never the heap's (docs/CLUSTER.md).
+            long maxKeys = options.maxKeys() == 0 ? ClusterService.DEFAULT_MAX_KEYS : options.maxKeys();
+            PaymentHandler table = table(log, Journal.NONE, balances, maxKeys);
+            Faults faults = options.faults() == null ? null : new Faults(options.faults(), options.seed());
+            return new PaymentNode(stdout, log, replies -> new ClusterService(table, options.balance(), maxKeys, faults, replies, log,
+                    options.kvTimeoutMillis()));
+        }
         Function<ReplyWriter, Service> local;
         if (options.journal() != null && options.journal().contains(NODE_ID)) {
             local = replies -> new JournalAtInit(options.journal(), balances, options.maxKeys(),
@@ -213,9 +218,6 @@ final class CommandLine {
             for (String script : scripts) {
                 faults = (faults == null ? FaultPlan.NONE : faults).withScript(script);
             }
-            if (linKv && (balance != null || faults != null || maxKeys != 0)) {
-                throw new IllegalArgumentException("--balance, --faults, --fault and --max-keys are not available with --store lin-kv");
-            }
             return new Options(verbose, help, journal, balance, faults, seed, linKv, kvTimeout, maxKeys);
         }
 
@@ -292,7 +294,8 @@ final class CommandLine {
     static final String USAGE = """
             Usage: ./run.sh [--journal FILE] [--balance AMOUNT] [--faults LIST --seed N]
                             [--fault KEY=KINDS]... [--max-keys N] [--verbose] < messages.jsonl
-                   ./run.sh --store lin-kv [--kv-timeout MS] [--verbose]
+                   ./run.sh --store lin-kv [--kv-timeout MS] [--balance AMOUNT] [--max-keys N]
+                            [--faults LIST --seed N] [--fault KEY=KINDS]... [--verbose]
                    ./run.sh --build
                    java -jar target/payment-node.jar [OPTIONS]
 
@@ -344,10 +347,13 @@ final class CommandLine {
                               unknown, delay:MS, duplicate, crash, none); repeatable
               --max-keys N    refuse new keys past N (error 11, table_full; retries
                               are still served); default: what 60% of the heap holds
-              --store lin-kv  one payment service across every node started so: the
-                              table and ledgers live in the harness's lin-kv service,
-                              and a retry to any node (or a restarted one) gets the
-                              same result (docs/CLUSTER.md)
+              --store lin-kv  one payment service across every node started so: every
+                              node applies one log kept in the harness's lin-kv
+                              service to its own table, and a retry to any node (or
+                              a restarted one) gets the same result; --balance and
+                              --max-keys (default 1000000) must be the same on every
+                              node; --faults touch the replies of the node that got
+                              the request (fail: before it appends) (docs/CLUSTER.md)
               --store memory  the default: the table lives in this node (with --journal,
                               also in its file)
               --kv-timeout MS how long to wait for lin-kv before answering error 0,

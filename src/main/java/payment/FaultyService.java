@@ -76,9 +76,7 @@ final class FaultyService extends ServiceAround {
     private final Faults faults;
     private final ReplyWriter replies;
     private final Log log;
-    /** Replies rendered and waiting for their time, soonest first (then in the order they were made). */
-    private final PriorityQueue<Delayed> delayed = new PriorityQueue<>();
-    private long delayedCount;
+    private final DelayedReplies delayed = new DelayedReplies();
 
     FaultyService(Service service, Faults faults, ReplyWriter replies, Log log) {
         super(service);
@@ -99,23 +97,13 @@ final class FaultyService extends ServiceAround {
 
     @Override
     public InputStream input(InputStream stdin) {
-        return new TimedInput(inner.input(stdin), this::writeDue);
+        return new TimedInput(inner.input(stdin), () -> delayed.writeDue(replies));
     }
 
     /** Delayed replies still leave, each at its time, before the node exits. */
     @Override
     public void close() throws IOException {
-        while (!delayed.isEmpty()) {
-            long wait = writeDue();
-            if (wait > 0) {
-                try {
-                    TimeUnit.NANOSECONDS.sleep(wait);
-                } catch (InterruptedException e) {
-                    Thread.currentThread().interrupt();
-                    throw new InterruptedIOException("interrupted while delayed replies were pending");
-                }
-            }
-        }
+        delayed.drain(replies);
         inner.close();
     }
 
@@ -141,20 +129,69 @@ final class FaultyService extends ServiceAround {
         } catch (RpcError refused) {
             done = writer -> writer.error(reply, refused);
         }
-        Reply answer = done;
-        return switch (fault) {
+        return afterWork(drawn, reply, done, delayed);
+    }
+
+    /**
+     * What a fault makes of a request's answer once its work is done: dropped, replaced by an indefinite error,
+     * doubled, delayed, or the process ends. (A cluster draws its faults before appending and comes here once the
+     * log has applied the request.)
+     */
+    static Reply afterWork(Drawn drawn, Envelope reply, Reply answer, DelayedReplies delayed) throws IOException {
+        return switch (drawn.fault()) {
             case DROP -> Reply.LATER;   // never
             case UNKNOWN -> writer -> writer.error(reply, new RpcError(Reason.INJECTED_UNKNOWN,
                     "injected fault: unknown outcome: the request may or may not have been done; a retry will tell"));
-            case DELAY -> writer -> delay(writer.render(answer), drawn.delayMillis());   // later replies may overtake it
+            case DELAY -> writer -> delayed.add(writer.render(answer), drawn.delayMillis());   // later replies may overtake it
             case DUPLICATE -> writer -> {
                 byte[] line = writer.render(answer);
                 writer.writeLine(line);
                 writer.writeLine(line);
             };
             case CRASH -> throw new Stop(null, EXIT_INJECTED_CRASH);   // the fault's line said it all
-            default -> throw new IllegalStateException("fault " + fault);
+            default -> throw new IllegalStateException("fault " + drawn.fault());
         };
+    }
+
+    /**
+     * Replies rendered at once (each took its msg_id in order) and waiting for their time, soonest first, then in
+     * the order they were made. The node's loop writes them when they are due, from {@link TimedInput}'s wake-ups.
+     */
+    static final class DelayedReplies {
+        private final PriorityQueue<Delayed> waiting = new PriorityQueue<>();
+        private long made;
+
+        void add(byte[] line, long millis) {
+            waiting.add(new Delayed(System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(millis), made++, line));
+        }
+
+        /** Writes the replies that are due, and flushes them; returns the nanoseconds until the next is due, -1 for none. */
+        long writeDue(ReplyWriter replies) throws IOException {
+            boolean wrote = false;
+            while (!waiting.isEmpty() && waiting.peek().dueNanos() - System.nanoTime() <= 0) {
+                replies.writeLine(waiting.poll().line());
+                wrote = true;
+            }
+            if (wrote) {
+                replies.flush();
+            }
+            return waiting.isEmpty() ? -1 : Math.max(1, waiting.peek().dueNanos() - System.nanoTime());
+        }
+
+        /** Waits for every reply's time and writes it: at the end of input, none is lost. */
+        void drain(ReplyWriter replies) throws IOException {
+            while (!waiting.isEmpty()) {
+                long wait = writeDue(replies);
+                if (wait > 0) {
+                    try {
+                        TimeUnit.NANOSECONDS.sleep(wait);
+                    } catch (InterruptedException e) {
+                        Thread.currentThread().interrupt();
+                        throw new InterruptedIOException("interrupted while delayed replies were pending");
+                    }
+                }
+            }
+        }
     }
 
     /** A reply's line, and when it is due. */
@@ -164,23 +201,6 @@ final class FaultyService extends ServiceAround {
             int byTime = Long.compare(dueNanos - other.dueNanos, 0);
             return byTime != 0 ? byTime : Long.compare(order, other.order);
         }
-    }
-
-    private void delay(byte[] line, long millis) {
-        delayed.add(new Delayed(System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(millis), delayedCount++, line));
-    }
-
-    /** Writes the delayed replies that are due, and flushes them; returns the nanoseconds until the next is due, -1 for none. */
-    private long writeDue() throws IOException {
-        boolean wrote = false;
-        while (!delayed.isEmpty() && delayed.peek().dueNanos() - System.nanoTime() <= 0) {
-            replies.writeLine(delayed.poll().line());
-            wrote = true;
-        }
-        if (wrote) {
-            replies.flush();
-        }
-        return delayed.isEmpty() ? -1 : Math.max(1, delayed.peek().dueNanos() - System.nanoTime());
     }
 
     /** The exit status of an injected crash (--faults crash=P): the work was done and journaled, no reply sent. */

@@ -93,8 +93,12 @@ final class FundedPaymentHandler extends PaymentHandler {
             if (balances == null) {
                 throw new RpcError(Reason.BALANCES_NOT_KEPT, "BalanceRead needs --balance: this node keeps no balances");
             }
-            String userId = requiredString(userIdOf(line, start, length), "user_id");
-            Account account = balances.account(userId);
+            String userId = userIdOf(line, start, length);
+            return reply(reply, userId, balances.account(userId));
+        }
+
+        /** BalanceRead_ok: the user's balance, and the totals charged and refunded (exact decimals). */
+        static Reply reply(Envelope reply, String userId, Account account) {
             return replies -> replies.send(reply, "BalanceRead_ok", json -> {
                 json.field("user_id");
                 json.string(userId);
@@ -107,8 +111,12 @@ final class FundedPaymentHandler extends PaymentHandler {
             });
         }
 
-        /** The body's user_id, read from the line the node already found readable. */
-        private static Value userIdOf(byte[] line, int start, int length) throws IOException {
+        /** The body's user_id, read from the line the node already found readable (error 12 when missing or not a string). */
+        static String userIdOf(byte[] line, int start, int length) throws IOException {
+            return requiredString(userIdValue(line, start, length), "user_id");
+        }
+
+        private static Value userIdValue(byte[] line, int start, int length) throws IOException {
             Value userId = null;
             try (JsonParser parser = JSON.createParser(line, start, length)) {
                 parser.nextToken();

@@ -54,28 +54,25 @@ import static org.junit.jupiter.api.Assertions.fail;
  * of its own (a PaymentStatus read can reveal a payment before its charge is answered). At the end one more
  * client reads every step's PaymentStatus.
  *
- * <p><b>The check.</b> The history (every attempt, when it was sent, when and what it was answered) must be
- * linearizable against the reference model: there must be one order of the attempts, consistent with real
- * time (an attempt answered before another was sent comes first), in which the model gives every definite
- * reply, and in which each attempt whose outcome is unknown either takes effect at some point after it was
- * sent or never (the search: Wing and Gong's, with states seen once). Payment and refund ids are compared up
- * to renaming: the cluster's come from blocks (p1, p101, ...), so one bijection between the model's ids and
- * the cluster's is built as the replies are matched, and must stay one. Error texts are the model's, except
- * that the cluster says "a payment this service does not know" where one node says "this node". What no
- * client can rely on is not compared (see {@link #relaxed}): the note of a reply after an unknown attempt of
- * the same request or while another client's attempt on the same key overlaps it (and then value-equal
- * amounts by value), and the refunds a PaymentStatus read shows in the middle of the run. Beyond the
- * replies, invariants are checked on the replies alone: one payment per step key, the refunds of a payment
- * (summed over every refund key that names it) never above its charge and equal to what the final status
- * reads say was refunded, and a step that the final reads show compensated never charged.
+ * <p><b>The check.</b> The cluster is the card's table applied in the order of the log it keeps in lin-kv, so
+ * the check is exact and needs no search: at the end of the run the log is read from lin-kv and replayed into
+ * the reference model, request by request ({@link #notAsTheLog}); every definite reply to a charge or a refund
+ * must be exactly the model's answer at its request's position, ids, notes, texts and amounts' digits
+ * included; no attempt may be in the log twice (nothing is applied twice), none answered 11 ("nothing was
+ * done") may be in it at all, and each PaymentStatus read must be the model's answer at a position between
+ * every request answered before it was sent and the first one sent after it was answered (a linearizable
+ * read). Beyond the replies, invariants are checked on the replies alone: one payment per step key, the
+ * refunds of a payment (summed over every refund key that names it) never above its charge and equal to what
+ * the final status reads say was refunded, and a step that the final reads show compensated never charged.
  *
  * <p>A failing sequence is shrunk (requests taken out while it still fails the same way, with the same seed
  * for the scheduler) and printed with its seed: {@code -Dcluster.model.seed=N} runs that sequence first,
- * {@code -Dcluster.model.sequences=N} runs more (2,000 by default). {@code -Dcluster.model.survey=true} goes
+ * {@code -Dcluster.model.sequences=N} runs more (30 by default, a few seconds; 2,000 is the long run). {@code -Dcluster.model.survey=true} goes
  * on past failures and reports how many sequences fail each way, with the first of each kind shrunk.
  */
 class ClusterModelTest {
-    private static final int SEQUENCES = Integer.getInteger("cluster.model.sequences", 2_000);
+    /** A few seconds by default (the fast tier); {@code -Dcluster.model.sequences=2000} is the long run. */
+    private static final int SEQUENCES = Integer.getInteger("cluster.model.sequences", 30);
     private static final long BASE_SEED = Long.getLong("cluster.model.seed", 20261201L);
     /** Short, so that a time jump costs little; a run between two jumps keeps every call far below it. */
     private static final long KV_TIMEOUT_MILLIS = Long.getLong("cluster.model.kv-timeout", 50L);
@@ -94,7 +91,7 @@ class ClusterModelTest {
     private static final java.util.concurrent.atomic.AtomicLong TIME_JUMPS = new java.util.concurrent.atomic.AtomicLong();
     /** Timeouts that came while the scheduler let no time pass: the machine was slow, and the run may not repeat. */
     private static final java.util.concurrent.atomic.AtomicLong UNCAUSED_TIMEOUTS = new java.util.concurrent.atomic.AtomicLong();
-    private static final int WARM_UP_SEQUENCES = 40;
+    private static final int WARM_UP_SEQUENCES = Integer.getInteger("cluster.model.warm-up", 10);
     private static final int LOSSY_PERCENT = Integer.getInteger("cluster.model.lossy-percent", 7);
     private static final double DROP_RATE = Double.parseDouble(System.getProperty("cluster.model.drop-rate", "0.01"));
     private static final int LATE_PERCENT = Integer.getInteger("cluster.model.late-percent", 10);
@@ -250,10 +247,14 @@ class ClusterModelTest {
         final JsonNode body;
         final String node;
         final long sentAt;
+        final long msgId;
         long answeredAt = Long.MAX_VALUE;
         JsonNode reply;
+        /** The error code of an indefinite reply (0, 11, 13); -1 when none came or the reply was definite. */
+        int code = -1;
 
-        Attempt(int index, String client, int request, Kind kind, String key, JsonNode body, String node, long sentAt) {
+        Attempt(int index, String client, int request, Kind kind, String key, JsonNode body, String node, long sentAt, long msgId) {
+            this.msgId = msgId;
             this.index = index;
             this.client = client;
             this.request = request;
@@ -295,10 +296,19 @@ class ClusterModelTest {
     }
 
     /** The history of one run, or why the run itself could not finish. */
-    record History(List<Attempt> attempts, String stuck, long uncausedTimeouts, long corruptedReads) {
-        History(List<Attempt> attempts, String stuck) {
-            this(attempts, stuck, 0, 0);
+    record History(List<Attempt> attempts, String stuck, long uncausedTimeouts, long corruptedReads, List<String> log) {
+        History(List<Attempt> attempts, String stuck, long uncausedTimeouts, long corruptedReads) {
+            this(attempts, stuck, uncausedTimeouts, corruptedReads, List.of());
         }
+    }
+
+    /** The log as lin-kv holds it at the end of a run: the values of log/1, log/2, ... up to the first missing. */
+    private static List<String> logOf(SimCluster cluster) {
+        List<String> log = new ArrayList<>();
+        for (JsonNode value; (value = cluster.kv.get(ClusterService.slotKey(log.size() + 1))) != null; ) {
+            log.add(value.isTextual() ? value.asText() : value.toString());
+        }
+        return log;
     }
 
     static History run(Sequence sequence) {
@@ -335,7 +345,7 @@ class ClusterModelTest {
             if (client.waiting != attempt) {
                 return;
             }
-            ObjectNode body = withoutErrorDetails(message.get("body").deepCopy());
+            ObjectNode body = message.get("body").deepCopy();
             body.remove("in_reply_to");
             body.remove("msg_id");
             attempt.answeredAt = ++clock[0];
@@ -345,6 +355,8 @@ class ClusterModelTest {
                 uncaused[0]++;
             }
             if (code == 0 || code == 11 || code == 13) {
+                attempt.code = code;
+                if (Boolean.getBoolean("cluster.model.debug")) System.out.println("DEBUG " + body);
                 return;   // the outcome is unknown: the client sends it again
             }
             attempt.reply = body;
@@ -360,7 +372,7 @@ class ClusterModelTest {
             client.body = null;
             client.attempts = 0;
         };
-        SimCluster cluster = new SimCluster(nodeIds, KV_TIMEOUT_MILLIS, OutputStream.nullOutputStream(), onReply);
+        SimCluster cluster = new SimCluster(nodeIds, KV_TIMEOUT_MILLIS, Boolean.getBoolean("cluster.model.debug") ? System.err : OutputStream.nullOutputStream(), onReply);
         holder[0] = cluster;
         // One shard of lin-kv (a quarter of the keys, by hash) is slow in this run: half of the messages about
         // its keys arrive very late. Long enough for other clients to read what a half-done request wrote and
@@ -406,7 +418,7 @@ class ClusterModelTest {
                         body.put("msg_id", ++msgIds[0]);
                         String node = nodeIds.get(random.nextInt(nodeIds.size()));
                         Attempt attempt = new Attempt(attempts.size(), client.id, client.next, request.kind(), request.key(),
-                                client.body, node, ++clock[0]);
+                                client.body, node, ++clock[0], msgIds[0]);
                         attempts.add(attempt);
                         client.waiting = attempt;
                         byMsgId.put(msgIds[0], attempt);
@@ -440,7 +452,7 @@ class ClusterModelTest {
                     idleRounds = 0;
                     SimCluster.Message message = ready.get(random.nextInt(ready.size()));
                     double roll = random.nextDouble();
-                    if (sequence.corruptRate() > 0 && "read_ok".equals(message.type()) && message.body().path("value").isObject()
+                    if (sequence.corruptRate() > 0 && "read_ok".equals(message.type()) && message.body().has("value")
                             && random.nextDouble() < sequence.corruptRate()) {
                         message.replaceBody(corrupted(message.body(), random));
                         corruptions[0]++;
@@ -476,7 +488,7 @@ class ClusterModelTest {
             if (!clients.values().stream().allMatch(c -> c.next >= c.requests.size()) || checker.next < checker.requests.size()) {
                 stuck = "the run did not end in " + MAX_STEPS + " steps";
             }
-            return new History(attempts, stuck, uncaused[0], corruptions[0]);
+            return new History(attempts, stuck, uncaused[0], corruptions[0], logOf(cluster));
         } catch (AssertionError broken) {
             // A node that prints a broken line, floods the wire or stops answering: the run cannot go on.
             return new History(attempts, "the cluster broke the protocol: " + broken.getMessage(), uncaused[0], corruptions[0]);
@@ -495,6 +507,18 @@ class ClusterModelTest {
      */
     private static JsonNode corrupted(JsonNode body, Random random) {
         ObjectNode copy = body.deepCopy();
+        if (copy.get("value").isTextual()) {
+            // An entry of the log: one character changed, the text cut short, or a number instead.
+            String text = copy.get("value").asText();
+            int at = random.nextInt(Math.max(1, text.length()));
+            switch (random.nextInt(3)) {
+                case 0 -> copy.put("value", text.substring(0, at) + (char) (text.isEmpty() || text.charAt(at) == '7' ? '8' : '7')
+                        + text.substring(Math.min(text.length(), at + 1)));
+                case 1 -> copy.put("value", text.substring(0, at));
+                default -> copy.put("value", 30);
+            }
+            return copy;
+        }
         ObjectNode value = (ObjectNode) copy.get("value");
         List<String> fields = new ArrayList<>();
         value.fieldNames().forEachRemaining(fields::add);
@@ -558,119 +582,110 @@ class ClusterModelTest {
         return SimCluster.EXACT_JSON.getNodeFactory().numberNode(new BigDecimal(text));
     }
 
-    // ---- the check: linearizable against the reference model, ids up to renaming ---------------------------------
-
-    /** The bijection between the model's ids and the cluster's, as far as the replies have shown it. */
-    record Names(Map<String, String> toNode, Map<String, String> toModel) {
-        static Names initial() {
-            return new Names(Map.of("p0", "p0"), Map.of("p0", "p0"));
-        }
-
-        /** Null when the pair contradicts what is known. */
-        Names bind(String model, String node) {
-            String known = toNode.get(model);
-            String knownModel = toModel.get(node);
-            if (known != null || knownModel != null) {
-                return node.equals(known) && model.equals(knownModel) ? this : null;
-            }
-            Map<String, String> n = new HashMap<>(toNode);
-            Map<String, String> m = new HashMap<>(toModel);
-            n.put(model, node);
-            m.put(node, model);
-            return new Names(n, m);
-        }
-    }
-
-    private static final Pattern ID = Pattern.compile("(?<![A-Za-z0-9])[pr]\\d+(?![A-Za-z0-9])");
-
-    /** The model's reply and the cluster's, equal up to ids (null: they differ). */
-    static Names match(JsonNode model, JsonNode node, Names names) {
-        if (model.isObject() && node.isObject()) {
-            if (model.size() != node.size()) {
-                return null;
-            }
-            Iterator<String> a = model.fieldNames();
-            Iterator<String> b = node.fieldNames();
-            while (a.hasNext()) {
-                String field = a.next();
-                if (!field.equals(b.next())) {
-                    return null;
-                }
-                names = match(model.get(field), node.get(field), names);
-                if (names == null) {
-                    return null;
-                }
-            }
-            return names;
-        }
-        if (model.isTextual() && node.isTextual()) {
-            return matchText(model.asText(), node.asText().replace("a payment this service does not know", "a payment this node does not know"), names);
-        }
-        if (model.isNumber() && node.isNumber()) {
-            return model.decimalValue().equals(node.decimalValue()) ? names : null;
-        }
-        return model.equals(node) ? names : null;
-    }
-
-    private static Names matchText(String model, String node, Names names) {
-        Matcher a = ID.matcher(model);
-        Matcher b = ID.matcher(node);
-        int ia = 0;
-        int ib = 0;
-        while (true) {
-            boolean fa = a.find();
-            boolean fb = b.find();
-            if (fa != fb) {
-                return null;
-            }
-            if (!fa) {
-                return model.substring(ia).equals(node.substring(ib)) ? names : null;
-            }
-            if (!model.substring(ia, a.start()).equals(node.substring(ib, b.start()))) {
-                return null;
-            }
-            names = names.bind(a.group(), b.group());
-            if (names == null) {
-                return null;
-            }
-            ia = a.end();
-            ib = b.end();
-        }
-    }
-
-    /** The attempt as a line for the model, its payment id in the model's names. */
-    private static String modelLine(Attempt attempt, Names names) {
-        ObjectNode body = attempt.body.deepCopy();
-        JsonNode params = body.get("params");
-        if (params != null && params.has("payment_id")) {
-            String nodeId = params.get("payment_id").asText();
-            String modelId = names.toModel().get(nodeId);
-            if (modelId == null) {
-                throw new IllegalStateException("payment id " + nodeId + " was learned from no reply the model matched: " + attempt);
-            }
-            ((ObjectNode) params).put("payment_id", modelId);
-        }
-        ObjectNode ordered = SimCluster.EXACT_JSON.createObjectNode();
-        ordered.put("msg_id", attempt.index + 1);
-        ordered.setAll(body);
-        return "{\"src\":\"" + attempt.client + "\",\"dest\":\"n1\",\"body\":" + ordered + "}";
-    }
+    // ---- the check: every answer is the model's at its request's position in the log -------------------------
 
     /**
-     * An error's machine-readable {@code reason} and {@code differs} (SPEC section 9) are left to ModelTest, which
-     * holds one node to them; the cluster answers from the same table of reasons. Compared here are code and text.
+     * The cluster is the card's table applied in the log's order, so the check needs no search: the log (read
+     * from lin-kv at the end of the run) is replayed into the reference model, request by request, and every
+     * definite reply to a charge or a refund must be exactly the model's answer at its request's position (ids,
+     * notes, texts, amounts' digits: all of it). Each attempt is in the log at most once, an attempt answered
+     * "nothing was done" (11) not at all, and each PaymentStatus read must be the model's answer at some position
+     * between every request answered before it was sent and the first request sent after it was answered.
      */
-    static ObjectNode withoutErrorDetails(ObjectNode body) {
-        if ("error".equals(body.path("type").asText())) {
-            body.remove("reason");
-            body.remove("differs");
+    static String notAsTheLog(History history) {
+        List<ClusterService.LoggedRequest> order = new ArrayList<>();
+        Map<String, Long> lastCount = new HashMap<>();
+        for (int slot = 1; slot <= history.log().size(); slot++) {
+            ClusterService.Slot read = ClusterService.Slot.read(history.log().get(slot - 1));
+            if (read.entry() == null) {
+                return "slot " + slot + " of the log holds no entry (" + read.why() + "): " + history.log().get(slot - 1);
+            }
+            Long before = lastCount.put(read.entry().process(), read.entry().count());
+            if (before != null && read.entry().count() <= before) {
+                lastCount.put(read.entry().process(), before);
+                continue;   // an entry stored twice (a duplicated cas) is applied once, by every node
+            }
+            order.addAll(read.entry().requests());
         }
-        return body;
+        Map<String, Attempt> bySender = new HashMap<>();
+        for (Attempt attempt : history.attempts()) {
+            bySender.put(attempt.client + " " + attempt.msgId, attempt);
+        }
+        Map<Attempt, Integer> position = new HashMap<>();
+        List<Attempt> logged = new ArrayList<>();
+        for (int p = 0; p < order.size(); p++) {
+            ClusterService.LoggedRequest request = order.get(p);
+            Attempt attempt = bySender.get(request.src() + " " + request.msgId());
+            if (attempt == null || attempt.kind == Kind.STATUS) {
+                return "position " + p + " of the log holds a request no client sent as a charge or refund: " + request;
+            }
+            if (position.put(attempt, p) != null) {
+                return "an attempt is in the log twice (applied twice): " + attempt;
+            }
+            logged.add(attempt);
+        }
+        for (Attempt attempt : history.attempts()) {
+            if (attempt.kind != Kind.STATUS && attempt.definite() && !position.containsKey(attempt)) {
+                return "a definite answer to a request that is not in the log: " + attempt;
+            }
+            if (attempt.code == 11 && position.containsKey(attempt)) {
+                return "an attempt answered 11 (nothing was done) is in the log at position " + position.get(attempt) + ": " + attempt;
+            }
+        }
+        List<Attempt> reads = new ArrayList<>();
+        Map<Attempt, int[]> window = new HashMap<>();
+        for (Attempt read : history.attempts()) {
+            if (read.kind != Kind.STATUS || !read.definite()) {
+                continue;
+            }
+            int low = 0;
+            int high = order.size();
+            for (Attempt other : logged) {
+                if (other.definite() && other.answeredAt < read.sentAt) {
+                    low = Math.max(low, position.get(other) + 1);
+                }
+                if (other.sentAt > read.answeredAt) {
+                    high = Math.min(high, position.get(other));
+                }
+            }
+            reads.add(read);
+            window.put(read, new int[] {low, high});
+        }
+        ReferenceModel model = new ReferenceModel(null);
+        model.handle("{\"src\":\"c0\",\"dest\":\"n1\",\"body\":{\"msg_id\":0,\"type\":\"init\",\"node_id\":\"n1\"}}");
+        List<Attempt> readsLeft = new ArrayList<>(reads);
+        for (int p = 0; p <= order.size(); p++) {
+            int applied = p;
+            readsLeft.removeIf(read -> window.get(read)[0] <= applied && applied <= window.get(read)[1]
+                    && modelReply(model.handle(modelLine(read))).equals(read.reply));
+            if (p == order.size()) {
+                break;
+            }
+            Attempt attempt = logged.get(p);
+            JsonNode expected = modelReply(model.handle(modelLine(attempt)));
+            if (attempt.definite() && !expected.equals(attempt.reply)) {
+                return "position " + p + " of the log: " + attempt + "\n  the model answers " + expected;
+            }
+        }
+        if (!readsLeft.isEmpty()) {
+            Attempt read = readsLeft.get(0);
+            return "a PaymentStatus answer is the model's at no position from " + window.get(read)[0] + " to " + window.get(read)[1]
+                    + " of the log: " + read;
+        }
+        return null;
+    }
+
+    /** The attempt as a line for the model, as the node got it. */
+    private static String modelLine(Attempt attempt) {
+        ObjectNode ordered = SimCluster.EXACT_JSON.createObjectNode();
+        ordered.put("msg_id", attempt.msgId);
+        ordered.setAll((ObjectNode) attempt.body.deepCopy());
+        return "{\"src\":\"" + attempt.client + "\",\"dest\":\"n1\",\"body\":" + ordered + "}";
     }
 
     private static JsonNode modelReply(String printed) {
         try {
-            ObjectNode body = withoutErrorDetails(SimCluster.EXACT_JSON.readTree(printed).get("body").deepCopy());
+            ObjectNode body = SimCluster.EXACT_JSON.readTree(printed).get("body").deepCopy();
             body.remove("in_reply_to");
             body.remove("msg_id");
             return body;
@@ -678,174 +693,6 @@ class ClusterModelTest {
             throw new UncheckedIOException(e);
         }
     }
-
-    /** Why no order of the attempts explains the replies, as deep as the search got; null when one does. */
-    static String notLinearizable(List<Attempt> attempts) {
-        ReferenceModel model = new ReferenceModel(null);
-        model.handle("{\"src\":\"c0\",\"dest\":\"n1\",\"body\":{\"msg_id\":0,\"type\":\"init\",\"node_id\":\"n1\"}}");
-        BitSet done = new BitSet();
-        for (Attempt attempt : attempts) {
-            if (!attempt.definite() && attempt.kind == Kind.STATUS) {
-                done.set(attempt.index);   // a read whose answer never came changes nothing
-            }
-        }
-        Search search = new Search(attempts);
-        if (search.explain(model, Names.initial(), done, new ArrayList<>())) {
-            return null;
-        }
-        if (search.states > MAX_SEARCH_STATES) {
-            return "the search gave up after " + MAX_SEARCH_STATES + " states";
-        }
-        return search.deepest;
-    }
-
-    /**
-     * What of a reply the model decides. All of it, but for two things no client can rely on: whether a reply
-     * carries its note when an earlier attempt of the same request had an unknown outcome (the note only says
-     * which attempt did the work), and what a PaymentStatus read in the middle of the run shows of refunds
-     * (the cluster writes a refund in several steps, and a read between them sees it half done; the final
-     * reads, when everything is settled, are compared whole).
-     */
-    private static JsonNode relaxed(JsonNode reply, Attempt attempt, List<Attempt> attempts) {
-        boolean afterUnknown = false;
-        for (Attempt earlier : attempts) {
-            if (earlier.index < attempt.index && !earlier.definite() && earlier.client.equals(attempt.client) && earlier.request == attempt.request) {
-                afterUnknown = true;
-            }
-        }
-        boolean midRunRead = attempt.kind == Kind.STATUS && !attempt.client.equals("checker");
-        boolean raced = false;
-        for (Attempt other : attempts) {
-            raced |= other.kind == attempt.kind && other.kind != Kind.STATUS && other.key.equals(attempt.key) && !other.client.equals(attempt.client)
-                    && other.sentAt < attempt.answeredAt && attempt.sentAt < other.answeredAt;
-        }
-        if (!afterUnknown && !midRunRead && !raced) {
-            return reply;
-        }
-        ObjectNode copy = reply.deepCopy();
-        if (afterUnknown || raced) {
-            copy.remove("note");
-        }
-        if (raced) {
-            return byValue(copy);
-        }
-        if (midRunRead) {
-            copy.remove("refund");
-            if (copy.get("payment") instanceof ObjectNode payment) {
-                payment.remove("refunded");
-            }
-            // A compensation that came first closes the step, then records its refund: a read between the two
-            // sees the step compensated while the compensation is still under way.
-            boolean compensationUnderWay = false;
-            for (Attempt other : attempts) {
-                compensationUnderWay |= other.kind == Kind.REFUND && other.key.equals(attempt.key) && other.sentAt < attempt.answeredAt
-                        && attempt.sentAt < other.answeredAt;
-            }
-            if (compensationUnderWay && "compensated".equals(copy.path("status").asText())) {
-                copy.put("status", "none");
-            }
-        }
-        return copy;
-    }
-
-    private static final Pattern NUMBER = Pattern.compile("(?<![A-Za-z0-9.])\\d+\\.\\d+(?![0-9])");
-
-    /** Amounts by value, in the reply's numbers and in its text (100.00 and 100 alike). */
-    private static ObjectNode byValue(ObjectNode reply) {
-        for (Iterator<Map.Entry<String, JsonNode>> fields = reply.fields(); fields.hasNext(); ) {
-            Map.Entry<String, JsonNode> field = fields.next();
-            JsonNode value = field.getValue();
-            if (value instanceof ObjectNode object) {
-                byValue(object);
-            } else if (value.isNumber()) {
-                field.setValue(SimCluster.EXACT_JSON.getNodeFactory().numberNode(plain(value.decimalValue().toPlainString())));
-            } else if (value.isTextual()) {
-                Matcher number = NUMBER.matcher(value.asText());
-                StringBuilder text = new StringBuilder();
-                while (number.find()) {
-                    number.appendReplacement(text, plain(number.group()).toPlainString());
-                }
-                number.appendTail(text);
-                field.setValue(SimCluster.EXACT_JSON.getNodeFactory().textNode(text.toString()));
-            }
-        }
-        return reply;
-    }
-
-    private static BigDecimal plain(String number) {
-        BigDecimal value = new BigDecimal(number).stripTrailingZeros();
-        return value.scale() < 0 ? value.setScale(0) : value;
-    }
-
-    private static final class Search {
-        final List<Attempt> attempts;
-        final Set<String> seen = new HashSet<>();
-        int states;
-        int deepestCount = -1;
-        String deepest;
-
-        Search(List<Attempt> attempts) {
-            this.attempts = attempts;
-        }
-
-        boolean explain(ReferenceModel model, Names names, BitSet done, List<String> order) {
-            if (++states > MAX_SEARCH_STATES) {
-                return false;
-            }
-            long firstAnswer = Long.MAX_VALUE;
-            boolean definiteLeft = false;
-            for (Attempt attempt : attempts) {
-                if (!done.get(attempt.index) && attempt.definite()) {
-                    definiteLeft = true;
-                    firstAnswer = Math.min(firstAnswer, attempt.answeredAt);
-                }
-            }
-            if (!definiteLeft) {
-                return true;
-            }
-            if (!seen.add(done + model.fingerprint() + names)) {
-                return false;
-            }
-            List<String> mismatches = new ArrayList<>();
-            for (Attempt attempt : attempts) {
-                if (done.get(attempt.index) || attempt.sentAt > firstAnswer) {
-                    continue;
-                }
-                ReferenceModel next = model.copy();
-                String printed = next.handle(modelLine(attempt, names));
-                Names after = names;
-                if (attempt.definite()) {
-                    JsonNode expected = modelReply(printed);
-                    after = match(relaxed(expected, attempt, attempts), relaxed(attempt.reply, attempt, attempts), names);
-                    if (after == null) {
-                        mismatches.add("  " + attempt + "\n      the model (in its names: " + names.toNode() + ") answers " + expected);
-                        continue;
-                    }
-                }
-                BitSet nextDone = (BitSet) done.clone();
-                nextDone.set(attempt.index);
-                // Once one attempt of a request has taken effect, the others of the same request are retries
-                // with the same params: those whose outcome is unknown change nothing if placed later.
-                for (Attempt other : attempts) {
-                    if (!other.definite() && other.client.equals(attempt.client) && other.request == attempt.request) {
-                        nextDone.set(other.index);
-                    }
-                }
-                order.add(attempt.index + (attempt.definite() ? "" : "?"));
-                if (explain(next, after, nextDone, order)) {
-                    return true;
-                }
-                order.remove(order.size() - 1);
-            }
-            if (done.cardinality() > deepestCount && !mismatches.isEmpty()) {
-                deepestCount = done.cardinality();
-                deepest = "no order of the attempts explains the replies; the longest explained prefix (attempt numbers, ? = outcome unknown): "
-                        + order + "\n  after it, no attempt that may come next fits:\n" + String.join("\n", mismatches);
-            }
-            return false;
-        }
-    }
-
     // ---- invariants on the replies alone --------------------------------------------------------------------
 
     static String brokenInvariant(List<Attempt> attempts) {
@@ -945,7 +792,7 @@ class ClusterModelTest {
             return history.stuck() + corrupted + "\nhistory:\n  " + String.join("\n  ", history.attempts().stream().map(Attempt::toString).toList());
         }
         String broken = brokenInvariant(history.attempts());
-        String unexplained = notLinearizable(history.attempts());
+        String unexplained = notAsTheLog(history);
         if (broken == null && unexplained == null) {
             return null;
         }
@@ -992,38 +839,13 @@ class ClusterModelTest {
         if (failure.contains("got no definite answer")) {
             return "a request never got a definite answer";
         }
-        String header = "after it, no attempt that may come next fits:\n";
-        int at = failure.indexOf(header);
-        if (at < 0) {
-            return "other";
+        for (String kind : List.of("is in the log twice", "answered 11 (nothing was done) is in the log", "a request that is not in the log",
+                "holds no entry", "holds a request no client sent", "PaymentStatus answer is the model's at no position")) {
+            if (failure.contains(kind)) {
+                return kind;
+            }
         }
-        String[] lines = failure.substring(at + header.length()).split("\n", 3);
-        String node = lines[0].substring(lines[0].indexOf(" => ") + 4);
-        String model = lines.length > 1 ? lines[1] : "";
-        if (node.contains("RefundPayment_ok") && (model.contains("is already fully refunded") || model.contains("is more than is left"))) {
-            return "overdraw (a refund served that the model refuses)";
-        }
-        if (node.contains("was first used with other params") && !model.contains("was first used with other params")) {
-            return "an error or an unfinished request left a record (22 other params)";
-        }
-        if (node.contains("\"code\":22") && model.contains("\"code\":22")) {
-            return "an unfinished request left a record (a retry went on from an intent decided on what no longer holds)";
-        }
-        if (node.contains("\"compensated\"") && model.contains("\"none\"") || node.contains("\"code\":14") && model.contains("ChargePayment_ok")) {
-            return "a step closed by a compensation that did not take its refund key (status compensated, or a charge refused 14)";
-        }
-        return "other: node " + gist(node) + ", model " + gist(model.substring(model.indexOf("answers ") + 8));
-    }
-
-    /** A reply's type, code and status: enough to tell kinds of failure apart. */
-    private static String gist(String reply) {
-        try {
-            JsonNode body = SimCluster.EXACT_JSON.readTree(reply);
-            return body.path("type").asText() + (body.has("code") ? " " + body.get("code") : "") + (body.has("status") ? " " + body.get("status") : "")
-                    + (body.has("note") ? " note" : "") + (body.path("result").has("refund_id") ? " refund_id" : "");
-        } catch (IOException e) {
-            return reply;
-        }
+        return failure.contains("of the log: #") ? "an answer that is not the model's at its request's position in the log" : "other";
     }
 
     /**

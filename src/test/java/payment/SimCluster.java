@@ -122,55 +122,6 @@ final class SimCluster implements AutoCloseable {
 
     // ---- lin-kv ------------------------------------------------------------------------------------------
 
-    /** Maelstrom's lin-kv: one map, each request applied whole when it is delivered. */
-    static final class LinKv {
-        final Map<String, JsonNode> values = new HashMap<>();
-
-        ObjectNode handle(JsonNode request) {
-            ObjectNode reply = MAELSTROM_JSON.createObjectNode();
-            String key = request.path("key").asText();
-            JsonNode current = values.get(key);
-            switch (request.path("type").asText()) {
-                case "read" -> {
-                    if (current == null) {
-                        error(reply, 20, "key does not exist");
-                    } else {
-                        reply.put("type", "read_ok");
-                        reply.set("value", current.deepCopy());
-                    }
-                }
-                case "write" -> {
-                    values.put(key, request.get("value").deepCopy());
-                    reply.put("type", "write_ok");
-                }
-                case "cas" -> {
-                    if (current == null) {
-                        if (request.path("create_if_not_exists").asBoolean(false)) {
-                            values.put(key, request.get("to").deepCopy());
-                            reply.put("type", "cas_ok");
-                        } else {
-                            error(reply, 20, "key does not exist");
-                        }
-                    } else if (current.equals(request.get("from"))) {
-                        values.put(key, request.get("to").deepCopy());
-                        reply.put("type", "cas_ok");
-                    } else {
-                        error(reply, 22, "current value " + current + " is not " + request.get("from"));
-                    }
-                }
-                default -> error(reply, 10, "unsupported operation: " + request.path("type").asText());
-            }
-            reply.put("in_reply_to", request.path("msg_id").asLong());
-            return reply;
-        }
-
-        private static void error(ObjectNode reply, int code, String text) {
-            reply.put("type", "error");
-            reply.put("code", code);
-            reply.put("text", text);
-        }
-    }
-
     // ---- one node, in this JVM -----------------------------------------------------------------------------
 
     /** A node's stdin: blocks its reader thread until the test writes, ends when the test closes it. */
@@ -286,12 +237,14 @@ final class SimCluster implements AutoCloseable {
         /** The highest msg_id it has used: its successor must start past it. */
         long maxMsgId;
 
-        NodeProcess(String id, List<String> nodeIds, long kvTimeoutMillis, OutputStream stderr) {
+        NodeProcess(String id, List<String> nodeIds, long kvTimeoutMillis, OutputStream stderr, List<String> options) {
             this.id = id;
             PaymentNode node;
+            List<String> args = new ArrayList<>(List.of("--store", "lin-kv", "--kv-timeout", Long.toString(kvTimeoutMillis)));
+            args.addAll(options);
             try {
-                node = CommandLine.fromOptions(CommandLine.Options.parse(new String[] {"--store", "lin-kv", "--kv-timeout",
-                        Long.toString(kvTimeoutMillis)}), stdout, new PaymentNode.Log(new PrintStream(stderr, true, StandardCharsets.UTF_8), false));
+                node = CommandLine.fromOptions(CommandLine.Options.parse(args.toArray(new String[0])), stdout,
+                        new PaymentNode.Log(new PrintStream(stderr, true, StandardCharsets.UTF_8), false));
             } catch (IOException e) {
                 throw new UncheckedIOException(e);
             }
@@ -358,7 +311,8 @@ final class SimCluster implements AutoCloseable {
 
     static final Rule HONEST = message -> Fate.DELIVER;
 
-    final LinKv kv = new LinKv();
+    /** Maelstrom's lin-kv, each request applied whole when it is delivered (the one store the lin-kv fakes share). */
+    final LinKvStore kv = new LinKvStore(MAELSTROM_JSON);
     final List<String> nodeIds;
     final long kvTimeoutMillis;
     private final Map<String, NodeProcess> nodes = new LinkedHashMap<>();
@@ -380,7 +334,11 @@ final class SimCluster implements AutoCloseable {
     /** How many ticks a new message waits before it may be delivered: none, unless a scheduler says so. */
     java.util.function.ToLongFunction<Message> delays = message -> 0;
 
-    SimCluster(List<String> nodeIds, long kvTimeoutMillis, OutputStream stderr, Consumer<JsonNode> onClientReply) {
+    /** The command-line options every node gets beyond --store lin-kv and --kv-timeout (--balance, --fault, ...). */
+    private final List<String> options;
+
+    SimCluster(List<String> nodeIds, long kvTimeoutMillis, OutputStream stderr, Consumer<JsonNode> onClientReply, String... options) {
+        this.options = List.of(options);
         this.nodeIds = List.copyOf(nodeIds);
         this.kvTimeoutMillis = kvTimeoutMillis;
         this.stderr = stderr;
@@ -391,7 +349,7 @@ final class SimCluster implements AutoCloseable {
     }
 
     private void start(String id) {
-        NodeProcess node = new NodeProcess(id, nodeIds, kvTimeoutMillis, stderr);
+        NodeProcess node = new NodeProcess(id, nodeIds, kvTimeoutMillis, stderr, options);
         nodes.put(id, node);
         StringBuilder ids = new StringBuilder();
         for (String other : nodeIds) {
@@ -478,7 +436,10 @@ final class SimCluster implements AutoCloseable {
             if (++deliveries > MAX_DELIVERIES) {
                 throw new AssertionError("more than " + MAX_DELIVERIES + " deliveries: the nodes never settle");
             }
-            enqueue(KV, message.src, kv.handle(message.body()), now, message.about);
+            ObjectNode reply = kv.handle(message.body());
+            if (reply != null) {
+                enqueue(KV, message.src, reply, now, message.about);
+            }
         } else if (nodes.containsKey(message.dest)) {
             deliverToNode(message.dest, message.line());
         }

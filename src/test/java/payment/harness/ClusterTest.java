@@ -492,12 +492,13 @@ class ClusterTest {
     }
 
     /**
-     * Before init a cluster node can do nothing (11); its lin-kv requests carry msg_ids no earlier process
-     * used; a reply of the wrong type is dropped; a lin-kv that does not answer in time gets the client an
-     * indefinite error 0, and the late reply is ignored.
+     * Before init a cluster node can do nothing (11); init starts the replay of the log, with msg_ids no earlier
+     * process used; a reply of the wrong type is no answer, so the read times out and is sent again, and the
+     * late reply is ignored; once a read finds the end of the log, the charge is appended (one create-only cas)
+     * and answered from the table.
      */
     @Test
-    void aNodeWaitsForLinKvNoLongerThanItsTimeoutAndIgnoresWhatComesLate() throws Exception {
+    void aNodeReplaysTheLogBeforeItAppendsAndIgnoresWhatComesLate() throws Exception {
         long startedAt = System.currentTimeMillis();
         Process node = Node.start(List.of(), dir.resolve("stderr"), "--store", "lin-kv", "--kv-timeout", "300");
         OutputStream stdin = node.getOutputStream();
@@ -512,54 +513,63 @@ class ClusterTest {
                 .getBytes(StandardCharsets.UTF_8));
         stdin.write(Wire.charge(2, "s", 1, "5").getBytes(StandardCharsets.UTF_8));
         stdin.flush();
-        // init reserves the first blocks of payment and refund ids, so that no first charge waits for one:
-        // a read of each counter, then init_ok. The charge waits for the payment ids.
-        JsonNode read = read(stdout);
-        assertEquals("lin-kv", read.path("dest").asText());
-        long msgId = read.path("body").path("msg_id").asLong();
-        assertEquals(ClusterHarness.JSON.readTree("{\"type\":\"read\",\"key\":\"ids/payments\",\"msg_id\":" + msgId + "}"), read.path("body"));
-        assertEquals(ClusterHarness.JSON.readTree("{\"type\":\"read\",\"key\":\"ids/refunds\",\"msg_id\":" + (msgId + 1) + "}"),
-                read(stdout).path("body"));
-        assertEquals("init_ok", read(stdout).path("body").path("type").asText());
+        // init starts the replay of the log from slot 1, several reads at once, then init_ok.
+        JsonNode first = read(stdout);
+        assertEquals("lin-kv", first.path("dest").asText());
+        long msgId = first.path("body").path("msg_id").asLong();
         assertTrue(msgId >= startedAt * 1000, "msg_ids start past any earlier process's: " + msgId);
+        assertEquals(ClusterHarness.JSON.readTree("{\"type\":\"read\",\"key\":\"log/1\",\"msg_id\":" + msgId + "}"), first.path("body"));
+        JsonNode next = read(stdout);
+        List<Long> others = new ArrayList<>();
+        for (int slot = 2; next.path("body").path("type").asText().equals("read"); slot++, next = read(stdout)) {
+            assertEquals("log/" + slot, next.path("body").path("key").asText());
+            others.add(next.path("body").path("msg_id").asLong());
+        }
+        assertEquals("init_ok", next.path("body").path("type").asText());
 
-        // A reply whose type does not fit the request is dropped; the request keeps waiting.
+        // The slots beyond are missing; slot 1's reply is of the wrong type: no answer, so it is read again.
+        for (long other : others) {
+            stdin.write(("{\"src\":\"lin-kv\",\"dest\":\"n1\",\"body\":{\"type\":\"error\",\"code\":20,\"in_reply_to\":" + other + "}}\n")
+                    .getBytes(StandardCharsets.UTF_8));
+        }
         stdin.write(("{\"src\":\"lin-kv\",\"dest\":\"n1\",\"body\":{\"type\":\"cas_ok\",\"in_reply_to\":" + msgId + "}}\n").getBytes(StandardCharsets.UTF_8));
         stdin.flush();
-        JsonNode timedOut = read(stdout).path("body");
-        assertEquals(0, timedOut.path("code").asInt(), timedOut.toString());
-        assertEquals("lin-kv did not answer a read within 300 ms: the outcome is unknown; a retry will tell", timedOut.path("text").asText());
-        assertEquals(2, timedOut.path("in_reply_to").asInt());
-
-        // The real reply, late: ignored (and never answered).
-        stdin.write(("{\"src\":\"lin-kv\",\"dest\":\"n1\",\"body\":{\"type\":\"error\",\"code\":20,\"in_reply_to\":" + msgId + "}}\n").getBytes(StandardCharsets.UTF_8));
-
-        // A value this service never writes: the client gets an indefinite error, and the node goes on.
-        stdin.write(Wire.charge(3, "s", 1, "5").getBytes(StandardCharsets.UTF_8));
-        stdin.flush();
         JsonNode again = read(stdout).path("body");
-        assertEquals("read", again.path("type").asText());
-        stdin.write(("{\"src\":\"lin-kv\",\"dest\":\"n1\",\"body\":{\"type\":\"read_ok\",\"value\":[1,2],\"in_reply_to\":"
-                + again.path("msg_id").asLong() + "}}\n").getBytes(StandardCharsets.UTF_8));
+        assertEquals("log/1", again.path("key").asText(), again.toString());
+        assertTrue(System.currentTimeMillis() - startedAt >= 300, "read again once the first read timed out");
+
+        // The real reply to the first read, late: ignored. The second finds slot 1 missing: the replay is done,
+        // and the charge is appended at slot 1.
+        stdin.write(("{\"src\":\"lin-kv\",\"dest\":\"n1\",\"body\":{\"type\":\"error\",\"code\":20,\"in_reply_to\":" + msgId + "}}\n").getBytes(StandardCharsets.UTF_8));
+        stdin.write(("{\"src\":\"lin-kv\",\"dest\":\"n1\",\"body\":{\"type\":\"error\",\"code\":20,\"in_reply_to\":" + again.path("msg_id").asLong()
+                + "}}\n").getBytes(StandardCharsets.UTF_8));
         stdin.flush();
-        JsonNode strange = read(stdout).path("body");
-        assertEquals(13, strange.path("code").asInt(), strange.toString());
-        assertEquals(3, strange.path("in_reply_to").asInt());
+        JsonNode cas = read(stdout).path("body");
+        assertEquals("cas", cas.path("type").asText(), cas.toString());
+        assertEquals("log/1", cas.path("key").asText());
+        assertTrue(cas.path("create_if_not_exists").asBoolean(), cas.toString());
+        assertTrue(cas.path("to").isTextual(), "an entry is one string: " + cas);
+        stdin.write(("{\"src\":\"lin-kv\",\"dest\":\"n1\",\"body\":{\"type\":\"cas_ok\",\"in_reply_to\":" + cas.path("msg_id").asLong()
+                + "}}\n").getBytes(StandardCharsets.UTF_8));
+        stdin.flush();
+        JsonNode charged = read(stdout).path("body");
+        assertEquals("ChargePayment_ok", charged.path("type").asText(), charged.toString());
+        assertEquals("p1", charged.path("result").path("payment_id").asText());
+        assertEquals(2, charged.path("in_reply_to").asInt());
         stdin.close();
         assertEquals(null, Lines.readLine(stdout, Duration.ofSeconds(10)), "nothing more on stdout");
         assertTrue(node.waitFor(10, TimeUnit.SECONDS));
         assertEquals(0, node.exitValue());
         String log = Files.readString(dir.resolve("stderr"));
-        assertTrue(log.contains("a reply of type cas_ok to a read (msg_id " + msgId + "): dropped"), log);
+        assertTrue(log.contains("lin-kv answered read of log/1 with cas_ok (msg_id " + msgId + "): taken for no answer"), log);
         assertTrue(log.contains("a reply from lin-kv (in_reply_to " + msgId + "), and this node waits for none: dropped"), log);
         assertTrue(!log.contains("shares no state"), "a node of the cluster shares its state: " + log);
     }
 
-    /** Through the command line, as a user starts a node: cluster mode takes none of the single-node options. */
+    /** Through the command line, as a user starts a node: cluster mode takes no journal (the log is its journal). */
     @Test
-    void aClusterNodeTakesNoJournalBalanceOrFaults() throws Exception {
-        for (String[] args : List.of(new String[] {"--store", "lin-kv", "--journal", "j"}, new String[] {"--store=lin-kv", "--balance", "5"},
-                new String[] {"--store", "lin-kv", "--faults", "drop=0.1"}, new String[] {"--store", "redis"})) {
+    void aClusterNodeTakesNoJournal() throws Exception {
+        for (String[] args : List.of(new String[] {"--store", "lin-kv", "--journal", "j"}, new String[] {"--store", "redis"})) {
             Node.Run run = Node.runProcess(args);
             assertEquals(2, run.status(), String.join(" ", args) + ": " + run.stderr());
             assertTrue(run.stderr().contains("--store"), String.join(" ", args) + ": " + run.stderr());

@@ -1,0 +1,169 @@
+package payment;
+
+import com.fasterxml.jackson.core.JsonParser;
+import com.fasterxml.jackson.core.JsonToken;
+
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.util.LinkedHashMap;
+
+import static payment.PaymentNode.*;
+
+/**
+ * A small client of Maelstrom's lin-kv service, in the spirit of Maelstrom's Go {@code kv.go}: a request
+ * goes out with this node's next msg_id, and its reply (which carries {@code in_reply_to}, no msg_id) comes
+ * back on stdin and is matched to it. The cluster needs two calls only: {@code read}, and a create-only
+ * {@code cas} (a slot of the log is written once). Every call ends exactly once: with its reply, or with
+ * {@link Outcome#TIMEOUT} at its deadline, after which a late reply is ignored.
+ */
+final class LinKv {
+    static final String SERVICE = "lin-kv";
+    /** The {@code from} of a create-only cas: the log never holds this string, so an existing slot refuses it. */
+    private static final String NEVER_STORED = "(absent)";
+
+    /** How a call ended. An error other than 20 and 22 (or a reply of the wrong type) counts as no answer: it ends at the deadline. */
+    enum Outcome { OK, MISSING, EXISTS, TIMEOUT }
+
+    /**
+     * A call's end. {@code value}: a read's value when it is a JSON string, else null; {@code raw}: the
+     * value's JSON text as it came (so that two readings can be compared even when neither is a string).
+     */
+    record Reply(Outcome outcome, String value, String raw) {
+    }
+
+    interface Callback {
+        void on(Reply reply) throws IOException;
+    }
+
+    private record Call(String type, String key, long deadlineNanos, Callback callback) {
+    }
+
+    private final ReplyWriter out;
+    private final Log log;
+    private final long timeoutMillis;
+    /** Calls waiting for their reply, in the order sent: all have the same timeout, so the first is due first. */
+    private final LinkedHashMap<Long, Call> calls = new LinkedHashMap<>();
+    private String from;
+
+    LinKv(ReplyWriter out, Log log, long timeoutMillis) {
+        this.out = out;
+        this.log = log;
+        this.timeoutMillis = timeoutMillis;
+        // A reply meant for an earlier process of this node must never match a call of this one: msg_ids
+        // start past any number an earlier process used (the clock in ms x 1000, unless it steps back).
+        out.startMsgIdsAt(System.currentTimeMillis() * 1000);
+    }
+
+    /** The node id calls come from (init). */
+    void from(String nodeId) {
+        this.from = nodeId;
+    }
+
+    int inFlight() {
+        return calls.size();
+    }
+
+    void read(String key, Callback callback) throws IOException {
+        send("read", key, null, callback);
+    }
+
+    /** Writes {@code value} under {@code key} if the key does not exist: EXISTS when it does. */
+    void createOnly(String key, String value, Callback callback) throws IOException {
+        send("cas", key, value, callback);
+    }
+
+    private void send(String type, String key, String value, Callback callback) throws IOException {
+        long msgId = out.send(new Envelope(from, SERVICE, null), type, json -> {
+            json.field("key");
+            json.string(key);
+            if (value != null) {
+                json.field("from");
+                json.string(NEVER_STORED);
+                json.field("to");
+                json.string(value);
+                json.ascii(", \"create_if_not_exists\": true");
+            }
+        });
+        calls.put(msgId, new Call(type, key, System.nanoTime() + timeoutMillis * 1_000_000, callback));
+    }
+
+    /** Takes a reply to one of this node's calls (the one place a lin-kv reply is read); false when it is none. */
+    boolean completes(String from, byte[] line, int lineStart, int length) throws IOException {
+        if (!SERVICE.equals(from)) {
+            return false;   // not lin-kv's
+        }
+        Long inReplyTo = null;
+        String type = null;
+        Long code = null;
+        String value = null;
+        String raw = null;
+        try (JsonParser parser = JSON.createParser(line, lineStart, length)) {
+            parser.nextToken();
+            while (parser.nextToken() == JsonToken.FIELD_NAME) {
+                boolean body = parser.currentName().equals("body");
+                if (parser.nextToken() != JsonToken.START_OBJECT || !body) {
+                    parser.skipChildren();
+                    continue;
+                }
+                while (parser.nextToken() == JsonToken.FIELD_NAME) {
+                    String field = parser.currentName();
+                    JsonToken token = parser.nextToken();
+                    if (field.equals("in_reply_to")) {
+                        inReplyTo = longOrNull(PaymentNode.Value.read(parser, token));
+                    } else if (field.equals("type")) {
+                        type = stringOrNull(PaymentNode.Value.read(parser, token));
+                    } else if (field.equals("code")) {
+                        code = longOrNull(PaymentNode.Value.read(parser, token));
+                    } else if (field.equals("value")) {
+                        int start = (int) parser.currentTokenLocation().getByteOffset();
+                        value = token == JsonToken.VALUE_STRING ? parser.getText() : null;
+                        parser.skipChildren();
+                        int end = (int) parser.currentLocation().getByteOffset();
+                        raw = new String(line, lineStart + start, end - start, StandardCharsets.UTF_8);
+                    } else {
+                        parser.skipChildren();
+                    }
+                }
+            }
+        }
+        Call call = inReplyTo == null ? null : calls.get(inReplyTo);
+        if (call == null) {
+            return false;   // late (timed out), or meant for an earlier process of this node
+        }
+        Outcome outcome = (call.type() + "_ok").equals(type) ? Outcome.OK
+                : "error".equals(type) && code != null && code == 20 ? Outcome.MISSING
+                : "error".equals(type) && code != null && code == 22 ? Outcome.EXISTS : null;
+        if (outcome == null || outcome == Outcome.MISSING && call.type().equals("cas")) {
+            // Not an answer this client can act on: the call ends at its deadline, as if lost (whoever
+            // waits then reads the slot again, which decides).
+            log.warn("lin-kv answered " + call.type() + " of " + call.key() + " with " + type + (code == null ? "" : " " + code)
+                    + " (msg_id " + inReplyTo + "): taken for no answer");
+            return true;
+        }
+        calls.remove(inReplyTo);
+        call.callback().on(new Reply(outcome, value, raw));
+        return true;
+    }
+
+    /** Milliseconds until the oldest call is due; -1 when none is waiting. */
+    long millisToNextDeadline() {
+        if (calls.isEmpty()) {
+            return -1;
+        }
+        long nanos = calls.values().iterator().next().deadlineNanos() - System.nanoTime();
+        return Math.max(0, (nanos + 999_999) / 1_000_000);
+    }
+
+    /** Ends every call past its deadline with TIMEOUT; a reply that comes later is ignored. */
+    void expire() throws IOException {
+        long now = System.nanoTime();
+        for (int bound = calls.size(); bound > 0 && !calls.isEmpty(); bound--) {
+            var oldest = calls.entrySet().iterator().next();
+            if (oldest.getValue().deadlineNanos() - now > 0) {
+                return;
+            }
+            calls.remove(oldest.getKey());
+            oldest.getValue().callback().on(new Reply(Outcome.TIMEOUT, null, null));
+        }
+    }
+}
