@@ -132,27 +132,28 @@ final class CommandLine {
      */
     static PaymentNode fromOptions(Options options, OutputStream stdout, Log log) throws IOException {
         Balances balances = options.balance() == null ? null : new Balances(options.balance());
+        // Made before the journal opens: replaying it gives back the faults drawn before a restart.
+        Faults faults = options.faults() == null ? null : new Faults(options.faults(), options.seed());
         if (options.linKv()) {
             // The same table as one node's, on every node; its limit fixed in advance, never the heap's (docs/CLUSTER.md).
             long maxKeys = options.maxKeys() == 0 ? ClusterService.DEFAULT_MAX_KEYS : options.maxKeys();
             PaymentHandler table = table(log, Journal.NONE, balances, maxKeys);
-            Faults faults = options.faults() == null ? null : new Faults(options.faults(), options.seed());
             return new PaymentNode(stdout, log, replies -> new ClusterService(table, options.balance(), maxKeys, faults, replies, log,
                     options.kvTimeoutMillis()));
         }
         Function<ReplyWriter, Service> local;
         if (options.journal() != null && options.journal().contains(NODE_ID)) {
-            local = replies -> new JournalAtInit(options.journal(), balances, options.maxKeys(),
+            local = replies -> new JournalAtInit(options.journal(), balances, options.maxKeys(), faults,
                     table -> new BalanceReads(new LocalService(table, replies, log), balances), log);
         } else {
-            PaymentHandler table = options.journal() != null ? tableFromJournal(Path.of(options.journal()), log, balances, options.maxKeys())
+            PaymentHandler table = options.journal() != null
+                    ? tableFromJournal(Path.of(options.journal()), log, balances, options.maxKeys(), faults)
                     : table(log, Journal.NONE, balances, options.maxKeys());
             local = replies -> new BalanceReads(new LocalService(table, replies, log), balances);
         }
-        if (options.faults() == null) {
+        if (faults == null) {
             return new PaymentNode(stdout, log, local);
         }
-        Faults faults = new Faults(options.faults(), options.seed());
         return new PaymentNode(stdout, log, replies -> new FaultyService(local.apply(replies), faults, replies, log));
     }
 
@@ -336,6 +337,7 @@ final class CommandLine {
                                 delay=P:MS done; the reply leaves MS ms later
                                 duplicate  done; the reply comes twice
                                 crash      done and journaled; exit 3, no reply
+                                           (with --journal, once per key)
                               each one logged on stderr with its key and msg_id
               --seed N        the seed of --faults (default 0; with --faults only): the
                               same seed gives each key's attempts the same faults,

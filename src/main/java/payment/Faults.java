@@ -67,22 +67,45 @@ import payment.CommandLine.Options;
  * comes from (--seed, K, k) alone, so the same sagas get the same faults however their requests
  * interleave; a key named by --fault gets its listed faults on its first attempts, in order. Among
  * the --faults probabilities the faults are tried in a fixed order (fail, drop, unknown, delay,
- * duplicate, crash), whatever order the option lists them in.
+ * duplicate, crash), whatever order the option lists them in. With --journal, each drawn fault is recorded
+ * and replayed, so that a restart neither draws a faulted attempt again nor crashes a key a second time
+ * (docs/PROTOCOL.md section 9, "Faults and restarts").
  */
 final class Faults {
     private final FaultPlan plan;
     private final long seed;
     /** Attempts so far of each key that came here: one small counter per key, like the table's entry. */
     private final ConcurrentHashMap<String, Integer> attempts = new ConcurrentHashMap<>();
+    /** Keys that crashed the node once: a restarted node that crashed them again would never answer them. */
+    private final Set<String> crashed = ConcurrentHashMap.newKeySet();
+    /** Where each drawn fault is recorded, so that a restart does not replay it (--journal); null: nowhere. */
+    private volatile FileJournal journal;
 
     Faults(FaultPlan plan, long seed) {
         this.plan = plan;
         this.seed = seed;
     }
 
-    /** The fault of this attempt of {@code key}, or null. */
+    /**
+     * The fault of this attempt of {@code key}, or null. A drawn fault is recorded in the journal (if any)
+     * before the work it goes with, so that a crash commits it with that work: the restarted node counts on
+     * from that attempt and never draws it again. A key that crashed the node once is never crashed again
+     * (its crash is no fault), so that a supervisor that restarts and retries gets its answer.
+     */
     Drawn draw(String key) {
         int attempt = attempts.merge(key, 1, Integer::sum);
+        Drawn drawn = drawFor(key, attempt);
+        if (drawn == null || drawn.fault() == Fault.CRASH && !crashed.add(key)) {
+            return null;
+        }
+        FileJournal keeping = journal;
+        if (keeping != null) {
+            keeping.faultDrawn(key, attempt, drawn.fault());
+        }
+        return drawn;
+    }
+
+    private Drawn drawFor(String key, int attempt) {
         List<Drawn> scripted = plan.scripted().get(key);
         if (scripted != null && attempt <= scripted.size()) {
             Drawn drawn = scripted.get(attempt - 1);
@@ -99,6 +122,19 @@ final class Faults {
             }
         }
         return null;
+    }
+
+    /** Replaying a journal: attempt {@code attempt} of {@code key} drew {@code fault}; the next attempt comes after it. */
+    void restore(String key, int attempt, Fault fault) {
+        attempts.merge(key, attempt, Math::max);
+        if (fault == Fault.CRASH) {
+            crashed.add(key);
+        }
+    }
+
+    /** From now on every drawn fault is recorded in {@code journal} (replayed first, with {@link #restore}). */
+    void recordIn(FileJournal journal) {
+        this.journal = journal;
     }
 
     /** A 64-bit hash of a key (FNV-1a over its chars): nearby keys get unrelated seeds. */

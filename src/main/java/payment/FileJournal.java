@@ -62,12 +62,13 @@ import java.util.zip.CRC32;
 import static payment.PaymentNode.*;
 import static payment.CommandLine.table;
 import payment.FundedPaymentHandler.Declined;
+import payment.Faults.Fault;
 
 /**
  * An append-only file of state changes, one record a line: the CRC-32 of the record in eight hex
  * digits, a space, and the record as a JSON array ({@code ["charge", key, user_id, amount, number]},
  * {@code ["refund", key, payment_id, amount, refunded, number, payment_number]}, {@code ["close", key]},
- * {@code ["decline", key, user_id, amount, reason]}).
+ * {@code ["decline", key, user_id, amount, reason]}, and with --faults {@code ["fault", key, attempt, kind]}).
  * Records gather in memory and {@link #commit} writes and forces them to disk once per batch of
  * replies (group commit). On start the records are replayed; a torn tail, the trace of a crash in
  * mid-write, is cut off with a warning, while a bad record followed by good ones stops the node:
@@ -77,7 +78,7 @@ final class FileJournal implements Journal {
     private static final int MAX_RECORD_BYTES = 16 * MAX_LINE_BYTES;
 
     /** The record kinds, as docs/JOURNAL.md lists them. */
-    static final List<String> RECORD_KINDS = List.of("balance", "charge", "decline", "refund", "close");
+    static final List<String> RECORD_KINDS = List.of("balance", "charge", "decline", "refund", "close", "fault");
 
     private final Path path;
     private final FileChannel file;
@@ -85,6 +86,8 @@ final class FileJournal implements Journal {
     private final CRC32 crc = new CRC32();
     /** The --balance the journal was started with (its first record), null for none. */
     private String balanceRecorded;
+    /** Where fault records are replayed (--faults); null: they are read and passed over. */
+    private Faults faults;
 
     private FileJournal(Path path, FileChannel file) {
         this.path = path;
@@ -180,6 +183,17 @@ final class FileJournal implements Journal {
                 case "close" -> handler.restore(nextText(record), Compensated.STEP, 0);
                 case "balance" -> balanceRecorded = nextText(record);
                 case "decline" -> handler.restore(nextText(record), new Declined(nextText(record), nextText(record), nextText(record)), 0);
+                case "fault" -> {
+                    String key = nextText(record);
+                    long attempt = nextLong(record);
+                    Fault fault = Fault.named(nextText(record));
+                    if (key == null || attempt < 1 || attempt > Integer.MAX_VALUE || fault == null) {
+                        return false;
+                    }
+                    if (faults != null) {   // a node restarted without --faults keeps the records for a later one
+                        faults.restore(key, (int) attempt, fault);
+                    }
+                }
                 default -> {
                     return false;
                 }
@@ -231,6 +245,19 @@ final class FileJournal implements Journal {
     @Override
     public synchronized void closed(String chargeKey) {
         end(begin("close", chargeKey));
+    }
+
+    /**
+     * A fault drawn for attempt {@code attempt} of {@code key} (--faults, --fault): {@code ["fault", key, attempt, kind]}.
+     * It goes in before the attempt's work, so that the commit of a crash's last batch takes it along.
+     */
+    synchronized void faultDrawn(String key, int attempt, Fault fault) {
+        int start = begin("fault", key);
+        pending.ascii(", ");
+        pending.number(attempt);
+        pending.ascii(", ");
+        pending.string(fault.option);
+        end(start);
     }
 
     /** The first record of a journal started with --balance: {@code ["balance", "<amount>"]}. */
@@ -309,14 +336,21 @@ final class FileJournal implements Journal {
     /** In a --journal path, stands for the node's id: each node of a harness keeps its own file. */
     static final String NODE_ID = "{node_id}";
 
+    /** The table that comes back from the journal at {@code path}, with no injected faults. */
+    static PaymentHandler tableFromJournal(Path path, Log log, Balances balances, long maxKeys) throws IOException {
+        return tableFromJournal(path, log, balances, maxKeys, null);
+    }
+
     /**
      * The table that comes back from the journal at {@code path} and goes on into it; {@code balances} (null:
-     * none) are replayed with it, and must be the ones the journal was started with. A journal that cannot
+     * none) are replayed with it, and must be the ones the journal was started with; so are the faults drawn
+     * so far into {@code faults} (null: none), which go on recording theirs in it. A journal that cannot
      * be opened or read, or that was started with another --balance, is an IOException.
      */
-    static PaymentHandler tableFromJournal(Path path, Log log, Balances balances, long maxKeys) throws IOException {
+    static PaymentHandler tableFromJournal(Path path, Log log, Balances balances, long maxKeys, Faults faults) throws IOException {
         FileJournal journal = FileJournal.open(path);
         PaymentHandler table = table(log, journal, balances, maxKeys);
+        journal.faults = faults;
         long records = journal.replay(table, log);
         String startedWith = balances == null ? null : balances.start().toPlainString();
         if (records == 0 && startedWith != null) {
@@ -326,6 +360,9 @@ final class FileJournal implements Journal {
             journal.close();
             throw new IOException("it was started " + withBalance(journal.balanceRecorded()) + ", and this node " + withBalance(startedWith)
                     + ": start it with the same --balance (or move the journal aside)");
+        }
+        if (faults != null) {
+            faults.recordIn(journal);
         }
         log.verbose("journal " + path + ": replayed " + records + " records");
         return table;

@@ -18,16 +18,19 @@ final class JournalAtInit implements Service {
     private final String pathWithNodeId;
     private final Balances balances;
     private final long maxKeys;
+    /** The injected faults (null: none): the journal gives back the faults drawn before a restart, and keeps new ones. */
+    private final Faults faults;
     /** The service of the table once it is replayed from the journal: the card's, with any mode around it. */
     private final Function<PaymentHandler, Service> serving;
     private final Log log;
     /** Null until the first init opens the journal. */
     private Service opened;
 
-    JournalAtInit(String pathWithNodeId, Balances balances, long maxKeys, Function<PaymentHandler, Service> serving, Log log) {
+    JournalAtInit(String pathWithNodeId, Balances balances, long maxKeys, Faults faults, Function<PaymentHandler, Service> serving, Log log) {
         this.pathWithNodeId = pathWithNodeId;
         this.balances = balances;
         this.maxKeys = maxKeys;
+        this.faults = faults;
         this.serving = serving;
         this.log = log;
     }
@@ -48,7 +51,7 @@ final class JournalAtInit implements Service {
             }
             String path = pathWithNodeId.replace(NODE_ID, nodeId);
             try {
-                opened = serving.apply(tableFromJournal(Path.of(path), log, balances, maxKeys));
+                opened = serving.apply(tableFromJournal(Path.of(path), log, balances, maxKeys, faults));
             } catch (IOException | RuntimeException e) {
                 throw new Stop("cannot use the journal " + path + ": " + journalProblem(e), 2);
             }

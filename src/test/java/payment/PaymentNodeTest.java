@@ -265,6 +265,43 @@ class PaymentNodeTest {
     }
 
     /** A msg_id of 20 digits is an integer that does not fit: said so, not "must be an integer" (issue 16, item 5). */
+    /**
+     * A key given twice (issue 22, item 3): the node does not guess which value the sender meant. It refuses
+     * the line with error 12 naming the key, to the sender when src came before the duplicate, and charges nothing.
+     */
+    @Test
+    void aDuplicateKeyIsRefusedNamingItAndChargesNothing() {
+        String input = Wire.request("{\"type\":\"ChargePayment\",\"msg_id\":1,\"saga_id\":\"dup\",\"saga_id\":\"dup2\",\"step\":1,"
+                        + "\"params\":{\"user_id\":\"u1\",\"amount\":10}}")
+                + "{\"dest\":\"payment\",\"dest\":\"payment\",\"src\":\"c1\",\"body\":{\"type\":\"init\",\"msg_id\":2}}\n"
+                + Wire.request("{\"type\":\"error\",\"in_reply_to\":3,\"code\":1,\"code\":2}")
+                + Wire.paymentStatus(4, "dup2", 1) + Wire.paymentStatus(5, "dup", 1);
+        Node.Run run = Node.run(input);
+        assertEquals(Wire.error(12, "malformed_request", "duplicate key saga_id").to(1, 0)
+                + Wire.paymentStatusOk("dup2", 1, "none").to(4, 1)
+                + Wire.paymentStatusOk("dup", 1, "none").to(5, 2), run.stdout());
+        assertEquals("""
+                payment-node: warning: line 1 refused: duplicate key saga_id
+                payment-node: warning: line 2 ignored: duplicate key dest: {"dest":"payment","dest":"payment","src":"c1","body":{"type":"init","msg_id":2}}
+                payment-node: warning: line 3 ignored: duplicate key code: {"src":"c1","dest":"payment","body":{"type":"error","in_reply_to":3,"code":1,"code":2}}
+                """, run.stderr(), "a duplicate before src, or in a reply, is only logged");
+    }
+
+    /** An object of many names (past the few compared in a row) is checked too, and served when no name repeats. */
+    @Test
+    void aDuplicateAmongManyNamesIsFoundAndManyDistinctNamesAreServed() {
+        StringBuilder names = new StringBuilder();
+        for (int i = 0; i < 20; i++) {
+            names.append("\"f").append(i).append("\":").append(i).append(',');
+        }
+        String distinct = Wire.request("{\"type\":\"ChargePayment\",\"msg_id\":1,\"saga_id\":\"s\",\"step\":1,\"extra\":{" + names
+                + "\"last\":0},\"params\":{\"user_id\":\"u1\",\"amount\":10}}");
+        String repeated = Wire.request("{\"type\":\"ChargePayment\",\"msg_id\":2,\"saga_id\":\"s\",\"step\":2,\"extra\":{" + names
+                + "\"f3\":0},\"params\":{\"user_id\":\"u1\",\"amount\":10}}");
+        assertEquals(Wire.chargeOk("s", 1, "p1", "10").to(1, 0)
+                + Wire.error(12, "malformed_request", "duplicate key f3").to(2, 1), Node.run(distinct + repeated).stdout());
+    }
+
     @Test
     void aMsgIdTooBigForSixtyFourBitsIsSaidSo() {
         Node.Run run = Node.run(Wire.request("{\"type\":\"init\",\"msg_id\":12345678901234567890}")

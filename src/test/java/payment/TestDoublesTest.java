@@ -200,6 +200,61 @@ class TestDoublesTest {
         throw new AssertionError("the node crashed in every one of 100 rounds");
     }
 
+    /** A node process run to its end on {@code input}: its status, stdout and stderr. */
+    private Node.Run runProcess(String input, String... args) throws Exception {
+        Path stderr = Files.createTempFile(dir, "stderr", ".txt");
+        Process node = Node.start(List.of(), stderr, args);
+        try (OutputStream stdin = node.getOutputStream()) {
+            stdin.write(input.getBytes(StandardCharsets.UTF_8));
+        } catch (IOException crashedWhileWriting) {
+            // the node died under the writer
+        }
+        String stdout = new String(node.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        assertTrue(node.waitFor(30, TimeUnit.SECONDS));
+        return new Node.Run(node.exitValue(), stdout, Files.readString(stderr));
+    }
+
+    /**
+     * A crash fault aimed at a step (issue 22, item 2): the node crashes once with the charge committed; restarted
+     * on the same journal with the same options, it answers the retry with the cached payment and exits 0 at
+     * the end of its input, instead of crashing that key again after every restart.
+     */
+    @Test
+    void anAimedCrashCrashesItsKeyOncePerJournal() throws Exception {
+        String journal = dir.resolve("journal").toString();
+        String[] options = {"--fault", "trip:step1=crash", "--journal", journal};
+        assertEquals(new Node.Run(FaultyService.EXIT_INJECTED_CRASH, "", "payment-node: fault: crash trip:step1 msg_id 1\n"),
+                runProcess(Wire.charge(1, "trip", 1, "10"), options));
+        assertEquals(new Node.Run(0, Wire.chargeOk("trip", 1, "p1", "10").cached().to(2, 0), ""),
+                runProcess(Wire.charge(2, "trip", 1, "10"), options), "the restarted node answers the retry");
+        assertEquals(new Node.Run(0, Wire.chargeOk("trip", 1, "p1", "10").cached().to(3, 0)
+                        + Wire.chargeOk("trip", 2, "p2", "20").to(4, 1), ""),
+                runProcess(Wire.charge(3, "trip", 1, "10") + Wire.charge(4, "trip", 2, "20"), options), "and every later one");
+        assertEquals(new Node.Run(0, Wire.chargeOk("trip", 1, "p1", "10").cached().to(5, 0), ""),
+                Node.runWithOptions(Wire.charge(5, "trip", 1, "10").getBytes(StandardCharsets.UTF_8), "--journal", journal),
+                "a node started without --fault passes over the fault records");
+        assertEquals(new Node.Run(0, Wire.chargeOk("trip", 1, "p1", "10").cached().to(6, 0), ""),
+                Node.runWithOptions(Wire.charge(6, "trip", 1, "10").getBytes(StandardCharsets.UTF_8), options),
+                "and keeps them: the key still crashed once");
+    }
+
+    /**
+     * A drawn crash (issue 22, item 2): with --seed 3, trip:step1's first two attempts both draw crash. The
+     * first crashes the node; restarted on the same per-node journal, the node counts on from that attempt, and
+     * the second attempt's crash is no fault, since the key crashed once: the retry is answered.
+     */
+    @Test
+    void aDrawnCrashCrashesItsKeyOncePerJournal() throws Exception {
+        String[] options = {"--faults", "crash=0.5", "--seed", "3", "--journal", dir.resolve("payments-{node_id}.journal").toString()};
+        assertEquals(new Node.Run(FaultyService.EXIT_INJECTED_CRASH, Wire.initOk(1, 0), "payment-node: fault: crash trip:step1 msg_id 2\n"),
+                runProcess(Wire.init(1) + Wire.charge(2, "trip", 1, "10"), options));
+        assertEquals(new Node.Run(0, Wire.initOk(1, 0) + Wire.chargeOk("trip", 1, "p1", "10").cached().to(3, 1), ""),
+                runProcess(Wire.init(1) + Wire.charge(3, "trip", 1, "10"), options), "the restarted node answers the retry");
+        assertEquals(List.of("[\"fault\", \"trip:step1\", 1, \"crash\"]", "[\"charge\", \"trip:step1\", \"u1\", 10, 1]"),
+                Files.readAllLines(dir.resolve("payments-payment.journal")).stream().map(record -> record.substring(9)).toList(),
+                "the fault goes in before its work, and a crash that is no fault leaves no record");
+    }
+
     /** While only delayed replies are pending, the node sleeps: no busy wait. */
     @Tag("slow")
     @Test
