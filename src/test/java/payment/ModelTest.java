@@ -1,5 +1,6 @@
 package payment;
 
+import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 
 import java.math.BigDecimal;
@@ -23,6 +24,8 @@ import static org.junit.jupiter.api.Assertions.fail;
  */
 class ModelTest {
     private static final int SEQUENCES = 10_000;
+    /** Sequences of the fast tier (mvn test); the slow tier runs the rest. */
+    private static final int FAST_SEQUENCES = 2_000;
     private static final int MAX_MESSAGES = 200;
     /** The start balance of the sequences run with --balance: a few charges fit, then some are declined. */
     private static final BigDecimal BALANCE = new BigDecimal("150.00");
@@ -228,11 +231,23 @@ class ModelTest {
         return smallest;
     }
 
+    /** The fast tier's share: the first sequences. */
     @Test
     void theNodeAnswersEveryRandomSequenceExactlyAsTheModelDoes() {
-        long base = Long.getLong("model.seed", 20261127L);
+        check(0, FAST_SEQUENCES);
+    }
+
+    /** The slow tier (mvn verify) runs the rest, so that both tiers together run all of them. */
+    @Test
+    @Tag("slow")
+    void theNodeAnswersEveryFurtherRandomSequenceExactlyAsTheModelDoes() {
+        check(FAST_SEQUENCES, SEQUENCES - FAST_SEQUENCES);
+    }
+
+    private void check(int from, int count) {
+        long base = Long.getLong("model.seed", 20261127L) + from;
         int messages = 0;
-        for (int i = 0; i < SEQUENCES; i++) {
+        for (int i = 0; i < count; i++) {
             long seed = base + i;
             BigDecimal start = seed % 2 == 1 ? BALANCE : null;   // every other sequence with --balance
             List<String> lines = generate(new Random(seed), start != null);
@@ -246,7 +261,7 @@ class ModelTest {
                         + "\nwhich fails with: " + failure(small, start));
             }
         }
-        if (messages < SEQUENCES) {
+        if (messages < count) {
             fail("too few messages generated: " + messages);
         }
     }

@@ -1,5 +1,6 @@
 package payment.bench;
 
+import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import payment.Node;
@@ -25,6 +26,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * exactly as the benchmark expects, and a tiny benchmark run prints a well-formed report or, for a node that
  * answers otherwise, a failure. Nothing here asserts on a timing.
  */
+@Tag("slow")
 class BenchTest {
     @TempDir
     Path workDir;
