@@ -2,6 +2,7 @@ package payment;
 
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
+import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 
 import java.io.IOException;
@@ -862,14 +863,27 @@ class ClusterModelTest {
 
     @Test
     void theClusterAnswersEveryRandomScheduleAsTheModelAllows() {
+        check(BASE_SEED, SEQUENCES);
+    }
+
+    /** The slow tier (mvn verify) runs the next 300 sequences too. */
+    @Test
+    @Tag("slow")
+    void theClusterAnswersManyMoreRandomSchedulesAsTheModelAllows() {
+        check(BASE_SEED + SEQUENCES, SLOW_SEQUENCES);
+    }
+
+    private static final int SLOW_SEQUENCES = Integer.getInteger("cluster.model.slow-sequences", 300);
+
+    private void check(long baseSeed, int sequences) {
         warmUp();
         long started = System.nanoTime();
         boolean survey = Boolean.getBoolean("cluster.model.survey");
         Map<String, String> firstOfKind = new LinkedHashMap<>();
         Map<String, Integer> countOfKind = new LinkedHashMap<>();
         int requests = 0;
-        for (int i = 0; i < SEQUENCES; i++) {
-            long seed = BASE_SEED + i;
+        for (int i = 0; i < sequences; i++) {
+            long seed = baseSeed + i;
             Sequence sequence = generate(seed);
             requests += sequence.size();
             String failure = failure(sequence);
@@ -894,11 +908,11 @@ class ClusterModelTest {
         }
         long tookMillis = (System.nanoTime() - started) / 1_000_000;
         if (!firstOfKind.isEmpty()) {
-            fail("survey of " + SEQUENCES + " sequences in " + tookMillis + " ms (" + DELIVERIES.get() + " deliveries, " + TIME_JUMPS.get()
+            fail("survey of " + sequences + " sequences in " + tookMillis + " ms (" + DELIVERIES.get() + " deliveries, " + TIME_JUMPS.get()
                     + " time jumps, " + UNCAUSED_TIMEOUTS.get() + " timeouts the scheduler did not cause): failing sequences by kind " + countOfKind + "\n\n"
                     + String.join("\n\n", firstOfKind.values()));
         }
-        if (requests < SEQUENCES * 3) {
+        if (requests < sequences * 3) {
             fail("too few requests generated: " + requests);
         }
     }
