@@ -1,5 +1,7 @@
 package payment.harness;
 
+import payment.LinKvStore;
+
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ObjectNode;
@@ -38,7 +40,7 @@ final class LinKvService {
     }
 
     private final ObjectMapper json;
-    private final Map<JsonNode, JsonNode> store = new HashMap<>();
+    private final LinKvStore store;
     private final DelayQueue<Due> outbox = new DelayQueue<>();
     private final Random random;
     private final ClusterOptions.Latency latency;
@@ -54,6 +56,7 @@ final class LinKvService {
     LinKvService(ObjectMapper json, long seed, ClusterOptions.Latency latency, long lateMillis, Consumer<JsonNode> deliver,
                  Consumer<String> log) {
         this.json = json;
+        this.store = new LinKvStore(json);
         this.random = new Random(seed);
         this.latency = latency;
         this.lateMillis = lateMillis;
@@ -83,48 +86,16 @@ final class LinKvService {
     void receive(JsonNode request) {
         JsonNode body = request.path("body");
         String type = body.path("type").asText();
-        ObjectNode reply = json.createObjectNode();
         long delay;
         synchronized (this) {
             calls.computeIfAbsent(type, t -> new AtomicLong()).incrementAndGet();
-            JsonNode key = body.path("key");
-            switch (type) {
-                case "read" -> {
-                    JsonNode value = store.get(key);
-                    if (value != null) {
-                        reply.put("type", "read_ok").set("value", value);
-                    } else {
-                        error(reply, 20, "key does not exist");
-                    }
-                }
-                case "write" -> {
-                    store.put(key, body.path("value"));
-                    reply.put("type", "write_ok");
-                }
-                case "cas" -> {
-                    JsonNode current = store.get(key);
-                    if (current != null) {
-                        if (current.equals(body.path("from"))) {
-                            store.put(key, body.path("to"));
-                            reply.put("type", "cas_ok");
-                        } else {
-                            error(reply, 22, "current value " + current + " is not " + body.path("from"));
-                        }
-                    } else if (body.path("create_if_not_exists").asBoolean(false)) {
-                        store.put(key, body.path("to"));
-                        reply.put("type", "cas_ok");
-                    } else {
-                        error(reply, 20, "key does not exist");
-                    }
-                }
-                default -> {
-                    log.accept("lin-kv: a request of type '" + type + "' from " + request.path("src").asText()
-                            + " is not one lin-kv serves: no reply (as Maelstrom's service thread)");
-                    return;
-                }
+            ObjectNode reply = store.handle(body);   // Maelstrom's lin-kv, the one store the simulated cluster uses too
+            if (reply == null) {
+                log.accept("lin-kv: a request of type '" + type + "' from " + request.path("src").asText()
+                        + " is not one lin-kv serves: no reply (as Maelstrom's service thread)");
+                return;
             }
             delay = latency.minMillis() + random.nextInt(latency.maxMillis() - latency.minMillis() + 1);
-            reply.set("in_reply_to", body.path("msg_id"));
             ObjectNode message = json.createObjectNode();
             message.put("src", ID);
             message.set("dest", request.path("src"));
@@ -153,10 +124,6 @@ final class LinKvService {
             return;
         }
         outbox.add(new Due(System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(delayMillis), message));
-    }
-
-    private static void error(ObjectNode reply, int code, String text) {
-        reply.put("type", "error").put("code", code).put("text", text);
     }
 
     synchronized Map<String, Long> calls() {
