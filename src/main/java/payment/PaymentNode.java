@@ -1057,7 +1057,6 @@ public final class PaymentNode {
         Value compensating;
         RawParams params;   // null when missing
     }
-
     /**
      * Reads one line into {@code message}. Fields fill in as they are read, so a line cut short still
      * leaves what came before the cut. A key given twice in one object, anywhere, stops it ({@link DuplicateKey}).
@@ -1097,11 +1096,73 @@ public final class PaymentNode {
         }
     }
 
+    /**
+     * The names one JSON object gave so far. A payment service must not guess which of two values the sender
+     * meant (GitHub issue 22), so a name given twice stops the parse. A request's objects have a handful of
+     * names each: those are compared in a row, with no hashing; past {@link #FEW}, a set keeps an object of
+     * 100,000 names linear. (Jackson's STRICT_DUPLICATE_DETECTION makes a set per object from its third name
+     * on: on tests/bench.sh's 2M workload it took 7% more CPU and 40% more peak memory; this takes about 1%.)
+     */
+    static final class FieldNames {
+        private static final int FEW = 8;
+        private final String[] few = new String[FEW];
+        private int count;
+        private Set<String> many;
+
+        /** The parser's current field name, refused if this object gave it before. */
+        String add(JsonParser parser) throws IOException {
+            String name = parser.currentName();
+            if (many == null) {
+                for (int i = 0; i < count; i++) {
+                    if (few[i].equals(name)) {
+                        throw new DuplicateKey(parser, name);
+                    }
+                }
+                if (count < FEW) {
+                    few[count++] = name;
+                    return name;
+                }
+                many = new HashSet<>(Arrays.asList(few));
+            }
+            if (!many.add(name)) {
+                throw new DuplicateKey(parser, name);
+            }
+            return name;
+        }
+    }
+
+    /** A key given twice in one object: error 12 naming it (docs/PROTOCOL.md section 5). */
+    static final class DuplicateKey extends JsonParseException {
+        private static final long serialVersionUID = 1L;
+
+        DuplicateKey(JsonParser parser, String name) {
+            super(parser, "duplicate key " + abbreviate(name));
+        }
+    }
+
     /** A JSON scalar as written (numbers keep their exact text), or the bare token of an object or array. */
     record Value(JsonToken token, String text) {
         static Value read(JsonParser parser, JsonToken token) throws IOException {
             skip(parser, token);
             return new Value(token, token.isScalarValue() ? parser.getText() : null);
+        }
+    }
+
+    /**
+     * Skips the value that starts at {@code token}, as {@code skipChildren} does, but looks at the names of every
+     * object inside it: a key given twice is refused wherever it is, even in a part the node does not read.
+     */
+    private static void skip(JsonParser parser, JsonToken token) throws IOException {
+        if (token == JsonToken.START_OBJECT) {
+            FieldNames names = new FieldNames();
+            while (parser.nextToken() == JsonToken.FIELD_NAME) {
+                names.add(parser);
+                skip(parser, parser.nextToken());
+            }
+        } else if (token == JsonToken.START_ARRAY) {
+            for (JsonToken item = parser.nextToken(); item != JsonToken.END_ARRAY && item != null; item = parser.nextToken()) {
+                skip(parser, item);
+            }
         }
     }
 
@@ -1171,67 +1232,6 @@ public final class PaymentNode {
         return items;
     }
 
-    /**
-     * Skips the value that starts at {@code token}, as {@code skipChildren} does, but looks at the names of every
-     * object inside it: a key given twice is refused wherever it is, even in a part the node does not read.
-     */
-    private static void skip(JsonParser parser, JsonToken token) throws IOException {
-        if (token == JsonToken.START_OBJECT) {
-            FieldNames names = new FieldNames();
-            while (parser.nextToken() == JsonToken.FIELD_NAME) {
-                names.add(parser);
-                skip(parser, parser.nextToken());
-            }
-        } else if (token == JsonToken.START_ARRAY) {
-            for (JsonToken item = parser.nextToken(); item != JsonToken.END_ARRAY && item != null; item = parser.nextToken()) {
-                skip(parser, item);
-            }
-        }
-    }
-
-    /**
-     * The names one JSON object gave so far. A payment service must not guess which of two values the sender
-     * meant (GitHub issue 22), so a name given twice stops the parse. A request's objects have a handful of
-     * names each: those are compared in a row, with no hashing; past {@link #FEW}, a set keeps an object of
-     * 100,000 names linear. (Jackson's STRICT_DUPLICATE_DETECTION makes a set per object from its third name
-     * on: on tests/bench.sh's 2M workload it took 7% more CPU and 40% more peak memory; this takes about 1%.)
-     */
-    static final class FieldNames {
-        private static final int FEW = 8;
-        private final String[] few = new String[FEW];
-        private int count;
-        private Set<String> many;
-
-        /** The parser's current field name, refused if this object gave it before. */
-        String add(JsonParser parser) throws IOException {
-            String name = parser.currentName();
-            if (many == null) {
-                for (int i = 0; i < count; i++) {
-                    if (few[i].equals(name)) {
-                        throw new DuplicateKey(parser, name);
-                    }
-                }
-                if (count < FEW) {
-                    few[count++] = name;
-                    return name;
-                }
-                many = new HashSet<>(Arrays.asList(few));
-            }
-            if (!many.add(name)) {
-                throw new DuplicateKey(parser, name);
-            }
-            return name;
-        }
-    }
-
-    /** A key given twice in one object: error 12 naming it (docs/PROTOCOL.md section 5). */
-    static final class DuplicateKey extends JsonParseException {
-        private static final long serialVersionUID = 1L;
-
-        DuplicateKey(JsonParser parser, String name) {
-            super(parser, "duplicate key " + abbreviate(name));
-        }
-    }
 
     static boolean isString(Value value) {
         return value != null && value.token() == JsonToken.VALUE_STRING;
