@@ -697,9 +697,7 @@ class ClusterModelTest {
     // ---- invariants on the replies alone --------------------------------------------------------------------
 
     static String brokenInvariant(List<Attempt> attempts) {
-        Map<String, String> paymentOfStep = new HashMap<>();
-        Map<String, String> stepOfPayment = new HashMap<>();
-        Map<String, BigDecimal> charged = new HashMap<>();
+        MoneyInvariants money = new MoneyInvariants();   // the rules every checker shares
         Map<String, String> finalStatus = new HashMap<>();
         Map<String, BigDecimal> finalRefunded = new HashMap<>();
         Map<String, Attempt> refundByKey = new LinkedHashMap<>();
@@ -710,40 +708,26 @@ class ClusterModelTest {
             }
             JsonNode reply = attempt.reply;
             String type = reply.path("type").asText();
-            String payment = null;
-            BigDecimal amount = null;
             if ("ChargePayment_ok".equals(type)) {
-                payment = reply.path("result").path("payment_id").asText();
-                amount = reply.path("result").path("charged").decimalValue();
+                money.payment(attempt.key, reply.path("result").path("payment_id").asText(), reply.path("result").path("charged").decimalValue(),
+                        attempt.toString());
                 charges.add(attempt);
             } else if ("PaymentStatus_ok".equals(type)) {
                 if (attempt.client.equals("checker")) {
                     finalStatus.put(attempt.key, reply.path("status").asText());
                 }
                 if (reply.has("payment")) {
-                    payment = reply.path("payment").path("payment_id").asText();
-                    amount = reply.path("payment").path("charged").decimalValue();
+                    String payment = reply.path("payment").path("payment_id").asText();
+                    money.payment(attempt.key, payment, reply.path("payment").path("charged").decimalValue(), attempt.toString());
                     if (attempt.client.equals("checker")) {
                         finalRefunded.put(payment, reply.path("payment").path("refunded").decimalValue());
                     }
                 }
             } else if ("RefundPayment_ok".equals(type) && reply.path("result").has("refund_id")) {
-                String refundKey = attempt.key + ":refund";
-                Attempt earlier = refundByKey.putIfAbsent(refundKey, attempt);
-                if (earlier != null && !earlier.reply.get("result").equals(reply.get("result"))) {
-                    return refundKey + " has two results: " + earlier + " and " + attempt;
-                }
-            }
-            if (payment != null) {
-                String known = paymentOfStep.putIfAbsent(attempt.key, payment);
-                if (known != null && !known.equals(payment)) {
-                    return attempt.key + " has two payments, " + known + " and " + payment + " (" + attempt + ")";
-                }
-                String step = stepOfPayment.putIfAbsent(payment, attempt.key);
-                if (step != null && !step.equals(attempt.key)) {
-                    return payment + " is the payment of two steps, " + step + " and " + attempt.key;
-                }
-                charged.put(payment, amount);
+                refundByKey.putIfAbsent(attempt.key + ":refund", attempt);
+                // Every result under the key goes in (a second one breaks a rule); the payment it drew on is settled below.
+                money.refund(attempt.key + ":refund", reply.path("result").path("refund_id").asText(), null,
+                        reply.path("result").path("refunded").decimalValue(), attempt.toString());
             }
         }
         for (Attempt charge : charges) {
@@ -751,32 +735,33 @@ class ClusterModelTest {
                 return charge.key + " was charged (" + charge + ") and is compensated at the end";
             }
         }
-        Map<String, BigDecimal> refunded = new HashMap<>();
-        Map<String, List<String>> refundsOf = new HashMap<>();
-        for (Map.Entry<String, Attempt> refund : refundByKey.entrySet()) {
-            Attempt attempt = refund.getValue();
-            // A refund that names a payment and succeeds took that one (naming another than the step's own is
-            // refused); one that names none took the step's own.
-            String payment = attempt.body.path("params").path("payment_id").asText(null);
-            if (payment == null) {
-                payment = paymentOfStep.get(attempt.key);
-            }
-            if (payment == null || !charged.containsKey(payment)) {
-                continue;
-            }
-            BigDecimal amount = attempt.reply.path("result").path("refunded").decimalValue();
-            BigDecimal total = refunded.merge(payment, amount, BigDecimal::add);
-            refundsOf.computeIfAbsent(payment, p -> new ArrayList<>()).add(refund.getKey() + " " + amount.toPlainString());
-            if (total.compareTo(charged.get(payment)) > 0) {
-                return "refunds of " + payment + " add up to " + total.toPlainString() + ", more than the " + charged.get(payment).toPlainString()
-                        + " charged: " + refundsOf.get(payment);
+        // A refund that names a payment and succeeds took that one (naming another than the step's own is refused);
+        // one that names none took the step's own. Counted once the payments of the whole run are known.
+        MoneyInvariants drawn = new MoneyInvariants();
+        for (Attempt attempt : attempts) {
+            JsonNode result = attempt.reply == null ? null : attempt.reply.path("result");
+            if (attempt.definite() && "ChargePayment_ok".equals(attempt.reply.path("type").asText())) {
+                drawn.payment(attempt.key, result.path("payment_id").asText(), result.path("charged").decimalValue(), attempt.toString());
+            } else if (attempt.definite() && attempt.reply.has("payment")) {
+                drawn.payment(attempt.key, attempt.reply.path("payment").path("payment_id").asText(),
+                        attempt.reply.path("payment").path("charged").decimalValue(), attempt.toString());
             }
         }
+        for (Map.Entry<String, Attempt> refund : refundByKey.entrySet()) {
+            Attempt attempt = refund.getValue();
+            String payment = attempt.body.path("params").path("payment_id").asText(null);
+            drawn.refund(refund.getKey(), attempt.reply.path("result").path("refund_id").asText(), payment != null ? payment : drawn.paymentOf(attempt.key),
+                    attempt.reply.path("result").path("refunded").decimalValue(), attempt.toString());
+        }
+        String broken = money.firstBroken() != null ? money.firstBroken() : drawn.firstBroken();
+        if (broken != null) {
+            return broken;
+        }
         for (Map.Entry<String, BigDecimal> status : finalRefunded.entrySet()) {
-            BigDecimal sum = refunded.getOrDefault(status.getKey(), BigDecimal.ZERO);
+            BigDecimal sum = drawn.refundedOf(status.getKey());
             if (sum.compareTo(status.getValue()) != 0) {
                 return "the final status says " + status.getValue().toPlainString() + " was refunded from " + status.getKey()
-                        + ", the refunds that named it add up to " + sum.toPlainString() + ": " + refundsOf.getOrDefault(status.getKey(), List.of());
+                        + ", the refunds that named it add up to " + sum.toPlainString();
             }
         }
         return null;
@@ -825,7 +810,7 @@ class ClusterModelTest {
 
     /** What kind of bug a failure shows, for the survey (-Dcluster.model.survey=true). */
     static String kindOf(String failure) {
-        if (failure.startsWith("invariant broken: refunds of")) {
+        if (failure.startsWith("invariant broken: the acknowledged refunds of")) {
             return "overdraw (the refunds of one payment add up to more than its charge)";
         }
         if (failure.startsWith("invariant broken: the final status says")) {

@@ -113,64 +113,58 @@ class ModelTest {
                 requestByMsgId.put(id.group(1) + "/" + id.group(2), line);
             }
         }
-        Map<String, String> paymentByKey = new HashMap<>();
-        Map<String, BigDecimal> chargedByPayment = new HashMap<>();
-        Map<String, String> refundByKey = new HashMap<>();
-        Map<String, BigDecimal> refundedByPayment = new HashMap<>();
+        MoneyInvariants money = new MoneyInvariants();   // the rules every checker shares
+        Set<String> paymentIds = new HashSet<>();
         Map<String, String> userByPayment = new HashMap<>();
         Map<String, BigDecimal> balanceByUser = new HashMap<>();   // start - charged + refunded, from the replies
+        int lineNumber = 0;
         for (String line : output.lines().toList()) {
+            lineNumber++;
             Wire.Reply reply = Wire.read(line);
             String request = reply.inReplyTo() == null ? null : requestByMsgId.get(reply.dest() + "/" + reply.inReplyTo());
             if ("ChargePayment_ok".equals(reply.type())) {
-                String key = reply.key();
-                String paymentNumber = reply.result().get("payment_id").substring(1);
-                String earlier = paymentByKey.putIfAbsent(key, paymentNumber);
-                if (earlier != null && !earlier.equals(paymentNumber)) {
-                    return key + " maps to two payments: p" + earlier + " and p" + paymentNumber;
-                }
+                String paymentId = reply.result().get("payment_id");
                 BigDecimal charged = new BigDecimal(reply.result().get("charged"));
-                chargedByPayment.put(paymentNumber, charged);
-                if (start != null && earlier == null) {
+                boolean first = money.paymentOf(reply.key()) == null;
+                money.payment(reply.key(), paymentId, charged, "reply " + lineNumber);
+                paymentIds.add(paymentId);
+                if (start != null && first) {
                     Matcher user = Pattern.compile("\"user_id\":\"([^\"]+)\"").matcher(request);
                     user.find();
-                    userByPayment.put(paymentNumber, user.group(1));
+                    userByPayment.put(paymentId, user.group(1));
                     BigDecimal left = balanceByUser.getOrDefault(user.group(1), start).subtract(charged);
                     if (left.signum() < 0) {
-                        return user.group(1) + "'s balance fell below 0 (" + left + ") with p" + paymentNumber;
+                        return user.group(1) + "'s balance fell below 0 (" + left + ") with " + paymentId;
                     }
                     balanceByUser.put(user.group(1), left);
                 }
                 continue;
             }
-            if (!"RefundPayment_ok".equals(reply.type()) || reply.result().get("refund_id") == null) {
+            if (!"RefundPayment_ok".equals(reply.type())) {
                 continue;
             }
-            String key = reply.key();
-            String refunded = reply.result().get("refunded");
-            String result = reply.result().get("refund_id").substring(1) + "/" + refunded;
-            String earlier = refundByKey.putIfAbsent(key, result);
-            if (earlier != null && !earlier.equals(result)) {
-                return key + " has two results: " + earlier + " and " + result;
-            }
-            if (earlier != null) {
-                continue;
-            }
+            String refundKey = reply.key();
+            String refundId = reply.result().get("refund_id");
+            BigDecimal refunded = new BigDecimal(reply.result().get("refunded"));
             // The payment it drew on: the step's own, else the one the request named.
-            String payment = paymentByKey.get(reply.sagaId() + ":step" + reply.step());
-            Matcher named = request == null ? null : Pattern.compile("\"payment_id\":\"p(\\d+)\"").matcher(request);
+            String payment = money.paymentOf(reply.sagaId() + ":step" + reply.step());
+            Matcher named = request == null ? null : Pattern.compile("\"payment_id\":\"(p\\d+)\"").matcher(request);
             if (payment == null && named != null && named.find()) {
                 payment = named.group(1);
             }
-            if (payment != null && chargedByPayment.containsKey(payment)) {
-                BigDecimal total = refundedByPayment.merge(payment, new BigDecimal(refunded), BigDecimal::add);
-                if (total.compareTo(chargedByPayment.get(payment)) > 0) {
-                    return "refunds of p" + payment + " add up to " + total + ", more than the " + chargedByPayment.get(payment) + " charged";
-                }
-                if (start != null) {
-                    balanceByUser.merge(userByPayment.get(payment), new BigDecimal(refunded), BigDecimal::add);
-                }
+            BigDecimal before = payment == null ? BigDecimal.ZERO : money.refundedOf(payment);
+            money.refund(refundKey, refundId, payment, refunded, "reply " + lineNumber);
+            String broken = money.firstBroken();
+            if (broken != null) {
+                return broken;
             }
+            if (start != null && payment != null && userByPayment.containsKey(payment) && money.refundedOf(payment).compareTo(before) > 0) {
+                balanceByUser.merge(userByPayment.get(payment), refunded, BigDecimal::add);
+            }
+        }
+        String broken = money.firstBroken();
+        if (broken != null) {
+            return broken;
         }
         if (balances != null) {
             for (Map.Entry<String, BigDecimal> user : balanceByUser.entrySet()) {
@@ -180,10 +174,9 @@ class ModelTest {
                 }
             }
         }
-        Set<String> ids = new HashSet<>(paymentByKey.values());
-        for (int i = 1; i <= paymentByKey.size(); i++) {
-            if (!ids.contains(String.valueOf(i))) {
-                return "payment ids have a gap at p" + i + " for " + paymentByKey.size() + " charged keys";
+        for (int i = 1; i <= paymentIds.size(); i++) {
+            if (!paymentIds.contains("p" + i)) {
+                return "payment ids have a gap at p" + i + " for " + paymentIds.size() + " payments";
             }
         }
         return null;

@@ -1,5 +1,7 @@
 package payment.harness;
 
+import payment.MoneyInvariants;
+
 import com.fasterxml.jackson.databind.JsonNode;
 import payment.harness.ClusterHistory.Event;
 
@@ -217,8 +219,8 @@ final class ClusterChecker {
     private void keys(List<Observation> observations, List<Event> history) {
         Map<String, Map<String, Map<String, Observation>>> outcomesOfKey = new TreeMap<>();   // key -> params -> outcome -> first seen
         Map<String, Map<String, Observation>> paymentsOfStep = new TreeMap<>();              // step key -> payment id -> first seen
-        Map<String, Map<String, Observation>> keysOfPayment = new TreeMap<>();
-        Map<String, Map<String, Observation>> keysOfRefund = new TreeMap<>();
+        MoneyInvariants money = new MoneyInvariants();   // the rules every checker shares
+        Map<String, String> refundIds = new HashMap<>();                                    // refund key -> its refund id
         Map<String, BigDecimal> chargedOfPayment = new HashMap<>();
         Map<String, Observation> compensatedFirst = new TreeMap<>();                          // step key -> the refund that closed it
         Map<String, Observation> refundOfKey = new TreeMap<>();                               // refund key -> its first ok
@@ -234,7 +236,7 @@ final class ClusterChecker {
                     if (seen.ok()) {
                         String payment = result.path("payment_id").asText();
                         paymentsOfStep.computeIfAbsent(seen.stepKey(), k -> new LinkedHashMap<>()).putIfAbsent(payment, seen);
-                        keysOfPayment.computeIfAbsent(payment, k -> new LinkedHashMap<>()).putIfAbsent(seen.stepKey(), seen);
+                        money.payment(seen.stepKey(), payment, result.path("charged").decimalValue(), whereOf(seen));
                         chargedOfPayment.putIfAbsent(payment, result.path("charged").decimalValue());
                     }
                 }
@@ -242,7 +244,7 @@ final class ClusterChecker {
                     String refundKey = seen.stepKey() + ":refund";
                     outcomes(outcomesOfKey, refundKey, seen);
                     if (seen.ok() && result.hasNonNull("refund_id")) {
-                        keysOfRefund.computeIfAbsent(result.path("refund_id").asText(), k -> new LinkedHashMap<>()).putIfAbsent(refundKey, seen);
+                        refundIds.putIfAbsent(refundKey, result.path("refund_id").asText());
                         refundOfKey.putIfAbsent(refundKey, seen);
                     } else if (seen.ok() && result.path("refunded").decimalValue().signum() == 0) {
                         compensatedFirst.putIfAbsent(seen.stepKey(), seen);
@@ -255,7 +257,7 @@ final class ClusterChecker {
                         if (payment.hasNonNull("payment_id")) {
                             String id = payment.path("payment_id").asText();
                             paymentsOfStep.computeIfAbsent(seen.stepKey(), k -> new LinkedHashMap<>()).putIfAbsent(id, seen);
-                            keysOfPayment.computeIfAbsent(id, k -> new LinkedHashMap<>()).putIfAbsent(seen.stepKey(), seen);
+                            money.payment(seen.stepKey(), id, payment.path("charged").decimalValue(), whereOf(seen));
                             chargedOfPayment.putIfAbsent(id, payment.path("charged").decimalValue());
                         }
                     }
@@ -265,21 +267,19 @@ final class ClusterChecker {
                 }
             }
         }
-        paymentsOfStep.forEach((step, payments) -> {
-            if (payments.size() > 1) {
-                add(Kind.DOUBLE_CHARGE, step + " has " + payments.size() + " payments: " + describe(payments));
+        // Refunds after every payment: a refund draws on the payment its step shows anywhere in the history.
+        refundOfKey.forEach((refundKey, refund) -> money.refund(refundKey, refundIds.get(refundKey), paymentOf(refund, paymentsOfStep),
+                refund.answer().path("result").path("refunded").decimalValue(), whereOf(refund)));
+        for (MoneyInvariants.Broken broken : money.broken()) {
+            switch (broken.rule()) {
+                case ONE_PAYMENT_PER_STEP -> add(Kind.DOUBLE_CHARGE, broken.text());
+                case ONE_STEP_PER_PAYMENT, ONE_KEY_PER_REFUND_ID -> add(Kind.ID_FOR_TWO_KEYS, broken.text());
+                case REFUNDS_WITHIN_CHARGE -> add(Kind.REFUNDS_ABOVE_CHARGE, broken.text());
+                case ONE_RESULT_PER_REFUND_KEY -> {
+                    // counted below as DIFFERENT_ANSWERS, which holds every key to one answer per params
+                }
             }
-        });
-        keysOfPayment.forEach((payment, keys) -> {
-            if (keys.size() > 1) {
-                add(Kind.ID_FOR_TWO_KEYS, "payment " + payment + " was given to " + keys.size() + " keys: " + describe(keys));
-            }
-        });
-        keysOfRefund.forEach((refund, keys) -> {
-            if (keys.size() > 1) {
-                add(Kind.ID_FOR_TWO_KEYS, "refund " + refund + " was given to " + keys.size() + " keys: " + describe(keys));
-            }
-        });
+        }
         outcomesOfKey.forEach((key, byParams) -> {
             boolean doubleCharged = !key.endsWith(":refund") && paymentsOfStep.getOrDefault(key, Map.of()).size() > 1;
             List<String> acceptedParams = new ArrayList<>();
@@ -303,7 +303,7 @@ final class ClusterChecker {
                         + refund.where() + ") and was charged: " + describe(payments));
             }
         });
-        refundsAboveCharges(refundOfKey, paymentsOfStep, chargedOfPayment, statuses);
+        refundsAboveCharges(statuses);
         refusalsWithMoneyLeft(observations, paymentsOfStep, outcomesOfKey, statuses, history);
         staleStatuses(statuses, paymentsOfStep, compensatedFirst, refundOfKey, chargedOfPayment);
     }
@@ -324,24 +324,8 @@ final class ClusterChecker {
         return own.isEmpty() && named.isTextual() ? named.asText() : null;   // two payments: a double charge, already counted
     }
 
-    private void refundsAboveCharges(Map<String, Observation> refundOfKey, Map<String, Map<String, Observation>> paymentsOfStep,
-                                     Map<String, BigDecimal> chargedOfPayment, List<Observation> statuses) {
-        Map<String, Map<String, Observation>> refundsOfPayment = new TreeMap<>();
-        refundOfKey.forEach((refundKey, refund) -> {
-            String payment = paymentOf(refund, paymentsOfStep);
-            if (payment != null) {
-                refundsOfPayment.computeIfAbsent(payment, k -> new LinkedHashMap<>()).put(refundKey, refund);
-            }
-        });
-        refundsOfPayment.forEach((payment, refunds) -> {
-            BigDecimal charged = chargedOfPayment.get(payment);
-            BigDecimal refunded = refunds.values().stream().map(r -> r.answer().path("result").path("refunded").decimalValue())
-                    .reduce(BigDecimal.ZERO, BigDecimal::add);
-            if (charged != null && refunded.compareTo(charged) > 0) {
-                add(Kind.REFUNDS_ABOVE_CHARGE, "the acknowledged refunds of " + payment + " add up to " + refunded.toPlainString()
-                        + ", above the " + charged.toPlainString() + " it charged: " + describe(refunds));
-            }
-        });
+    /** A status read that shows more refunded than charged (the acknowledged refunds are MoneyInvariants'). */
+    private void refundsAboveCharges(List<Observation> statuses) {
         for (Observation status : statuses) {
             JsonNode payment = status.answer().path("payment");
             if (payment.has("refunded") && payment.path("refunded").decimalValue().compareTo(payment.path("charged").decimalValue()) > 0) {
@@ -470,6 +454,11 @@ final class ClusterChecker {
                 }
             }
         }
+    }
+
+    /** Where an observation was made, as a report names it. */
+    private static String whereOf(Observation observation) {
+        return observation.type() + " " + observation.stepKey() + ", " + observation.where();
     }
 
     private static String describe(Map<String, Observation> seen) {
