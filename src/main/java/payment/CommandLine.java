@@ -154,7 +154,8 @@ final class CommandLine {
         if (faults == null) {
             return new PaymentNode(stdout, log, local);
         }
-        return new PaymentNode(stdout, log, replies -> new FaultyService(local.apply(replies), faults, replies, log));
+        boolean journalAtInit = options.journal() != null && options.journal().contains(NODE_ID);
+        return new PaymentNode(stdout, log, replies -> new FaultyService(local.apply(replies), faults, journalAtInit, replies, log));
     }
 
     /** The command line. {@code journal}, {@code balance} and {@code faults} are null when not given. */

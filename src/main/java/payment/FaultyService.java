@@ -77,9 +77,17 @@ final class FaultyService extends ServiceAround {
     private final ReplyWriter replies;
     private final Log log;
     private final DelayedReplies delayed = new DelayedReplies();
+    /** Whether attempts draw faults now: from the start, or from the first init taken (see the constructor). */
+    private boolean drawing;
 
-    FaultyService(Service service, Faults faults, ReplyWriter replies, Log log) {
+    /**
+     * {@code untilInit}: the inner service serves nothing before init (a per-node journal opens at init), so a request
+     * before it draws no fault: it is refused 11 with nothing done, and a fault drawn for it could neither be recorded
+     * nor be that attempt's (a crash there would repeat on every restart).
+     */
+    FaultyService(Service service, Faults faults, boolean untilInit, ReplyWriter replies, Log log) {
         super(service);
+        this.drawing = !untilInit;
         this.faults = faults;
         this.replies = replies;
         this.log = log;
@@ -112,7 +120,16 @@ final class FaultyService extends ServiceAround {
         Reply run() throws IOException;
     }
 
+    @Override
+    public void init(String nodeId, int nodeIds) throws IOException {
+        inner.init(nodeId, nodeIds);
+        drawing = true;   // the inner service took the init: from now on it serves
+    }
+
     private Reply withFault(Envelope reply, String key, Work work) throws IOException {
+        if (!drawing) {
+            return work.run();
+        }
         Drawn drawn = faults.draw(key);
         if (drawn == null) {
             return work.run();

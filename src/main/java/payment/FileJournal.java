@@ -351,7 +351,13 @@ final class FileJournal implements Journal {
         FileJournal journal = FileJournal.open(path);
         PaymentHandler table = table(log, journal, balances, maxKeys);
         journal.faults = faults;
-        long records = journal.replay(table, log);
+        long records;
+        try {
+            records = journal.replay(table, log);
+        } catch (IOException | RuntimeException e) {
+            journal.close();   // the file and its lock go with the refusal
+            throw e;
+        }
         String startedWith = balances == null ? null : balances.start().toPlainString();
         if (records == 0 && startedWith != null) {
             journal.balanceStarted(startedWith);   // so that a restart with another --balance is refused, not served

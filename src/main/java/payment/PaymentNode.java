@@ -827,6 +827,12 @@ public final class PaymentNode {
         } catch (IOException e) {
             log.error("stopping: reading stdin, writing stdout or writing the journal failed: " + e, null);
             return 1;
+        } catch (RuntimeException bug) {
+            // A bug outside any request's own handling (a mode's timed work, a reply to the node's own message):
+            // what was answered before still goes out, and the node stops with a status rather than a stack trace on stdout.
+            replies.flushQuietly();
+            log.error("stopping: internal error", bug);
+            return 1;
         }
     }
 

@@ -214,6 +214,30 @@ class PaymentNodeTest {
         assertTrue(run.stderr().contains("line 2: invariant refunds_within_charge broken"), run.stderr());
     }
 
+    /** A bug outside any request (a mode's timed work inside a read) stops the node with status 1, its earlier replies out. */
+    @Test
+    void aBugOutsideAnyRequestStopsTheNodeWithItsRepliesOut() {
+        Node.CapturedLog log = Node.CapturedLog.of(false);
+        java.io.ByteArrayOutputStream stdout = new java.io.ByteArrayOutputStream();
+        InputStream failing = new InputStream() {
+            @Override
+            public int read() {
+                throw new IllegalStateException("simulated bug in timed work");
+            }
+        };
+        PaymentNode node = new PaymentNode(stdout, log.log(), replies -> new ServiceAround(
+                new PaymentNode.LocalService(new PaymentNode.PaymentHandler(log.log(), PaymentNode.Journal.NONE), replies, log.log())) {
+            @Override
+            public InputStream input(InputStream stdin) {
+                return new java.io.SequenceInputStream(stdin, failing);
+            }
+        });
+        int status = node.serve(new ByteArrayInputStream(Wire.charge(1, "s", 1, "7").getBytes(StandardCharsets.UTF_8)));
+        assertEquals(1, status);
+        assertEquals(Wire.chargeOk("s", 1, "p1", "7").to(1, 0), stdout.toString(StandardCharsets.UTF_8));
+        assertTrue(log.bytes().toString(StandardCharsets.UTF_8).contains("stopping: internal error"), log.bytes().toString(StandardCharsets.UTF_8));
+    }
+
     @Test
     void aBrokenStdoutEndsTheNodeWithStatus1() {
         OutputStream broken = new OutputStream() {

@@ -219,6 +219,25 @@ class TestDoublesTest {
      * on the same journal with the same options, it answers the retry with the cached payment and exits 0 at
      * the end of its input, instead of crashing that key again after every restart.
      */
+    /**
+     * With a per-node journal, a request before init is refused 11 with nothing done, and draws no fault: the key's
+     * first attempt is the first one served (found by review: a crash aimed at it crashed the node before init, with
+     * nothing to record, on every restart).
+     */
+    @Test
+    void aRequestBeforeInitDrawsNoFault() {
+        String journal = dir.resolve("j-{node_id}").toString();
+        String input = Wire.charge(1, "s", 1, "5") + Wire.envelope("c0", "{\"type\":\"init\",\"msg_id\":2,\"node_id\":\"n1\"}")
+                + Wire.charge(3, "s", 1, "5");
+        Node.Run run = Node.runWithOptions(input.getBytes(StandardCharsets.UTF_8), "--journal", journal, "--fault", "s:step1=drop");
+        assertEquals(Wire.error(11, "not_initialised", "not initialized: this node's journal (" + journal
+                        + ") opens at its first init; nothing was done").to(1, 0)
+                        + "{\"src\": \"n1\", \"dest\": \"c0\", \"body\": {\"type\": \"init_ok\", \"in_reply_to\": 2, \"msg_id\": 1}}\n",
+                run.stdout());
+        assertEquals("payment-node: fault: drop s:step1 msg_id 3\n", run.stderr().lines().filter(l -> l.contains("fault:")).map(l -> l + "\n")
+                .findFirst().orElse(""), run.stderr());
+    }
+
     @Test
     void anAimedCrashCrashesItsKeyOncePerJournal() throws Exception {
         String journal = dir.resolve("journal").toString();
