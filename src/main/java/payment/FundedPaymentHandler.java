@@ -5,9 +5,9 @@ import com.fasterxml.jackson.core.JsonToken;
 
 import java.io.IOException;
 
-import static payment.PaymentNode.*;
-
 import payment.Balances.Account;
+
+import static payment.PaymentNode.*;
 
 /**
  * The table with balances (--balance): every user starts with the same amount, a charge above what is
