@@ -10,6 +10,7 @@ import com.fasterxml.jackson.databind.node.ObjectNode;
 import org.jetbrains.lincheck.datastructures.IntGen;
 import org.jetbrains.lincheck.datastructures.ModelCheckingOptions;
 import org.jetbrains.lincheck.datastructures.Operation;
+import org.jetbrains.lincheck.datastructures.Options;
 import org.jetbrains.lincheck.datastructures.Param;
 import org.jetbrains.lincheck.datastructures.StressOptions;
 import org.jetbrains.kotlinx.lincheck.Actor;
@@ -122,22 +123,17 @@ public class LincheckTest {
 
     @Test
     void modelChecking() {
-        new ModelCheckingOptions()
-                .sequentialSpecification(Spec.class)
-                .addCustomScenario(retriesOfOneStepFromSeveralThreads())
-                .addCustomScenario(aRefusedAttemptLeavesNoRecord())
-                .iterations(Integer.getInteger("lincheck.iterations", 4))
-                .invocationsPerIteration(Integer.getInteger("lincheck.invocations", 300))
-                .threads(3)
-                .actorsPerThread(2)
-                .actorsBefore(2)
-                .actorsAfter(1)
-                .check(getClass());
+        scenarios(new ModelCheckingOptions()).check(getClass());
     }
 
     @Test
     void stress() {
-        new StressOptions()
+        scenarios(new StressOptions()).check(getClass());
+    }
+
+    /** One set of scenarios for both modes: the two fixed ones, then random ones of this size. */
+    private static <O extends Options<O, ?>> O scenarios(O options) {
+        return options
                 .sequentialSpecification(Spec.class)
                 .addCustomScenario(retriesOfOneStepFromSeveralThreads())
                 .addCustomScenario(aRefusedAttemptLeavesNoRecord())
@@ -146,8 +142,7 @@ public class LincheckTest {
                 .threads(3)
                 .actorsPerThread(2)
                 .actorsBefore(2)
-                .actorsAfter(1)
-                .check(getClass());
+                .actorsAfter(1);
     }
 
     /**
