@@ -791,7 +791,7 @@ public final class PaymentNode {
 
     /** {@code service} makes the service that requests go to, writing its replies to this node's reply writer. */
     PaymentNode(OutputStream stdout, Log log, Function<ReplyWriter, Service> service) {
-        this.replies = new ReplyWriter(stdout, log);
+        this.replies = new ReplyWriter(stdout);
         this.log = log;
         this.service = service.apply(replies);
     }
@@ -1731,7 +1731,7 @@ public final class PaymentNode {
         private long nextMsgId;
         private boolean rendering;        // a reply is being rendered (render): no batch may take it out yet
 
-        ReplyWriter(OutputStream out, Log log) {
+        ReplyWriter(OutputStream out) {
             this.out = out;
         }
 
@@ -2062,10 +2062,6 @@ public final class PaymentNode {
         Log(PrintStream err, boolean verbose) {
             this.err = err;
             this.verbose = verbose;
-        }
-
-        boolean isVerbose() {
-            return verbose;
         }
 
         void verbose(String message) {

@@ -700,7 +700,7 @@ class ClusterModelTest {
         MoneyInvariants money = new MoneyInvariants();   // the rules every checker shares
         Map<String, String> finalStatus = new HashMap<>();
         Map<String, BigDecimal> finalRefunded = new HashMap<>();
-        Map<String, Attempt> refundByKey = new LinkedHashMap<>();
+        List<Attempt> refunds = new ArrayList<>();
         List<Attempt> charges = new ArrayList<>();
         for (Attempt attempt : attempts) {
             if (!attempt.definite()) {
@@ -724,10 +724,7 @@ class ClusterModelTest {
                     }
                 }
             } else if ("RefundPayment_ok".equals(type) && reply.path("result").has("refund_id")) {
-                refundByKey.putIfAbsent(attempt.key + ":refund", attempt);
-                // Every result under the key goes in (a second one breaks a rule); the payment it drew on is settled below.
-                money.refund(attempt.key + ":refund", reply.path("result").path("refund_id").asText(), null,
-                        reply.path("result").path("refunded").decimalValue(), attempt.toString());
+                refunds.add(attempt);
             }
         }
         for (Attempt charge : charges) {
@@ -736,29 +733,20 @@ class ClusterModelTest {
             }
         }
         // A refund that names a payment and succeeds took that one (naming another than the step's own is refused);
-        // one that names none took the step's own. Counted once the payments of the whole run are known.
-        MoneyInvariants drawn = new MoneyInvariants();
-        for (Attempt attempt : attempts) {
-            JsonNode result = attempt.reply == null ? null : attempt.reply.path("result");
-            if (attempt.definite() && "ChargePayment_ok".equals(attempt.reply.path("type").asText())) {
-                drawn.payment(attempt.key, result.path("payment_id").asText(), result.path("charged").decimalValue(), attempt.toString());
-            } else if (attempt.definite() && attempt.reply.has("payment")) {
-                drawn.payment(attempt.key, attempt.reply.path("payment").path("payment_id").asText(),
-                        attempt.reply.path("payment").path("charged").decimalValue(), attempt.toString());
-            }
-        }
-        for (Map.Entry<String, Attempt> refund : refundByKey.entrySet()) {
-            Attempt attempt = refund.getValue();
+        // one that names none took the step's own. Counted once the payments of the whole run are known; every
+        // result under a key goes in, so that a second one breaks its rule.
+        for (Attempt attempt : refunds) {
             String payment = attempt.body.path("params").path("payment_id").asText(null);
-            drawn.refund(refund.getKey(), attempt.reply.path("result").path("refund_id").asText(), payment != null ? payment : drawn.paymentOf(attempt.key),
-                    attempt.reply.path("result").path("refunded").decimalValue(), attempt.toString());
+            money.refund(attempt.key + ":refund", attempt.reply.path("result").path("refund_id").asText(),
+                    payment != null ? payment : money.paymentOf(attempt.key), attempt.reply.path("result").path("refunded").decimalValue(),
+                    attempt.toString());
         }
-        String broken = money.firstBroken() != null ? money.firstBroken() : drawn.firstBroken();
+        String broken = money.firstBroken();
         if (broken != null) {
             return broken;
         }
         for (Map.Entry<String, BigDecimal> status : finalRefunded.entrySet()) {
-            BigDecimal sum = drawn.refundedOf(status.getKey());
+            BigDecimal sum = money.refundedOf(status.getKey());
             if (sum.compareTo(status.getValue()) != 0) {
                 return "the final status says " + status.getValue().toPlainString() + " was refunded from " + status.getKey()
                         + ", the refunds that named it add up to " + sum.toPlainString();
