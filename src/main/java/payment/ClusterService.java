@@ -63,6 +63,13 @@ final class ClusterService implements Service {
     static final long DEFAULT_MAX_KEYS = 1_000_000;
 
     private final PaymentHandler table;
+    /** The card's own service over the table: a logged request is applied exactly as one node serves it. */
+    private final LocalService local;
+    /** The reply envelope of a request another node appended: its answer is that node's to give, and goes nowhere here. */
+    private static final Envelope NOBODY = new Envelope(null, null, null);
+    private static final long NOT_APPLYING = Long.MIN_VALUE;
+    /** The arrival time of the logged request being applied, else {@link #NOT_APPLYING} (a read: this node's clock). */
+    private long applyingMillis = NOT_APPLYING;
     private final boolean keepsBalances;
     /** What every node must apply the log under (--balance, --max-keys): written into every entry, checked at every apply. */
     private final String settings;
@@ -106,11 +113,16 @@ final class ClusterService implements Service {
     private long arrivals;
 
     /** {@code table}: the card's table, with --balance and --max-keys as given (the same on every node). */
-    ClusterService(PaymentHandler table, BigDecimal balance, long maxKeys, Faults faults, ReplyWriter replies, Log log, long timeoutMillis) {
+    ClusterService(PaymentHandler table, BigDecimal balance, long maxKeys, long reserveTtlMillis, Faults faults, ReplyWriter replies, Log log,
+            long timeoutMillis) {
         this.faults = faults;
         this.table = table;
+        this.local = new LocalService(table, replies, log);
+        table.reserveTtl(reserveTtlMillis);
+        table.decideBy(() -> applyingMillis != NOT_APPLYING ? applyingMillis : System.currentTimeMillis());
         this.keepsBalances = balance != null;
-        this.settings = "balance " + (balance == null ? "none" : balance.stripTrailingZeros().toPlainString()) + ", max-keys " + maxKeys;
+        this.settings = "balance " + (balance == null ? "none" : balance.stripTrailingZeros().toPlainString()) + ", max-keys " + maxKeys
+                + (reserveTtlMillis == 0 ? "" : ", reserve-ttl " + reserveTtlMillis);
         this.replies = replies;
         this.log = log;
         this.timeoutMillis = timeoutMillis;
@@ -163,13 +175,32 @@ final class ClusterService implements Service {
 
     @Override
     public Reply charge(Envelope reply, ChargeRequest request) throws IOException {
-        admit(withFault(new Waiting(reply, new LoggedRequest(request, null, System.currentTimeMillis(), reply), null, null), request.key()));
-        return Reply.LATER;
+        return append(reply, request);
     }
 
     @Override
     public Reply refund(Envelope reply, RefundRequest request) throws IOException {
-        admit(withFault(new Waiting(reply, new LoggedRequest(null, request, System.currentTimeMillis(), reply), null, null), request.key()));
+        return append(reply, request);
+    }
+
+    @Override
+    public Reply reserve(Envelope reply, ReserveRequest request) throws IOException {
+        return append(reply, request);
+    }
+
+    @Override
+    public Reply capture(Envelope reply, CaptureRequest request) throws IOException {
+        return append(reply, request);
+    }
+
+    @Override
+    public Reply voidHold(Envelope reply, VoidRequest request) throws IOException {
+        return append(reply, request);
+    }
+
+    /** Every request that changes a key goes into the log, with the time it arrived here: the time the table decides it by. */
+    private Reply append(Envelope reply, Request request) throws IOException {
+        admit(withFault(new Waiting(reply, new LoggedRequest(request, System.currentTimeMillis(), reply), null, null), request.key()));
         return Reply.LATER;
     }
 
@@ -450,7 +481,7 @@ final class ClusterService implements Service {
                 reader.answer(writer -> writer.paymentStatusOk(reader.reply, reader.status, status));
             } else {
                 Balances balances = ((FundedPaymentHandler) table).balances();   // keepsBalances: the table is funded
-                reader.answer(BalanceReads.reply(reader.reply, reader.balance.userId(), balances.account(reader.balance.userId())));
+                reader.answer(BalanceReads.reply(reader.reply, reader.balance.userId(), balances.account(reader.balance.userId()), table.now()));
             }
         }
     }
@@ -513,19 +544,11 @@ final class ClusterService implements Service {
 
     /** One request at its position in the log; {@code waiting}: its client, when this node appended it (else null). */
     private void applyRequest(LoggedRequest logged, Waiting waiting) throws IOException {
+        applyingMillis = logged.arrivedMillis();   // the table decides by the log's time (expiry), the same on every node
         try {
-            if (logged.charge() != null) {
-                Served<ChargeResult> served = table.charge(logged.charge());
-                if (waiting != null) {
-                    verboseCacheHit(served, logged.charge().key());
-                    waiting.answerApplied(writer -> writer.chargeOk(waiting.reply, logged.charge(), served));
-                }
-            } else {
-                Served<RefundResult> served = table.refund(logged.refund());
-                if (waiting != null) {
-                    verboseCacheHit(served, logged.refund().key());
-                    waiting.answerApplied(writer -> writer.refundOk(waiting.reply, logged.refund(), served));
-                }
+            Reply answer = logged.request().sendTo(local, waiting == null ? NOBODY : waiting.reply);
+            if (waiting != null) {
+                waiting.answerApplied(answer);
             }
         } catch (RpcError refused) {
             if (waiting != null) {
@@ -536,14 +559,11 @@ final class ClusterService implements Service {
             if (waiting != null) {
                 waiting.fail(new RpcError(Reason.INTERNAL_ERROR, "internal error: " + bug));
             }
+        } finally {
+            applyingMillis = NOT_APPLYING;
         }
     }
 
-    private void verboseCacheHit(Served<?> served, String key) {
-        if (served.replayed()) {
-            log.verboseCacheHit(key);
-        }
-    }
 
     // ---- 5. Time: deadlines of calls and of requests ---------------------------------------------------
 
@@ -637,29 +657,40 @@ final class ClusterService implements Service {
     // ---- 7. The entries in lin-kv ----------------------------------------------------------------------
 
     /**
-     * A request as the log holds it: a charge or a refund (one of the two set), when it arrived on the node
-     * that appended it (expiry, coming with two-phase payments, compares these times, never a node's clock),
-     * and who asked (for a person reading the log; the table never looks at it).
+     * A request as the log holds it: the request, when it arrived on the node that appended it (the table decides
+     * expiry by these times, never by a node's clock), and who asked (for a person reading the log; the table never
+     * looks at it).
      */
-    record LoggedRequest(ChargeRequest charge, RefundRequest refund, long arrivedMillis, String src, Long msgId) {
-        LoggedRequest(ChargeRequest charge, RefundRequest refund, long arrivedMillis, Envelope from) {
-            this(charge, refund, arrivedMillis, from.to(), from.inReplyTo());
+    record LoggedRequest(Request request, long arrivedMillis, String src, Long msgId) {
+        LoggedRequest(Request request, long arrivedMillis, Envelope from) {
+            this(request, arrivedMillis, from.to(), from.inReplyTo());
         }
 
         String encode() {
             Tokens tokens = new Tokens();
-            if (charge != null) {
-                tokens.add("charge").add(charge.sagaId()).add(Long.toString(charge.step()));
-            } else {
-                tokens.add("refund").add(refund.sagaId()).add(Long.toString(refund.step()));
-            }
+            tokens.add(kind(request)).add(request.sagaId()).add(Long.toString(request.step()));
             tokens.add(Long.toString(arrivedMillis)).add(src).add(msgId == null ? null : Long.toString(msgId));
-            if (charge != null) {
+            if (request instanceof ChargeRequest charge) {
                 tokens.add(charge.userId()).add(charge.amount().text());
+            } else if (request instanceof RefundRequest refund) {
+                tokens.add(refund.paymentId()).add(text(refund.amount()));
+            } else if (request instanceof ReserveRequest reserve) {
+                tokens.add(reserve.userId()).add(reserve.amount().text()).add(reserve.expiresInMs() == null ? null : reserve.expiresInMs().toString());
+            } else if (request instanceof CaptureRequest capture) {
+                tokens.add(capture.paymentId()).add(text(capture.amount()));
             } else {
-                tokens.add(refund.paymentId()).add(refund.amount() == null ? null : refund.amount().text());
+                tokens.add(((VoidRequest) request).paymentId());
             }
             return tokens.toString();
+        }
+
+        private static String kind(Request request) {
+            return request instanceof ChargeRequest ? "charge" : request instanceof RefundRequest ? "refund"
+                    : request instanceof ReserveRequest ? "reserve" : request instanceof CaptureRequest ? "capture" : "void";
+        }
+
+        private static String text(Amount amount) {
+            return amount == null ? null : amount.text();
         }
 
         static LoggedRequest decode(Tokens.Reader in) {
@@ -670,19 +701,30 @@ final class ClusterService implements Service {
             String src = in.next();
             String msgId = in.nextOrNull();
             Long asked = msgId == null ? null : Long.parseLong(msgId);
-            switch (kind) {
-                case "charge" -> {
-                    String userId = nonEmpty(in.next(), "user_id");
-                    return new LoggedRequest(new ChargeRequest(sagaId, step, userId, amount(in.next())), null, arrived, src, asked);
-                }
-                case "refund" -> {
-                    String paymentId = in.nextOrNull();
-                    String amount = in.nextOrNull();
-                    return new LoggedRequest(null, new RefundRequest(sagaId, step, paymentId == null ? null : nonEmpty(paymentId, "payment_id"),
-                            amount == null ? null : amount(amount)), arrived, src, asked);
-                }
+            Request request = switch (kind) {
+                case "charge" -> new ChargeRequest(sagaId, step, nonEmpty(in.next(), "user_id"), amount(in.next()));
+                case "refund" -> new RefundRequest(sagaId, step, paymentId(in.nextOrNull()), amountOrNull(in.nextOrNull()));
+                case "reserve" -> new ReserveRequest(sagaId, step, nonEmpty(in.next(), "user_id"), amount(in.next()), expiresInMs(in.nextOrNull()));
+                case "capture" -> new CaptureRequest(sagaId, step, paymentId(in.nextOrNull()), amountOrNull(in.nextOrNull()));
+                case "void" -> new VoidRequest(sagaId, step, paymentId(in.nextOrNull()));
                 default -> throw new IllegalArgumentException("a request of kind '" + kind + "'");
+            };
+            return new LoggedRequest(request, arrived, src, asked);
+        }
+
+        private static String paymentId(String text) {
+            return text == null ? null : nonEmpty(text, "payment_id");
+        }
+
+        private static Long expiresInMs(String text) {
+            if (text == null) {
+                return null;
             }
+            long millis = Long.parseLong(text);
+            if (millis <= 0) {
+                throw new IllegalArgumentException("an expires_in_ms of " + text);
+            }
+            return millis;
         }
 
         private static String nonEmpty(String text, String name) {
@@ -690,6 +732,10 @@ final class ClusterService implements Service {
                 throw new IllegalArgumentException("an empty " + name);
             }
             return text;
+        }
+
+        private static Amount amountOrNull(String text) {
+            return text == null ? null : amount(text);
         }
 
         /** An amount as the request wrote it, checked as a request's is. */

@@ -96,18 +96,18 @@ final class CommandLine {
             // The same table as one node's, on every node; its limit fixed in advance, never the heap's (docs/CLUSTER.md).
             long maxKeys = options.maxKeys() == 0 ? ClusterService.DEFAULT_MAX_KEYS : options.maxKeys();
             PaymentHandler table = table(log, Journal.NONE, balances, maxKeys);
-            return new PaymentNode(stdout, log, replies -> new ClusterService(table, options.balance(), maxKeys, faults, replies, log,
-                    options.kvTimeoutMillis()));
+            return new PaymentNode(stdout, log, replies -> new ClusterService(table, options.balance(), maxKeys, options.reserveTtlMillis(),
+                    faults, replies, log, options.kvTimeoutMillis()));
         }
         Function<ReplyWriter, Service> local;
         if (options.journal() != null && options.journal().contains(NODE_ID)) {
             local = replies -> new JournalAtInit(options.journal(), balances, options.maxKeys(), faults,
-                    table -> new BalanceReads(new LocalService(table, replies, log), balances), log);
+                    table -> new BalanceReads(new LocalService(withTtl(table, options), replies, log), balances), log);
         } else {
             PaymentHandler table = options.journal() != null
                     ? tableFromJournal(Path.of(options.journal()), log, balances, options.maxKeys(), faults)
                     : table(log, Journal.NONE, balances, options.maxKeys());
-            local = replies -> new BalanceReads(new LocalService(table, replies, log), balances);
+            local = replies -> new BalanceReads(new LocalService(withTtl(table, options), replies, log), balances);
         }
         if (faults == null) {
             return new PaymentNode(stdout, log, local);
@@ -116,9 +116,15 @@ final class CommandLine {
         return new PaymentNode(stdout, log, replies -> new FaultyService(local.apply(replies), faults, journalAtInit, replies, log));
     }
 
+    /** The table with --reserve-ttl (0: a reservation with no expires_in_ms holds for ever). */
+    private static PaymentHandler withTtl(PaymentHandler table, Options options) {
+        table.reserveTtl(options.reserveTtlMillis());
+        return table;
+    }
+
     /** The command line. {@code journal}, {@code balance} and {@code faults} are null when not given. */
     record Options(boolean verbose, boolean help, String journal, BigDecimal balance, FaultPlan faults, long seed,
-                   boolean linKv, long kvTimeoutMillis, long maxKeys) {
+                   boolean linKv, long kvTimeoutMillis, long maxKeys, long reserveTtlMillis) {
         /** How long a cluster node waits for a lin-kv reply before it answers its client "outcome unknown". */
         static final long DEFAULT_KV_TIMEOUT_MILLIS = 1000;
 
@@ -132,6 +138,7 @@ final class CommandLine {
             boolean linKv = false;
             long kvTimeout = DEFAULT_KV_TIMEOUT_MILLIS;
             long maxKeys = 0;
+            long reserveTtl = 0;
             List<String> scripts = new ArrayList<>();
             Set<String> given = new HashSet<>();
             for (int i = 0; i < args.length; i++) {
@@ -146,7 +153,8 @@ final class CommandLine {
                         verbose |= name.equals("--verbose") || name.equals("-v");
                         help |= name.equals("--help") || name.equals("-h");
                     }
-                    case "--journal", "--balance", "--faults", "--fault", "--seed", "--store", "--kv-timeout", "--max-keys" -> {
+                    case "--journal", "--balance", "--faults", "--fault", "--seed", "--store", "--kv-timeout", "--max-keys",
+                         "--reserve-ttl" -> {
                         given.add(name);
                         String value = equals >= 0 ? arg.substring(equals + 1) : ++i < args.length ? args[i] : null;
                         if (value == null || value.isEmpty()) {
@@ -160,6 +168,7 @@ final class CommandLine {
                             case "--kv-timeout" -> kvTimeout = kvTimeout(value);
                             case "--fault" -> scripts.add(value);
                             case "--max-keys" -> maxKeys = maxKeys(value);
+                            case "--reserve-ttl" -> reserveTtl = reserveTtl(value);
                             default -> seed = seed(value);
                         }
                     }
@@ -178,7 +187,7 @@ final class CommandLine {
             for (String script : scripts) {
                 faults = (faults == null ? FaultPlan.NONE : faults).withScript(script);
             }
-            return new Options(verbose, help, journal, balance, faults, seed, linKv, kvTimeout, maxKeys);
+            return new Options(verbose, help, journal, balance, faults, seed, linKv, kvTimeout, maxKeys, reserveTtl);
         }
 
         private static boolean store(String text) {
@@ -195,6 +204,14 @@ final class CommandLine {
                 throw new IllegalArgumentException("--max-keys needs a whole number of keys from 1, got " + text);
             }
             return keys;
+        }
+
+        private static long reserveTtl(String text) {
+            Long millis = wholeNumber(text, 1, Long.MAX_VALUE);
+            if (millis == null) {
+                throw new IllegalArgumentException("--reserve-ttl needs milliseconds from 1, got " + text);
+            }
+            return millis;
         }
 
         private static long kvTimeout(String text) {
@@ -223,7 +240,8 @@ final class CommandLine {
                 "--max-keys", ", a number of keys (e.g. --max-keys 1000000)",
                 "--seed", ", an integer (e.g. --seed 7)",
                 "--store", " (--store lin-kv)",
-                "--kv-timeout", ", milliseconds (e.g. --kv-timeout 1000)");
+                "--kv-timeout", ", milliseconds (e.g. --kv-timeout 1000)",
+                "--reserve-ttl", ", milliseconds (e.g. --reserve-ttl 600000)");
 
         private static String journalPath(String name) {
             Path.of(name.replace(NODE_ID, "n1"));   // a path this system cannot have is a usage error now, not at init
@@ -253,9 +271,11 @@ final class CommandLine {
 
     static final String USAGE = """
             Usage: ./run.sh [--journal FILE] [--balance AMOUNT] [--faults LIST --seed N]
-                            [--fault KEY=KINDS]... [--max-keys N] [--verbose] < messages.jsonl
+                            [--fault KEY=KINDS]... [--max-keys N] [--reserve-ttl MS]
+                            [--verbose] < messages.jsonl
                    ./run.sh --store lin-kv [--kv-timeout MS] [--balance AMOUNT] [--max-keys N]
-                            [--faults LIST --seed N] [--fault KEY=KINDS]... [--verbose]
+                            [--reserve-ttl MS] [--faults LIST --seed N] [--fault KEY=KINDS]...
+                            [--verbose]
                    ./run.sh --build
                    java -jar target/payment-node.jar [OPTIONS]
 
@@ -266,8 +286,13 @@ final class CommandLine {
                                                    the cached result, never a second charge)
               RefundPayment  -> RefundPayment_ok  (the compensation, just as idempotent)
               PaymentStatus  -> PaymentStatus_ok  (what is recorded for a step, read only)
-              BalanceRead    -> BalanceRead_ok    (a user's balance, charged and refunded;
-                                                   with --balance)
+              ReservePayment -> ReservePayment_ok (a hold on the step's key, instead of a
+                                                   charge; expires_in_ms optional)
+              CapturePayment -> CapturePayment_ok (takes the hold, or part of it, once)
+              VoidPayment    -> VoidPayment_ok    (releases the hold; before it, closes
+                                                   the step)
+              BalanceRead    -> BalanceRead_ok    (a user's balance, charged, refunded and
+                                                   held; with --balance)
             Bad input gets a Maelstrom error reply (codes 10-14, 22, with a reason such as
             key_reused or insufficient_funds), or a line on stderr
             when it cannot be answered; a message with in_reply_to is a reply and is never
@@ -283,11 +308,12 @@ final class CommandLine {
                               error 11). Without --journal, state lives in memory only
                               and a restart forgets every idempotency key.
               --balance AMOUNT
-                              every user starts with AMOUNT; a charge above what is
-                              left is declined (error 14, stored as the step's
-                              result); a refund pays back
+                              every user starts with AMOUNT; a charge or reservation
+                              above what is left beside the live holds is declined
+                              (error 14, stored as the step's result); a refund pays
+                              back, a capture takes, a void or expiry releases
               --faults LIST   inject the faults of a real payment service into
-                              ChargePayment and RefundPayment, at most one per
+                              every request but init and the reads, at most one per
                               attempt, e.g. fail=0.05,drop=0.1,unknown=0.02,
                               delay=0.1:200,duplicate=0.05,crash=0.01:
                                 fail       nothing is done; error 11 (definite)
@@ -308,12 +334,16 @@ final class CommandLine {
                               unknown, delay:MS, duplicate, crash, none); repeatable
               --max-keys N    refuse new keys past N (error 11, table_full; retries
                               are still served); default: what 60% of the heap holds
+              --reserve-ttl MS
+                              a reservation without expires_in_ms expires MS ms after
+                              it first arrived (default: never); a capture after it
+                              is refused (reservation_expired), its hold released
               --store lin-kv  one payment service across every node started so: every
                               node applies one log kept in the harness's lin-kv
                               service to its own table, and a retry to any node (or
-                              a restarted one) gets the same result; --balance and
-                              --max-keys (default 1000000) must be the same on every
-                              node; --faults touch the replies of the node that got
+                              a restarted one) gets the same result; --balance,
+                              --max-keys (default 1000000) and --reserve-ttl must be
+                              the same on every node; --faults touch the replies of the node that got
                               the request (fail: before it appends) (docs/CLUSTER.md)
               --store memory  the default: the table lives in this node (with --journal,
                               also in its file)

@@ -12,8 +12,8 @@ import payment.Faults.Fault;
 import static payment.PaymentNode.*;
 
 /**
- * A service under injected faults (--faults): ChargePayment and RefundPayment draw at most one fault an
- * attempt. {@code fail} does nothing and answers 11; every other fault lets the work happen, then changes
+ * A service under injected faults (--faults): ChargePayment, RefundPayment, ReservePayment, CapturePayment and
+ * VoidPayment draw at most one fault an attempt. {@code fail} does nothing and answers 11; every other fault lets the work happen, then changes
  * what becomes of its reply: dropped, replaced, doubled or delayed. init and PaymentStatus are never faulted.
  * A delayed reply is rendered at once (it takes its msg_id in order) and written when it is due, by the
  * node's own loop, which reads its input through a {@link TimedInput} that wakes up for it.
@@ -47,6 +47,21 @@ final class FaultyService extends ServiceAround {
     @Override
     public Reply refund(Envelope reply, RefundRequest request) throws IOException {
         return withFault(reply, request.key(), () -> inner.refund(reply, request));
+    }
+
+    @Override
+    public Reply reserve(Envelope reply, ReserveRequest request) throws IOException {
+        return withFault(reply, request.key(), () -> inner.reserve(reply, request));
+    }
+
+    @Override
+    public Reply capture(Envelope reply, CaptureRequest request) throws IOException {
+        return withFault(reply, request.key(), () -> inner.capture(reply, request));
+    }
+
+    @Override
+    public Reply voidHold(Envelope reply, VoidRequest request) throws IOException {
+        return withFault(reply, request.key(), () -> inner.voidHold(reply, request));
     }
 
     @Override

@@ -33,7 +33,8 @@ import static payment.PaymentNode.*;
  * An append-only file of state changes, one record a line: the CRC-32 of the record in eight hex
  * digits, a space, and the record as a JSON array ({@code ["charge", key, user_id, amount, number]},
  * {@code ["refund", key, payment_id, amount, refunded, number, payment_number]}, {@code ["close", key]},
- * {@code ["decline", key, user_id, amount, reason]}, and with --faults {@code ["fault", key, attempt, kind]}).
+ * {@code ["decline", key, user_id, amount, reason]}, the two-phase records (docs/JOURNAL.md), and with --faults
+ * {@code ["fault", key, attempt, kind]}).
  * Records gather in memory and {@link #commit} writes and forces them to disk once per batch of
  * replies (group commit). On start the records are replayed; a torn tail, the trace of a crash in
  * mid-write, is cut off with a warning, while a bad record followed by good ones stops the node:
@@ -43,7 +44,8 @@ final class FileJournal implements Journal {
     private static final int MAX_RECORD_BYTES = 16 * MAX_LINE_BYTES;
 
     /** The record kinds, as docs/JOURNAL.md lists them. */
-    static final List<String> RECORD_KINDS = List.of("balance", "charge", "decline", "refund", "close", "fault");
+    static final List<String> RECORD_KINDS = List.of("balance", "charge", "decline", "refund", "close", "fault",
+            "reserve", "decline-reserve", "capture", "void", "expire");
 
     private final Path path;
     private final FileChannel file;
@@ -148,6 +150,38 @@ final class FileJournal implements Journal {
                 case "close" -> handler.restore(nextText(record), Compensated.STEP, 0);
                 case "balance" -> balanceRecorded = nextText(record);
                 case "decline" -> handler.restore(nextText(record), new Declined(nextText(record), nextText(record), nextText(record)), 0);
+                case "reserve" -> {
+                    String key = nextText(record);
+                    String userId = nextText(record);
+                    String amount = nextText(record);
+                    long expiresInMs = nextLongOrAbsent(record);
+                    long expiresAt = nextLong(record);
+                    handler.restore(key, new Reserved(key, userId, amount, expiresInMs, expiresAt, nextLong(record)), 0);
+                }
+                case "decline-reserve" -> {
+                    String key = nextText(record);
+                    String userId = nextText(record);
+                    String amount = nextText(record);
+                    long expiresInMs = nextLongOrAbsent(record);
+                    handler.restore(key, new Declined(userId, amount, expiresInMs, nextText(record)), 0);
+                }
+                case "capture" -> {
+                    String key = nextText(record);
+                    String paymentId = nextText(record);
+                    String amount = nextText(record);
+                    String captured = nextText(record);
+                    String released = nextText(record);
+                    long number = nextLong(record);
+                    handler.restore(key, new Captured(paymentId, amount, new CaptureResult(Charged.paymentId(number), captured, released)), number);
+                }
+                case "void" -> {
+                    String key = nextText(record);
+                    String paymentId = nextText(record);
+                    String released = nextText(record);
+                    long number = nextLong(record);
+                    handler.restore(key, new Voided(paymentId, new VoidResult(number == 0 ? null : Charged.paymentId(number), released)), number);
+                }
+                case "expire" -> handler.restoreExpired(nextText(record));
                 case "fault" -> {
                     String key = nextText(record);
                     long attempt = nextLong(record);
@@ -169,6 +203,11 @@ final class FileJournal implements Journal {
         } catch (IOException | RuntimeException unreadable) {
             return false;
         }
+    }
+
+    /** A number that may be null: -1 for null. */
+    private static long nextLongOrAbsent(JsonParser record) throws IOException {
+        return record.nextToken() == JsonToken.VALUE_NULL ? -1 : record.getLongValue();
     }
 
     private static String nextText(JsonParser record) throws IOException {
@@ -253,6 +292,72 @@ final class FileJournal implements Journal {
         pending.ascii(", ");
         pending.number(paymentNumber);
         end(start);
+    }
+
+    /** {@code ["reserve", key, user_id, amount, expires_in_ms, expires_at, number]}: expires_in_ms as given (null: not), the deadline in epoch ms. */
+    @Override
+    public synchronized void reserved(ReserveRequest request, long paymentNumber, long expiresAt) {
+        int start = beginReserve("reserve", request);
+        pending.number(expiresAt);
+        pending.ascii(", ");
+        pending.number(paymentNumber);
+        end(start);
+    }
+
+    /** A refused reservation (--balance): {@code ["decline-reserve", key, user_id, amount, expires_in_ms, reason]}. */
+    @Override
+    public synchronized void refused(ReserveRequest request, Refusal refusal) {
+        int start = beginReserve("decline-reserve", request);
+        pending.string(refusal.error().getMessage());
+        end(start);
+    }
+
+    private int beginReserve(String kind, ReserveRequest request) {
+        int start = begin(kind, request.key());
+        pending.ascii(", ");
+        pending.string(request.userId());
+        pending.ascii(", ");
+        pending.string(request.amount().text());
+        pending.ascii(", ");
+        pending.ascii(request.expiresInMs() == null ? "null" : Long.toString(request.expiresInMs()));
+        pending.ascii(", ");
+        return start;
+    }
+
+    /** {@code ["capture", key, payment_id, amount, captured, released, number]}: the params as given (null: not), the reservation's number. */
+    @Override
+    public synchronized void captured(CaptureRequest request, String captured, String released, long paymentNumber) {
+        int start = begin("capture", request.key());
+        pending.ascii(", ");
+        pending.string(request.paymentId());
+        pending.ascii(", ");
+        pending.string(request.amount() == null ? null : request.amount().text());
+        pending.ascii(", ");
+        pending.string(captured);
+        pending.ascii(", ");
+        pending.string(released);
+        pending.ascii(", ");
+        pending.number(paymentNumber);
+        end(start);
+    }
+
+    /** {@code ["void", key, payment_id, released, number]}: number 0 when it found no hold. */
+    @Override
+    public synchronized void voided(VoidRequest request, String released, long paymentNumber) {
+        int start = begin("void", request.key());
+        pending.ascii(", ");
+        pending.string(request.paymentId());
+        pending.ascii(", ");
+        pending.string(released);
+        pending.ascii(", ");
+        pending.number(paymentNumber);
+        end(start);
+    }
+
+    /** {@code ["expire", step_key]}: a hold found past its deadline, expired for good. */
+    @Override
+    public synchronized void expired(String chargeKey) {
+        end(begin("expire", chargeKey));
     }
 
     /** Writes the records gathered so far and forces them to disk. */

@@ -29,7 +29,7 @@ final class FundedPaymentHandler extends PaymentHandler {
 
     @Override
     Entry firstCharge(ChargeRequest request) {
-        String shortfall = balances.withdraw(request.userId(), request.amount().value());
+        String shortfall = balances.withdraw(request.userId(), request.amount().value(), now());
         if (shortfall == null) {
             return super.firstCharge(request);
         }
@@ -37,6 +37,25 @@ final class FundedPaymentHandler extends PaymentHandler {
                 "declined: insufficient funds: " + shortfall + " (" + request.key() + ")");
         journal().refused(request, declined);
         return declined;
+    }
+
+    @Override
+    Entry firstReserve(ReserveRequest request) {
+        long expiresAt = expiresAt(request);
+        String shortfall = balances.hold(request.userId(), request.key(), request.amount().value(), expiresAt, now());
+        if (shortfall == null) {
+            return reserveUntil(request, expiresAt);
+        }
+        Declined declined = new Declined(request.userId(), request.amount().text(), request.expiresInMs() == null ? -1 : request.expiresInMs(),
+                "declined: insufficient funds: " + shortfall + " (" + request.key() + ")");
+        journal().refused(request, declined);
+        return declined;
+    }
+
+    /** A capture takes what it captured and releases the rest; a void or an expiry releases it all. */
+    @Override
+    void holdResolved(Reserved reservation) {
+        balances.release(reservation.userId(), reservation.key(), reservation.captured());
     }
 
     @Override
@@ -49,7 +68,9 @@ final class FundedPaymentHandler extends PaymentHandler {
     @Override
     void restore(String key, Entry entry, long drewOn) {
         super.restore(key, entry, drewOn);
-        if (entry instanceof Charged charged) {
+        if (entry instanceof Reserved reserved) {
+            balances.restoreHold(reserved.userId(), reserved.key(), reserved.amount(), reserved.expiresAt());
+        } else if (entry instanceof Charged charged) {
             balances.restoreWithdrawal(charged.userId(), charged.amount());
         } else if (entry instanceof Refunded refunded && drewOn != 0) {
             balances.repay(payment(drewOn), refunded.refunded());
@@ -61,7 +82,12 @@ final class FundedPaymentHandler extends PaymentHandler {
     }
 
     /** A charge key whose charge was declined: the decline is the step's result, as a charge would be. */
-    record Declined(String userId, String amount, String reason) implements Refusal {
+    record Declined(String userId, String amount, long expiresInMs, String reason) implements Refusal {
+        /** A declined charge. */
+        Declined(String userId, String amount, String reason) {
+            this(userId, amount, OF_A_CHARGE, reason);
+        }
+
         @Override
         public RpcError error() {
             return new RpcError(Reason.INSUFFICIENT_FUNDS, reason);
@@ -94,11 +120,11 @@ final class FundedPaymentHandler extends PaymentHandler {
                 throw new RpcError(Reason.BALANCES_NOT_KEPT, "BalanceRead needs --balance: this node keeps no balances");
             }
             String userId = userIdOf(line, start, length);
-            return reply(reply, userId, balances.account(userId));
+            return reply(reply, userId, balances.account(userId), System.currentTimeMillis());
         }
 
         /** BalanceRead_ok: the user's balance, and the totals charged and refunded (exact decimals). */
-        static Reply reply(Envelope reply, String userId, Account account) {
+        static Reply reply(Envelope reply, String userId, Account account, long now) {
             return replies -> replies.send(reply, "BalanceRead_ok", json -> {
                 json.field("user_id");
                 json.string(userId);
@@ -108,6 +134,8 @@ final class FundedPaymentHandler extends PaymentHandler {
                 json.ascii(account.charged().toPlainString());
                 json.field("refunded");
                 json.ascii(account.refunded().toPlainString());
+                json.field("held");
+                json.ascii(account.heldAt(now).toPlainString());
             });
         }
 

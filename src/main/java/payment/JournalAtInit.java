@@ -75,6 +75,21 @@ final class JournalAtInit implements Service {
     }
 
     @Override
+    public Reply reserve(Envelope reply, ReserveRequest request) throws IOException {
+        return opened().reserve(reply, request);
+    }
+
+    @Override
+    public Reply capture(Envelope reply, CaptureRequest request) throws IOException {
+        return opened().capture(reply, request);
+    }
+
+    @Override
+    public Reply voidHold(Envelope reply, VoidRequest request) throws IOException {
+        return opened().voidHold(reply, request);
+    }
+
+    @Override
     public Reply other(Envelope reply, String type, byte[] line, int start, int length) throws IOException {
         return opened().other(reply, type, line, start, length);
     }

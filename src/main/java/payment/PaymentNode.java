@@ -17,6 +17,7 @@ import java.io.OutputStream;
 import java.io.PrintStream;
 import java.math.BigDecimal;
 import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.HashSet;
 import java.util.List;
@@ -29,6 +30,7 @@ import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.function.Consumer;
 import java.util.function.Function;
+import java.util.function.LongSupplier;
 import java.util.function.Supplier;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
@@ -76,18 +78,28 @@ public final class PaymentNode {
         /** Keys the table takes at most: a full table refuses new keys (error 11) and goes on serving those it has. */
         private final long maxKeys;
         private final AtomicBoolean saidFull = new AtomicBoolean();
+        /** The time two-phase payments are decided by, in milliseconds: this node's clock, or a cluster's logged arrival time. */
+        private LongSupplier clock = System::currentTimeMillis;
+        /** --reserve-ttl: how long a reservation holds when its request gives no expires_in_ms; 0: for ever. */
+        private long reserveTtlMillis;
 
         /** ChargePayment: the step's payment, made by the first attempt; every retry gets it again. */
         Served<ChargeResult> charge(ChargeRequest request) {
             String key = chargeKey(request.sagaId(), request.step());
             Served<Entry> served = once(key, () -> firstCharge(request));
             if (served.result() instanceof Charged charged) {
+                if (charged instanceof Reserved) {
+                    throw Rules.otherType(key, "ReservePayment");
+                }
                 if (served.replayed()) {
                     Rules.requireSameParams(key, Rules.chargeDiffers(charged.userId(), charged.amount(), request));
                 }
                 return new Served<>(charged.result(), served.replayed());
             }
             if (served.result() instanceof Refusal refusal) {
+                if (refusal.expiresInMs() != Refusal.OF_A_CHARGE) {
+                    throw Rules.otherType(key, "ReservePayment");
+                }
                 if (served.replayed()) {
                     Rules.requireSameParams(key, Rules.chargeDiffers(refusal.userId(), refusal.amount(), request));
                 }
@@ -105,6 +117,8 @@ public final class PaymentNode {
         }
 
         static final String REFUND_SUFFIX = ":refund";
+        static final String CAPTURE_SUFFIX = ":capture";
+        static final String VOID_SUFFIX = ":void";
 
         /** The saga_id of a charge key: what comes before its last {@code ":step"}. */
         static String sagaIdOf(String chargeKey) {
@@ -267,25 +281,215 @@ public final class PaymentNode {
             return existing == null || existing == Compensated.STEP;
         }
 
+        // ---- Two-phase payments (docs/PROTOCOL.md section 11): a hold, then one capture or one void ----
+
+        /** ReservePayment: the step's hold, made by the first attempt under the step's own key (a step is charged or reserved). */
+        Served<ReserveResult> reserve(ReserveRequest request) {
+            String key = request.key();
+            Served<Entry> served = once(key, () -> firstReserve(request));
+            if (served.result() instanceof Reserved reserved) {
+                if (served.replayed()) {
+                    Rules.requireSameParams(key, Rules.reserveDiffers(reserved.userId(), reserved.amount(), reserved.expiresInMs(), request));
+                }
+                return new Served<>(reserved.reserveResult(), served.replayed());
+            }
+            if (served.result() instanceof Refusal refusal && refusal.expiresInMs() != Refusal.OF_A_CHARGE) {
+                if (served.replayed()) {
+                    Rules.requireSameParams(key, Rules.reserveDiffers(refusal.userId(), refusal.amount(), refusal.expiresInMs(), request));
+                }
+                throw refusal.error();
+            }
+            if (served.result() instanceof Charged || served.result() instanceof Refusal) {
+                throw Rules.otherType(key, "ChargePayment");
+            }
+            throw Rules.compensatedFirst(key, "reserved");
+        }
+
+        /** The hold itself, once per key; a mode may refuse it first (--balance: a decline when holds and charges leave too little). */
+        Entry firstReserve(ReserveRequest request) {
+            return reserveUntil(request, expiresAt(request));
+        }
+
+        final Reserved reserveUntil(ReserveRequest request, long expiresAt) {
+            long number = paymentCount.incrementAndGet();
+            journal.reserved(request, number, expiresAt);   // before anyone can capture or void it, so the journal keeps that order
+            Reserved reserved = new Reserved(request.key(), request.userId(), request.amount().text(),
+                    request.expiresInMs() == null ? -1 : request.expiresInMs(), expiresAt, number);
+            payments.add(number, reserved);
+            return reserved;
+        }
+
+        /** When a reservation made now expires: its expires_in_ms, else --reserve-ttl, from now; {@link Reserved#NEVER} for neither. */
+        long expiresAt(ReserveRequest request) {
+            long ttl = request.expiresInMs() != null ? request.expiresInMs() : reserveTtlMillis;
+            if (ttl == 0) {
+                return Reserved.NEVER;
+            }
+            long at = now() + ttl;
+            return at < 0 ? Reserved.NEVER - 1 : at;   // past the end of time: as good as never, and still a deadline
+        }
+
+        long now() {
+            return clock.getAsLong();
+        }
+
+        /** A cluster decides by its log's times, never by a node's own clock: every node then decides alike. */
+        void decideBy(LongSupplier clock) {
+            this.clock = clock;
+        }
+
+        void reserveTtl(long millis) {
+            this.reserveTtlMillis = millis;
+        }
+
+        /** CapturePayment: takes the step's hold (all of it, or part, releasing the rest), once; every retry gets the capture again. */
+        Served<CaptureResult> capture(CaptureRequest request) {
+            String key = request.key();
+            Served<Entry> served = once(key, () -> firstCapture(request));
+            Captured captured = (Captured) served.result();
+            if (served.replayed()) {
+                Rules.requireSameParams(key, Rules.refundDiffers(captured.paymentId(), captured.amount(), request.paymentId(), request.amount()));
+            }
+            return new Served<>(captured.result(), served.replayed());
+        }
+
+        /** A capture that cannot happen leaves no record (a capture that overtook its reservation may come again). */
+        private Captured firstCapture(CaptureRequest request) {
+            Reserved reservation = reservationOf(request.chargeKey(), request.paymentId());
+            String captured;
+            String released;
+            synchronized (reservation) {   // a capture and a void of one hold: exactly one of them resolves it
+                Hold hold = holdNow(reservation, request.chargeKey());
+                switch (hold) {
+                    case VOIDED -> throw new RpcError(Reason.RESERVATION_VOIDED, "the reservation " + reservation.paymentId() + " of step "
+                            + request.chargeKey() + " was voided: nothing was captured");
+                    case EXPIRED -> throw new RpcError(Reason.RESERVATION_EXPIRED, "the reservation " + reservation.paymentId() + " of step "
+                            + request.chargeKey() + " expired: nothing was captured, its hold is released");
+                    case CAPTURED -> throw new BrokenInvariant(Invariant.HOLD_RESOLVED_ONCE, reservation.paymentId() + " is captured, and "
+                            + request.key() + " has no capture");
+                    case RESERVED -> {
+                    }
+                }
+                captured = Rules.captureAmount(reservation.paymentId(), reservation.amount(), request.amount());
+                released = Rules.difference(reservation.amount(), captured);
+                journal.captured(request, captured, released, reservation.paymentNumber());
+                reservation.resolve(Hold.CAPTURED, captured);
+            }
+            holdResolved(reservation);
+            return new Captured(request.paymentId(), request.amount() == null ? null : request.amount().text(),
+                    new CaptureResult(reservation.paymentId(), captured, released));
+        }
+
+        /** VoidPayment: releases the step's hold, or closes a step not reserved yet (a null compensation); every retry gets it again. */
+        Served<VoidResult> voidHold(VoidRequest request) {
+            String key = request.key();
+            Served<Entry> served = once(key, () -> firstVoid(request));
+            Voided voided = (Voided) served.result();
+            if (served.replayed()) {
+                Rules.requireSameParams(key, Rules.refundDiffers(voided.paymentId(), null, request.paymentId(), null));
+            }
+            return new Served<>(voided.result(), served.replayed());
+        }
+
+        private Voided firstVoid(VoidRequest request) {
+            Entry step = settledEntry(request.chargeKey());
+            if (step instanceof Reserved reservation) {
+                Rules.requirePaymentOfStep(reservation.paymentId(), request.paymentId(), request.chargeKey());
+                String released;
+                boolean releasedNow;
+                synchronized (reservation) {
+                    Hold hold = holdNow(reservation, request.chargeKey());
+                    switch (hold) {
+                        case CAPTURED -> throw new RpcError(Reason.ALREADY_CAPTURED, "the reservation " + reservation.paymentId() + " of step "
+                                + request.chargeKey() + " is captured: compensate it with RefundPayment");
+                        case VOIDED -> throw new BrokenInvariant(Invariant.HOLD_RESOLVED_ONCE, reservation.paymentId() + " is voided, and "
+                                + request.key() + " has no void");
+                        case EXPIRED, RESERVED -> {
+                        }
+                    }
+                    releasedNow = hold == Hold.RESERVED;
+                    released = releasedNow ? reservation.amount() : Amount.ZERO.text();   // an expired hold was released when it expired
+                    journal.voided(request, released, reservation.paymentNumber());
+                    if (releasedNow) {
+                        reservation.resolve(Hold.VOIDED, null);
+                    }
+                }
+                if (releasedNow) {
+                    holdResolved(reservation);
+                }
+                return new Voided(request.paymentId(), new VoidResult(reservation.paymentId(), released));
+            }
+            if (step instanceof Charged) {
+                throw Rules.noReservation(request.chargeKey(), "it was charged: compensate it with RefundPayment");
+            }
+            if (step == null) {
+                if (request.paymentId() != null && payments.get(request.paymentId()) != null) {
+                    throw Rules.notOfStep(request.paymentId(), request.chargeKey(), "none");
+                }
+                // The void came before its reservation: close the step, so that a reservation arriving later is
+                // refused (no hanging hold), and the compensation and the action commute.
+                if (!closeStep(request.chargeKey())) {
+                    return firstVoid(request);   // the reservation won the race after all: void it
+                }
+            }
+            // No hold to release: a step declined, closed, or closed just now.
+            journal.voided(request, Amount.ZERO.text(), 0);
+            return new Voided(request.paymentId(), new VoidResult(null, Amount.ZERO.text()));
+        }
+
+        /** The step's reservation, named right if named: else the capture is refused, with nothing recorded. */
+        private Reserved reservationOf(String chargeKey, String paymentId) {
+            Entry step = settledEntry(chargeKey);
+            if (step == Compensated.STEP) {
+                throw Rules.compensatedFirst(chargeKey, "reserved or captured");
+            }
+            if (!(step instanceof Reserved reservation)) {
+                throw Rules.noReservation(chargeKey, step == null ? "none yet (a capture that came first may be sent again)"
+                        : step instanceof Charged ? "it was charged" : "its reservation was declined");
+            }
+            Rules.requirePaymentOfStep(reservation.paymentId(), paymentId, chargeKey);
+            return reservation;
+        }
+
+        /**
+         * The hold's state at this instant, called under its lock: a hold past its deadline expires now, for good
+         * (recorded, and released), so that no later instant (a clock set back, a node behind) can capture it.
+         */
+        private Hold holdNow(Reserved reservation, String chargeKey) {
+            if (reservation.holdAt(now()) == Hold.EXPIRED && reservation.hold() == Hold.RESERVED) {
+                journal.expired(chargeKey);
+                reservation.resolve(Hold.EXPIRED, null);
+                holdResolved(reservation);
+            }
+            return reservation.hold();
+        }
+
+        /** A hold resolved (captured, voided, expired): a mode may act on it (--balance: the capture is taken, the rest released). */
+        void holdResolved(Reserved reservation) {
+        }
+
         /**
          * What is recorded for a step, read without touching it: no key is created, claimed or closed, so
          * a status read before a compensation never makes that compensation "come first".
          */
         StepStatus status(StatusRequest request) {
+            String chargeKey = request.chargeKey();
+            long now = now();
             Entry step;
-            String refundedSoFar;
+            PaymentView payment;
             RefundResult refund;
-            do {   // one snapshot: the step, its payment's total and its refund are read again until none moved in between (found by Lincheck)
-                step = settledEntry(request.chargeKey());
-                refundedSoFar = step instanceof Charged payment ? payment.refundedSoFar() : null;
-                refund = settledEntry(request.refundKey()) instanceof Refunded refunded ? refunded.result() : null;
-            } while (step != settledEntry(request.chargeKey())
-                    || step instanceof Charged payment && !payment.refundedSoFar().equals(refundedSoFar));
-            if (step instanceof Charged payment) {
-                return new StepStatus("charged", new PaymentView(payment.paymentId(), payment.amount(), refundedSoFar), refund);
-            }
-            String status = step instanceof Refusal refusal ? refusal.status() : step == Compensated.STEP ? "compensated" : "none";
-            return new StepStatus(status, null, refund);
+            CaptureResult capture;
+            VoidResult voided;
+            do {   // one snapshot: the step, its payment and its other keys are read again until none moved in between (found by Lincheck)
+                step = settledEntry(chargeKey);
+                payment = step instanceof Charged charged ? charged.view(now) : null;
+                refund = settledEntry(chargeKey + REFUND_SUFFIX) instanceof Refunded refunded ? refunded.result() : null;
+                capture = settledEntry(chargeKey + CAPTURE_SUFFIX) instanceof Captured captured ? captured.result() : null;
+                voided = settledEntry(chargeKey + VOID_SUFFIX) instanceof Voided v ? v.result() : null;
+            } while (step != settledEntry(chargeKey) || step instanceof Charged charged && !charged.view(now).equals(payment));
+            String status = payment != null ? payment.status() : step instanceof Refusal refusal ? refusal.status()
+                    : step == Compensated.STEP ? "compensated" : "none";
+            return new StepStatus(status, payment, refund, capture, voided);
         }
 
         /** The final entry under a key, waiting for an attempt in progress; null if there is none. */
@@ -300,7 +504,19 @@ public final class PaymentNode {
          * {@code drewOn}: the number of the payment a refund drew on, 0 for none.
          */
         void restore(String key, Entry entry, long drewOn) {
-            if (entry instanceof Charged charged) {
+            if (entry instanceof Captured || entry instanceof Voided) {
+                Reserved reservation = drewOn == 0 ? null : payments.get(drewOn) instanceof Reserved reserved ? reserved : null;
+                if (drewOn != 0 && reservation == null) {
+                    throw new BrokenInvariant(Invariant.HOLD_RESOLVED_ONCE, key + " resolved p" + drewOn + ", which no record reserved");
+                }
+                if (entry instanceof Captured captured) {
+                    reservation.resolve(Hold.CAPTURED, captured.result().captured());
+                    holdResolved(reservation);
+                } else if (reservation != null && reservation.hold() == Hold.RESERVED) {   // else it had expired (its own record)
+                    reservation.resolve(Hold.VOIDED, null);
+                    holdResolved(reservation);
+                }
+            } else if (entry instanceof Charged charged) {
                 payments.add(charged.paymentNumber(), charged);
                 paymentCount.accumulateAndGet(charged.paymentNumber(), Math::max);
             } else if (entry instanceof Refunded refunded) {
@@ -314,6 +530,15 @@ public final class PaymentNode {
                 refundCount.accumulateAndGet(refunded.refundNumber(), Math::max);
             }
             entries.put(key, entry);
+        }
+
+        /** Replaying a journal: a hold found expired by a capture or a void (a record of its own: the capture left none). */
+        void restoreExpired(String chargeKey) {
+            if (!(entries.get(chargeKey) instanceof Reserved reservation)) {
+                throw new BrokenInvariant(Invariant.HOLD_RESOLVED_ONCE, chargeKey + " expired, and no record reserved it");
+            }
+            reservation.resolve(Hold.EXPIRED, null);
+            holdResolved(reservation);
         }
 
         /** The payment with this number, made by this node (replaying a journal: the payment a refund drew on). */
@@ -334,12 +559,27 @@ public final class PaymentNode {
     record Served<R>(R result, boolean replayed) {
     }
 
-    /** What a step's status read found: its status, its payment when charged, and its refund key's result (each null when none). */
-    record StepStatus(String status, PaymentView payment, RefundResult refund) {
+    /** A reservation as a reply shows it; {@code reserved} is the amount's text as the first request wrote it. */
+    record ReserveResult(String paymentId, String reserved) {
     }
 
-    /** A payment as PaymentStatus shows it: the amount as charged, and the exact total refunded from it so far. */
-    record PaymentView(String paymentId, String charged, String refunded) {
+    /** What a capture took of its reservation, and what it released (their sum is what was reserved). */
+    record CaptureResult(String paymentId, String captured, String released) {
+    }
+
+    /** What a void released; {@code paymentId} is null for a void that found no hold (a null compensation). */
+    record VoidResult(String paymentId, String released) {
+    }
+
+    /** What a step's status read found: its status, its payment when it has one, and its other keys' results (each null when none). */
+    record StepStatus(String status, PaymentView payment, RefundResult refund, CaptureResult capture, VoidResult voided) {
+    }
+
+    /**
+     * A payment as PaymentStatus shows it, one snapshot: a charge's amount ({@code charged}), or a reservation's
+     * ({@code reserved}) and what was captured of it, and the exact total refunded so far. {@code status} is the step's.
+     */
+    record PaymentView(String status, String paymentId, String charged, String reserved, String captured, String refunded) {
     }
 
     /**
@@ -352,7 +592,11 @@ public final class PaymentNode {
         /** A claimed key is settled (or freed) only by the attempt that claimed it. */
         CLAIM_SETTLED_BY_OWNER,
         /** A refund record draws on a payment that a record made before it (journal replay). */
-        REFUND_OF_A_KNOWN_PAYMENT;
+        REFUND_OF_A_KNOWN_PAYMENT,
+        /** A capture never takes more than its reservation holds. */
+        CAPTURE_WITHIN_HOLD,
+        /** A hold resolves once: captured, voided or expired, never two of them, never twice. */
+        HOLD_RESOLVED_ONCE;
 
         String wire() {
             return name().toLowerCase(Locale.ROOT);
@@ -445,7 +689,11 @@ public final class PaymentNode {
 
         /** A retry must repeat the params: those that differ from the first request's; amounts compare by value (99.99 equals 99.990). */
         static List<String> chargeDiffers(String userId, String amount, ChargeRequest request) {
-            return differs("user_id", !userId.equals(request.userId()), "amount", !request.amount().sameValue(amount));
+            return chargeDiffers(userId, amount, request.userId(), request.amount());
+        }
+
+        static List<String> chargeDiffers(String userId, String amount, String requestUserId, Amount requestAmount) {
+            return differs("user_id", !userId.equals(requestUserId), "amount", !requestAmount.sameValue(amount));
         }
 
         /** A refund's retry must repeat the params as first sent, given or not ({@code paymentId}, {@code amount}: null when not). */
@@ -466,8 +714,66 @@ public final class PaymentNode {
             }
         }
 
+        /** A capture's or a void's retry must repeat its params as first sent (the same comparison as a refund's). */
+        static List<String> refundDiffers(String paymentId, String amount, String requestPaymentId, Amount requestAmount) {
+            return differs("payment_id", !Objects.equals(paymentId, requestPaymentId),
+                    "amount", amount == null ? requestAmount != null : requestAmount == null || !requestAmount.sameValue(amount));
+        }
+
+        /** A reservation's retry repeats user_id, amount and expires_in_ms ({@code expiresInMs}: -1 when not given). */
+        static List<String> reserveDiffers(String userId, String amount, long expiresInMs, ReserveRequest request) {
+            List<String> differs = new ArrayList<>(chargeDiffers(userId, amount, request.userId(), request.amount()));
+            if (expiresInMs != (request.expiresInMs() == null ? -1 : request.expiresInMs())) {
+                differs.add("expires_in_ms");
+            }
+            return differs;
+        }
+
+        /** A step is charged or reserved: the other kind under its key is a reuse of the key. */
+        static RpcError otherType(String key, String firstType) {
+            return new RpcError(Reason.KEY_REUSED, "idempotency key " + key + " was first used by " + firstType, List.of("type"));
+        }
+
+        /** A payment named by a capture or a void must be the step's own. */
+        static void requirePaymentOfStep(String stepPaymentId, String named, String chargeKey) {
+            if (named != null && !named.equals(stepPaymentId)) {
+                throw notOfStep(named, chargeKey, stepPaymentId);
+            }
+        }
+
+        static RpcError notOfStep(String named, String chargeKey, String stepPaymentId) {
+            return new RpcError(Reason.PAYMENT_NOT_OF_STEP, "payment_id " + named + " is not the payment of step " + chargeKey + " (" + stepPaymentId + ")");
+        }
+
+        static RpcError noReservation(String chargeKey, String why) {
+            return new RpcError(Reason.NO_RESERVATION, "step " + chargeKey + " has no reservation: " + why);
+        }
+
+        /** What a capture takes: {@code requested}, or all that is reserved when null; never more (error 22). */
+        static String captureAmount(String paymentId, String reserved, Amount requested) {
+            if (requested == null) {
+                return reserved;
+            }
+            if (requested.value().compareTo(new BigDecimal(reserved)) > 0) {
+                throw new RpcError(Reason.CAPTURE_EXCEEDS_RESERVATION, "capture of " + requested.text() + " is more than reservation "
+                        + paymentId + " holds (" + reserved + ")");
+            }
+            return requested.text();
+        }
+
+        /** {@code whole - part}, exactly; zero is written 0. */
+        static String difference(String whole, String part) {
+            BigDecimal left = new BigDecimal(whole).subtract(new BigDecimal(part));
+            return left.signum() == 0 ? Amount.ZERO.text() : left.toPlainString();
+        }
+
         static RpcError compensatedFirst(String key) {
             return new RpcError(Reason.STEP_COMPENSATED, "step " + key + " was already compensated: its refund came first, so it is never charged");
+        }
+
+        /** A two-phase request on a step closed by a compensation (a refund or a void) that came before it. */
+        static RpcError compensatedFirst(String key, String never) {
+            return new RpcError(Reason.STEP_COMPENSATED, "step " + key + " was already compensated: its compensation came first, so it is never " + never);
         }
     }
 
@@ -492,6 +798,22 @@ public final class PaymentNode {
             }
 
             @Override
+            public void reserved(ReserveRequest request, long paymentNumber, long expiresAt) {
+            }
+
+            @Override
+            public void captured(CaptureRequest request, String captured, String released, long paymentNumber) {
+            }
+
+            @Override
+            public void voided(VoidRequest request, String released, long paymentNumber) {
+            }
+
+            @Override
+            public void expired(String chargeKey) {
+            }
+
+            @Override
             public void commit() {
             }
         };
@@ -506,6 +828,21 @@ public final class PaymentNode {
 
         /** {@code paymentNumber}: the payment of this node whose ledger the refund drew on, else 0. */
         void refunded(RefundRequest request, String refunded, long refundNumber, long paymentNumber);
+
+        /** {@code expiresAt}: the hold's deadline in milliseconds on the clock the table decides by ({@link Reserved#NEVER}: none). */
+        void reserved(ReserveRequest request, long paymentNumber, long expiresAt);
+
+        /** A refused reservation kept as the step's result ({@link Refusal}). */
+        default void refused(ReserveRequest request, Refusal refusal) {
+        }
+
+        void captured(CaptureRequest request, String captured, String released, long paymentNumber);
+
+        /** {@code paymentNumber}: the reservation it resolved, 0 when it found none (a null compensation, or a step declined). */
+        void voided(VoidRequest request, String released, long paymentNumber);
+
+        /** A hold found past its deadline by a capture or a void: expired for good. */
+        void expired(String chargeKey);
 
         void commit() throws IOException;
 
@@ -537,7 +874,7 @@ public final class PaymentNode {
      */
 
     /** A charge key's final entry: the payment it made, and that payment's refunds so far. */
-    static final class Charged implements Entry {
+    static class Charged implements Entry {
         private final byte[] params;          // CompactText: user_id, the amount's text as the request wrote it, then saga_id
         private final int userIdLength;
         private final int amountLength;
@@ -602,9 +939,23 @@ public final class PaymentNode {
             return refunded == null ? "0" : refunded.toPlainString();
         }
 
+        /** What its refunds draw on: all it charged (a reservation: what was captured of it, null before). Called under its lock. */
+        String ledger() {
+            return amount();
+        }
+
+        /** How PaymentStatus shows it at {@code now}, one snapshot. */
+        synchronized PaymentView view(long now) {
+            return new PaymentView("charged", paymentId(), amount(), null, null, refundedSoFar());
+        }
+
         /** Refunds {@code requested}, or all that is left when null; never more than was charged. Returns the amount's text. */
         synchronized String deductRefund(Amount requested) {
-            String amount = Rules.refundAmount(paymentId(), amount(), refunded, requested);
+            String ledger = ledger();
+            if (ledger == null) {
+                throw new RpcError(Reason.PAYMENT_NOT_CAPTURED, "payment " + paymentId() + " is a reservation not captured: void it instead");
+            }
+            String amount = Rules.refundAmount(paymentId(), ledger, refunded, requested);
             refunded = withinCharge(new BigDecimal(amount));
             return amount;
         }
@@ -617,12 +968,103 @@ public final class PaymentNode {
         /** The total refunded once {@code amount} is added, checked against the charge before anything changes. */
         private BigDecimal withinCharge(BigDecimal amount) {
             BigDecimal total = refunded == null ? amount : refunded.add(amount);
-            if (total.compareTo(new BigDecimal(amount())) > 0) {
+            String ledger = ledger();
+            if (total.compareTo(ledger == null ? BigDecimal.ZERO : new BigDecimal(ledger)) > 0) {
                 throw new BrokenInvariant(Invariant.REFUNDS_WITHIN_CHARGE, "the refunds of " + paymentId() + " would add up to "
-                        + total.toPlainString() + ", more than its charge of " + amount());
+                        + total.toPlainString() + ", more than its charge of " + (ledger == null ? "0 (not captured)" : ledger));
             }
             return total;
         }
+    }
+
+    /** Where a reservation's hold is: held, or resolved once and for good. */
+    enum Hold {
+        RESERVED, CAPTURED, VOIDED, EXPIRED;
+
+        /** As PaymentStatus writes it. */
+        String wire() {
+            return name().toLowerCase(Locale.ROOT);
+        }
+    }
+
+    /**
+     * A step's key's final entry for a ReservePayment: a payment (its id from the charges' sequence) that holds its
+     * amount until one capture or one void resolves it, or its deadline passes. Refunds draw on what was captured.
+     */
+    static final class Reserved extends Charged {
+        /** The deadline of a hold that never expires. */
+        static final long NEVER = Long.MAX_VALUE;
+        private final String key;             // the step's key: the hold's name in a mode's books (--balance)
+        private final long expiresInMs;       // as the request gave it, -1: not given (a retry must repeat it)
+        private final long expiresAt;         // on the clock the table decides by
+        private Hold hold = Hold.RESERVED;    // guarded by this
+        private String captured;              // guarded by this; null until captured
+
+        Reserved(String key, String userId, String amount, long expiresInMs, long expiresAt, long paymentNumber) {
+            super(PaymentHandler.sagaIdOf(key), userId, amount, paymentNumber);
+            this.key = key;
+            this.expiresInMs = expiresInMs;
+            this.expiresAt = expiresAt;
+        }
+
+        String key() {
+            return key;
+        }
+
+        ReserveResult reserveResult() {
+            return new ReserveResult(paymentId(), amount());
+        }
+
+        long expiresInMs() {
+            return expiresInMs;
+        }
+
+        long expiresAt() {
+            return expiresAt;
+        }
+
+        synchronized Hold hold() {
+            return hold;
+        }
+
+        /** The hold as of {@code now}, without resolving it: one past its deadline shows as expired. */
+        synchronized Hold holdAt(long now) {
+            return hold == Hold.RESERVED && now >= expiresAt ? Hold.EXPIRED : hold;
+        }
+
+        /** Resolves the hold, once; a capture takes {@code captured}, never more than is held. */
+        synchronized void resolve(Hold to, String captured) {
+            if (hold != Hold.RESERVED || to == Hold.RESERVED) {
+                throw new BrokenInvariant(Invariant.HOLD_RESOLVED_ONCE, paymentId() + " is " + hold.wire() + ", and would be " + to.wire());
+            }
+            if (captured != null && new BigDecimal(captured).compareTo(new BigDecimal(amount())) > 0) {
+                throw new BrokenInvariant(Invariant.CAPTURE_WITHIN_HOLD, "a capture of " + captured + " of " + paymentId() + ", which holds " + amount());
+            }
+            this.hold = to;
+            this.captured = captured;
+        }
+
+        synchronized String captured() {
+            return captured;
+        }
+
+        @Override
+        String ledger() {
+            return captured;
+        }
+
+        @Override
+        synchronized PaymentView view(long now) {
+            return new PaymentView(holdAt(now).wire(), paymentId(), null, amount(), captured == null ? Amount.ZERO.text() : captured, refundedSoFar());
+        }
+    }
+
+    /** A capture key's final entry: its params as first sent (each may be absent) and what it captured. */
+    record Captured(String paymentId, String amount, CaptureResult result) implements Entry {
+    }
+
+    /** A void key's final entry: its payment_id as first sent (may be absent) and what it released. */
+    record Voided(String paymentId, VoidResult result) implements Entry {
     }
 
     /**
@@ -759,9 +1201,17 @@ public final class PaymentNode {
      * and PaymentStatus shows its status.
      */
     interface Refusal extends Entry {
+        /** {@link #expiresInMs} of a refused charge (a refused reservation's is its expires_in_ms, -1 when not given). */
+        long OF_A_CHARGE = -2;
+
         String userId();
 
         String amount();
+
+        /** Whether it refused a charge ({@link #OF_A_CHARGE}) or a reservation, and that reservation's expires_in_ms param. */
+        default long expiresInMs() {
+            return OF_A_CHARGE;
+        }
 
         RpcError error();
 
@@ -849,6 +1299,12 @@ public final class PaymentNode {
         Reply refund(Envelope reply, RefundRequest request) throws IOException;
 
         Reply status(Envelope reply, StatusRequest request) throws IOException;
+
+        Reply reserve(Envelope reply, ReserveRequest request) throws IOException;
+
+        Reply capture(Envelope reply, CaptureRequest request) throws IOException;
+
+        Reply voidHold(Envelope reply, VoidRequest request) throws IOException;
 
         /** A type the card does not know: a mode's own message reads what it needs from its {@code line}; else error 10. */
         default Reply other(Envelope reply, String type, byte[] line, int start, int length) throws IOException {
@@ -1204,6 +1660,7 @@ public final class PaymentNode {
         Value userId;
         Value amount;
         Value paymentId;
+        Value expiresInMs;
 
         RawParams(JsonToken token) {
             this.token = token;
@@ -1219,6 +1676,7 @@ public final class PaymentNode {
                 case "user_id" -> params.userId = Value.read(parser, token);
                 case "amount" -> params.amount = Value.read(parser, token);
                 case "payment_id" -> params.paymentId = Value.read(parser, token);
+                case "expires_in_ms" -> params.expiresInMs = Value.read(parser, token);
                 default -> skip(parser, token);
             }
         }
@@ -1277,6 +1735,9 @@ public final class PaymentNode {
                 case "ChargePayment" -> service.charge(reply, ChargeRequest.from(body));
                 case "RefundPayment" -> service.refund(reply, RefundRequest.from(body));
                 case "PaymentStatus" -> service.status(reply, StatusRequest.from(body));
+                case "ReservePayment" -> service.reserve(reply, ReserveRequest.from(body));
+                case "CapturePayment" -> service.capture(reply, CaptureRequest.from(body));
+                case "VoidPayment" -> service.voidHold(reply, VoidRequest.from(body));
                 case "init" -> init(reply, message, body);
                 default -> service.other(reply, type, line, start, length);
             };
@@ -1328,8 +1789,21 @@ public final class PaymentNode {
         return value.text();
     }
 
+    /** A checked request that changes a key (all but PaymentStatus): a cluster logs it and sends it to the table later. */
+    interface Request {
+        String sagaId();
+
+        long step();
+
+        /** Its idempotency key. */
+        String key();
+
+        /** Sends it to the service's method of its type. */
+        Reply sendTo(Service service, Envelope reply) throws IOException;
+    }
+
     /** A ChargePayment, checked: docs/PROTOCOL.md, section 3. */
-    record ChargeRequest(String sagaId, long step, String userId, Amount amount) {
+    record ChargeRequest(String sagaId, long step, String userId, Amount amount) implements Request {
         static ChargeRequest from(RawBody body) {
             String sagaId = requiredString(body.sagaId, "saga_id");
             long step = requiredStep(body.step);
@@ -1339,8 +1813,14 @@ public final class PaymentNode {
                     Amount.parse(params.amount, "params.amount"));
         }
 
-        String key() {
+        @Override
+        public String key() {
             return PaymentHandler.chargeKey(sagaId, step);
+        }
+
+        @Override
+        public Reply sendTo(Service service, Envelope reply) throws IOException {
+            return service.charge(reply, this);
         }
     }
 
@@ -1461,6 +1941,33 @@ public final class PaymentNode {
         }
 
         @Override
+        public Reply reserve(Envelope reply, ReserveRequest request) {
+            Served<ReserveResult> served = table.reserve(request);
+            verboseCacheHit(served, request.key());
+            return replies -> replies.reserveOk(reply, request, served);
+        }
+
+        @Override
+        public Reply capture(Envelope reply, CaptureRequest request) {
+            Served<CaptureResult> served = table.capture(request);
+            verboseCacheHit(served, request.key());
+            return replies -> replies.captureOk(reply, request, served);
+        }
+
+        @Override
+        public Reply voidHold(Envelope reply, VoidRequest request) {
+            Served<VoidResult> served = table.voidHold(request);
+            verboseCacheHit(served, request.key());
+            return replies -> replies.voidOk(reply, request, served);
+        }
+
+        private void verboseCacheHit(Served<?> served, String key) {
+            if (served.replayed()) {
+                log.verboseCacheHit(key);
+            }
+        }
+
+        @Override
         public void init(String nodeId, int nodeIds) {
             if (nodeIds > 1) {
                 log.warn("init names " + nodeIds + " nodes, and this node shares no state with the others:"
@@ -1503,7 +2010,7 @@ public final class PaymentNode {
     }
 
     /** A RefundPayment, checked: docs/PROTOCOL.md, section 4. Both params are optional (null: not given). */
-    record RefundRequest(String sagaId, long step, String paymentId, Amount amount) {
+    record RefundRequest(String sagaId, long step, String paymentId, Amount amount) implements Request {
         static RefundRequest from(RawBody body) {
             String sagaId = requiredString(body.sagaId, "saga_id");
             long step = requiredStep(body.step);
@@ -1521,8 +2028,14 @@ public final class PaymentNode {
         }
 
         /** Its own key space: a refund is never answered with a charge's result, nor the other way round. */
-        String key() {
+        @Override
+        public String key() {
             return chargeKey() + PaymentHandler.REFUND_SUFFIX;
+        }
+
+        @Override
+        public Reply sendTo(Service service, Envelope reply) throws IOException {
+            return service.refund(reply, this);
         }
     }
 
@@ -1538,6 +2051,74 @@ public final class PaymentNode {
 
         String refundKey() {
             return chargeKey() + PaymentHandler.REFUND_SUFFIX;
+        }
+    }
+
+    /** A ReservePayment, checked: docs/PROTOCOL.md section 11. {@code expiresInMs}: null when not given. */
+    record ReserveRequest(String sagaId, long step, String userId, Amount amount, Long expiresInMs) implements Request {
+        static ReserveRequest from(RawBody body) {
+            ChargeRequest charge = ChargeRequest.from(body);   // the same params as a charge's, checked alike
+            Value ttl = body.params.expiresInMs;
+            Long expiresInMs = isMissing(ttl) ? null : longOrNull(ttl);
+            if (!isMissing(ttl) && (expiresInMs == null || expiresInMs <= 0)) {
+                throw malformed("params.expires_in_ms must be a positive integer (milliseconds)");
+            }
+            return new ReserveRequest(charge.sagaId(), charge.step(), charge.userId(), charge.amount(), expiresInMs);
+        }
+
+        /** The step's own key, shared with ChargePayment: a step is charged or reserved. */
+        @Override
+        public String key() {
+            return PaymentHandler.chargeKey(sagaId, step);
+        }
+
+        @Override
+        public Reply sendTo(Service service, Envelope reply) throws IOException {
+            return service.reserve(reply, this);
+        }
+    }
+
+    /** A CapturePayment, checked: both params are optional (null: not given). */
+    record CaptureRequest(String sagaId, long step, String paymentId, Amount amount) implements Request {
+        static CaptureRequest from(RawBody body) {
+            RefundRequest shape = RefundRequest.from(body);   // the same fields as a refund's, checked alike
+            return new CaptureRequest(shape.sagaId(), shape.step(), shape.paymentId(), shape.amount());
+        }
+
+        String chargeKey() {
+            return PaymentHandler.chargeKey(sagaId, step);
+        }
+
+        @Override
+        public String key() {
+            return chargeKey() + PaymentHandler.CAPTURE_SUFFIX;
+        }
+
+        @Override
+        public Reply sendTo(Service service, Envelope reply) throws IOException {
+            return service.capture(reply, this);
+        }
+    }
+
+    /** A VoidPayment, checked: payment_id is optional (null: not given); an amount is not its to give. */
+    record VoidRequest(String sagaId, long step, String paymentId) implements Request {
+        static VoidRequest from(RawBody body) {
+            RefundRequest shape = RefundRequest.from(body);
+            return new VoidRequest(shape.sagaId(), shape.step(), shape.paymentId());
+        }
+
+        String chargeKey() {
+            return PaymentHandler.chargeKey(sagaId, step);
+        }
+
+        @Override
+        public String key() {
+            return chargeKey() + PaymentHandler.VOID_SUFFIX;
+        }
+
+        @Override
+        public Reply sendTo(Service service, Envelope reply) throws IOException {
+            return service.voidHold(reply, this);
         }
     }
 
@@ -1674,11 +2255,17 @@ public final class PaymentNode {
         KV_VALUE_NOT_OURS(ErrorCode.CRASH),
         STEP_COMPENSATED(ErrorCode.ABORT),
         INSUFFICIENT_FUNDS(ErrorCode.ABORT),
+        NO_RESERVATION(ErrorCode.ABORT),
+        RESERVATION_VOIDED(ErrorCode.ABORT),
+        RESERVATION_EXPIRED(ErrorCode.ABORT),
+        ALREADY_CAPTURED(ErrorCode.ABORT),
         KEY_REUSED(ErrorCode.PRECONDITION_FAILED),
         REFUND_EXCEEDS_PAYMENT(ErrorCode.PRECONDITION_FAILED),
         PAYMENT_FULLY_REFUNDED(ErrorCode.PRECONDITION_FAILED),
         PAYMENT_NOT_OF_STEP(ErrorCode.PRECONDITION_FAILED),
-        PAYMENT_OF_ANOTHER_SAGA(ErrorCode.PRECONDITION_FAILED);
+        PAYMENT_OF_ANOTHER_SAGA(ErrorCode.PRECONDITION_FAILED),
+        CAPTURE_EXCEEDS_RESERVATION(ErrorCode.PRECONDITION_FAILED),
+        PAYMENT_NOT_CAPTURED(ErrorCode.PRECONDITION_FAILED);
 
         final ErrorCode code;
 
@@ -1826,25 +2413,98 @@ public final class PaymentNode {
             end(to);
         }
 
-        /** PaymentStatus_ok: the step's status, its payment (when charged) and its refund (when there is one). */
+        /** PaymentStatus_ok: the step's status, its payment (when it has one) and its other keys' results (when they have one). */
         void paymentStatusOk(Envelope to, StatusRequest request, StepStatus status) throws IOException {
             begin(to, "PaymentStatus_ok", request.sagaId(), request.step());
             json.field("status");
             json.string(status.status());
-            if (status.payment() != null) {
+            PaymentView payment = status.payment();
+            if (payment != null) {
                 json.ascii(", \"payment\": {\"payment_id\": ");
-                json.string(status.payment().paymentId());
-                json.ascii(", \"charged\": ");
-                json.ascii(status.payment().charged());
+                json.string(payment.paymentId());
+                if (payment.charged() != null) {
+                    json.ascii(", \"charged\": ");
+                    json.ascii(payment.charged());
+                } else {
+                    json.ascii(", \"reserved\": ");
+                    json.ascii(payment.reserved());
+                    json.ascii(", \"captured\": ");
+                    json.ascii(payment.captured());
+                }
                 json.ascii(", \"refunded\": ");
-                json.ascii(status.payment().refunded());
+                json.ascii(payment.refunded());
                 json.ascii("}");
             }
             if (status.refund() != null) {
                 json.ascii(", \"refund\": ");
                 refundResult(status.refund());
             }
+            if (status.capture() != null) {
+                json.ascii(", \"capture\": ");
+                captureResult(status.capture());
+            }
+            if (status.voided() != null) {
+                json.ascii(", \"void\": ");
+                voidResult(status.voided());
+            }
             end(to);
+        }
+
+        void reserveOk(Envelope to, ReserveRequest request, Served<ReserveResult> served) throws IOException {
+            begin(to, "ReservePayment_ok", request.sagaId(), request.step());
+            json.ascii(", \"result\": {\"payment_id\": ");
+            json.string(served.result().paymentId());
+            json.ascii(", \"reserved\": ");
+            json.ascii(served.result().reserved());
+            json.ascii("}");
+            note(served, "cached_result");
+            end(to);
+        }
+
+        void captureOk(Envelope to, CaptureRequest request, Served<CaptureResult> served) throws IOException {
+            begin(to, "CapturePayment_ok", request.sagaId(), request.step());
+            json.ascii(", \"result\": ");
+            captureResult(served.result());
+            note(served, "already_captured");
+            end(to);
+        }
+
+        void voidOk(Envelope to, VoidRequest request, Served<VoidResult> served) throws IOException {
+            begin(to, "VoidPayment_ok", request.sagaId(), request.step());
+            json.ascii(", \"result\": ");
+            voidResult(served.result());
+            note(served, "already_voided");
+            end(to);
+        }
+
+        private void note(Served<?> served, String note) {
+            if (served.replayed()) {
+                json.ascii(", \"note\": \"");
+                json.ascii(note);
+                json.ascii("\"");
+            }
+        }
+
+        private void captureResult(CaptureResult result) {
+            json.ascii("{\"payment_id\": ");
+            json.string(result.paymentId());
+            json.ascii(", \"captured\": ");
+            json.ascii(result.captured());
+            json.ascii(", \"released\": ");
+            json.ascii(result.released());
+            json.ascii("}");
+        }
+
+        private void voidResult(VoidResult result) {
+            json.ascii("{");
+            if (result.paymentId() != null) {
+                json.ascii("\"payment_id\": ");
+                json.string(result.paymentId());
+                json.ascii(", ");
+            }
+            json.ascii("\"released\": ");
+            json.ascii(result.released());
+            json.ascii("}");
         }
 
         private void refundResult(RefundResult result) {

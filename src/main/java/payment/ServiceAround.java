@@ -33,6 +33,21 @@ abstract class ServiceAround implements Service {
     }
 
     @Override
+    public Reply reserve(Envelope reply, ReserveRequest request) throws IOException {
+        return inner.reserve(reply, request);
+    }
+
+    @Override
+    public Reply capture(Envelope reply, CaptureRequest request) throws IOException {
+        return inner.capture(reply, request);
+    }
+
+    @Override
+    public Reply voidHold(Envelope reply, VoidRequest request) throws IOException {
+        return inner.voidHold(reply, request);
+    }
+
+    @Override
     public Reply other(Envelope reply, String type, byte[] line, int start, int length) throws IOException {
         return inner.other(reply, type, line, start, length);
     }

@@ -272,7 +272,7 @@ class ClusterMoneyRulesTest {
         JsonNode declined = reply(charge("n2", 2, "100", SimCluster.HONEST));
         assertEquals("insufficient_funds", declined.path("reason").asText(), declined.toString());
         for (String node : new String[] {"n1", "n2"}) {
-            assertBody("{\"type\":\"BalanceRead_ok\",\"user_id\":\"u1\",\"balance\":50,\"charged\":100,\"refunded\":0}",
+            assertBody("{\"type\":\"BalanceRead_ok\",\"user_id\":\"u1\",\"balance\":50,\"charged\":100,\"refunded\":0,\"held\":0}",
                     reply(send(node, "{\"type\":\"BalanceRead\",\"msg_id\":" + ++msgId + ",\"user_id\":\"u1\"}", SimCluster.HONEST)),
                     "BalanceRead on " + node);
         }

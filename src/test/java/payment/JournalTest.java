@@ -158,6 +158,26 @@ class JournalTest {
             }
 
             @Override
+            public void reserved(PaymentNode.ReserveRequest request, long paymentNumber, long expiresAt) {
+                appended.incrementAndGet();
+            }
+
+            @Override
+            public void captured(PaymentNode.CaptureRequest request, String captured, String released, long paymentNumber) {
+                appended.incrementAndGet();
+            }
+
+            @Override
+            public void voided(PaymentNode.VoidRequest request, String released, long paymentNumber) {
+                appended.incrementAndGet();
+            }
+
+            @Override
+            public void expired(String chargeKey) {
+                appended.incrementAndGet();
+            }
+
+            @Override
             public void commit() {
                 committed.set(appended.get());
             }

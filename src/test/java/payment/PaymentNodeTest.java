@@ -255,8 +255,8 @@ class PaymentNodeTest {
 
     @Test
     void optionsAreParsedStrictly() {
-        assertEquals(new CommandLine.Options(true, false, null, null, null, 0, false, 1000, 0), CommandLine.Options.parse(new String[] {"--verbose"}));
-        assertEquals(new CommandLine.Options(false, true, null, null, null, 0, false, 1000, 0), CommandLine.Options.parse(new String[] {"-h"}));
+        assertEquals(new CommandLine.Options(true, false, null, null, null, 0, false, 1000, 0, 0), CommandLine.Options.parse(new String[] {"--verbose"}));
+        assertEquals(new CommandLine.Options(false, true, null, null, null, 0, false, 1000, 0, 0), CommandLine.Options.parse(new String[] {"-h"}));
         IllegalArgumentException e = org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
                 () -> CommandLine.Options.parse(new String[] {"--journa"}));
         assertEquals("unknown option: --journa", e.getMessage());

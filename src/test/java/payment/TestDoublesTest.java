@@ -358,8 +358,8 @@ class TestDoublesTest {
         Node.Run run = Node.runWithOptions(input.getBytes(StandardCharsets.UTF_8), "--balance", "100.00");
         assertEquals(Wire.chargeOk("trip", 1, "p1", "30.00").to(1, 0) + Wire.chargeOk("trip", 1, "p1", "30.00").cached().to(2, 1)
                 + Wire.refundOk("trip", 1, "r1", "10").to(3, 2)
-                + new Wire.ReplyBody("\"type\": \"BalanceRead_ok\", \"user_id\": \"u1\", \"balance\": 80.00, \"charged\": 30.00, \"refunded\": 10").to(4, 3)
-                + new Wire.ReplyBody("\"type\": \"BalanceRead_ok\", \"user_id\": \"u9\", \"balance\": 100.00, \"charged\": 0, \"refunded\": 0").to(5, 4)
+                + new Wire.ReplyBody("\"type\": \"BalanceRead_ok\", \"user_id\": \"u1\", \"balance\": 80.00, \"charged\": 30.00, \"refunded\": 10, \"held\": 0").to(4, 3)
+                + new Wire.ReplyBody("\"type\": \"BalanceRead_ok\", \"user_id\": \"u9\", \"balance\": 100.00, \"charged\": 0, \"refunded\": 0, \"held\": 0").to(5, 4)
                 + Wire.error(12, "malformed_request", "missing user_id").to(6, 5), run.stdout());
         Node.Run without = Node.runWithOptions(Wire.request("{\"type\":\"BalanceRead\",\"msg_id\":1,\"user_id\":\"u1\"}")
                 .getBytes(StandardCharsets.UTF_8));
