@@ -41,7 +41,8 @@ import java.util.regex.Pattern;
  * <p>Its heart comes first: {@link PaymentHandler}, the idempotency table, a {@link ConcurrentHashMap}
  * from idempotency key ({@code saga42:step2}) to the result of that step, claimed atomically, so that a
  * step retried any number of times, from any number of threads, charges or refunds at most once and every
- * attempt gets the same answer. Then the loop that feeds it, in the order a line travels: {@link #main}
+ * attempt gets the same answer. Two-phase payments (reserve, then one capture or one void) are the same table
+ * under keys of their own. Then the loop that feeds it, in the order a line travels: {@link #main}
  * → {@link #serve read a line} → {@link #parse parse} → {@link #dispatch dispatch} → {@link ChargeRequest
  * check} → the table → {@link ReplyWriter reply} → flush (when the input runs dry, so that nobody waits
  * for a reply sitting in a buffer).
@@ -50,7 +51,8 @@ import java.util.regex.Pattern;
  * balances, injected faults, a cluster, the command line) is a file beside this one, plugged in through
  * the seams this file offers: {@link Service} (where checked requests go), {@link Journal} (where the
  * table records each change), {@link Refusal} (a step's result that is a refusal) and the table's
- * {@code firstCharge} / {@code refundPayment} / {@code restore}.
+ * {@code firstCharge} / {@code firstReserve} / {@code refundPayment} / {@code holdResolved} / {@code restore}
+ * / {@code decideBy} (the clock two-phase payments are decided by).
  */
 public final class PaymentNode {
 
