@@ -90,7 +90,7 @@ public final class PaymentNode {
             String key = chargeKey(request.sagaId(), request.step());
             Served<Entry> served = once(key, () -> firstCharge(request));
             if (served.result() instanceof Charged charged) {
-                if (charged instanceof Reserved) {
+                if (charged instanceof Reserved) {   // a step is charged or reserved
                     throw Rules.otherType(key, "ReservePayment");
                 }
                 if (served.replayed()) {
@@ -99,7 +99,7 @@ public final class PaymentNode {
                 return new Served<>(charged.result(), served.replayed());
             }
             if (served.result() instanceof Refusal refusal) {
-                if (refusal.expiresInMs() != Refusal.OF_A_CHARGE) {
+                if (refusal.ofReservation()) {
                     throw Rules.otherType(key, "ReservePayment");
                 }
                 if (served.replayed()) {
@@ -295,7 +295,7 @@ public final class PaymentNode {
                 }
                 return new Served<>(reserved.reserveResult(), served.replayed());
             }
-            if (served.result() instanceof Refusal refusal && refusal.expiresInMs() != Refusal.OF_A_CHARGE) {
+            if (served.result() instanceof Refusal refusal && refusal.ofReservation()) {
                 if (served.replayed()) {
                     Rules.requireSameParams(key, Rules.reserveDiffers(refusal.userId(), refusal.amount(), refusal.expiresInMs(), request));
                 }
@@ -485,9 +485,12 @@ public final class PaymentNode {
             do {   // one snapshot: the step, its payment and its other keys are read again until none moved in between (found by Lincheck)
                 step = settledEntry(chargeKey);
                 payment = step instanceof Charged charged ? charged.view(now) : null;
-                refund = settledEntry(chargeKey + REFUND_SUFFIX) instanceof Refunded refunded ? refunded.result() : null;
-                capture = settledEntry(chargeKey + CAPTURE_SUFFIX) instanceof Captured captured ? captured.result() : null;
-                voided = settledEntry(chargeKey + VOID_SUFFIX) instanceof Voided v ? v.result() : null;
+                refund = settledEntry(request.refundKey()) instanceof Refunded refunded ? refunded.result() : null;
+                // Only a reservation has a capture, and a void leaves its step reserved, closed or declined: a charged
+                // step (or one with nothing yet) has neither, and its read costs no more than before two-phase payments.
+                boolean twoPhase = step instanceof Reserved || step == Compensated.STEP || step instanceof Refusal;
+                capture = twoPhase && settledEntry(chargeKey + CAPTURE_SUFFIX) instanceof Captured captured ? captured.result() : null;
+                voided = twoPhase && settledEntry(chargeKey + VOID_SUFFIX) instanceof Voided v ? v.result() : null;
             } while (step != settledEntry(chargeKey) || step instanceof Charged charged && !charged.view(now).equals(payment));
             String status = payment != null ? payment.status() : step instanceof Refusal refusal ? refusal.status()
                     : step == Compensated.STEP ? "compensated" : "none";
@@ -700,8 +703,7 @@ public final class PaymentNode {
 
         /** A refund's retry must repeat the params as first sent, given or not ({@code paymentId}, {@code amount}: null when not). */
         static List<String> refundDiffers(String paymentId, String amount, RefundRequest request) {
-            return differs("payment_id", !Objects.equals(paymentId, request.paymentId()),
-                    "amount", amount == null ? request.amount() != null : request.amount() == null || !request.amount().sameValue(amount));
+            return refundDiffers(paymentId, amount, request.paymentId(), request.amount());
         }
 
         private static List<String> differs(String first, boolean firstDiffers, String second, boolean secondDiffers) {
@@ -716,7 +718,7 @@ public final class PaymentNode {
             }
         }
 
-        /** A capture's or a void's retry must repeat its params as first sent (the same comparison as a refund's). */
+        /** A refund's, a capture's or a void's retry must repeat its params as first sent, given or not (null: not). */
         static List<String> refundDiffers(String paymentId, String amount, String requestPaymentId, Amount requestAmount) {
             return differs("payment_id", !Objects.equals(paymentId, requestPaymentId),
                     "amount", amount == null ? requestAmount != null : requestAmount == null || !requestAmount.sameValue(amount));
@@ -1213,6 +1215,10 @@ public final class PaymentNode {
         /** Whether it refused a charge ({@link #OF_A_CHARGE}) or a reservation, and that reservation's expires_in_ms param. */
         default long expiresInMs() {
             return OF_A_CHARGE;
+        }
+
+        default boolean ofReservation() {
+            return expiresInMs() != OF_A_CHARGE;
         }
 
         RpcError error();
@@ -1921,18 +1927,14 @@ public final class PaymentNode {
         @Override
         public Reply charge(Envelope reply, ChargeRequest request) {
             Served<ChargeResult> served = table.charge(request);
-            if (served.replayed()) {
-                log.verboseCacheHit(request.key());
-            }
+            verboseCacheHit(served, request.key());
             return replies -> replies.chargeOk(reply, request, served);
         }
 
         @Override
         public Reply refund(Envelope reply, RefundRequest request) {
             Served<RefundResult> served = table.refund(request);
-            if (served.replayed()) {
-                log.verboseCacheHit(request.key());
-            }
+            verboseCacheHit(served, request.key());
             return replies -> replies.refundOk(reply, request, served);
         }
 
