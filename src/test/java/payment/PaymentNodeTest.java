@@ -214,6 +214,36 @@ class PaymentNodeTest {
         assertTrue(run.stderr().contains("line 2: invariant refunds_within_charge broken"), run.stderr());
     }
 
+    /** A hold resolved twice is a bug: the table refuses it in production, answered 13 naming hold_resolved_once (issue 21). */
+    @Test
+    void aHoldResolvedTwiceIsAnswered13AndNamed() {
+        Node.CapturedLog log = Node.CapturedLog.of(false);
+        PaymentNode.PaymentHandler resolvingTwice = new PaymentNode.PaymentHandler(log.log(), PaymentNode.Journal.NONE) {
+            @Override
+            void holdResolved(PaymentNode.Reserved reservation) {
+                reservation.resolve(PaymentNode.Hold.VOIDED, null);   // a bug that voids what was just captured
+            }
+        };
+        String input = Wire.request("{\"type\":\"ReservePayment\",\"msg_id\":1,\"saga_id\":\"s\",\"step\":1,\"params\":{\"user_id\":\"u1\",\"amount\":50}}")
+                + Wire.request("{\"type\":\"CapturePayment\",\"msg_id\":2,\"saga_id\":\"s\",\"step\":1}");
+        Node.Run run = Node.run(input.getBytes(StandardCharsets.UTF_8), resolvingTwice, log);
+        assertEquals(new Wire.ReplyBody("\"type\": \"ReservePayment_ok\", \"saga_id\": \"s\", \"step\": 1, \"result\": {\"payment_id\": \"p1\", \"reserved\": 50}").to(1, 0)
+                + Wire.error(13, "internal_error", "internal error: invariant hold_resolved_once broken: p1 is captured, and would be voided").to(2, 1),
+                run.stdout());
+        assertTrue(run.stderr().contains("line 2: invariant hold_resolved_once broken"), run.stderr());
+    }
+
+    /** A capture above its hold is a bug the reservation itself refuses, whatever code asks it (issue 21). */
+    @Test
+    void aCaptureAboveItsHoldIsRefusedByTheReservation() {
+        PaymentNode.Reserved reservation = new PaymentNode.Reserved("s:step1", "u1", "50.00", -1, PaymentNode.Reserved.NEVER, 1);
+        PaymentNode.BrokenInvariant broken = org.junit.jupiter.api.Assertions.assertThrows(PaymentNode.BrokenInvariant.class,
+                () -> reservation.resolve(PaymentNode.Hold.CAPTURED, "50.01"));
+        assertEquals(PaymentNode.Invariant.CAPTURE_WITHIN_HOLD, broken.invariant);
+        assertEquals("invariant capture_within_hold broken: a capture of 50.01 of p1, which holds 50.00", broken.getMessage());
+        assertEquals(PaymentNode.Hold.RESERVED, reservation.hold(), "nothing changed");
+    }
+
     /** A bug outside any request (a mode's timed work inside a read) stops the node with status 1, its earlier replies out. */
     @Test
     void aBugOutsideAnyRequestStopsTheNodeWithItsRepliesOut() {
