@@ -32,14 +32,22 @@ import java.util.Set;
  * <li>{@code garbage}: every 9th line it writes is preceded by a line that is not JSON, and every 7th charge is
  * answered with the type RefundPayment_ok;</li>
  * <li>{@code sticky-refusal}: a refused refund leaves its key blocked: a corrected request under it is refused too;</li>
- * <li>{@code dies}: correct, and exits for good {@value #DIES_AFTER_MILLIS} ms after its first init.</li>
+ * <li>{@code dies}: correct, and exits for good {@value #DIES_AFTER_MILLIS} ms after its first init;</li>
+ * <li>{@code overcapture}: never checks a capture against what its reservation holds;</li>
+ * <li>{@code capture-and-void}: a void ignores a capture: it releases a captured reservation;</li>
+ * <li>{@code capture-after-void}: a capture ignores a void: it takes a voided reservation;</li>
+ * <li>{@code hanging-reserve}: a void that comes before its reservation does not close the step;</li>
+ * <li>{@code double-release}: a capture releases all that was held, the part it took as well.</li>
  * </ul>
+ * Two-phase payments (SPEC section 12) are kept as simply: a reservation per step key (expiring on this process's
+ * clock), a capture key and a void key beside it.
  */
 final class BrokenNodes {
     private static final ObjectMapper JSON = new ObjectMapper().enable(DeserializationFeature.USE_BIG_DECIMAL_FOR_FLOATS)
             .enable(DeserializationFeature.USE_LONG_FOR_INTS);
 
-    static final List<String> MODES = List.of("correct", "silent", "forgetful", "overrefund", "one-id", "garbage", "sticky-refusal", "dies");
+    static final List<String> MODES = List.of("correct", "silent", "forgetful", "overrefund", "one-id", "garbage", "sticky-refusal", "dies",
+            "overcapture", "capture-and-void", "capture-after-void", "hanging-reserve", "double-release");
     static final long DIES_AFTER_MILLIS = 3000;
 
     /** The command that starts one broken node of {@code mode}, for the harness's {@code -- COMMAND}. */
@@ -56,10 +64,40 @@ final class BrokenNodes {
     private record Payment(String key, BigDecimal charged, BigDecimal[] refunded) {
     }
 
+    /** A step's reservation: {@code state} reserved, captured, voided or expired; {@code expiresAt} in ms (MAX: never). */
+    private static final class Hold {
+        final JsonNode params;
+        final ObjectNode result;
+        final String paymentId;
+        final BigDecimal amount;
+        final long expiresAt;
+        String state = "reserved";
+        BigDecimal captured = BigDecimal.ZERO;
+
+        Hold(JsonNode params, ObjectNode result, String paymentId, BigDecimal amount, long expiresAt) {
+            this.params = params;
+            this.result = result;
+            this.paymentId = paymentId;
+            this.amount = amount;
+            this.expiresAt = expiresAt;
+        }
+
+        /** The state now: a live hold past its deadline has expired. */
+        String now() {
+            if (state.equals("reserved") && System.nanoTime() / 1_000_000 >= expiresAt) {
+                state = "expired";
+            }
+            return state;
+        }
+    }
+
     private final String mode;
     private final PrintStream out;
     private final Map<String, Charge> charges = new HashMap<>();
     private final Map<String, Charge> refunds = new HashMap<>();
+    private final Map<String, Hold> holds = new HashMap<>();
+    private final Map<String, Charge> captures = new HashMap<>();
+    private final Map<String, Charge> voids = new HashMap<>();
     private final Map<String, Payment> payments = new HashMap<>();
     private final Set<String> closed = new HashSet<>();
     private final Set<String> refused = new HashSet<>();
@@ -118,6 +156,9 @@ final class BrokenNodes {
             case "ChargePayment" -> charge(key, body);
             case "RefundPayment" -> refund(key, body);
             case "PaymentStatus" -> status(key, body);
+            case "ReservePayment" -> reserve(key, body);
+            case "CapturePayment" -> capture(key, body);
+            case "VoidPayment" -> voidHold(key, body);
             default -> error(10, "not supported: " + type);
         };
         reply(message, answer);
@@ -133,6 +174,9 @@ final class BrokenNodes {
         if (!mode.equals("forgetful")) {
             if (closed.contains(key)) {
                 return error(14, "step " + key + " was compensated");
+            }
+            if (holds.containsKey(key)) {
+                return error(22, "key " + key + " was reserved");
             }
             Charge earlier = charges.get(key);
             if (earlier != null) {
@@ -162,7 +206,12 @@ final class BrokenNodes {
                     : error(22, "refund key reused with other params");
         }
         Charge own = remembers ? charges.get(key) : null;
-        String paymentId = own != null ? own.result().path("payment_id").asText() : params.path("payment_id").asText(null);
+        Hold held = remembers ? holds.get(key) : null;
+        if (held != null && !held.state.equals("captured")) {
+            return error(22, "payment_not_captured", "the reservation of " + key + " is not captured: void it instead");
+        }
+        String paymentId = own != null ? own.result().path("payment_id").asText()
+                : held != null ? held.paymentId : params.path("payment_id").asText(null);
         Payment payment = paymentId == null || !remembers ? null : payments.get(paymentId);
         ObjectNode result = JSON.createObjectNode();
         if (payment == null && (paymentId == null || !params.has("amount"))) {
@@ -186,10 +235,116 @@ final class BrokenNodes {
         return answer(ok("RefundPayment_ok", request), result, null);
     }
 
+    private ObjectNode reserve(String key, JsonNode request) {
+        JsonNode params = request.path("params");
+        if (!mode.equals("forgetful")) {
+            if (closed.contains(key)) {
+                return error(14, "step_compensated", "step " + key + " was compensated");
+            }
+            if (charges.containsKey(key)) {
+                return error(22, "key_reused", "key " + key + " was charged");
+            }
+            Hold earlier = holds.get(key);
+            if (earlier != null) {
+                return earlier.params.equals(params) ? answer(ok("ReservePayment_ok", request), earlier.result, "cached_result")
+                        : error(22, "key_reused", "key reused with other params");
+            }
+        }
+        String paymentId = mode.equals("one-id") ? "p1" : "p" + ++paymentIds;
+        BigDecimal amount = params.path("amount").decimalValue();
+        ObjectNode result = JSON.createObjectNode().put("payment_id", paymentId).put("reserved", amount);
+        long expiresAt = params.has("expires_in_ms") ? System.nanoTime() / 1_000_000 + params.path("expires_in_ms").asLong() : Long.MAX_VALUE;
+        if (!mode.equals("forgetful")) {
+            holds.put(key, new Hold(params, result, paymentId, amount, expiresAt));
+        }
+        return answer(ok("ReservePayment_ok", request), result, null);
+    }
+
+    private ObjectNode capture(String key, JsonNode request) {
+        String captureKey = key + ":capture";
+        JsonNode params = request.path("params");
+        Charge earlier = captures.get(captureKey);
+        if (earlier != null) {
+            return earlier.params().equals(params) ? answer(ok("CapturePayment_ok", request), earlier.result(), "already_captured")
+                    : error(22, "key_reused", "capture key reused with other params");
+        }
+        if (closed.contains(key)) {
+            return error(14, "step_compensated", "step " + key + " was compensated");
+        }
+        Hold hold = holds.get(key);
+        if (hold == null) {
+            return error(14, "no_reservation", "step " + key + " has no reservation");
+        }
+        String state = hold.now();
+        if (state.equals("voided") && !mode.equals("capture-after-void")) {
+            return error(14, "reservation_voided", "the reservation of " + key + " was voided");
+        }
+        if (state.equals("expired")) {
+            return error(14, "reservation_expired", "the reservation of " + key + " expired");
+        }
+        BigDecimal amount = params.has("amount") ? params.path("amount").decimalValue() : hold.amount;
+        if (amount.compareTo(hold.amount) > 0 && !mode.equals("overcapture")) {
+            return error(22, "capture_exceeds_reservation", "a capture of " + amount + " above the " + hold.amount + " reserved");
+        }
+        BigDecimal released = mode.equals("double-release") ? hold.amount : hold.amount.subtract(amount);
+        hold.state = "captured";
+        hold.captured = amount;
+        payments.put(hold.paymentId, new Payment(key, amount, new BigDecimal[] {BigDecimal.ZERO}));
+        ObjectNode result = JSON.createObjectNode().put("payment_id", hold.paymentId).put("captured", amount).put("released", released);
+        captures.put(captureKey, new Charge(params, result));
+        return answer(ok("CapturePayment_ok", request), result, null);
+    }
+
+    private ObjectNode voidHold(String key, JsonNode request) {
+        String voidKey = key + ":void";
+        JsonNode params = request.path("params");
+        Charge earlier = voids.get(voidKey);
+        if (earlier != null) {
+            return earlier.params().equals(params) ? answer(ok("VoidPayment_ok", request), earlier.result(), "already_voided")
+                    : error(22, "key_reused", "void key reused with other params");
+        }
+        Hold hold = holds.get(key);
+        ObjectNode result = JSON.createObjectNode();
+        if (hold != null) {
+            String state = hold.now();
+            if (state.equals("captured") && !mode.equals("capture-and-void")) {
+                return error(14, "already_captured", "the reservation of " + key + " is captured: refund it instead");
+            }
+            boolean live = state.equals("reserved") || state.equals("captured");
+            if (live) {
+                hold.state = "voided";
+            }
+            result.put("payment_id", hold.paymentId).put("released", live ? hold.amount : BigDecimal.ZERO);
+        } else if (charges.containsKey(key)) {
+            return error(14, "no_reservation", "step " + key + " was charged: refund it instead");
+        } else {
+            if (!mode.equals("hanging-reserve")) {
+                closed.add(key);   // the void came first: no reservation ever after
+            }
+            result.put("released", 0);
+        }
+        voids.put(voidKey, new Charge(params, result));
+        return answer(ok("VoidPayment_ok", request), result, null);
+    }
+
     private ObjectNode status(String key, JsonNode request) {
         ObjectNode answer = ok("PaymentStatus_ok", request);
         if (mode.equals("forgetful")) {
             return answer.put("status", "none");
+        }
+        Hold hold = holds.get(key);
+        if (hold != null) {
+            answer.put("status", hold.now());
+            Payment captured = payments.get(hold.paymentId);
+            answer.putObject("payment").put("payment_id", hold.paymentId).put("reserved", hold.amount).put("captured", hold.captured)
+                    .put("refunded", captured != null && hold.state.equals("captured") ? captured.refunded()[0] : BigDecimal.ZERO);
+            for (String[] other : new String[][] {{":refund", "refund"}, {":capture", "capture"}, {":void", "void"}}) {
+                Charge seen = (other[0].equals(":refund") ? refunds : other[0].equals(":capture") ? captures : voids).get(key + other[0]);
+                if (seen != null) {
+                    answer.set(other[1], seen.result());
+                }
+            }
+            return answer;
         }
         Charge charge = charges.get(key);
         answer.put("status", charge != null ? "charged" : closed.contains(key) ? "compensated" : "none");
@@ -215,6 +370,10 @@ final class BrokenNodes {
 
     private static ObjectNode error(int code, String text) {
         return JSON.createObjectNode().put("type", "error").put("code", code).put("text", text);
+    }
+
+    private static ObjectNode error(int code, String reason, String text) {
+        return error(code, text).put("reason", reason);
     }
 
     private void reply(JsonNode request, ObjectNode body) {

@@ -1,5 +1,6 @@
 package payment.harness;
 
+import payment.HoldInvariants;
 import payment.MoneyInvariants;
 
 import com.fasterxml.jackson.databind.JsonNode;
@@ -32,6 +33,11 @@ final class ClusterChecker {
         OTHER_PARAMS_ACCEPTED("other params accepted", "a key reused with other params answered ok (expected error 22)"),
         REFUSED_WITH_MONEY_LEFT("refund refused with money left", "a refund answered 22 although its payment had enough left, as a later status read shows"),
         COMPENSATION_DID_NOT_CLOSE("compensation did not close its step", "a step closed by a compensation that came first was charged"),
+        CAPTURE_ABOVE_RESERVATION("capture above its reservation", "a capture took more than its reservation held"),
+        CAPTURED_AND_VOIDED("captured and voided", "a void of a reservation answered ok after a capture of it was (one of them must have been refused)"),
+        CAPTURE_AFTER_VOID("capture after void or expiry", "a capture answered ok after a void of its reservation was, or after a capture was answered reservation_expired"),
+        HANGING_RESERVATION("hanging reservation", "a step closed by a void that came first (released 0, no payment) was reserved or charged after all"),
+        HOLD_NOT_RELEASED_ONCE("hold not released exactly once", "a capture's captured and released do not add up to the reservation, or a void released other than all of a live hold (nothing of an expired one)"),
         STALE_STATUS("stale status", "a PaymentStatus read missed what was acknowledged before it was sent"),
         UNRESOLVED("unresolved", "an operation without a definite answer after the healing phase"),
         UNAVAILABLE("unavailable", "no request answered for --stall-timeout: the run was stopped early, with these operations open"),
@@ -85,6 +91,11 @@ final class ClusterChecker {
 
         String stepKey() {
             return request().path("saga_id").asText() + ":step" + request().path("step").asText();
+        }
+
+        /** The error's reason (empty for an ok, or an error without one). */
+        String reason() {
+            return answer().path("reason").asText();
         }
 
         boolean ok() {
@@ -220,6 +231,9 @@ final class ClusterChecker {
         Map<String, Map<String, Map<String, Observation>>> outcomesOfKey = new TreeMap<>();   // key -> params -> outcome -> first seen
         Map<String, Map<String, Observation>> paymentsOfStep = new TreeMap<>();              // step key -> payment id -> first seen
         MoneyInvariants money = new MoneyInvariants();   // the rules every checker shares
+        HoldInvariants holds = new HoldInvariants();     // and those of two-phase payments
+        Map<String, String> reservationOfStep = new TreeMap<>();                            // step key -> its reservation's payment id
+        Map<String, BigDecimal> capturedOfPayment = new HashMap<>();                        // a reservation's payment id -> the most seen captured
         Map<String, String> refundIds = new HashMap<>();                                    // refund key -> its refund id
         Map<String, BigDecimal> chargedOfPayment = new HashMap<>();
         Map<String, Observation> compensatedFirst = new TreeMap<>();                          // step key -> the refund that closed it
@@ -238,6 +252,35 @@ final class ClusterChecker {
                         paymentsOfStep.computeIfAbsent(seen.stepKey(), k -> new LinkedHashMap<>()).putIfAbsent(payment, seen);
                         money.payment(seen.stepKey(), payment, result.path("charged").decimalValue(), whereOf(seen));
                         chargedOfPayment.putIfAbsent(payment, result.path("charged").decimalValue());
+                        holds.payment(seen.stepKey(), payment, whereOf(seen));
+                    }
+                }
+                case "ReservePayment" -> {
+                    outcomes(outcomesOfKey, seen.stepKey(), seen);
+                    if (seen.ok()) {
+                        String payment = result.path("payment_id").asText();
+                        paymentsOfStep.computeIfAbsent(seen.stepKey(), k -> new LinkedHashMap<>()).putIfAbsent(payment, seen);
+                        reservationOfStep.putIfAbsent(seen.stepKey(), payment);
+                        holds.reserved(seen.stepKey(), payment, result.path("reserved").decimalValue(), seen.invoke().nanos(), seen.reply().nanos(), whereOf(seen));
+                    }
+                }
+                case "CapturePayment" -> {
+                    if (!seen.reason().equals("no_reservation")) {   // a capture that found no reservation left no record: it may be served later
+                        outcomes(outcomesOfKey, seen.stepKey() + ":capture", seen);
+                    }
+                    if (seen.ok()) {
+                        capturedOfPayment.merge(result.path("payment_id").asText(), result.path("captured").decimalValue(), BigDecimal::max);
+                        holds.captured(seen.stepKey(), result.path("payment_id").asText(), result.path("captured").decimalValue(),
+                                result.path("released").decimalValue(), seen.invoke().nanos(), seen.reply().nanos(), whereOf(seen));
+                    } else if (seen.reason().equals("reservation_expired")) {
+                        holds.expired(seen.stepKey(), seen.invoke().nanos(), seen.reply().nanos(), whereOf(seen));
+                    }
+                }
+                case "VoidPayment" -> {
+                    outcomes(outcomesOfKey, seen.stepKey() + ":void", seen);
+                    if (seen.ok()) {
+                        holds.voided(seen.stepKey(), result.hasNonNull("payment_id") ? result.path("payment_id").asText() : null,
+                                result.path("released").decimalValue(), seen.invoke().nanos(), seen.reply().nanos(), whereOf(seen));
                     }
                 }
                 case "RefundPayment" -> {
@@ -257,8 +300,14 @@ final class ClusterChecker {
                         if (payment.hasNonNull("payment_id")) {
                             String id = payment.path("payment_id").asText();
                             paymentsOfStep.computeIfAbsent(seen.stepKey(), k -> new LinkedHashMap<>()).putIfAbsent(id, seen);
-                            money.payment(seen.stepKey(), id, payment.path("charged").decimalValue(), whereOf(seen));
-                            chargedOfPayment.putIfAbsent(id, payment.path("charged").decimalValue());
+                            holds.payment(seen.stepKey(), id, whereOf(seen));
+                            if (payment.has("reserved")) {   // a reservation: its ledger is what was captured, fed below
+                                reservationOfStep.putIfAbsent(seen.stepKey(), id);
+                                capturedOfPayment.merge(id, payment.path("captured").decimalValue(), BigDecimal::max);
+                            } else {
+                                money.payment(seen.stepKey(), id, payment.path("charged").decimalValue(), whereOf(seen));
+                                chargedOfPayment.putIfAbsent(id, payment.path("charged").decimalValue());
+                            }
                         }
                     }
                 }
@@ -267,6 +316,9 @@ final class ClusterChecker {
                 }
             }
         }
+        // A reservation is a payment whose ledger is what was captured of it (0 if nothing was: a refund of it must be refused).
+        reservationOfStep.forEach((step, id) -> money.payment(step, id, capturedOfPayment.getOrDefault(id, BigDecimal.ZERO),
+                "the reservation of " + step));
         // Refunds after every payment: a refund draws on the payment its step shows anywhere in the history.
         refundOfKey.forEach((refundKey, refund) -> money.refund(refundKey, refundIds.get(refundKey), paymentOf(refund, paymentsOfStep),
                 refund.answer().path("result").path("refunded").decimalValue(), whereOf(refund)));
@@ -276,6 +328,18 @@ final class ClusterChecker {
                 case ONE_STEP_PER_PAYMENT, ONE_KEY_PER_REFUND_ID -> add(Kind.ID_FOR_TWO_KEYS, broken.text());
                 case REFUNDS_WITHIN_CHARGE -> add(Kind.REFUNDS_ABOVE_CHARGE, broken.text());
                 case ONE_RESULT_PER_REFUND_KEY -> {
+                    // counted below as DIFFERENT_ANSWERS, which holds every key to one answer per params
+                }
+            }
+        }
+        for (HoldInvariants.Broken broken : holds.broken()) {
+            switch (broken.rule()) {
+                case CAPTURE_WITHIN_RESERVATION -> add(Kind.CAPTURE_ABOVE_RESERVATION, broken.text());
+                case CAPTURE_OR_VOID -> add(Kind.CAPTURED_AND_VOIDED, broken.text());
+                case NO_CAPTURE_AFTER_VOID_OR_EXPIRY -> add(Kind.CAPTURE_AFTER_VOID, broken.text());
+                case VOID_FIRST_CLOSES_STEP -> add(Kind.HANGING_RESERVATION, broken.text());
+                case RELEASED_ONCE -> add(Kind.HOLD_NOT_RELEASED_ONCE, broken.text());
+                case ONE_RESULT_PER_KEY -> {
                     // counted below as DIFFERENT_ANSWERS, which holds every key to one answer per params
                 }
             }
@@ -308,9 +372,14 @@ final class ClusterChecker {
         staleStatuses(statuses, paymentsOfStep, compensatedFirst, refundOfKey, chargedOfPayment);
     }
 
+    /**
+     * One answer under a key, by params. A reservation shares its step's key with a charge: its params are told apart by
+     * their type (a charge and a reservation of one step are two params, one of which must be refused).
+     */
     private static void outcomes(Map<String, Map<String, Map<String, Observation>>> outcomesOfKey, String key, Observation seen) {
+        String params = seen.request().has("params") ? seen.request().path("params").toString() : "(none)";
         outcomesOfKey.computeIfAbsent(key, k -> new TreeMap<>())
-                .computeIfAbsent(seen.request().has("params") ? seen.request().path("params").toString() : "(none)", p -> new LinkedHashMap<>())
+                .computeIfAbsent(seen.type().equals("ReservePayment") ? "ReservePayment " + params : params, p -> new LinkedHashMap<>())
                 .putIfAbsent(seen.outcome(), seen);
     }
 
@@ -328,9 +397,10 @@ final class ClusterChecker {
     private void refundsAboveCharges(List<Observation> statuses) {
         for (Observation status : statuses) {
             JsonNode payment = status.answer().path("payment");
-            if (payment.has("refunded") && payment.path("refunded").decimalValue().compareTo(payment.path("charged").decimalValue()) > 0) {
+            if (payment.has("refunded") && payment.path("refunded").decimalValue().compareTo(ledgerOf(payment)) > 0) {
                 add(Kind.REFUNDS_ABOVE_CHARGE, "PaymentStatus " + status.stepKey() + " by " + status.where() + " says " + payment.path("payment_id").asText()
-                        + " has refunded " + payment.path("refunded") + " of " + payment.path("charged"));
+                        + " has refunded " + payment.path("refunded") + " of " + ledgerOf(payment).toPlainString()
+                        + (payment.has("charged") ? "" : " captured"));
             }
         }
     }
@@ -345,6 +415,17 @@ final class ClusterChecker {
                                        List<Event> history) {
         for (Observation refusal : observations) {
             if (!refusal.type().equals("RefundPayment") || refusal.ok() || refusal.answer().path("code").asInt() != 22) {
+                continue;
+            }
+            if (refusal.reason().equals("payment_not_captured")) {
+                // A capture may land after the refusal (one still at work): only a capture acknowledged before the
+                // refund was sent proves the refusal wrong.
+                String payment = paymentOf(refusal, paymentsOfStep);
+                observations.stream().filter(capture -> capture.type().equals("CapturePayment") && capture.ok()
+                                && capture.answer().path("result").path("payment_id").asText().equals(payment)
+                                && capture.reply().nanos() < refusal.invoke().nanos()).findFirst()
+                        .ifPresent(capture -> add(Kind.REFUSED_WITH_MONEY_LEFT, refusal.stepKey() + ":refund was refused as not captured ("
+                                + refusal.where() + "), after the capture " + capture.answer().path("result") + " was acknowledged to " + capture.where()));
                 continue;
             }
             JsonNode params = refusal.request().path("params");
@@ -365,7 +446,7 @@ final class ClusterChecker {
                 if (status.invoke().nanos() <= refusal.reply().nanos() || !payment.equals(seen.path("payment_id").asText())) {
                     continue;
                 }
-                BigDecimal left = seen.path("charged").decimalValue().subtract(seen.path("refunded").decimalValue());
+                BigDecimal left = ledgerOf(seen).subtract(seen.path("refunded").decimalValue());
                 if (wanted == null ? left.signum() > 0 : left.compareTo(wanted) >= 0) {
                     add(Kind.REFUSED_WITH_MONEY_LEFT, refusal.stepKey() + ":refund " + asked + " was refused (" + refusal.answer().path("text").asText()
                             + ", " + refusal.where() + "), yet PaymentStatus " + status.stepKey() + " sent later (" + status.where() + ") shows "
@@ -454,6 +535,11 @@ final class ClusterChecker {
                 }
             }
         }
+    }
+
+    /** What a status read's payment can be refunded from: what it charged, or for a reservation what was captured of it. */
+    private static BigDecimal ledgerOf(JsonNode payment) {
+        return payment.has("charged") ? payment.path("charged").decimalValue() : payment.path("captured").decimalValue();
     }
 
     /** Where an observation was made, as a report names it. */

@@ -141,4 +141,135 @@ class ClusterCheckerTest {
         assertEquals(Map.of(Kind.DIFFERENT_ANSWERS, 1), counts());
         assertEquals(Set.of(Kind.DIFFERENT_ANSWERS), ClusterChecker.check(history).kinds());
     }
+
+    // ---- two-phase payments (SPEC section 12): the rules of HoldInvariants --------------------------------------
+
+    private static final String RESERVE = "{\"type\":\"ReservePayment\",\"saga_id\":\"s\",\"step\":1,\"params\":{\"user_id\":\"u\",\"amount\":10.00}}";
+    private static final String RESERVED = "{\"type\":\"ReservePayment_ok\",\"saga_id\":\"s\",\"step\":1,\"result\":{\"payment_id\":\"p1\",\"reserved\":10.00}}";
+    private static final String VOID = "{\"type\":\"VoidPayment\",\"saga_id\":\"s\",\"step\":1,\"compensating\":true}";
+    private static final String EXPIRED = "{\"type\":\"error\",\"code\":14,\"reason\":\"reservation_expired\",\"text\":\"expired\"}";
+
+    private static String capture(String amount) {
+        return "{\"type\":\"CapturePayment\",\"saga_id\":\"s\",\"step\":1,\"params\":{" + (amount == null ? "" : "\"amount\":" + amount) + "}}";
+    }
+
+    private static String captured(String captured, String released) {
+        return "{\"type\":\"CapturePayment_ok\",\"saga_id\":\"s\",\"step\":1,\"result\":{\"payment_id\":\"p1\",\"captured\":" + captured
+                + ",\"released\":" + released + "}}";
+    }
+
+    private static String voided(String paymentId, String released) {
+        return "{\"type\":\"VoidPayment_ok\",\"saga_id\":\"s\",\"step\":1,\"result\":{" + (paymentId == null ? "" : "\"payment_id\":\"" + paymentId + "\",")
+                + "\"released\":" + released + "}}";
+    }
+
+    /** Requests and their answers, one after the other: pairs of (request, answer). */
+    private void served(String... pairs) throws Exception {
+        for (int i = 0; i < pairs.length; i += 2) {
+            int op = history.size() + 1;
+            event(Type.INVOKE, op, op, pairs[i]);
+            event(pairs[i + 1].contains("\"error\"") ? Type.FAIL : Type.OK, op, op, pairs[i + 1]);
+        }
+    }
+
+    /** The happy paths leave nothing to report: a capture that came first (no record), a partial capture, its refund, a void of an expired hold. */
+    @Test
+    void twoPhaseSagasServedByTheRulesAreValid() throws Exception {
+        served(capture(null), "{\"type\":\"error\",\"code\":14,\"reason\":\"no_reservation\",\"text\":\"none yet\"}",
+                RESERVE, RESERVED, RESERVE, RESERVED.replace("}}", "},\"note\":\"cached_result\"}"),
+                CHARGE, "{\"type\":\"error\",\"code\":22,\"reason\":\"key_reused\",\"text\":\"reserved\"}",
+                capture(null), captured("10.00", "0"),
+                capture("6"), "{\"type\":\"error\",\"code\":22,\"reason\":\"key_reused\",\"text\":\"other params\"}",
+                VOID, "{\"type\":\"error\",\"code\":14,\"reason\":\"already_captured\",\"text\":\"captured\"}",
+                "{\"type\":\"RefundPayment\",\"saga_id\":\"s\",\"step\":1,\"params\":{\"amount\":4}}",
+                "{\"type\":\"RefundPayment_ok\",\"saga_id\":\"s\",\"step\":1,\"result\":{\"refund_id\":\"r1\",\"refunded\":4}}",
+                "{\"type\":\"PaymentStatus\",\"saga_id\":\"s\",\"step\":1}",
+                "{\"type\":\"PaymentStatus_ok\",\"saga_id\":\"s\",\"step\":1,\"status\":\"captured\",\"payment\":{\"payment_id\":\"p1\","
+                        + "\"reserved\":10.00,\"captured\":10.00,\"refunded\":4},\"refund\":{\"refund_id\":\"r1\",\"refunded\":4}}");
+        // step 2: reserved, expired (a capture says so), then voided: it releases nothing
+        served(RESERVE.replace("\"step\":1", "\"step\":2"), RESERVED.replace("\"step\":1", "\"step\":2").replace("p1", "p2"),
+                capture(null).replace("\"step\":1", "\"step\":2"), EXPIRED,
+                VOID.replace("\"step\":1", "\"step\":2"), voided("p2", "0").replace("\"step\":1", "\"step\":2"));
+        assertEquals(Map.of(), counts());
+    }
+
+    @Test
+    void aCaptureAboveItsReservationIsCaught() throws Exception {
+        served(RESERVE, RESERVED, capture("12"), captured("12", "-2"));
+        assertEquals(Map.of(Kind.CAPTURE_ABOVE_RESERVATION, 1), counts());
+    }
+
+    /** Both won: the kind says which answered second (a void after a capture; a capture after a void). */
+    @Test
+    void aCaptureAndAVoidOfOneReservationBothOkAreCaughtByWhichCameSecond() throws Exception {
+        served(RESERVE, RESERVED, capture(null), captured("10.00", "0"), VOID, voided("p1", "10.00"));
+        assertEquals(Map.of(Kind.CAPTURED_AND_VOIDED, 1), counts());
+        history.clear();
+        served(RESERVE, RESERVED, VOID, voided("p1", "10.00"), capture(null), captured("10.00", "0"));
+        assertEquals(Map.of(Kind.CAPTURE_AFTER_VOID, 1), counts());
+    }
+
+    /** After a reservation_expired answer no capture may be ok, even one asked with other params (an error leaves no record). */
+    @Test
+    void aCaptureOkAfterAReservationExpiredAnswerIsCaught() throws Exception {
+        served(RESERVE, RESERVED, capture("5"), EXPIRED, capture(null), captured("10.00", "0"));
+        assertEquals(Map.of(Kind.CAPTURE_AFTER_VOID, 1), counts());
+    }
+
+    @Test
+    void aReservationOfAStepClosedByAVoidThatCameFirstIsCaught() throws Exception {
+        served(VOID, voided(null, "0"), RESERVE, RESERVED);
+        assertEquals(Map.of(Kind.HANGING_RESERVATION, 1), counts());
+    }
+
+    /** Released exactly once: by the capture (what it did not take), by the void (all of a live hold), by the expiry (then the void releases 0). */
+    @Test
+    void aHoldReleasedTwiceOrNotAllIsCaught() throws Exception {
+        served(RESERVE, RESERVED, capture("6"), captured("6", "10.00"));
+        assertEquals(Map.of(Kind.HOLD_NOT_RELEASED_ONCE, 1), counts());
+        history.clear();
+        served(RESERVE, RESERVED, VOID, voided("p1", "4"));
+        assertEquals(Map.of(Kind.HOLD_NOT_RELEASED_ONCE, 1), counts());
+        history.clear();
+        served(RESERVE, RESERVED, capture(null), EXPIRED, VOID, voided("p1", "10.00"));
+        assertEquals(Map.of(Kind.HOLD_NOT_RELEASED_ONCE, 1), counts());
+    }
+
+    /** A captured reservation is refunded from what was captured, not from what was held. */
+    @Test
+    void refundsOfACapturedReservationAboveItsCaptureAreCaught() throws Exception {
+        served(RESERVE, RESERVED, capture("6"), captured("6", "4.00"),
+                "{\"type\":\"RefundPayment\",\"saga_id\":\"s\",\"step\":1,\"params\":{\"amount\":8}}",
+                "{\"type\":\"RefundPayment_ok\",\"saga_id\":\"s\",\"step\":1,\"result\":{\"refund_id\":\"r1\",\"refunded\":8}}");
+        assertEquals(Map.of(Kind.REFUNDS_ABOVE_CHARGE, 1), counts());
+    }
+
+    /**
+     * A refund refused as not captured is wrong only if a capture was acknowledged before it was sent: a capture still
+     * at work when it was refused may land after it, and a later status read then shows money to refund.
+     */
+    @Test
+    void aRefundRefusedAsNotCapturedIsWrongOnlyAfterAnAcknowledgedCapture() throws Exception {
+        String refundAll = "{\"type\":\"RefundPayment\",\"saga_id\":\"s\",\"step\":1}";
+        String notCaptured = "{\"type\":\"error\",\"code\":22,\"reason\":\"payment_not_captured\",\"text\":\"void it instead\"}";
+        String status = "{\"type\":\"PaymentStatus\",\"saga_id\":\"s\",\"step\":1}";
+        String capturedStatus = "{\"type\":\"PaymentStatus_ok\",\"saga_id\":\"s\",\"step\":1,\"status\":\"captured\",\"payment\":{\"payment_id\":\"p1\","
+                + "\"reserved\":10.00,\"captured\":10.00,\"refunded\":0},\"capture\":{\"payment_id\":\"p1\",\"captured\":10.00,\"released\":0}}";
+        served(RESERVE, RESERVED);
+        event(Type.INVOKE, 10, 10, capture(null));   // sent, its answer lost for now
+        served(refundAll, notCaptured);
+        event(Type.LATE, 10, 10, captured("10.00", "0"));
+        served(status, capturedStatus);
+        assertEquals(Map.of(), counts());
+        history.clear();
+        served(RESERVE, RESERVED, capture(null), captured("10.00", "0"), refundAll, notCaptured, status, capturedStatus);
+        assertEquals(Map.of(Kind.REFUSED_WITH_MONEY_LEFT, 1), counts());
+    }
+
+    /** Every retry of a capture or void key gets the same result. */
+    @Test
+    void aCaptureKeyAnsweredTwoWaysIsDifferentAnswers() throws Exception {
+        served(RESERVE, RESERVED, capture("6"), captured("6", "4.00"), capture("6"), captured("6", "4.00").replace("p1", "p9"));
+        assertEquals(Map.of(Kind.DIFFERENT_ANSWERS, 1), counts());
+    }
 }

@@ -716,7 +716,8 @@ final class ClusterHarness {
          * then refunded 40% at a time under three other steps of the saga (half the time all three at once, to three
          * nodes; one is refused, 22: only 20% left) and the refused one asked again for what is left (served: an
          * error leaves no record), or a compensation of the
-         * charge and its retry; and 15% of sagas compensate first, then charge (error 14). Every choice of a saga is
+         * charge and its retry; and 15% of sagas compensate first, then charge (error 14). {@value SagaPlan#TWO_PHASE_PERCENT}% of
+         * sagas are two-phase instead ({@link #holdSaga}): reserve, then capture or void. Every choice of a saga is
          * drawn before it starts ({@link SagaPlan}) from the seed and the saga's number, so that the seed pins them
          * whatever the answers and whichever client runs it.
          */
@@ -737,6 +738,10 @@ final class ClusterHarness {
         private void saga(long n) throws InterruptedException, WorkloadOver {
             SagaPlan plan = SagaPlan.draw(new Random(settings.seed() * 0x9E3779B97F4A7C15L + n * 0xBF58476D1CE4E5B9L), nodeIds);
             String saga = "saga" + n;
+            if (plan.twoPhase()) {
+                holdSaga(saga, plan);
+                return;
+            }
             if (plan.kind() < 15) {
                 call(refund(saga, 1, null, null), plan.node(0), plan.duplicate(0), Phase.RUN);
                 call(charge(saga, 1, plan.amount()), plan.node(1), false, Phase.RUN);
@@ -777,6 +782,83 @@ final class ClusterHarness {
                 call(refund(saga, 1, null, null), plan.node(4), plan.duplicate(1), Phase.RUN);
                 if (plan.flag(3)) {
                     call(refund(saga, 1, null, null), plan.node(5), false, Phase.RUN);
+                }
+            }
+            if (plan.flag(4)) {
+                call(status(saga, 1), plan.node(7), false, Phase.RUN);
+            }
+        }
+
+        /**
+         * A two-phase saga (SPEC section 12) on step 1: its reservation (sometimes expiring in under 300 ms), then one of
+         * <ul>
+         * <li>a void that comes first (a null compensation: the step is closed), then the late reservation (error 14) and
+         * sometimes its capture (14);</li>
+         * <li>a capture, of part (60%) or of all, sometimes first asked for more than is held (22, no record), its retry
+         * elsewhere (already_captured), then a refund of 40% of what was captured, or a void (14 already_captured);</li>
+         * <li>a void as compensation, its retry elsewhere (already_voided), and sometimes a late capture (14) or a refund of
+         * what was never captured (22);</li>
+         * <li>a capture and a void of the reservation at once on two nodes (exactly one wins), then each one's retry
+         * elsewhere.</li>
+         * </ul>
+         * The reservation is sometimes overtaken by a capture (14 no_reservation, nothing recorded), retried elsewhere
+         * (cached_result), and retried with another amount (22). A hold that may expire is always voided at the end (the
+         * compensation of an expired hold releases nothing). Duplicates go to two nodes at once, as for charges.
+         */
+        private void holdSaga(String saga, SagaPlan plan) throws InterruptedException, WorkloadOver {
+            String amount = plan.amount();
+            Long ttl = plan.expiresInMs() == 0 ? null : plan.expiresInMs();
+            String part = new BigDecimal(amount).multiply(new BigDecimal("0.6")).toPlainString();
+            if (plan.holdKind() < 20) {
+                call(voidHold(saga, 1), plan.node(0), plan.duplicate(0), Phase.RUN);
+                call(reserve(saga, 1, amount, ttl), plan.node(1), plan.duplicate(1), Phase.RUN);
+                if (plan.holdFlag(0)) {
+                    call(capture(saga, 1, null), plan.node(2), false, Phase.RUN);
+                }
+            } else {
+                if (plan.holdFlag(0)) {
+                    call(capture(saga, 1, null), plan.node(7), false, Phase.RUN);   // it overtook its reservation: 14, no record
+                }
+                JsonNode reserved = call(reserve(saga, 1, amount, ttl), plan.node(0), plan.duplicate(0), Phase.RUN);
+                if (plan.holdFlag(1)) {
+                    call(reserve(saga, 1, amount, ttl), plan.node(1), false, Phase.RUN);
+                }
+                if (reserved != null && reserved.path("type").asText().endsWith("_ok") && plan.holdFlag(2)) {
+                    call(reserve(saga, 1, new BigDecimal(amount).add(BigDecimal.ONE).toPlainString(), ttl), plan.node(2), false, Phase.RUN);
+                }
+                String captureAmount = plan.holdFlag(3) ? part : null;
+                if (plan.holdKind() < 50) {
+                    if (plan.holdFlag(4)) {   // more than is held: 22, and no record, so the capture below is served
+                        call(capture(saga, 1, new BigDecimal(amount).add(BigDecimal.ONE).toPlainString()), plan.node(3), false, Phase.RUN);
+                    }
+                    JsonNode captured = call(capture(saga, 1, captureAmount), plan.node(4), plan.duplicate(1), Phase.RUN);
+                    call(capture(saga, 1, captureAmount), plan.node(5), false, Phase.RUN);
+                    if (ttl == null && captured != null && captured.path("type").asText().endsWith("_ok") && plan.holdFlag(5)) {
+                        String refundPart = captured.path("result").path("captured").decimalValue().multiply(new BigDecimal("0.4")).toPlainString();
+                        call(refund(saga, 1, null, refundPart), plan.node(6), plan.duplicate(2), Phase.RUN);
+                    } else if (ttl == null && plan.holdFlag(6)) {
+                        call(voidHold(saga, 1), plan.node(6), false, Phase.RUN);   // of a captured hold: 14 already_captured
+                    }
+                } else if (plan.holdKind() < 75) {
+                    call(voidHold(saga, 1), plan.node(3), plan.duplicate(1), Phase.RUN);
+                    if (plan.holdFlag(4)) {
+                        call(voidHold(saga, 1), plan.node(4), false, Phase.RUN);
+                    }
+                    if (plan.holdFlag(5)) {
+                        call(capture(saga, 1, captureAmount), plan.node(5), plan.duplicate(2), Phase.RUN);
+                    }
+                    if (plan.holdFlag(6)) {
+                        call(refund(saga, 1, null, null), plan.node(6), false, Phase.RUN);   // never captured: 22 payment_not_captured
+                    }
+                } else {
+                    List<Op> raced = callTogether(List.of(capture(saga, 1, captureAmount), voidHold(saga, 1)),
+                            List.of(plan.node(3), nextNode(plan.node(3))));
+                    await(() -> pending.values().stream().noneMatch(request -> raced.contains(request.op())));
+                    call(capture(saga, 1, captureAmount), plan.node(4), false, Phase.RUN);
+                    call(voidHold(saga, 1), plan.node(5), plan.duplicate(2), Phase.RUN);
+                }
+                if (ttl != null && plan.holdKind() < 50) {
+                    call(voidHold(saga, 1), plan.node(6), false, Phase.RUN);   // the compensation: of an expired hold, it releases 0
                 }
             }
             if (plan.flag(4)) {
@@ -849,7 +931,11 @@ final class ClusterHarness {
      * operations, which are duplicated (1 in 4) and its yes/no choices (retry elsewhere 1 in 3, reuse with other params
      * 1 in 6, refunds together 1 in 2, compensation retried 1 in 2, a last status read 1 in 4).
      */
-    record SagaPlan(int kind, String amount, List<String> nodes, boolean[] duplicates, boolean[] flags) {
+    record SagaPlan(int kind, String amount, List<String> nodes, boolean[] duplicates, boolean[] flags, boolean twoPhase, int holdKind,
+                    long expiresInMs, boolean[] holdFlags) {
+        /** The share of sagas that are two-phase (in percent). */
+        static final int TWO_PHASE_PERCENT = 40;
+
         static SagaPlan draw(Random choice, List<String> nodeIds) {
             int kind = choice.nextInt(100);
             String amount = (1 + choice.nextInt(500)) + "." + (10 + choice.nextInt(90));
@@ -862,7 +948,17 @@ final class ClusterHarness {
                 duplicates[i] = choice.nextInt(4) == 0;
             }
             boolean[] flags = {choice.nextInt(3) == 0, choice.nextInt(6) == 0, choice.nextBoolean(), choice.nextBoolean(), choice.nextInt(4) == 0};
-            return new SagaPlan(kind, amount, nodes, duplicates, flags);
+            // drawn after the charge saga's choices, which they leave as they were
+            boolean twoPhase = choice.nextInt(100) < TWO_PHASE_PERCENT;
+            int holdKind = choice.nextInt(100);
+            long expiresInMs = choice.nextInt(4) == 0 ? 1 + choice.nextInt(300) : 0;
+            boolean[] holdFlags = {choice.nextInt(4) == 0, choice.nextInt(3) == 0, choice.nextInt(6) == 0, choice.nextBoolean(),
+                choice.nextInt(3) == 0, choice.nextBoolean(), choice.nextBoolean()};
+            return new SagaPlan(kind, amount, nodes, duplicates, flags, twoPhase, holdKind, expiresInMs, holdFlags);
+        }
+
+        boolean holdFlag(int which) {
+            return holdFlags[which];
         }
 
         String node(int operation) {
@@ -896,6 +992,29 @@ final class ClusterHarness {
             }
         }
         return body;
+    }
+
+    static ObjectNode reserve(String saga, long step, String amount, Long expiresInMs) {
+        ObjectNode params = JSON.createObjectNode().put("user_id", "u" + Math.floorMod(saga.hashCode(), 10));
+        params.put("amount", new BigDecimal(amount));
+        if (expiresInMs != null) {
+            params.put("expires_in_ms", expiresInMs);
+        }
+        return body("ReservePayment", saga, step).set("params", params);
+    }
+
+    /** A capture of the step's reservation: of {@code amount}, or (null) of all that is held. */
+    static ObjectNode capture(String saga, long step, String amount) {
+        ObjectNode body = body("CapturePayment", saga, step);
+        ObjectNode params = body.putObject("params");
+        if (amount != null) {
+            params.put("amount", new BigDecimal(amount));
+        }
+        return body;
+    }
+
+    static ObjectNode voidHold(String saga, long step) {
+        return body("VoidPayment", saga, step).put("compensating", true);
     }
 
     static ObjectNode status(String saga, long step) {

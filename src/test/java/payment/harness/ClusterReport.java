@@ -169,11 +169,30 @@ final class ClusterReport {
         if (code == 22 && type.equals("ChargePayment")) {
             return "error 22: a charge retried with another amount";
         }
-        if (code == 22 && type.equals("RefundPayment")) {
+        if (code == 22 && type.equals("RefundPayment") && !reply.path("reason").asText().equals("payment_not_captured")) {
             return "error 22: the third refund of 40% of one payment (20% left)";
         }
         if (code == 14 && type.equals("ChargePayment")) {
             return "error 14: the charge of a step compensated first";
+        }
+        String reason = reply.path("reason").asText();
+        if (code == 22 && type.equals("ReservePayment")) {
+            return "error 22: a reservation retried with another amount";
+        }
+        if (code == 22 && type.equals("CapturePayment")) {
+            return "error 22: a capture of more than is held";
+        }
+        if (code == 14 && type.equals("ReservePayment")) {
+            return "error 14: the reservation of a step voided first";
+        }
+        if (code == 14 && type.equals("CapturePayment") && !reason.isEmpty()) {
+            return "error 14: a capture refused, " + reason;
+        }
+        if (code == 14 && type.equals("VoidPayment")) {
+            return "error 14: a void of a captured hold";
+        }
+        if (code == 22 && type.equals("RefundPayment") && reason.equals("payment_not_captured")) {
+            return "error 22: a refund of a hold never captured";
         }
         return null;
     }
@@ -384,8 +403,8 @@ final class ClusterReport {
      * The run on one page, time downwards, scaled so that the whole run is a few screens (zoom with the buttons or
      * the + and - keys). A lane for the nemesis (each fault a red box named by its kind and target; healing and the
      * final reads in blue), then a lane per node: each request a box in the lane of the node it was sent to, from its
-     * sending to its completion, green ok, orange a definite error, grey unknown, with a letter for its type (C, R,
-     * S) where the box is tall enough; its request and reply show on hover and, kept, on click. A fault is also a
+     * sending to its completion, green ok, orange a definite error, grey unknown, with a letter for its type (C, R, S;
+     * H, T, V: reserve, capture, void) where the box is tall enough; its request and reply show on hover and, kept, on click. A fault is also a
      * band across its node's lane (across every lane for kv). One file with its own small script, nothing fetched.
      */
     static String timeline(ClusterHarness.Run run, Figures f) {
@@ -559,6 +578,9 @@ final class ClusterReport {
             case "ChargePayment" -> "C";
             case "RefundPayment" -> "R";
             case "PaymentStatus" -> "S";
+            case "ReservePayment" -> "H";
+            case "CapturePayment" -> "T";
+            case "VoidPayment" -> "V";
             default -> "?";
         };
     }
