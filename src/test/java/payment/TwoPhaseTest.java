@@ -730,6 +730,14 @@ class TwoPhaseTest {
                 .expect(charge("f", 1, "75.01"), declined("u1 has 75 left beside 10 held, the charge is 75.01 (f:step1)"))   // the stored decline
                 .expect(charge("g", 1, "85"), chargeOk("g", 1, "p5", "85"));
         third.close();
+
+        // An expiry is recorded, for good: a node restarted with its clock behind (set back) still finds both holds expired.
+        Clocked fourth = new Clocked("100", journal);
+        fourth.at(400)
+                .expect(status("a", 1), reservedStatus("a", 1, "expired", "p1", "10", "0", "0", null, null, null))
+                .expect(capture("a", 1, null, null), expired("p1", "a:step1"))
+                .expect(status("e", 1), reservedStatus("e", 1, "expired", "p4", "40", "0", "0", null, null, null));
+        fourth.close();
     }
 
     // ---- A capture and a void racing ------------------------------------------------------------------------
