@@ -107,7 +107,8 @@ public final class PaymentNode {
                 }
                 throw refusal.error();   // the step's result: every retry gets it again
             }
-            throw Rules.compensatedFirst(key);
+            // Closed by a compensation that came first: a refund's words stay as they were; a void's must not speak of a refund.
+            throw entries.containsKey(key + VOID_SUFFIX) ? Rules.compensatedFirst(key, "charged") : Rules.compensatedFirst(key);
         }
 
         /**
