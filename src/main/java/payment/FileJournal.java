@@ -99,6 +99,10 @@ final class FileJournal implements Journal {
             try {
                 complete = lines.tooLongPrefix == null && offset + length < size && replayRecord(lines.buf, lines.lineStart, length, handler);
             } catch (BrokenInvariant broken) {
+                if (firstBadLine != 0) {   // a good record that only breaks a rule for want of the damaged one: name the damage
+                    throw new IOException("record " + firstBadLine + " is damaged and good records follow it:"
+                            + " refusing to start rather than forget them (repair the file, or move it aside)");
+                }
                 throw new IOException("record " + lineNumber + ": " + broken.getMessage() + ": refusing to start (repair the file, or move it aside)");
             }
             offset += lines.tooLongPrefix != null ? lines.tooLongLength + 1 : length + 1;

@@ -515,11 +515,17 @@ public final class PaymentNode {
                 if (drewOn != 0 && reservation == null) {
                     throw new BrokenInvariant(Invariant.HOLD_RESOLVED_ONCE, key + " resolved p" + drewOn + ", which no record reserved");
                 }
+                if (reservation != null && !key.equals(reservation.key() + (entry instanceof Captured ? CAPTURE_SUFFIX : VOID_SUFFIX))) {
+                    throw new BrokenInvariant(Invariant.HOLD_RESOLVED_ONCE, key + " resolved " + reservation.paymentId() + ", the reservation of " + reservation.key());
+                }
                 if (entry instanceof Captured captured) {
+                    if (reservation == null) {
+                        throw new BrokenInvariant(Invariant.HOLD_RESOLVED_ONCE, key + " captured no reservation");
+                    }
                     reservation.resolve(Hold.CAPTURED, captured.result().captured());
                     holdResolved(reservation);
-                } else if (reservation != null && reservation.hold() == Hold.RESERVED) {   // else it had expired (its own record)
-                    reservation.resolve(Hold.VOIDED, null);
+                } else if (reservation != null && reservation.hold() != Hold.EXPIRED) {   // an expired hold: its own record came first, released 0
+                    reservation.resolve(Hold.VOIDED, null);   // a hold captured or voided already: refused, never resolved twice
                     holdResolved(reservation);
                 }
             } else if (entry instanceof Charged charged) {
