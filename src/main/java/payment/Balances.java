@@ -58,6 +58,21 @@ final class Balances {
         return shortfall[0];
     }
 
+    /** The step keys of the user's holds past their deadline at {@code now}, not resolved yet (none, nearly always). */
+    List<String> holdsPast(String userId, long now) {
+        Account account = accounts.get(userId);
+        if (account == null || account.holds().isEmpty()) {
+            return List.of();
+        }
+        List<String> past = new ArrayList<>();
+        for (Held hold : account.holds()) {
+            if (now >= hold.expiresAt()) {
+                past.add(hold.key());
+            }
+        }
+        return past;
+    }
+
     /** A hold resolved: {@code captured} (null: nothing, a void or an expiry) is taken from the balance, the rest released. */
     void release(String userId, String key, String captured) {
         update(userId, account -> {

@@ -29,7 +29,9 @@ final class FundedPaymentHandler extends PaymentHandler {
 
     @Override
     Entry firstCharge(ChargeRequest request) {
-        String shortfall = balances.withdraw(request.userId(), request.amount().value(), now());
+        long now = now();
+        expireHoldsPast(request.userId(), now);
+        String shortfall = balances.withdraw(request.userId(), request.amount().value(), now);
         if (shortfall == null) {
             return super.firstCharge(request);
         }
@@ -41,8 +43,10 @@ final class FundedPaymentHandler extends PaymentHandler {
 
     @Override
     Entry firstReserve(ReserveRequest request) {
+        long now = now();
+        expireHoldsPast(request.userId(), now);
         long expiresAt = expiresAt(request);
-        String shortfall = balances.hold(request.userId(), request.key(), request.amount().value(), expiresAt, now());
+        String shortfall = balances.hold(request.userId(), request.key(), request.amount().value(), expiresAt, now);
         if (shortfall == null) {
             return reserveUntil(request, expiresAt);
         }
@@ -50,6 +54,18 @@ final class FundedPaymentHandler extends PaymentHandler {
                 "declined: insufficient funds: " + shortfall + " (" + request.key() + ")");
         journal().refused(request, declined);
         return declined;
+    }
+
+    /**
+     * A decision that counts a user's money counts only live holds; the holds past their deadline are expired for good
+     * first (recorded, released, and never captured after), so that a charge never spends money a late capture then
+     * takes too (a capture decided at an earlier time: another node's clock), and no user's list of holds grows with
+     * holds nobody resolved.
+     */
+    private void expireHoldsPast(String userId, long now) {
+        for (String key : balances.holdsPast(userId, now)) {
+            expireIfDue(key);
+        }
     }
 
     /** A capture takes what it captured and releases the rest; a void or an expiry releases it all. */

@@ -467,6 +467,18 @@ public final class PaymentNode {
             return reservation.hold();
         }
 
+        /**
+         * Expires the step's hold if it is past its deadline now: a mode that has just counted it as gone (--balance: the
+         * money it held is available again) makes that so for good, before anything is decided on it.
+         */
+        void expireIfDue(String chargeKey) {
+            if (settledEntry(chargeKey) instanceof Reserved reservation) {
+                synchronized (reservation) {
+                    holdNow(reservation, chargeKey);
+                }
+            }
+        }
+
         /** A hold resolved (captured, voided, expired): a mode may act on it (--balance: the capture is taken, the rest released). */
         void holdResolved(Reserved reservation) {
         }

@@ -664,6 +664,20 @@ class TwoPhaseTest {
                 .expect(reserve("b4", 1, "69"), reserveOk("b4", 1, "p3", "69"));
     }
 
+    /**
+     * With balances, a charge that counts a hold past its deadline as free expires it for good: a capture decided at an
+     * earlier instant afterwards (a clock set back; on a cluster, another node's clock) cannot take the money the charge
+     * already spent. Without that, the user below would end at -40.
+     */
+    @Test
+    void withBalancesAChargeThatSpendsAnExpiredHoldsMoneyExpiresItForGood() {
+        Clocked node = new Clocked("100", null);
+        node.at(0).expect(reserve("b1", 1, "u1", "70", "60000"), reserveOk("b1", 1, "p1", "70"));
+        node.at(60_000).expect(charge("b2", 1, "70"), chargeOk("b2", 1, "p2", "70"));             // the hold's 70 is free again
+        node.at(59_999).expect(capture("b1", 1, null, null), expired("p1", "b1:step1"))            // before the deadline, by this clock
+                .expect(balanceRead("u1"), balanceOk("u1", "30", "70", "0", "0"));
+    }
+
     // ---- Faults --------------------------------------------------------------------------------------------
 
     /** The test doubles' faults apply to the three new messages, by their keys; a retry after one is answered as any retry. */
