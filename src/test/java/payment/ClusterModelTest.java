@@ -855,7 +855,9 @@ class ClusterModelTest {
         String corrupted = history.corruptedReads() == 0 ? ""
                 : "\n(" + history.corruptedReads() + " read replies were corrupted on the wire in this run: " + CORRUPTED_MARK + ")";
         if (history.stuck() != null) {
-            return history.stuck() + corrupted + "\nhistory:\n  " + String.join("\n  ", history.attempts().stream().map(Attempt::toString).toList());
+            return history.stuck() + corrupted + (history.uncausedTimeouts() == 0 ? "" : "\n(" + history.uncausedTimeouts()
+                    + " lin-kv timeouts came while the scheduler let no time pass: the machine was slow, and a rerun of this seed may go another way)")
+                    + "\nhistory:\n  " + String.join("\n  ", history.attempts().stream().map(Attempt::toString).toList());
         }
         String broken = brokenInvariant(history.attempts());
         String unexplained = notAsTheLog(history);
