@@ -327,7 +327,7 @@ class ClusterModelTest {
 
         @Override
         public String toString() {
-            return "#" + index + " " + client + "->" + node + " " + body + " => " + (reply == null ? "(unknown)" : reply)
+            return "#" + index + " " + client + "->" + node + " " + body + " => " + (reply == null ? "(unknown" + (code >= 0 ? ": error " + code : ": no reply") + ")" : reply)
                     + " [sent " + sentAt + ", answered " + (answeredAt == Long.MAX_VALUE ? "never" : answeredAt) + "]";
         }
     }
