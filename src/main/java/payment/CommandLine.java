@@ -102,12 +102,12 @@ final class CommandLine {
         Function<ReplyWriter, Service> local;
         if (options.journal() != null && options.journal().contains(NODE_ID)) {
             local = replies -> new JournalAtInit(options.journal(), balances, options.maxKeys(), faults,
-                    table -> new BalanceReads(new LocalService(withTtl(table, options), replies, log), balances), log);
+                    table -> new BalanceReads(new LocalService(withTtl(table, options), replies, log), balances, table::now), log);
         } else {
             PaymentHandler table = options.journal() != null
                     ? tableFromJournal(Path.of(options.journal()), log, balances, options.maxKeys(), faults)
                     : table(log, Journal.NONE, balances, options.maxKeys());
-            local = replies -> new BalanceReads(new LocalService(withTtl(table, options), replies, log), balances);
+            local = replies -> new BalanceReads(new LocalService(withTtl(table, options), replies, log), balances, table::now);
         }
         if (faults == null) {
             return new PaymentNode(stdout, log, local);

@@ -121,10 +121,13 @@ final class FundedPaymentHandler extends PaymentHandler {
      */
     static final class BalanceReads extends ServiceAround {
         private final Balances balances;
+        /** The table's clock: the holds a read counts are those live at the instant the table decides by. */
+        private final java.util.function.LongSupplier clock;
 
-        BalanceReads(Service inner, Balances balances) {
+        BalanceReads(Service inner, Balances balances, java.util.function.LongSupplier clock) {
             super(inner);
             this.balances = balances;
+            this.clock = clock;
         }
 
         @Override
@@ -136,7 +139,7 @@ final class FundedPaymentHandler extends PaymentHandler {
                 throw new RpcError(Reason.BALANCES_NOT_KEPT, "BalanceRead needs --balance: this node keeps no balances");
             }
             String userId = userIdOf(line, start, length);
-            return reply(reply, userId, balances.account(userId), System.currentTimeMillis());
+            return reply(reply, userId, balances.account(userId), clock.getAsLong());
         }
 
         /** BalanceRead_ok: the user's balance, and the totals charged and refunded (exact decimals). */

@@ -25,6 +25,12 @@ import java.util.Arrays;
 import java.util.List;
 
 import payment.PaymentNode.Amount;
+import payment.PaymentNode.CaptureRequest;
+import payment.PaymentNode.CaptureResult;
+import payment.PaymentNode.ReserveRequest;
+import payment.PaymentNode.ReserveResult;
+import payment.PaymentNode.VoidRequest;
+import payment.PaymentNode.VoidResult;
 import payment.PaymentNode.ChargeRequest;
 import payment.PaymentNode.ChargeResult;
 import payment.PaymentNode.PaymentHandler;
@@ -99,6 +105,43 @@ public class LincheckTest {
         }
     }
 
+    /** ReservePayment (SPEC section 12): the step's hold, sharing its key with charges; never expires here (no TTL). */
+    @Operation
+    public String reserve(@Param(name = "saga") int saga, @Param(name = "step") int step, @Param(name = "charged") int charged) {
+        String amount = CHARGED[charged];
+        try {
+            Served<ReserveResult> served = table.reserve(new ReserveRequest(saga(saga), step, "u1", new Amount(amount, new BigDecimal(amount)), null));
+            return Outcome.reserved(served.result().paymentId(), served.result().reserved(), served.replayed());
+        } catch (RpcError e) {
+            return Outcome.error(e.code.code, e.reason.wire());
+        }
+    }
+
+    /** CapturePayment: all that is held, a part (4), or all of it given (10; more than a 7 holds: 22), naming the payment or not. */
+    @Operation
+    public String capture(@Param(name = "saga") int saga, @Param(name = "step") int step, @Param(name = "payment") int payment,
+                          @Param(name = "refunded") int captured) {
+        String amount = REFUNDED[captured];
+        try {
+            Served<CaptureResult> served = table.capture(new CaptureRequest(saga(saga), step, PAYMENT[payment],
+                    amount == null ? null : new Amount(amount, new BigDecimal(amount))));
+            return Outcome.captured(served.result().paymentId(), served.result().captured(), served.result().released(), served.replayed());
+        } catch (RpcError e) {
+            return Outcome.error(e.code.code, e.reason.wire());
+        }
+    }
+
+    /** VoidPayment: releases the step's hold (a capture and a void of one hold: one wins), or closes a step not reserved yet. */
+    @Operation
+    public String voidHold(@Param(name = "saga") int saga, @Param(name = "step") int step, @Param(name = "payment") int payment) {
+        try {
+            Served<VoidResult> served = table.voidHold(new VoidRequest(saga(saga), step, PAYMENT[payment]));
+            return Outcome.voided(served.result().paymentId(), served.result().released(), served.replayed());
+        } catch (RpcError e) {
+            return Outcome.error(e.code.code, e.reason.wire());
+        }
+    }
+
     /**
      * A status read, whole: the step's status, its payment and its refunded total, and the step's refund. (The node
      * once read the refund from its key apart from the step's: a read racing a compensation that came first could
@@ -108,8 +151,12 @@ public class LincheckTest {
     public String status(@Param(name = "saga") int saga, @Param(name = "step") int step) {
         StepStatus status = table.status(new StatusRequest(saga(saga), step));
         PaymentView payment = status.payment();
-        return Outcome.status(status.status(), payment == null ? "" : Outcome.payment(payment.paymentId(), payment.charged(), payment.refunded()))
-                + (status.refund() == null ? "" : Outcome.refund(status.refund().refundId(), status.refund().refunded()));
+        return Outcome.status(status.status(), payment == null ? "" : payment.charged() != null ? Outcome.payment(payment.paymentId(), payment.charged(), payment.refunded())
+                : Outcome.reservation(payment.paymentId(), payment.reserved(), payment.captured(), payment.refunded()))
+                + (status.refund() == null ? "" : Outcome.refund(status.refund().refundId(), status.refund().refunded()))
+                + (status.capture() == null ? "" : " capture " + Outcome.captured(status.capture().paymentId(), status.capture().captured(),
+                        status.capture().released(), false))
+                + (status.voided() == null ? "" : " void " + Outcome.voided(status.voided().paymentId(), status.voided().released(), false));
     }
 
     // ---- the two modes --------------------------------------------------------------------------------------
@@ -137,6 +184,7 @@ public class LincheckTest {
                 .sequentialSpecification(Spec.class)
                 .addCustomScenario(retriesOfOneStepFromSeveralThreads())
                 .addCustomScenario(aRefusedAttemptLeavesNoRecord())
+                .addCustomScenario(aCaptureAndAVoidOfOneHoldRace())
                 .iterations(Integer.getInteger("lincheck.iterations", 4))
                 .invocationsPerIteration(Integer.getInteger("lincheck.invocations", 300))
                 .threads(3)
@@ -165,6 +213,19 @@ public class LincheckTest {
         return new ExecutionScenario(List.of(actor("refund", 2, 1, 3, 0)),
                 List.of(List.of(actor("refund", 2, 1, 3, 2)), List.of(actor("refund", 2, 1, 3, 2)), List.of(actor("charge", 2, 1, 0))),
                 List.of(actor("status", 2, 1)), null);
+    }
+
+    /**
+     * A reservation, then its capture (part of it) and its void from two threads at once, a third thread reading the step
+     * and refunding what was captured: exactly one of the capture and the void wins (SPEC section 12), and the status and
+     * the refund agree with that one.
+     */
+    private static ExecutionScenario aCaptureAndAVoidOfOneHoldRace() {
+        return new ExecutionScenario(List.of(actor("reserve", 1, 1, 0)),
+                List.of(List.of(actor("capture", 1, 1, 0, 1), actor("capture", 1, 1, 1, 1)),
+                        List.of(actor("voidHold", 1, 1, 0), actor("reserve", 1, 1, 1)),
+                        List.of(actor("status", 1, 1), actor("refund", 1, 1, 0, 0))),
+                List.of(actor("status", 1, 1)), null);
     }
 
     /** One operation of a fixed scenario: the method of this class by name, with its parameters' indexes. */
@@ -199,6 +260,23 @@ public class LincheckTest {
             return outcome(model.handle(line("PaymentStatus", saga, step, "")));
         }
 
+        public String reserve(int saga, int step, int charged) {
+            return outcome(model.handle(line("ReservePayment", saga, step,
+                    ", \"params\": {\"user_id\": \"u1\", \"amount\": " + CHARGED[charged] + "}")));
+        }
+
+        public String capture(int saga, int step, int payment, int captured) {
+            String paymentId = PAYMENT[payment] == null ? "" : "\"payment_id\": \"" + PAYMENT[payment] + "\"";
+            String amount = REFUNDED[captured] == null ? "" : "\"amount\": " + REFUNDED[captured];
+            String params = paymentId.isEmpty() || amount.isEmpty() ? paymentId + amount : paymentId + ", " + amount;
+            return outcome(model.handle(line("CapturePayment", saga, step, params.isEmpty() ? "" : ", \"params\": {" + params + "}")));
+        }
+
+        public String voidHold(int saga, int step, int payment) {
+            String paymentId = PAYMENT[payment] == null ? "" : ", \"params\": {\"payment_id\": \"" + PAYMENT[payment] + "\"}";
+            return outcome(model.handle(line("VoidPayment", saga, step, paymentId)));
+        }
+
         private static String line(String type, int saga, int step, String rest) {
             return "{\"src\": \"c1\", \"dest\": \"payment\", \"body\": {\"type\": \"" + type + "\", \"saga_id\": \"" + saga(saga)
                     + "\", \"step\": " + step + rest + "}}";
@@ -212,13 +290,26 @@ public class LincheckTest {
                 case "ChargePayment_ok" -> Outcome.charged(result.get("payment_id").textValue(), number(result.get("charged")), body.has("note"));
                 case "RefundPayment_ok" -> Outcome.refunded(result.has("refund_id") ? result.get("refund_id").textValue() : null,
                         number(result.get("refunded")), body.has("note"));
+                case "ReservePayment_ok" -> Outcome.reserved(result.get("payment_id").textValue(), number(result.get("reserved")), body.has("note"));
+                case "CapturePayment_ok" -> Outcome.captured(result.get("payment_id").textValue(), number(result.get("captured")),
+                        number(result.get("released")), body.has("note"));
+                case "VoidPayment_ok" -> Outcome.voided(result.has("payment_id") ? result.get("payment_id").textValue() : null,
+                        number(result.get("released")), body.has("note"));
                 case "PaymentStatus_ok" -> {
                     JsonNode payment = body.get("payment");
                     JsonNode refund = body.get("refund");
+                    JsonNode capture = body.get("capture");
+                    JsonNode voided = body.get("void");
                     yield Outcome.status(body.get("status").textValue(), payment == null ? ""
-                            : Outcome.payment(payment.get("payment_id").textValue(), number(payment.get("charged")), number(payment.get("refunded"))))
+                            : payment.has("charged") ? Outcome.payment(payment.get("payment_id").textValue(), number(payment.get("charged")), number(payment.get("refunded")))
+                            : Outcome.reservation(payment.get("payment_id").textValue(), number(payment.get("reserved")), number(payment.get("captured")),
+                                    number(payment.get("refunded"))))
                             + (refund == null ? "" : Outcome.refund(refund.has("refund_id") ? refund.get("refund_id").textValue() : null,
-                                    number(refund.get("refunded"))));
+                                    number(refund.get("refunded"))))
+                            + (capture == null ? "" : " capture " + Outcome.captured(capture.get("payment_id").textValue(), number(capture.get("captured")),
+                                    number(capture.get("released")), false))
+                            + (voided == null ? "" : " void " + Outcome.voided(voided.has("payment_id") ? voided.get("payment_id").textValue() : null,
+                                    number(voided.get("released")), false));
                 }
                 case "error" -> Outcome.error(body.get("code").intValue(), body.get("reason").textValue());
                 default -> throw new IllegalStateException("the model answered " + reply);
@@ -279,6 +370,22 @@ public class LincheckTest {
 
         static String payment(String paymentId, String charged, String refunded) {
             return " payment " + paymentId + " " + charged + " refunded " + refunded;
+        }
+
+        static String reserved(String paymentId, String amount, boolean replayed) {
+            return "ok reserved " + paymentId + " " + amount + (replayed ? " cached" : "");
+        }
+
+        static String captured(String paymentId, String captured, String released, boolean replayed) {
+            return "ok captured " + paymentId + " " + captured + " released " + released + (replayed ? " already" : "");
+        }
+
+        static String voided(String paymentId, String released, boolean replayed) {
+            return "ok voided " + (paymentId == null ? "no-hold" : paymentId) + " released " + released + (replayed ? " already" : "");
+        }
+
+        static String reservation(String paymentId, String reserved, String captured, String refunded) {
+            return " payment " + paymentId + " reserved " + reserved + " captured " + captured + " refunded " + refunded;
         }
 
         static String status(String status, String payment) {

@@ -42,11 +42,47 @@ final class ReferenceModel {
     record Charge(String userId, String amount, String paymentId) {
     }
 
-    record Declined(String userId, String amount, String text) {
+    /** A step's refused first attempt kept as its result: {@code type} is the message that was declined (a charge or a reservation). */
+    record Declined(String type, String userId, String amount, Long expiresInMs, String text) {
     }
 
+    // ---- two-phase payments (SPEC section 12) --------------------------------------------------------------
+
+    /** A step reserved: who, how much (as written), expires_in_ms as given (null: not given), its payment id and its deadline. */
+    record Reservation(String userId, String amount, Long expiresInMs, String paymentId, long deadline) {
+    }
+
+    /** Where a reservation stands: held until one capture or one void resolves it, or its deadline passes. */
+    enum Hold { RESERVED, CAPTURED, VOIDED, EXPIRED }
+
+    /** A capture key's result, and the params it was first sent with (null: not given). */
+    record Capture(String paymentIdGiven, String amountGiven, String paymentId, String captured, String released) {
+    }
+
+    /** A void key's result (paymentId null: it found no hold), and the payment_id it was first sent with. */
+    record Voided(String paymentIdGiven, String paymentId, String released) {
+    }
+
+    /** With --balance: a hold not resolved yet, counted against its user until its deadline. */
+    record Held(String userId, BigDecimal amount, long deadline) {
+    }
+
+    /** A deadline that never comes. */
+    static final long NEVER = Long.MAX_VALUE;
+
     ReferenceModel(BigDecimal start) {
+        this(start, 0);
+    }
+
+    /** {@code reserveTtl}: the --reserve-ttl of the node (0: a reservation without expires_in_ms never expires). */
+    ReferenceModel(BigDecimal start, long reserveTtl) {
         this.start = start;
+        this.reserveTtl = reserveTtl;
+    }
+
+    /** The time the node decides by, in milliseconds, for the lines that follow: the model is told it (a test's clock). */
+    void clock(long millis) {
+        this.now = millis;
     }
 
     record Refund(String paymentId, String amount, String refundId, String refunded) {
@@ -64,6 +100,15 @@ final class ReferenceModel {
     private final Map<String, String> chargedByPayment = new HashMap<>();
     /** The saga each payment was charged under: a compensation refunds only its own saga's payments. */
     private final Map<String, String> sagaByPayment = new HashMap<>();
+    private final Map<String, Reservation> reservations = new HashMap<>();   // step key ->
+    private final Map<String, Hold> holds = new HashMap<>();                // payment id -> (reservations only)
+    private final Map<String, Capture> captures = new HashMap<>();          // capture key ->
+    private final Map<String, Voided> voids = new HashMap<>();              // void key ->
+    private final Map<String, Held> held = new HashMap<>();                 // step key -> its live hold (--balance)
+    private final Map<String, BigDecimal> chargedTotal = new HashMap<>();   // user -> charged and captured (--balance)
+    private final Map<String, BigDecimal> refundedTotal = new HashMap<>();  // user -> refunded (--balance)
+    private final long reserveTtl;
+    private long now;
     private int payments;
     private int refundIds;
     private int msgId;
@@ -72,7 +117,15 @@ final class ReferenceModel {
 
     /** An independent model in the same state: the cluster's checker tries several orders from one state. */
     ReferenceModel copy() {
-        ReferenceModel copy = new ReferenceModel(start);
+        ReferenceModel copy = new ReferenceModel(start, reserveTtl);
+        copy.reservations.putAll(reservations);
+        copy.holds.putAll(holds);
+        copy.captures.putAll(captures);
+        copy.voids.putAll(voids);
+        copy.held.putAll(held);
+        copy.chargedTotal.putAll(chargedTotal);
+        copy.refundedTotal.putAll(refundedTotal);
+        copy.now = now;
         copy.balances.putAll(balances);
         copy.declines.putAll(declines);
         copy.userByPayment.putAll(userByPayment);
@@ -105,7 +158,10 @@ final class ReferenceModel {
     String fingerprint() {
         return new java.util.TreeMap<>(charges) + "|" + new java.util.TreeSet<>(closedSteps) + "|" + new java.util.TreeMap<>(refunds)
                 + "|" + new java.util.TreeMap<>(refundedByPayment) + "|" + new java.util.TreeMap<>(declines) + "|"
-                + new java.util.TreeMap<>(balances) + "|" + payments + "|" + refundIds + "|" + nodeId;
+                + new java.util.TreeMap<>(balances) + "|" + payments + "|" + refundIds + "|" + nodeId
+                + "|" + new java.util.TreeMap<>(reservations) + "|" + new java.util.TreeMap<>(holds) + "|" + new java.util.TreeMap<>(captures)
+                + "|" + new java.util.TreeMap<>(voids) + "|" + new java.util.TreeMap<>(held) + "|" + new java.util.TreeMap<>(chargedTotal)
+                + "|" + new java.util.TreeMap<>(refundedTotal) + "|" + now;
     }
 
     // ---- reading a line: docs/PROTOCOL.md sections 1 and 5 ------------------------------------------------
@@ -344,6 +400,10 @@ final class ReferenceModel {
                 case "ChargePayment" -> reply(from, src, charge(body), inReplyTo);
                 case "RefundPayment" -> reply(from, src, refund(body), inReplyTo);
                 case "PaymentStatus" -> reply(from, src, status(body), inReplyTo);
+                case "ReservePayment" -> reply(from, src, reserve(body), inReplyTo);
+                case "CapturePayment" -> reply(from, src, capture(body), inReplyTo);
+                case "VoidPayment" -> reply(from, src, voidHold(body), inReplyTo);
+                case "BalanceRead" -> reply(from, src, balanceRead(body), inReplyTo);
                 default -> throw new Refusal(10, "unsupported_type", "unsupported message type: " + type);
             }
         } catch (Refusal e) {
@@ -479,6 +539,44 @@ final class ReferenceModel {
         return a == null ? b == null : b != null && new BigDecimal(a).compareTo(new BigDecimal(b)) == 0;
     }
 
+    /** The step's payment when it has one (a charge or a reservation), else null. */
+    private String paymentOfStep(String key) {
+        Charge charge = charges.get(key);
+        Reservation reservation = reservations.get(key);
+        return charge != null ? charge.paymentId() : reservation != null ? reservation.paymentId() : null;
+    }
+
+    /** With --balance: what a user's live holds add up to now (a hold past its deadline holds nothing). */
+    private BigDecimal heldNow(String userId) {
+        BigDecimal sum = BigDecimal.ZERO;
+        for (Held hold : held.values()) {
+            if (hold.userId().equals(userId) && now < hold.deadline()) {
+                sum = sum.add(hold.amount());
+            }
+        }
+        return sum;
+    }
+
+    /**
+     * With --balance, a first charge or reservation of {@code amount}: the text of its decline when the user's balance less
+     * their live holds is below it, else null (and nothing changes here: the caller takes or holds the money).
+     */
+    private String shortfall(String userId, String amount, String what, String key) {
+        BigDecimal heldNow = heldNow(userId);
+        BigDecimal available = balances.getOrDefault(userId, start).subtract(heldNow);
+        BigDecimal value = new BigDecimal(amount);
+        if (available.compareTo(value) >= 0) {
+            return null;
+        }
+        return "declined: insufficient funds: " + userId + " has " + available.toPlainString() + " left"
+                + (heldNow.signum() == 0 ? "" : " beside " + heldNow.toPlainString() + " held") + ", " + what + " is "
+                + value.toPlainString() + " (" + key + ")";
+    }
+
+    private static Refusal otherType(String key, String firstType) {
+        return new Refusal(22, "key_reused", "idempotency key " + key + " was first used by " + firstType, List.of("type"));
+    }
+
     private String charge(JsonNode body) {
         String saga = requiredString(body, "saga_id", "saga_id");
         long step = step(body);
@@ -487,27 +585,26 @@ final class ReferenceModel {
         String amount = amount(params);
         String key = saga + ":step" + step;
         Charge charge = charges.get(key);
+        Declined declined = declines.get(key);
         String note = "";
-        if (charge != null) {
+        if (reservations.containsKey(key) || declined != null && declined.type().equals("ReservePayment")) {
+            throw otherType(key, "ReservePayment");   // a step is charged or reserved
+        } else if (charge != null) {
             reuse(key, !charge.userId().equals(userId), "user_id", !sameAmount(charge.amount(), amount));
             note = ", \"note\": \"cached_result\"";
-        } else if (declines.containsKey(key)) {
-            Declined declined = declines.get(key);
+        } else if (declined != null) {
             reuse(key, !declined.userId().equals(userId), "user_id", !sameAmount(declined.amount(), amount));
             throw new Refusal(14, "insufficient_funds", declined.text());
         } else if (closedSteps.contains(key)) {
             throw new Refusal(14, "step_compensated", "step " + key + " was already compensated: its refund came first, so it is never charged");
         } else {
             if (start != null) {
-                BigDecimal left = balances.getOrDefault(userId, start);
-                BigDecimal value = new BigDecimal(amount);
-                if (left.compareTo(value) < 0) {
-                    Declined declined = new Declined(userId, amount, "declined: insufficient funds: " + userId + " has "
-                            + left.toPlainString() + " left, the charge is " + value.toPlainString() + " (" + key + ")");
-                    declines.put(key, declined);
-                    throw new Refusal(14, "insufficient_funds", declined.text());
+                String shortfall = shortfall(userId, amount, "the charge", key);
+                if (shortfall != null) {
+                    declines.put(key, new Declined("ChargePayment", userId, amount, null, shortfall));
+                    throw new Refusal(14, "insufficient_funds", shortfall);
                 }
-                balances.put(userId, left.subtract(value));
+                takeFrom(userId, new BigDecimal(amount));
             }
             charge = new Charge(userId, amount, "p" + ++payments);
             charges.put(key, charge);
@@ -519,8 +616,18 @@ final class ReferenceModel {
                 + ", \"result\": {\"payment_id\": " + quote(charge.paymentId()) + ", \"charged\": " + charge.amount() + "}" + note;
     }
 
+    /** With --balance: money charged or captured leaves the user's balance. */
+    private void takeFrom(String userId, BigDecimal amount) {
+        balances.put(userId, balances.getOrDefault(userId, start).subtract(amount));
+        chargedTotal.merge(userId, amount, BigDecimal::add);
+    }
+
     /** A retry whose params differ is refused with error 22, naming them in the order of the contract. */
     private static void reuse(String key, boolean firstDiffers, String first, boolean amountDiffers) {
+        reuse(key, firstDiffers, first, amountDiffers, false);
+    }
+
+    private static void reuse(String key, boolean firstDiffers, String first, boolean amountDiffers, boolean expiryDiffers) {
         List<String> differs = new ArrayList<>();
         if (firstDiffers) {
             differs.add(first);
@@ -528,21 +635,40 @@ final class ReferenceModel {
         if (amountDiffers) {
             differs.add("amount");
         }
+        if (expiryDiffers) {
+            differs.add("expires_in_ms");
+        }
         if (!differs.isEmpty()) {
             throw new Refusal(22, "key_reused", "idempotency key " + key + " was first used with other params", differs);
         }
     }
 
-    private String refund(JsonNode body) {
-        String saga = requiredString(body, "saga_id", "saga_id");
-        long step = step(body);
+    /** An optional amount: null when not given (or null), else checked as every amount is. */
+    private static String optionalAmount(JsonNode params) {
+        return given(params, "amount") == null ? null : amount(params);
+    }
+
+    private static String optionalPaymentId(JsonNode params) {
+        return given(params, "payment_id") == null ? null : requiredString(params, "payment_id", "params.payment_id");
+    }
+
+    /** The fields RefundPayment, CapturePayment and VoidPayment share, checked in the same order: saga_id, step, compensating, params. */
+    private static JsonNode compensationParams(JsonNode body) {
+        requiredString(body, "saga_id", "saga_id");
+        step(body);
         JsonNode compensating = given(body, "compensating");
         if (compensating != null && !compensating.isBoolean()) {
             throw malformed("compensating must be true or false");
         }
-        JsonNode params = params(body, false);
-        String paymentId = given(params, "payment_id") == null ? null : requiredString(params, "payment_id", "params.payment_id");
-        String amount = given(params, "amount") == null ? null : amount(params);
+        return params(body, false);
+    }
+
+    private String refund(JsonNode body) {
+        JsonNode params = compensationParams(body);
+        String saga = body.get("saga_id").textValue();
+        long step = step(body);
+        String paymentId = optionalPaymentId(params);
+        String amount = optionalAmount(params);
         String chargeKey = saga + ":step" + step;
         String key = chargeKey + ":refund";
         Refund refund = refunds.get(key);
@@ -551,17 +677,17 @@ final class ReferenceModel {
             reuse(key, !Objects.equals(refund.paymentId(), paymentId), "payment_id", !sameAmount(refund.amount(), amount));
             note = ", \"note\": \"already_refunded\"";
         } else {
-            Charge charge = charges.get(chargeKey);
+            String ofStep = paymentOfStep(chargeKey);
             if (declines.containsKey(chargeKey)) {
                 refund = new Refund(paymentId, amount, null, "0");   // a declined step: nothing was charged
-            } else if (charge != null) {
-                if (paymentId != null && !paymentId.equals(charge.paymentId())) {
-                    throw new Refusal(22, "payment_not_of_step", "payment_id " + paymentId + " is not the payment of step " + chargeKey + " (" + charge.paymentId() + ")");
+            } else if (ofStep != null) {
+                if (paymentId != null && !paymentId.equals(ofStep)) {
+                    throw new Refusal(22, "payment_not_of_step", "payment_id " + paymentId + " is not the payment of step " + chargeKey + " (" + ofStep + ")");
                 }
-                refund = refundOf(charge.paymentId(), paymentId, amount);
-            } else if (paymentId != null && chargedByPayment.containsKey(paymentId)) {
+                refund = refundOf(ofStep, paymentId, amount);
+            } else if (paymentId != null && sagaByPayment.containsKey(paymentId)) {
                 if (!sagaByPayment.get(paymentId).equals(saga)) {
-                    // SPEC section 4, case 2: nothing is done, and the step stays open.
+                    // SPEC section 4, case 2: nothing is done, and the step stays open (checked before payment_not_captured, section 12).
                     throw new Refusal(22, "payment_of_another_saga", "payment_id " + paymentId
                             + " is a payment of another saga: a compensation refunds its own saga's payments");
                 }
@@ -583,8 +709,12 @@ final class ReferenceModel {
                 + "\"refunded\": " + refund.refunded() + "}" + note;
     }
 
+    /** A refund drawn on a payment: a charge's ledger is its amount, a reservation's what was captured of it (none: 22). */
     private Refund refundOf(String payment, String paymentIdGiven, String amount) {
         String charged = chargedByPayment.get(payment);
+        if (charged == null) {
+            throw new Refusal(22, "payment_not_captured", "payment " + payment + " is a reservation not captured: void it instead");
+        }
         BigDecimal refunded = refundedByPayment.getOrDefault(payment, BigDecimal.ZERO);
         BigDecimal left = new BigDecimal(charged).subtract(refunded);
         String text;
@@ -601,9 +731,202 @@ final class ReferenceModel {
         }
         refundedByPayment.put(payment, refunded.add(new BigDecimal(text)));
         if (start != null) {
-            balances.merge(userByPayment.get(payment), new BigDecimal(text), BigDecimal::add);
+            String userId = userByPayment.get(payment);
+            balances.put(userId, balances.getOrDefault(userId, start).add(new BigDecimal(text)));
+            refundedTotal.merge(userId, new BigDecimal(text), BigDecimal::add);
         }
         return new Refund(paymentIdGiven, amount, "r" + ++refundIds, text);
+    }
+
+    // ---- two-phase payments: SPEC section 12 ---------------------------------------------------------------
+
+    private String reserve(JsonNode body) {
+        String saga = requiredString(body, "saga_id", "saga_id");
+        long step = step(body);
+        JsonNode params = params(body, true);
+        String userId = requiredString(params, "user_id", "params.user_id");
+        String amount = amount(params);
+        JsonNode ttl = given(params, "expires_in_ms");
+        Long expiresInMs = null;
+        if (ttl != null) {
+            if (!ttl.isIntegralNumber() || !ttl.canConvertToLong() || ttl.longValue() <= 0) {
+                throw malformed("params.expires_in_ms must be a positive integer (milliseconds)");
+            }
+            expiresInMs = ttl.longValue();
+        }
+        String key = saga + ":step" + step;
+        Reservation reservation = reservations.get(key);
+        Declined declined = declines.get(key);
+        String note = "";
+        if (charges.containsKey(key) || declined != null && declined.type().equals("ChargePayment")) {
+            throw otherType(key, "ChargePayment");
+        } else if (reservation != null) {
+            // Its original result, whatever became of the hold since (captured, voided, expired): never a new hold.
+            reuse(key, !reservation.userId().equals(userId), "user_id", !sameAmount(reservation.amount(), amount),
+                    !Objects.equals(reservation.expiresInMs(), expiresInMs));
+            note = ", \"note\": \"cached_result\"";
+        } else if (declined != null) {
+            reuse(key, !declined.userId().equals(userId), "user_id", !sameAmount(declined.amount(), amount),
+                    !Objects.equals(declined.expiresInMs(), expiresInMs));
+            throw new Refusal(14, "insufficient_funds", declined.text());
+        } else if (closedSteps.contains(key)) {
+            throw new Refusal(14, "step_compensated", "step " + key + " was already compensated: its compensation came first, so it is never reserved");
+        } else {
+            long ttlMillis = expiresInMs != null ? expiresInMs : reserveTtl;
+            long deadline = ttlMillis == 0 ? NEVER : now > NEVER - ttlMillis ? NEVER : now + ttlMillis;
+            if (start != null) {
+                String shortfall = shortfall(userId, amount, "the reservation", key);
+                if (shortfall != null) {
+                    declines.put(key, new Declined("ReservePayment", userId, amount, expiresInMs, shortfall));
+                    throw new Refusal(14, "insufficient_funds", shortfall);
+                }
+                held.put(key, new Held(userId, new BigDecimal(amount), deadline));
+            }
+            reservation = new Reservation(userId, amount, expiresInMs, "p" + ++payments, deadline);
+            reservations.put(key, reservation);
+            holds.put(reservation.paymentId(), Hold.RESERVED);
+            sagaByPayment.put(reservation.paymentId(), saga);
+            userByPayment.put(reservation.paymentId(), userId);
+        }
+        return "\"type\": \"ReservePayment_ok\", \"saga_id\": " + quote(saga) + ", \"step\": " + step
+                + ", \"result\": {\"payment_id\": " + quote(reservation.paymentId()) + ", \"reserved\": " + reservation.amount() + "}" + note;
+    }
+
+    /**
+     * The hold of a reservation as a capture or a void finds it now: one still held past its deadline expires here, for
+     * good (a later instant, even an earlier clock, finds it expired), and its money is released.
+     */
+    private Hold resolveExpiry(String key, Reservation reservation) {
+        Hold hold = holds.get(reservation.paymentId());
+        if (hold == Hold.RESERVED && now >= reservation.deadline()) {
+            holds.put(reservation.paymentId(), Hold.EXPIRED);
+            held.remove(key);
+            return Hold.EXPIRED;
+        }
+        return hold;
+    }
+
+    private String capture(JsonNode body) {
+        JsonNode params = compensationParams(body);
+        String saga = body.get("saga_id").textValue();
+        long step = step(body);
+        String paymentId = optionalPaymentId(params);
+        String amount = optionalAmount(params);
+        String stepKey = saga + ":step" + step;
+        String key = stepKey + ":capture";
+        Capture capture = captures.get(key);
+        String note = "";
+        if (capture != null) {
+            reuse(key, !Objects.equals(capture.paymentIdGiven(), paymentId), "payment_id", !sameAmount(capture.amountGiven(), amount));
+            note = ", \"note\": \"already_captured\"";
+        } else {
+            // Every refusal below records nothing: a capture that overtook its reservation may be sent again.
+            Reservation reservation = reservations.get(stepKey);
+            if (reservation == null) {
+                if (closedSteps.contains(stepKey)) {
+                    throw new Refusal(14, "step_compensated", "step " + stepKey
+                            + " was already compensated: its compensation came first, so it is never reserved or captured");
+                }
+                String why = charges.containsKey(stepKey) ? "it was charged" : declines.containsKey(stepKey) ? "its reservation was declined"
+                        : "none yet (a capture that came first may be sent again)";
+                throw new Refusal(14, "no_reservation", "step " + stepKey + " has no reservation: " + why);
+            }
+            String id = reservation.paymentId();
+            if (paymentId != null && !paymentId.equals(id)) {
+                throw new Refusal(22, "payment_not_of_step", "payment_id " + paymentId + " is not the payment of step " + stepKey + " (" + id + ")");
+            }
+            switch (resolveExpiry(stepKey, reservation)) {
+                case VOIDED -> throw new Refusal(14, "reservation_voided", "the reservation " + id + " of step " + stepKey + " was voided: nothing was captured");
+                case EXPIRED -> throw new Refusal(14, "reservation_expired", "the reservation " + id + " of step " + stepKey
+                        + " expired: nothing was captured, its hold is released");
+                case CAPTURED -> throw new IllegalStateException("the model captured " + id + " without a capture key");
+                case RESERVED -> {
+                }
+            }
+            BigDecimal reserved = new BigDecimal(reservation.amount());
+            String captured = amount == null ? reservation.amount() : amount;
+            if (new BigDecimal(captured).compareTo(reserved) > 0) {
+                throw new Refusal(22, "capture_exceeds_reservation", "capture of " + amount + " is more than reservation " + id
+                        + " holds (" + reservation.amount() + ")");
+            }
+            BigDecimal rest = reserved.subtract(new BigDecimal(captured));
+            capture = new Capture(paymentId, amount, id, captured, rest.signum() == 0 ? "0" : rest.toPlainString());
+            captures.put(key, capture);
+            holds.put(id, Hold.CAPTURED);
+            chargedByPayment.put(id, captured);   // what its refunds draw on
+            if (start != null) {
+                held.remove(stepKey);
+                takeFrom(reservation.userId(), new BigDecimal(captured));
+            }
+        }
+        return "\"type\": \"CapturePayment_ok\", \"saga_id\": " + quote(saga) + ", \"step\": " + step + ", \"result\": " + captureResult(capture) + note;
+    }
+
+    private static String captureResult(Capture capture) {
+        return "{\"payment_id\": " + quote(capture.paymentId()) + ", \"captured\": " + capture.captured() + ", \"released\": " + capture.released() + "}";
+    }
+
+    private static String voidResult(Voided voided) {
+        return "{" + (voided.paymentId() == null ? "" : "\"payment_id\": " + quote(voided.paymentId()) + ", ") + "\"released\": " + voided.released() + "}";
+    }
+
+    private String voidHold(JsonNode body) {
+        JsonNode params = compensationParams(body);
+        String saga = body.get("saga_id").textValue();
+        long step = step(body);
+        String paymentId = optionalPaymentId(params);
+        optionalAmount(params);   // read as every amount is, and not the void's to use
+        String stepKey = saga + ":step" + step;
+        String key = stepKey + ":void";
+        Voided voided = voids.get(key);
+        String note = "";
+        if (voided != null) {
+            reuse(key, !Objects.equals(voided.paymentIdGiven(), paymentId), "payment_id", false);
+            note = ", \"note\": \"already_voided\"";
+        } else {
+            Reservation reservation = reservations.get(stepKey);
+            if (reservation != null) {
+                String id = reservation.paymentId();
+                if (paymentId != null && !paymentId.equals(id)) {
+                    throw new Refusal(22, "payment_not_of_step", "payment_id " + paymentId + " is not the payment of step " + stepKey + " (" + id + ")");
+                }
+                voided = switch (resolveExpiry(stepKey, reservation)) {
+                    case CAPTURED -> throw new Refusal(14, "already_captured", "the reservation " + id + " of step " + stepKey
+                            + " is captured: compensate it with RefundPayment");
+                    case VOIDED -> throw new IllegalStateException("the model voided " + id + " without a void key");
+                    case EXPIRED -> new Voided(paymentId, id, "0");   // released when it expired
+                    case RESERVED -> {
+                        holds.put(id, Hold.VOIDED);
+                        held.remove(stepKey);
+                        yield new Voided(paymentId, id, reservation.amount());
+                    }
+                };
+            } else if (charges.containsKey(stepKey)) {
+                throw new Refusal(14, "no_reservation", "step " + stepKey + " has no reservation: it was charged: compensate it with RefundPayment");
+            } else {
+                boolean open = !declines.containsKey(stepKey) && !closedSteps.contains(stepKey);
+                if (open && paymentId != null && sagaByPayment.containsKey(paymentId)) {
+                    throw new Refusal(22, "payment_not_of_step", "payment_id " + paymentId + " is not the payment of step " + stepKey + " (none)");
+                }
+                if (open) {
+                    closedSteps.add(stepKey);   // a null compensation: a reservation or charge that comes later is refused
+                }
+                voided = new Voided(paymentId, null, "0");
+            }
+            voids.put(key, voided);
+        }
+        return "\"type\": \"VoidPayment_ok\", \"saga_id\": " + quote(saga) + ", \"step\": " + step + ", \"result\": " + voidResult(voided) + note;
+    }
+
+    private String balanceRead(JsonNode body) {
+        if (start == null) {
+            throw new Refusal(10, "balances_not_kept", "BalanceRead needs --balance: this node keeps no balances");
+        }
+        String userId = requiredString(body, "user_id", "user_id");
+        return "\"type\": \"BalanceRead_ok\", \"user_id\": " + quote(userId) + ", \"balance\": " + balances.getOrDefault(userId, start).toPlainString()
+                + ", \"charged\": " + chargedTotal.getOrDefault(userId, BigDecimal.ZERO).toPlainString()
+                + ", \"refunded\": " + refundedTotal.getOrDefault(userId, BigDecimal.ZERO).toPlainString()
+                + ", \"held\": " + heldNow(userId).toPlainString();
     }
 
     private String status(JsonNode body) {
@@ -611,17 +934,39 @@ final class ReferenceModel {
         long step = step(body);
         String key = saga + ":step" + step;
         Charge charge = charges.get(key);
-        String status = charge != null ? "charged" : declines.containsKey(key) ? "declined" : closedSteps.contains(key) ? "compensated" : "none";
+        Reservation reservation = reservations.get(key);
+        String status;
+        if (charge != null) {
+            status = "charged";
+        } else if (reservation != null) {
+            Hold hold = holds.get(reservation.paymentId());
+            status = (hold == Hold.RESERVED && now >= reservation.deadline() ? Hold.EXPIRED : hold).name().toLowerCase(java.util.Locale.ROOT);
+        } else {
+            status = declines.containsKey(key) ? "declined" : closedSteps.contains(key) ? "compensated" : "none";
+        }
         StringBuilder reply = new StringBuilder("\"type\": \"PaymentStatus_ok\", \"saga_id\": " + quote(saga) + ", \"step\": " + step
                 + ", \"status\": \"" + status + "\"");
         if (charge != null) {
             reply.append(", \"payment\": {\"payment_id\": ").append(quote(charge.paymentId())).append(", \"charged\": ").append(charge.amount())
                     .append(", \"refunded\": ").append(refundedByPayment.getOrDefault(charge.paymentId(), BigDecimal.ZERO).toPlainString()).append("}");
+        } else if (reservation != null) {
+            String id = reservation.paymentId();
+            reply.append(", \"payment\": {\"payment_id\": ").append(quote(id)).append(", \"reserved\": ").append(reservation.amount())
+                    .append(", \"captured\": ").append(chargedByPayment.getOrDefault(id, "0"))
+                    .append(", \"refunded\": ").append(refundedByPayment.getOrDefault(id, BigDecimal.ZERO).toPlainString()).append("}");
         }
         Refund refund = refunds.get(key + ":refund");
         if (refund != null) {
             reply.append(", \"refund\": {").append(refund.refundId() == null ? "" : "\"refund_id\": " + quote(refund.refundId()) + ", ")
                     .append("\"refunded\": ").append(refund.refunded()).append("}");
+        }
+        Capture capture = captures.get(key + ":capture");
+        if (capture != null) {
+            reply.append(", \"capture\": ").append(captureResult(capture));
+        }
+        Voided voided = voids.get(key + ":void");
+        if (voided != null) {
+            reply.append(", \"void\": ").append(voidResult(voided));
         }
         return reply.toString();
     }
