@@ -596,7 +596,9 @@ final class ReferenceModel {
             reuse(key, !declined.userId().equals(userId), "user_id", !sameAmount(declined.amount(), amount));
             throw new Refusal(14, "insufficient_funds", declined.text());
         } else if (closedSteps.contains(key)) {
-            throw new Refusal(14, "step_compensated", "step " + key + " was already compensated: its refund came first, so it is never charged");
+            // The words name what closed it when a void is on record for the step (no refund may have come at all).
+            throw new Refusal(14, "step_compensated", "step " + key + " was already compensated: its "
+                    + (voids.containsKey(key + ":void") ? "compensation" : "refund") + " came first, so it is never charged");
         } else {
             if (start != null) {
                 String shortfall = shortfall(userId, amount, "the charge", key);

@@ -226,7 +226,7 @@ class TwoPhaseTest {
             // Each request is a serve() of its own, which closes its service at the end of its input: the journal stays
             // open across them here, and the test closes it (a restart) with close().
             node = new PaymentNode(stdout, log.log(), replies -> new ServiceAround(
-                    new BalanceReads(new PaymentNode.LocalService(table, replies, log.log()), balances)) {
+                    new BalanceReads(new PaymentNode.LocalService(table, replies, log.log()), balances, table::now)) {
                 @Override
                 public void close() {
                 }
