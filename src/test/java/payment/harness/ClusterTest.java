@@ -253,26 +253,31 @@ class ClusterTest {
     }
 
     @Test
+    @Tag("slow")   // a harness run each; ClusterCheckerTest holds each rule to a written history in the fast tier
     void aNodeThatCapturesWithoutALimitIsCaughtCapturingAboveAReservation() throws Exception {
         caughtWithExactly("overcapture", "capture above its reservation");
     }
 
     @Test
+    @Tag("slow")   // a harness run each; ClusterCheckerTest holds each rule to a written history in the fast tier
     void aNodeWhoseVoidIgnoresACaptureIsCaughtCapturingAndVoidingOneReservation() throws Exception {
         caughtWithExactly("capture-and-void", "captured and voided");
     }
 
     @Test
+    @Tag("slow")   // a harness run each; ClusterCheckerTest holds each rule to a written history in the fast tier
     void aNodeWhoseCaptureIgnoresAVoidIsCaughtCapturingAfterAVoid() throws Exception {
         caughtWithExactly("capture-after-void", "capture after void or expiry");
     }
 
     @Test
+    @Tag("slow")   // a harness run each; ClusterCheckerTest holds each rule to a written history in the fast tier
     void aNodeWhoseVoidBeforeItsReservationClosesNothingIsCaughtWithAHangingReservation() throws Exception {
         caughtWithExactly("hanging-reserve", "hanging reservation");
     }
 
     @Test
+    @Tag("slow")   // a harness run each; ClusterCheckerTest holds each rule to a written history in the fast tier
     void aNodeWhoseCaptureReleasesWhatItTookIsCaughtReleasingAHoldTwice() throws Exception {
         Outcome run = caughtWithExactly("double-release", "hold not released exactly once");
         assertTrue(run.results().path("examples").path("hold not released exactly once").get(0).asText().contains(": the capture took "), run.describe());
