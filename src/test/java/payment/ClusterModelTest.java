@@ -368,6 +368,10 @@ class ClusterModelTest {
     }
 
     static History run(Sequence sequence) {
+        return run(sequence, KV_TIMEOUT_MILLIS);
+    }
+
+    static History run(Sequence sequence, long kvTimeoutMillis) {
         Random random = new Random(sequence.seed() * 31 + 7);
         List<String> nodeIds = new ArrayList<>();
         for (int i = 1; i <= sequence.nodes(); i++) {
@@ -430,7 +434,7 @@ class ClusterModelTest {
             client.body = null;
             client.attempts = 0;
         };
-        SimCluster cluster = new SimCluster(nodeIds, KV_TIMEOUT_MILLIS, Boolean.getBoolean("cluster.model.debug") ? System.err : OutputStream.nullOutputStream(), onReply);
+        SimCluster cluster = new SimCluster(nodeIds, kvTimeoutMillis, Boolean.getBoolean("cluster.model.debug") ? System.err : OutputStream.nullOutputStream(), onReply);
         holder[0] = cluster;
         // One shard of lin-kv (a quarter of the keys, by hash) is slow in this run: half of the messages about
         // its keys arrive very late. Long enough for other clients to read what a half-done request wrote and
@@ -852,6 +856,13 @@ class ClusterModelTest {
     /** Null when the run's history is explained by the model and keeps the invariants, else what went wrong. */
     static String failure(Sequence sequence) {
         History history = run(sequence);
+        // A run stuck on timeouts the scheduler did not cause says the machine was slow, not that a node is wrong (a slow
+        // machine only adds "outcome unknown" answers): the same schedule is run again with patience to spare, up to
+        // 16x; a run stuck with no such timeout, or still stuck then, fails.
+        for (long patience = 4 * KV_TIMEOUT_MILLIS; history.stuck() != null && history.uncausedTimeouts() > 0
+                && patience <= 16 * KV_TIMEOUT_MILLIS; patience *= 4) {
+            history = run(sequence, patience);
+        }
         String corrupted = history.corruptedReads() == 0 ? ""
                 : "\n(" + history.corruptedReads() + " read replies were corrupted on the wire in this run: " + CORRUPTED_MARK + ")";
         if (history.stuck() != null) {
