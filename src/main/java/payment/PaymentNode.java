@@ -1946,14 +1946,14 @@ public final class PaymentNode {
         @Override
         public Reply charge(Envelope reply, ChargeRequest request) {
             Served<ChargeResult> served = table.charge(request);
-            verboseCacheHit(served, request.key());
+            verboseCacheHit(served, request);
             return replies -> replies.chargeOk(reply, request, served);
         }
 
         @Override
         public Reply refund(Envelope reply, RefundRequest request) {
             Served<RefundResult> served = table.refund(request);
-            verboseCacheHit(served, request.key());
+            verboseCacheHit(served, request);
             return replies -> replies.refundOk(reply, request, served);
         }
 
@@ -1966,27 +1966,28 @@ public final class PaymentNode {
         @Override
         public Reply reserve(Envelope reply, ReserveRequest request) {
             Served<ReserveResult> served = table.reserve(request);
-            verboseCacheHit(served, request.key());
+            verboseCacheHit(served, request);
             return replies -> replies.reserveOk(reply, request, served);
         }
 
         @Override
         public Reply capture(Envelope reply, CaptureRequest request) {
             Served<CaptureResult> served = table.capture(request);
-            verboseCacheHit(served, request.key());
+            verboseCacheHit(served, request);
             return replies -> replies.captureOk(reply, request, served);
         }
 
         @Override
         public Reply voidHold(Envelope reply, VoidRequest request) {
             Served<VoidResult> served = table.voidHold(request);
-            verboseCacheHit(served, request.key());
+            verboseCacheHit(served, request);
             return replies -> replies.voidOk(reply, request, served);
         }
 
-        private void verboseCacheHit(Served<?> served, String key) {
+        /** The key is made only for a cache hit: a first attempt's path builds no string it does not need. */
+        private void verboseCacheHit(Served<?> served, Request request) {
             if (served.replayed()) {
-                log.verboseCacheHit(key);
+                log.verboseCacheHit(request.key());
             }
         }
 
