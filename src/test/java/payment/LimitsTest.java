@@ -40,6 +40,7 @@ class LimitsTest {
         byte[] input = flood(150_000);
         Random random = new Random(16);
         int cutShort = 0;
+        int readerLost = 0;
         for (int round = 0; round < 20; round++) {
             Process node = Node.start();
             Thread writer = new Thread(() -> {
@@ -51,11 +52,12 @@ class LimitsTest {
             });
             writer.start();
             ByteArrayOutputStream stdout = new ByteArrayOutputStream();
+            IOException[] readerFailed = {null};
             Thread reader = new Thread(() -> {
                 try (InputStream out = node.getInputStream()) {
-                    out.transferTo(stdout);
-                } catch (IOException closed) {
-                    // the pipe closed with the process
+                    out.transferTo(stdout);   // to the end of the pipe: a killed node's pipe ends when it does
+                } catch (IOException e) {
+                    readerFailed[0] = e;
                 }
             });
             reader.start();
@@ -64,6 +66,13 @@ class LimitsTest {
             assertTrue(node.waitFor(20, TimeUnit.SECONDS));
             reader.join(20_000);
             writer.join(20_000);
+            if (readerFailed[0] != null || reader.isAlive()) {
+                // This test's own reader stopped before the pipe's end (the JDK closes a dead process's pipe under a
+                // reader): what it holds is cut where it stopped, which says nothing of the node. Not counted; a reader
+                // that keeps failing still fails the test below.
+                readerLost++;
+                continue;
+            }
             String text = stdout.toString(StandardCharsets.UTF_8);
             assertTrue(text.isEmpty() || text.endsWith("\n"), "round " + round + ": stdout ends inside a line: ..."
                     + text.substring(Math.max(0, text.length() - 120)));
@@ -75,7 +84,8 @@ class LimitsTest {
                 cutShort++;
             }
         }
-        assertTrue(cutShort >= 15, "the kills came in the middle of the output in " + cutShort + " of 20 rounds");
+        assertTrue(readerLost <= 2, "this test's reader of stdout failed in " + readerLost + " of 20 rounds");
+        assertTrue(cutShort >= 13, "the kills came in the middle of the output in " + cutShort + " of 20 rounds");
     }
 
     /** --max-keys: a full table refuses new keys with 11, says so once, and serves the keys it has (issue 16, item 7). */
