@@ -313,6 +313,7 @@ public final class PaymentNode {
             return reserveUntil(request, expiresAt(request));
         }
 
+        /** Makes the hold, with its deadline decided once by the caller (a mode that checked it against balances uses the same). */
         final Reserved reserveUntil(ReserveRequest request, long expiresAt) {
             long number = paymentCount.incrementAndGet();
             journal.reserved(request, number, expiresAt);   // before anyone can capture or void it, so the journal keeps that order
