@@ -35,8 +35,7 @@ final class FundedPaymentHandler extends PaymentHandler {
         if (shortfall == null) {
             return super.firstCharge(request);
         }
-        Declined declined = new Declined(request.userId(), request.amount().text(),
-                "declined: insufficient funds: " + shortfall + " (" + request.key() + ")");
+        Declined declined = new Declined(request.userId(), request.amount().text(), declinedText(shortfall, request.key()));
         journal().refused(request, declined);
         return declined;
     }
@@ -45,15 +44,19 @@ final class FundedPaymentHandler extends PaymentHandler {
     Entry firstReserve(ReserveRequest request) {
         long now = now();
         expireHoldsPast(request.userId(), now);
-        long expiresAt = expiresAt(request);
+        long expiresAt = expiresAt(request, now);   // the instant the balance check saw, not a second reading of the clock
         String shortfall = balances.hold(request.userId(), request.key(), request.amount().value(), expiresAt, now);
         if (shortfall == null) {
             return reserveUntil(request, expiresAt);
         }
-        Declined declined = new Declined(request.userId(), request.amount().text(), request.expiresInMs() == null ? -1 : request.expiresInMs(),
-                "declined: insufficient funds: " + shortfall + " (" + request.key() + ")");
+        Declined declined = new Declined(request.userId(), request.amount().text(), request.expiresInMsOrAbsent(),
+                declinedText(shortfall, request.key()));
         journal().refused(request, declined);
         return declined;
+    }
+
+    private static String declinedText(String shortfall, String key) {
+        return "declined: insufficient funds: " + shortfall + " (" + key + ")";
     }
 
     /**

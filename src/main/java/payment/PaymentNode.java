@@ -310,7 +310,7 @@ public final class PaymentNode {
 
         /** The hold itself, once per key; a mode may refuse it first (--balance: a decline when holds and charges leave too little). */
         Entry firstReserve(ReserveRequest request) {
-            return reserveUntil(request, expiresAt(request));
+            return reserveUntil(request, expiresAt(request, now()));
         }
 
         /** Makes the hold, with its deadline decided once by the caller (a mode that checked it against balances uses the same). */
@@ -318,18 +318,18 @@ public final class PaymentNode {
             long number = paymentCount.incrementAndGet();
             journal.reserved(request, number, expiresAt);   // before anyone can capture or void it, so the journal keeps that order
             Reserved reserved = new Reserved(request.key(), request.userId(), request.amount().text(),
-                    request.expiresInMs() == null ? -1 : request.expiresInMs(), expiresAt, number);
+                    request.expiresInMsOrAbsent(), expiresAt, number);
             payments.add(number, reserved);
             return reserved;
         }
 
-        /** When a reservation made now expires: its expires_in_ms, else --reserve-ttl, from now; {@link Reserved#NEVER} for neither. */
-        long expiresAt(ReserveRequest request) {
+        /** When a reservation made at {@code now} expires: its expires_in_ms, else --reserve-ttl, from now; {@link Reserved#NEVER} for neither. */
+        long expiresAt(ReserveRequest request, long now) {
             long ttl = request.expiresInMs() != null ? request.expiresInMs() : reserveTtlMillis;
             if (ttl == 0) {
                 return Reserved.NEVER;
             }
-            long at = now() + ttl;
+            long at = now + ttl;
             return at < 0 ? Reserved.NEVER - 1 : at;   // past the end of time: as good as never, and still a deadline
         }
 
@@ -747,7 +747,7 @@ public final class PaymentNode {
         /** A reservation's retry repeats user_id, amount and expires_in_ms ({@code expiresInMs}: -1 when not given). */
         static List<String> reserveDiffers(String userId, String amount, long expiresInMs, ReserveRequest request) {
             List<String> differs = new ArrayList<>(chargeDiffers(userId, amount, request.userId(), request.amount()));
-            if (expiresInMs != (request.expiresInMs() == null ? -1 : request.expiresInMs())) {
+            if (expiresInMs != request.expiresInMsOrAbsent()) {
                 differs.add("expires_in_ms");
             }
             return differs;
@@ -2095,6 +2095,11 @@ public final class PaymentNode {
         @Override
         public String key() {
             return PaymentHandler.chargeKey(sagaId, step);
+        }
+
+        /** expires_in_ms as kept in an entry: -1 when not given. */
+        long expiresInMsOrAbsent() {
+            return expiresInMs == null ? -1 : expiresInMs;
         }
 
         @Override
