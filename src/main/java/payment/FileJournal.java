@@ -241,11 +241,16 @@ final class FileJournal implements Journal {
 
     /** A charge's or a decline's record up to its last field: kind, key, user_id, amount. */
     private int beginCharge(String kind, ChargeRequest request) {
-        int start = begin(kind, request.key());
+        return beginStep(kind, request.key(), request.userId(), request.amount());
+    }
+
+    /** A record of what a step's key holds, up to its own fields: kind, key, user_id, amount (a JSON number, as the request wrote it). */
+    private int beginStep(String kind, String key, String userId, Amount amount) {
+        int start = begin(kind, key);
         pending.ascii(", ");
-        pending.string(request.userId());
+        pending.string(userId);
         pending.ascii(", ");
-        pending.ascii(request.amount().text());
+        pending.ascii(amount.text());
         pending.ascii(", ");
         return start;
     }
@@ -316,13 +321,9 @@ final class FileJournal implements Journal {
         end(start);
     }
 
+    /** A reservation's or its decline's record up to its last fields: a step's, then expires_in_ms (null: not given). */
     private int beginReserve(String kind, ReserveRequest request) {
-        int start = begin(kind, request.key());
-        pending.ascii(", ");
-        pending.string(request.userId());
-        pending.ascii(", ");
-        pending.string(request.amount().text());
-        pending.ascii(", ");
+        int start = beginStep(kind, request.key(), request.userId(), request.amount());
         pending.ascii(request.expiresInMs() == null ? "null" : Long.toString(request.expiresInMs()));
         pending.ascii(", ");
         return start;
