@@ -1,5 +1,6 @@
 package payment;
 
+import com.fasterxml.jackson.core.JsonParser;
 import com.fasterxml.jackson.core.JsonToken;
 
 import java.io.IOException;
@@ -25,17 +26,20 @@ import static payment.PaymentNode.*;
  * log that lin-kv orders (docs/CLUSTER.md).
  *
  * <p>The log is the slots {@code log/1}, {@code log/2}, ... in lin-kv, each written once by a create-only
- * cas. A slot holds an entry: a batch of requests, as the node that appended them received them. Every node
+ * cas. A slot holds an entry: batches of requests, each as the node that received them made it. Every node
  * applies the slots in order to its own table, so after slot n every node holds the same table, and each
  * request in slot n has the same result everywhere. A node answers a client only from the first application
- * of the entry it appended for it, so every answer is the single-node table's answer at one position of one
+ * of the batch it made for it, so every answer is the single-node table's answer at one position of one
  * total order. Nothing a node believes comes from anything but the log.
  *
  * <p>The story of a request, in the order this file tells it: it arrives ({@link #charge}) and waits in a
- * queue; {@link #advance} takes the queue into one entry and appends it at the first slot this node has not
- * applied; if that slot is someone else's, the node tries the next at once while it reads the refused one and
- * applies it; when the slot holding its entry is applied, the table's answer goes back. PaymentStatus and BalanceRead append nothing:
- * they wait until a read sent after they arrived finds the first slot that does not exist yet.
+ * queue; {@link #advance} takes the queue into a batch, and forwards it to the node that appends for all (the
+ * least node id among those that appended lately), or carries it in this node's own entry when that is this
+ * node (or the other did not bring it in time); an entry goes to the first slot this node has not applied; if
+ * that slot is someone else's, the node tries the next at once while it reads the refused one and applies it;
+ * the node that appended an entry pushes it to the nodes whose batches it carried; when the slot holding a
+ * batch is applied, the table's answers go back. PaymentStatus and BalanceRead append nothing: they wait
+ * until a read sent after they arrived finds the first slot that does not exist yet.
  */
 final class ClusterService implements Service {
     // ---- bounds: every queue and loop has one ---------------------------------------------------------
@@ -48,6 +52,14 @@ final class ClusterService implements Service {
     static final int MAX_READS_IN_FLIGHT = 64;
     /** The reads in flight a starting node replays the log with, doubled at each slot found, up to the bound above. */
     static final int FIRST_REPLAY_READS = 8;
+    /** Batches one node has in flight at most (its lanes). */
+    static final int MAX_LANES = 8;
+    /** Batches waiting for this node's next entry at most; one more forwarded is dropped (its node appends it itself, in time). */
+    static final int MAX_CARRIED = 64;
+    /** Nodes this node pushes its landed entries to, at most. */
+    static final int MAX_FOLLOWERS = 32;
+    /** How many slots back a node's last entry makes it an appender still: batches go to the least such node id. */
+    static final int RECENT_SLOTS = 256;
     /** Client requests this node holds unanswered at most; one more is refused with error 11, nothing done. */
     static final int MAX_WAITING = 10_000;
     /**
@@ -81,9 +93,8 @@ final class ClusterService implements Service {
     private final Faults faults;
     private final FaultyService.DelayedReplies delayed = new FaultyService.DelayedReplies();
     /** Differs in every process, so that a restarted node never takes its old process's late-landing entry for its own. */
-    private final String processNonce = Long.toHexString(ThreadLocalRandom.current().nextLong() ^ System.nanoTime());
+    private final String processNonce = String.format("%016x", ThreadLocalRandom.current().nextLong() ^ System.nanoTime());
     private String nodeId;
-    private long entriesMade;
 
     // The log as this node has it: slots 1..applied applied to the table, some beyond them read.
     private long applied;
@@ -100,7 +111,7 @@ final class ClusterService implements Service {
     private final HashMap<Long, ReadsOfSlot> readsOut = new HashMap<>();
     private int readsInFlight;
     private long readsSent;
-    /** The count of the last entry applied of each process (node and nonce): a process appends its entries in order. */
+    /** The count of the last batch applied of each process and lane: a lane makes its batches one at a time, in order. */
     private final HashMap<String, Long> appliedCounts = new HashMap<>();
     /** The last undecodable reading of a slot: a slot is skipped only when two readings agree. */
     private final HashMap<Long, String> badReadings = new HashMap<>();
@@ -109,8 +120,20 @@ final class ClusterService implements Service {
     private final LinkedHashMap<Long, Waiting> unanswered = new LinkedHashMap<>();
     private final ArrayDeque<Waiting> queued = new ArrayDeque<>();
     private final ArrayDeque<Waiting> readers = new ArrayDeque<>();
+    /** This node's batches in flight, one per lane at most, so that a forwarding node need not wait for its last batch to land. */
+    private final OwnBatch[] lanes = new OwnBatch[MAX_LANES];
+    private final long[] batchesMade = new long[MAX_LANES];
+    private final ArrayDeque<Carried> carrying = new ArrayDeque<>();
     private Append append;
     private long arrivals;
+
+    // Forwarding (section 3): one node appends for all, so that the nodes do not race for the log's end.
+    /** The slot of the last entry applied of each node that appended one: the least node id of those lately seen is where batches go. */
+    private final HashMap<String, Long> appenders = new HashMap<>();
+    /** Nodes that did not bring a batch forwarded to them in time, with until when this node appends its own rather. */
+    private final HashMap<String, Long> suspects = new HashMap<>();
+    /** Nodes whose batches this node carried lately, with when they last forwarded one: each entry it lands is pushed to them. */
+    private final LinkedHashMap<String, Long> followers = new LinkedHashMap<>();
 
     /** {@code table}: the card's table, with --balance and --max-keys as given (the same on every node). */
     ClusterService(PaymentHandler table, BigDecimal balance, long maxKeys, long reserveTtlMillis, Faults faults, ReplyWriter replies, Log log,
@@ -230,6 +253,10 @@ final class ClusterService implements Service {
     /** BalanceRead (with --balance): a read of the log's end first, as PaymentStatus; other types are not this service's. */
     @Override
     public Reply other(Envelope reply, String type, byte[] line, int start, int length) throws IOException {
+        if (type.equals("log_forward") || type.equals("log_slot")) {
+            peerMessage(reply.to(), type, line, start, length);
+            return Reply.LATER;   // a node's message is answered by what it brings about, never by a reply
+        }
         if (!type.equals("BalanceRead")) {
             throw new RpcError(Reason.UNSUPPORTED_TYPE, "unsupported message type: " + type);
         }
@@ -238,6 +265,35 @@ final class ClusterService implements Service {
         }
         admit(new Waiting(reply, null, null, new BalanceRequest(BalanceReads.userIdOf(line, start, length))));
         return Reply.LATER;
+    }
+
+    /** Another node's message (section 3): a batch forwarded to this node, or a slot it appended. */
+    private void peerMessage(String from, String type, byte[] line, int start, int length) throws IOException {
+        HashMap<String, Value> body = new HashMap<>();
+        try (JsonParser parser = JSON.createParser(line, start, length)) {
+            parser.nextToken();
+            while (parser.nextToken() == JsonToken.FIELD_NAME) {
+                boolean isBody = parser.currentName().equals("body");
+                if (parser.nextToken() != JsonToken.START_OBJECT || !isBody) {
+                    parser.skipChildren();
+                    continue;
+                }
+                while (parser.nextToken() == JsonToken.FIELD_NAME) {
+                    String name = parser.currentName();
+                    body.put(name, Value.read(parser, parser.nextToken()));
+                }
+            }
+        }
+        if (nodeId == null) {
+            return;
+        }
+        Long slot = longOrNull(body.get("slot"));
+        if (type.equals("log_forward")) {
+            forwarded(from, stringOrNull(body.get("batch")));
+        } else if (slot != null) {
+            slotPushed(from, slot, stringOrNull(body.get("value")));
+        }
+        advance();
     }
 
     /** A BalanceRead, checked: it names a user. */
@@ -270,44 +326,94 @@ final class ClusterService implements Service {
 
     // ---- 2. The append loop: one state-driven step after every event -----------------------------------
 
-    /** Where the entry being appended is: to be placed at the first slot not applied, sent there, or its slot's outcome unknown. */
+    /**
+     * Requests this node received, under one id (node, a nonce of its process and a lane, a count): the unit that
+     * lands at most once. It is forwarded to the node that appends for all ({@code forwardedTo}, until
+     * {@code takeOverNanos}), or carried in this node's own entry. A lane makes its next batch only once its last
+     * one is applied, so a copy of a batch (a duplicated cas, or a forwarded batch its node appended too) comes
+     * after it, and every node skips it alike.
+     */
+    static final class OwnBatch {
+        final int lane;
+        final String id;
+        final String text;
+        final List<Waiting> requests;
+        String forwardedTo;
+        long takeOverNanos;
+
+        OwnBatch(int lane, String id, String text, List<Waiting> requests) {
+            this.lane = lane;
+            this.id = id;
+            this.text = text;
+            this.requests = requests;
+        }
+    }
+
+    /** A batch waiting for this node's next entry: one of its own ({@code own} set), or one another node forwarded. */
+    record Carried(String id, String text, OwnBatch own) {
+    }
+
+    /** Where this node's entry is: to be placed at the first slot not applied, sent there, or its slot's outcome unknown. */
     enum AppendState { PLACE, CAS_SENT, SLOT_UNKNOWN }
 
     /** The one entry this node is appending: fixed once made (a delayed cas of it may still land), until its slot is known. */
     static final class Append {
-        final String entryId;
         final String value;
-        final List<Waiting> requests;
+        /** This node's own batches in it: their requests are answered when it is applied, or failed with its cas. */
+        final List<OwnBatch> own;
         AppendState state = AppendState.PLACE;
         long slot;
         /** How many cas of it went to each slot: a refusal of its only cas to a slot means the slot is another's. */
         final HashMap<Long, Integer> casesAt = new HashMap<>();
 
-        Append(String entryId, String value, List<Waiting> requests) {
-            this.entryId = entryId;
+        Append(String value, List<OwnBatch> own) {
             this.value = value;
-            this.requests = requests;
+            this.own = own;
+        }
+
+        void failAll(RpcError error) throws IOException {
+            for (OwnBatch batch : own) {
+                for (Waiting waiting : batch.requests) {
+                    waiting.fail(error);
+                }
+            }
         }
     }
 
     /**
      * Moves this node's log forward as far as what it knows allows, from wherever the last event left it (its
-     * recovery points are the states of {@link Append}): applies the slots read, in order; makes the next
-     * entry; appends it at the first slot not applied when nothing says that slot is taken; and reads what
-     * must be read (the slot whose cas had no clear answer, the slots of a node behind, the log's end for the
-     * reads waiting). Called after every event: a request, a lin-kv reply, a deadline.
+     * recovery points are the states of {@link OwnBatch} and {@link Append}): applies the slots read, in order;
+     * puts the queued requests into batches, forwarded to the node that appends for all or carried here; makes
+     * this node's next entry of the batches it carries; appends it at the first slot not applied when nothing
+     * says that slot is taken; and reads what must be read (the slot whose cas had no clear answer, the slots of
+     * a node behind, the log's end for the reads waiting). Called after every event: a message, a deadline.
      */
     private void advance() throws IOException {
         if (nodeId == null) {
             return;
         }
         applyFetchedSlots();
-        if (append == null && !queued.isEmpty() && !replaying) {
-            append = nextEntry();
-        }
-        if (append != null && append.state == AppendState.PLACE && !replaying && knownFilled <= applied) {
-            // The only slot it may take: every slot before it is applied, so it lands at most once.
-            cas(append, applied + 1);
+        if (!replaying) {
+            takeOverLateForwards();
+            String to = appender();
+            for (int lane = 0; lane < MAX_LANES && !queued.isEmpty() && (to != null || append == null); lane++) {
+                // Forwarded at once, every free lane a batch; carried here, batches made when the entry is.
+                if (lanes[lane] == null) {
+                    lanes[lane] = nextBatch(lane);
+                    if (to != null) {
+                        forward(lanes[lane], to);
+                    } else {
+                        carrying.add(new Carried(lanes[lane].id, lanes[lane].text, lanes[lane]));
+                    }
+                }
+            }
+            if (append == null && !carrying.isEmpty()) {
+                append = nextEntry();
+            }
+            if (append != null && append.state == AppendState.PLACE && knownFilled <= applied) {
+                // The only slot it may take: every slot before it is applied, so it lands at most once.
+                cas(append, applied + 1);
+            }
         }
         sendReads();
     }
@@ -323,9 +429,9 @@ final class ClusterService implements Service {
         return "log/" + slot;
     }
 
-    /** The queued requests, oldest first, as one entry: bounded in requests and characters (one request at least). */
-    private Append nextEntry() {
-        String entryId = nodeId + "/" + processNonce + "/" + ++entriesMade;
+    /** The queued requests, oldest first, as this lane's next batch: bounded in requests and characters (one request at least). */
+    private OwnBatch nextBatch(int lane) {
+        String id = nodeId + "/" + processNonce + Integer.toHexString(lane) + "/" + ++batchesMade[lane];
         List<Waiting> batch = new ArrayList<>();
         List<String> encoded = new ArrayList<>();
         int chars = 0;
@@ -340,7 +446,26 @@ final class ClusterService implements Service {
             encoded.add(one);
             chars += one.length();
         }
-        return new Append(entryId, LogEntry.encode(entryId, settings, encoded), batch);
+        return new OwnBatch(lane, id, Batch.encode(id, encoded), batch);
+    }
+
+    /** The carried batches, oldest first, as one entry: bounded in characters (one batch at least); copies already applied left out. */
+    private Append nextEntry() {
+        List<String> batches = new ArrayList<>();
+        List<OwnBatch> own = new ArrayList<>();
+        int chars = 0;
+        while (!carrying.isEmpty() && (batches.isEmpty() || chars + carrying.peekFirst().text().length() <= MAX_ENTRY_CHARS)) {
+            Carried next = carrying.pollFirst();
+            if (next.own() == null && isApplied(next.id())) {
+                continue;
+            }
+            batches.add(next.text());
+            chars += next.text().length();
+            if (next.own() != null) {
+                own.add(next.own());
+            }
+        }
+        return batches.isEmpty() ? null : new Append(LogEntry.encode(nodeId, settings, batches), own);
     }
 
     /** The cas of {@code sent} at {@code slot} ended; anything but a success means: read the slot, which decides. */
@@ -368,7 +493,115 @@ final class ClusterService implements Service {
         advance();
     }
 
-    // ---- 3. Reading the log: catching up, resolving a slot, finding the end ---------------------------
+    // ---- 3. Forwarding: one node appends for all --------------------------------------------------------
+
+    /** The share of --kv-timeout a forwarded batch may take to land before its node appends it itself. */
+    static final int FORWARD_PATIENCE_DIVISOR = 4;
+    /** How many --kv-timeouts a node appends its own batches after one it forwarded was not brought in time, and how long it pushes to a follower. */
+    static final int MEMORY_IN_TIMEOUTS = 5;
+
+    /**
+     * Where this node's batches go: the least node id among the nodes that appended an entry lately (its own
+     * included), not suspected; null when that is this node, or none is known: this node appends them itself.
+     * Every node comes to the same choice from the same log, so one node appends for all, and a node that
+     * carries forwarded batches appends whatever it believes: no batch waits on a cycle of forwards.
+     */
+    private String appender() {
+        long now = System.nanoTime();
+        suspects.values().removeIf(until -> until - now <= 0);
+        String least = nodeId;
+        for (var seen : appenders.entrySet()) {
+            if (seen.getValue() > applied - RECENT_SLOTS && seen.getKey().compareTo(least) < 0 && !suspects.containsKey(seen.getKey())) {
+                least = seen.getKey();
+            }
+        }
+        return least.equals(nodeId) ? null : least;
+    }
+
+    /** Sends a batch to the node that appends for all, to carry in its next entry; it lands in an entry of this node's if not brought in time. */
+    private void forward(OwnBatch batch, String to) throws IOException {
+        batch.forwardedTo = to;
+        batch.takeOverNanos = System.nanoTime() + timeoutMillis * 1_000_000 / FORWARD_PATIENCE_DIVISOR;
+        replies.send(new Envelope(nodeId, to, null), "log_forward", json -> {
+            json.field("batch");
+            json.string(batch.text);
+        });
+    }
+
+    /**
+     * The forwarded batches not brought in time go into this node's own entry, and their appender is passed over
+     * for a while. Should both copies land, the second is skipped by every node.
+     */
+    private void takeOverLateForwards() {
+        long now = System.nanoTime();
+        for (OwnBatch batch : lanes) {
+            if (batch != null && batch.forwardedTo != null && batch.takeOverNanos - now <= 0) {
+                log.warn("batch " + batch.id + " forwarded to " + batch.forwardedTo + " did not land within "
+                        + timeoutMillis / FORWARD_PATIENCE_DIVISOR + " ms: appending it here");
+                suspects.put(batch.forwardedTo, now + MEMORY_IN_TIMEOUTS * timeoutMillis * 1_000_000);
+                batch.forwardedTo = null;
+                carrying.add(new Carried(batch.id, batch.text, batch));
+            }
+        }
+    }
+
+    /** A batch another node forwarded: carried in this node's next entry, unless a copy is applied or this node carries all it may. */
+    private void forwarded(String from, String text) {
+        Batch batch;
+        try {
+            Tokens.Reader in = new Tokens.Reader(text == null ? "" : text, 0);
+            batch = Batch.decode(in);
+            in.end();
+        } catch (RuntimeException undecodable) {
+            log.warn("a batch forwarded by " + from + " does not decode (" + undecodable.getMessage() + "): dropped");
+            return;
+        }
+        if (carrying.size() >= MAX_CARRIED || replaying) {
+            log.warn("batch " + batch.id() + " forwarded by " + from + ": dropped (" + (replaying ? "replaying" : "carrying " + MAX_CARRIED)
+                    + "); its node appends it itself");
+            return;
+        }
+        if (!isApplied(batch.id()) && carrying.stream().noneMatch(held -> held.id().equals(batch.id()))) {
+            carrying.add(new Carried(batch.id(), text, null));
+        }
+        followers.remove(from);
+        followers.put(from, System.nanoTime());
+        if (followers.size() > MAX_FOLLOWERS) {
+            followers.remove(followers.keySet().iterator().next());
+        }
+    }
+
+    /**
+     * This node's entry landed at {@code slot}: the nodes that forwarded to it lately get its value, so that they
+     * apply it without reading it. It is what lin-kv holds there: this node's cas of it succeeded, or a read found it.
+     */
+    private void pushToFollowers(long slot, String value) throws IOException {
+        long now = System.nanoTime();
+        followers.values().removeIf(last -> now - last > MEMORY_IN_TIMEOUTS * timeoutMillis * 1_000_000);
+        for (String follower : followers.keySet()) {
+            replies.send(new Envelope(nodeId, follower, null), "log_slot", json -> {
+                json.field("slot");
+                json.number(slot);
+                json.field("value");
+                json.string(value);
+            });
+        }
+    }
+
+    /**
+     * A slot's value from the node that appended it: taken as a reading of the slot when it decodes and comes from
+     * a node that appended entries this node applied (a slot is written once, so a true report of it holds for
+     * ever); else ignored, and the slot is read from lin-kv when needed. A node never skips a slot on a pushed value.
+     */
+    private void slotPushed(String from, long slot, String value) {
+        Slot read = Slot.read(value);
+        if (slot > applied && read.entry() != null && appenders.containsKey(from)) {
+            fetched.putIfAbsent(slot, read);
+            knownFilled = Math.max(knownFilled, slot);
+        }
+    }
+
+    // ---- 4. Reading the log: catching up, resolving a slot, finding the end ---------------------------
 
     /** The reads of one slot in flight: how many, and the newest one's sequence number. */
     static final class ReadsOfSlot {
@@ -428,9 +661,7 @@ final class ClusterService implements Service {
         RpcError unknown = new RpcError(Reason.KV_TIMEOUT, "lin-kv did not answer " + what + " within " + timeoutMillis
                 + " ms: the outcome is unknown; a retry will tell");
         if (append != null) {
-            for (Waiting waiting : append.requests) {
-                waiting.fail(unknown);
-            }
+            append.failAll(unknown);
         }
         while (!readers.isEmpty() && readers.peekFirst().readsSentBefore <= readsBeforeCall) {
             readers.pollFirst().fail(unknown);
@@ -451,10 +682,8 @@ final class ClusterService implements Service {
             badReadings.put(slot, reply.raw());
             log.warn("slot " + slot + " read undecodable (" + read.why() + "): reading it again");
             if (append != null) {
-                for (Waiting waiting : append.requests) {
-                    waiting.fail(new RpcError(Reason.KV_UNKNOWN_OUTCOME, "a reading of the log came damaged: the outcome is unknown;"
-                            + " a retry will tell"));
-                }
+                append.failAll(new RpcError(Reason.KV_UNKNOWN_OUTCOME, "a reading of the log came damaged: the outcome is unknown;"
+                        + " a retry will tell"));
             }
             return;
         }
@@ -486,7 +715,7 @@ final class ClusterService implements Service {
         }
     }
 
-    // ---- 4. Applying a slot: the table's answer, the same on every node --------------------------------
+    // ---- 5. Applying a slot: the table's answer, the same on every node --------------------------------
 
     private void applyFetchedSlots() throws IOException {
         for (Slot slot; (slot = fetched.remove(applied + 1)) != null; ) {
@@ -515,31 +744,53 @@ final class ClusterService implements Service {
             return;
         }
         LogEntry entry = slot.entry();
+        String value = slot.value();
         if (!entry.settings().equals(settings)) {
             // Applied under other settings, this node's table would part from the others': it stops rather.
             throw new Stop("slot " + number + " of the log was appended by a node with " + entry.settings()
                     + ", and this node runs with " + settings + ": every node of a cluster needs the same --balance and --max-keys", 2);
         }
-        String process = entry.process();
-        long count = entry.count();
-        Long before = appliedCounts.get(process);
-        if (before != null && count <= before) {
-            // An entry stored twice (a cas duplicated on the wire): every node applies its first copy only.
-            log.warn("slot " + number + " repeats entry " + entry.id() + ": skipped, as on every node");
-            return;
+        for (Batch batch : entry.batches()) {
+            if (isApplied(batch.id())) {
+                // A batch stored twice (a duplicated cas, or forwarded and appended by its node too): every node
+                // applies its first copy only.
+                log.warn("slot " + number + " repeats batch " + batch.id() + ": skipped, as on every node");
+                continue;
+            }
+            appliedCounts.put(Batch.processOf(batch.id()), Batch.countOf(batch.id()));
+            OwnBatch mine = ownBatch(batch.id());
+            if (mine != null && batch.requests().size() != mine.requests.size()) {
+                throw new IllegalStateException("batch " + batch.id() + " holds " + batch.requests().size() + " requests, and this node made it of "
+                        + mine.requests.size());
+            }
+            for (int i = 0; i < batch.requests().size(); i++) {
+                applyRequest(batch.requests().get(i), mine != null ? mine.requests.get(i) : null);
+            }
+            if (mine != null) {
+                lanes[mine.lane] = null;
+            }
         }
-        appliedCounts.put(process, count);
-        boolean ours = append != null && entry.id().equals(append.entryId);
-        if (ours && entry.requests().size() != append.requests.size()) {
-            throw new IllegalStateException("entry " + entry.id() + " holds " + entry.requests().size() + " requests, and this node appended "
-                    + append.requests.size());
-        }
-        for (int i = 0; i < entry.requests().size(); i++) {
-            applyRequest(entry.requests().get(i), ours ? append.requests.get(i) : null);
-        }
-        if (ours) {
+        appenders.put(entry.appender(), number);
+        if (append != null && value.equals(append.value)) {
             append = null;
+            pushToFollowers(number, value);
         }
+    }
+
+    /** This node's batch in flight of that id, or null. */
+    private OwnBatch ownBatch(String id) {
+        for (OwnBatch batch : lanes) {
+            if (batch != null && batch.id.equals(id)) {
+                return batch;
+            }
+        }
+        return null;
+    }
+
+    /** Whether a batch of that id (or a later one of its lane) was applied: a copy of it is skipped. */
+    private boolean isApplied(String batchId) {
+        Long before = appliedCounts.get(Batch.processOf(batchId));
+        return before != null && Batch.countOf(batchId) <= before;
     }
 
     /** One request at its position in the log; {@code waiting}: its client, when this node appended it (else null). */
@@ -565,7 +816,7 @@ final class ClusterService implements Service {
     }
 
 
-    // ---- 5. Time: deadlines of calls and of requests ---------------------------------------------------
+    // ---- 6. Time: deadlines of calls and of requests ---------------------------------------------------
 
     /** Answers the requests past their deadline: the queued ones were not appended (nothing done), the others' outcome is unknown. */
     private void expireRequests() throws IOException {
@@ -594,6 +845,12 @@ final class ClusterService implements Service {
 
     private long millisToNextDeadline() {
         long call = kv.millisToNextDeadline();
+        for (OwnBatch batch : lanes) {
+            if (batch != null && batch.forwardedTo != null) {
+                long forward = Math.max(0, (batch.takeOverNanos - System.nanoTime() + 999_999) / 1_000_000);
+                call = call < 0 ? forward : Math.min(call, forward);
+            }
+        }
         if (unanswered.isEmpty()) {
             return call;
         }
@@ -607,7 +864,7 @@ final class ClusterService implements Service {
         return kv.completes(from, line, start, length);
     }
 
-    // ---- 6. Time, while stdin is quiet -----------------------------------------------------------------
+    // ---- 7. Time, while stdin is quiet -----------------------------------------------------------------
 
     /**
      * The node reads stdin through a {@link TimedInput} that wakes up for this service's timed work: calls and
@@ -654,7 +911,7 @@ final class ClusterService implements Service {
         delayed.drain(replies);
     }
 
-    // ---- 7. The entries in lin-kv ----------------------------------------------------------------------
+    // ---- 8. The entries in lin-kv ----------------------------------------------------------------------
 
     /**
      * A request as the log holds it: the request, when it arrived on the node that appended it (the table decides
@@ -745,26 +1002,17 @@ final class ClusterService implements Service {
     }
 
     /**
-     * An entry of the log: its id (the node, a nonce of the process, a count), the settings it was appended
-     * under, and its requests. Stored as one string (lin-kv reads JSON numbers as doubles; a string is kept
+     * An entry of the log: the node that appended it, the settings it was appended under, and its batches of
+     * requests (see {@link OwnBatch}). Stored as one string (lin-kv reads JSON numbers as doubles; a string is kept
      * whole): a CRC-32 of the rest, then length-prefixed texts, so that any damage is detected, not decoded.
      */
-    record LogEntry(String id, String settings, List<LoggedRequest> requests) {
-        static final String FORMAT = "payment-log/1";
+    record LogEntry(String appender, String settings, List<Batch> batches) {
+        static final String FORMAT = "payment-log/2";
 
-        /** The process that appended it (its node and nonce): its entries land in the order of their counts. */
-        String process() {
-            return id.substring(0, id.lastIndexOf('/'));
-        }
-
-        long count() {
-            return Long.parseLong(id.substring(id.lastIndexOf('/') + 1));
-        }
-
-        static String encode(String id, String settings, List<String> encodedRequests) {
-            StringBuilder body = new StringBuilder(new Tokens().add(FORMAT).add(id).add(settings)
-                    .add(Integer.toString(encodedRequests.size())).toString());
-            encodedRequests.forEach(body::append);
+        static String encode(String appender, String settings, List<String> encodedBatches) {
+            StringBuilder body = new StringBuilder(new Tokens().add(FORMAT).add(appender).add(settings)
+                    .add(Integer.toString(encodedBatches.size())).toString());
+            encodedBatches.forEach(body::append);
             return crc(body) + " " + body;
         }
 
@@ -781,18 +1029,15 @@ final class ClusterService implements Service {
             if (!FORMAT.equals(in.next())) {
                 throw new IllegalArgumentException("not of format " + FORMAT);
             }
-            String id = in.next();
-            if (!id.matches(".+/[0-9a-f]+/[1-9][0-9]{0,17}")) {
-                throw new IllegalArgumentException("an entry id that is not node/nonce/count: " + id);
-            }
+            String appender = in.next();
             String settings = in.next();
-            long count = in.number(1, MAX_ENTRY_CHARS);
-            List<LoggedRequest> requests = new ArrayList<>();
+            long count = in.number(1, MAX_CARRIED + MAX_LANES);
+            List<Batch> batches = new ArrayList<>();
             for (long i = 0; i < count; i++) {
-                requests.add(LoggedRequest.decode(in));
+                batches.add(Batch.decode(in));
             }
             in.end();
-            return new LogEntry(id, settings, List.copyOf(requests));
+            return new LogEntry(appender, settings, List.copyOf(batches));
         }
 
         /** CRC-32 of the text's UTF-16 units (any Java string, lone surrogates included), as 8 hex digits. */
@@ -804,13 +1049,43 @@ final class ClusterService implements Service {
         }
     }
 
-    /** A slot as read: its entry, or why it holds none (then every node skips it alike). */
-    record Slot(LogEntry entry, String why) {
+    /** Requests one node received, under the id of its {@link OwnBatch}: node/nonce and lane/count. */
+    record Batch(String id, List<LoggedRequest> requests) {
+        static String processOf(String id) {
+            return id.substring(0, id.lastIndexOf('/'));
+        }
+
+        static long countOf(String id) {
+            return Long.parseLong(id.substring(id.lastIndexOf('/') + 1));
+        }
+
+        static String encode(String id, List<String> encodedRequests) {
+            StringBuilder text = new StringBuilder(new Tokens().add(id).add(Integer.toString(encodedRequests.size())).toString());
+            encodedRequests.forEach(text::append);
+            return text.toString();
+        }
+
+        static Batch decode(Tokens.Reader in) {
+            String id = in.next();
+            if (!id.matches(".+/[0-9a-f]{17}/[1-9][0-9]{0,17}")) {
+                throw new IllegalArgumentException("a batch id that is not node/nonce and lane/count: " + id);
+            }
+            long count = in.number(1, MAX_BATCH_REQUESTS);
+            List<LoggedRequest> requests = new ArrayList<>();
+            for (long i = 0; i < count; i++) {
+                requests.add(LoggedRequest.decode(in));
+            }
+            return new Batch(id, List.copyOf(requests));
+        }
+    }
+
+    /** A slot as read: its value, and its entry or why it holds none (then every node skips it alike). */
+    record Slot(String value, LogEntry entry, String why) {
         static Slot read(String value) {
             try {
-                return new Slot(LogEntry.decode(value), null);
+                return new Slot(value, LogEntry.decode(value), null);
             } catch (RuntimeException undecodable) {
-                return new Slot(null, undecodable.getMessage());
+                return new Slot(value, null, undecodable.getMessage());
             }
         }
     }

@@ -674,12 +674,16 @@ class ClusterModelTest {
             if (read.entry() == null) {
                 return "slot " + slot + " of the log holds no entry (" + read.why() + "): " + history.log().get(slot - 1);
             }
-            Long before = lastCount.put(read.entry().process(), read.entry().count());
-            if (before != null && read.entry().count() <= before) {
-                lastCount.put(read.entry().process(), before);
-                continue;   // an entry stored twice (a duplicated cas) is applied once, by every node
+            for (ClusterService.Batch batch : read.entry().batches()) {
+                String process = ClusterService.Batch.processOf(batch.id());
+                long count = ClusterService.Batch.countOf(batch.id());
+                Long before = lastCount.put(process, count);
+                if (before != null && count <= before) {
+                    lastCount.put(process, before);
+                    continue;   // a batch stored twice (a duplicated cas, a forwarded batch appended by its node too) is applied once
+                }
+                order.addAll(batch.requests());
             }
-            order.addAll(read.entry().requests());
         }
         Map<String, Attempt> bySender = new HashMap<>();
         for (Attempt attempt : history.attempts()) {

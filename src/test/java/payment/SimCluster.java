@@ -399,6 +399,11 @@ final class SimCluster implements AutoCloseable {
                 } catch (IOException e) {
                     throw new UncheckedIOException(e);
                 }
+            } else if (nodes.containsKey(dest)) {
+                // One node to another (a forwarded batch, a landed slot): on the wire like any message, and it
+                // counts as a call for expireAll (a forward not brought in time is what lets its node go on).
+                lastKvRequestNanos = System.nanoTime();
+                enqueue(message.path("src").asText(), dest, message.get("body"), now, null);
             } else if (!"c0".equals(dest)) {
                 clientReplies.add(message);
                 if (onClientReply != null) {
