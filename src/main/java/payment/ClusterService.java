@@ -12,6 +12,7 @@ import java.util.ArrayDeque;
 import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.LinkedHashMap;
+import java.util.LinkedHashSet;
 import java.util.List;
 import java.util.TreeMap;
 import java.util.concurrent.ThreadLocalRandom;
@@ -132,8 +133,8 @@ final class ClusterService implements Service {
     private final HashMap<String, Long> appenders = new HashMap<>();
     /** Nodes that did not bring a batch forwarded to them in time, with until when this node appends its own rather. */
     private final HashMap<String, Long> suspects = new HashMap<>();
-    /** Nodes whose batches this node carried lately, with when they last forwarded one: each entry it lands is pushed to them. */
-    private final LinkedHashMap<String, Long> followers = new LinkedHashMap<>();
+    /** Nodes that forwarded batches to this node, the latest last: each entry it lands is pushed to them. */
+    private final LinkedHashSet<String> followers = new LinkedHashSet<>();
 
     /** {@code table}: the card's table, with --balance and --max-keys as given (the same on every node). */
     ClusterService(PaymentHandler table, BigDecimal balance, long maxKeys, long reserveTtlMillis, Faults faults, ReplyWriter replies, Log log,
@@ -267,31 +268,16 @@ final class ClusterService implements Service {
         return Reply.LATER;
     }
 
-    /** Another node's message (section 3): a batch forwarded to this node, or a slot it appended. */
+    /** Another node's message (section 3): a batch forwarded to this node ({@code value}), or a slot it appended ({@code key}, {@code value}). */
     private void peerMessage(String from, String type, byte[] line, int start, int length) throws IOException {
-        HashMap<String, Value> body = new HashMap<>();
-        try (JsonParser parser = JSON.createParser(line, start, length)) {
-            parser.nextToken();
-            while (parser.nextToken() == JsonToken.FIELD_NAME) {
-                boolean isBody = parser.currentName().equals("body");
-                if (parser.nextToken() != JsonToken.START_OBJECT || !isBody) {
-                    parser.skipChildren();
-                    continue;
-                }
-                while (parser.nextToken() == JsonToken.FIELD_NAME) {
-                    String name = parser.currentName();
-                    body.put(name, Value.read(parser, parser.nextToken()));
-                }
-            }
-        }
+        LinKv.Body body = LinKv.Body.read(line, start, length);
         if (nodeId == null) {
             return;
         }
-        Long slot = longOrNull(body.get("slot"));
         if (type.equals("log_forward")) {
-            forwarded(from, stringOrNull(body.get("batch")));
-        } else if (slot != null) {
-            slotPushed(from, slot, stringOrNull(body.get("value")));
+            forwarded(from, body.value());
+        } else if (body.key() != null && body.key().matches("log/[1-9][0-9]{0,17}")) {
+            slotPushed(from, Long.parseLong(body.key().substring(4)), body.value());
         }
         advance();
     }
@@ -363,8 +349,6 @@ final class ClusterService implements Service {
         final List<OwnBatch> own;
         AppendState state = AppendState.PLACE;
         long slot;
-        /** How many cas of it went to each slot: a refusal of its only cas to a slot means the slot is another's. */
-        final HashMap<Long, Integer> casesAt = new HashMap<>();
 
         Append(String value, List<OwnBatch> own) {
             this.value = value;
@@ -421,7 +405,6 @@ final class ClusterService implements Service {
     private void cas(Append sent, long slot) throws IOException {
         sent.slot = slot;
         sent.state = AppendState.CAS_SENT;
-        sent.casesAt.merge(slot, 1, Integer::sum);
         kv.createOnly(slotKey(slot), sent.value, reply -> casEnded(sent, slot, reply));
     }
 
@@ -476,19 +459,13 @@ final class ClusterService implements Service {
         if (reply.outcome() == LinKv.Outcome.OK) {
             knownFilled = Math.max(knownFilled, slot);
             fetched.put(slot, Slot.read(sent.value));
-        } else if (reply.outcome() == LinKv.Outcome.EXISTS && sent.casesAt.get(slot) == 1) {
-            // Refused, and no other cas of this entry went to this slot: the slot is another entry's. Try the
-            // next slot at once, while the reads fetch this one (a round trip saved per slot lost, which is
-            // what contention costs). Every slot before the next is then known to hold another entry.
-            knownFilled = Math.max(knownFilled, slot);
-            cas(sent, slot + 1);
         } else {
             if (reply.outcome() == LinKv.Outcome.EXISTS) {
-                knownFilled = Math.max(knownFilled, slot);   // ours (an earlier cas of it landed late) or another's: the read will tell
+                knownFilled = Math.max(knownFilled, slot);   // another's, or ours (a duplicated cas of it landed first)
             } else {
                 timedOut("the append of its entry to the log", -1);   // reads do not wait on a cas
             }
-            sent.state = AppendState.SLOT_UNKNOWN;   // a lost or late reply: the cas may yet land, but only in this slot
+            sent.state = AppendState.SLOT_UNKNOWN;   // the slot decides: read it (a lost cas may yet land, but only there)
         }
         advance();
     }
@@ -497,7 +474,7 @@ final class ClusterService implements Service {
 
     /** The share of --kv-timeout a forwarded batch may take to land before its node appends it itself. */
     static final int FORWARD_PATIENCE_DIVISOR = 4;
-    /** How many --kv-timeouts a node appends its own batches after one it forwarded was not brought in time, and how long it pushes to a follower. */
+    /** How many --kv-timeouts a node appends its own batches after one it forwarded was not brought in time. */
     static final int MEMORY_IN_TIMEOUTS = 5;
 
     /**
@@ -523,7 +500,7 @@ final class ClusterService implements Service {
         batch.forwardedTo = to;
         batch.takeOverNanos = System.nanoTime() + timeoutMillis * 1_000_000 / FORWARD_PATIENCE_DIVISOR;
         replies.send(new Envelope(nodeId, to, null), "log_forward", json -> {
-            json.field("batch");
+            json.field("value");
             json.string(batch.text);
         });
     }
@@ -565,23 +542,21 @@ final class ClusterService implements Service {
             carrying.add(new Carried(batch.id(), text, null));
         }
         followers.remove(from);
-        followers.put(from, System.nanoTime());
+        followers.add(from);
         if (followers.size() > MAX_FOLLOWERS) {
-            followers.remove(followers.keySet().iterator().next());
+            followers.remove(followers.iterator().next());
         }
     }
 
     /**
-     * This node's entry landed at {@code slot}: the nodes that forwarded to it lately get its value, so that they
-     * apply it without reading it. It is what lin-kv holds there: this node's cas of it succeeded, or a read found it.
+     * This node's entry landed at {@code slot}: the nodes that forwarded to it get its value, so that they apply it
+     * without reading it. It is what lin-kv holds there: this node's cas of it succeeded, or a read found it.
      */
     private void pushToFollowers(long slot, String value) throws IOException {
-        long now = System.nanoTime();
-        followers.values().removeIf(last -> now - last > MEMORY_IN_TIMEOUTS * timeoutMillis * 1_000_000);
-        for (String follower : followers.keySet()) {
+        for (String follower : followers) {
             replies.send(new Envelope(nodeId, follower, null), "log_slot", json -> {
-                json.field("slot");
-                json.number(slot);
+                json.field("key");
+                json.string(slotKey(slot));
                 json.field("value");
                 json.string(value);
             });

@@ -87,45 +87,60 @@ final class LinKv {
         calls.put(msgId, new Call(type, key, System.nanoTime() + timeoutMillis * 1_000_000, callback));
     }
 
-    /** Takes a reply to one of this node's calls (the one place a lin-kv reply is read); false when it is none. */
+    /**
+     * The fields of a message's body this client and the cluster's own messages use: {@code value} when it is a JSON
+     * string, else null, and {@code raw}, the value's JSON text as it came (so that two readings can be compared
+     * even when neither is a string). The one place a lin-kv reply, or another node's message, is read.
+     */
+    record Body(Long inReplyTo, String type, Long code, String key, String value, String raw) {
+        static Body read(byte[] line, int lineStart, int length) throws IOException {
+            Long inReplyTo = null;
+            String type = null;
+            Long code = null;
+            String key = null;
+            String value = null;
+            String raw = null;
+            try (JsonParser parser = JSON.createParser(line, lineStart, length)) {
+                parser.nextToken();
+                while (parser.nextToken() == JsonToken.FIELD_NAME) {
+                    boolean body = parser.currentName().equals("body");
+                    if (parser.nextToken() != JsonToken.START_OBJECT || !body) {
+                        parser.skipChildren();
+                        continue;
+                    }
+                    while (parser.nextToken() == JsonToken.FIELD_NAME) {
+                        String field = parser.currentName();
+                        JsonToken token = parser.nextToken();
+                        switch (field) {
+                            case "in_reply_to" -> inReplyTo = longOrNull(PaymentNode.Value.read(parser, token));
+                            case "type" -> type = stringOrNull(PaymentNode.Value.read(parser, token));
+                            case "code" -> code = longOrNull(PaymentNode.Value.read(parser, token));
+                            case "key" -> key = stringOrNull(PaymentNode.Value.read(parser, token));
+                            case "value" -> {
+                                int start = (int) parser.currentTokenLocation().getByteOffset();
+                                value = token == JsonToken.VALUE_STRING ? parser.getText() : null;
+                                parser.skipChildren();
+                                int end = (int) parser.currentLocation().getByteOffset();
+                                raw = new String(line, lineStart + start, end - start, StandardCharsets.UTF_8);
+                            }
+                            default -> parser.skipChildren();
+                        }
+                    }
+                }
+            }
+            return new Body(inReplyTo, type, code, key, value, raw);
+        }
+    }
+
+    /** Takes a reply to one of this node's calls; false when it is none. */
     boolean completes(String from, byte[] line, int lineStart, int length) throws IOException {
         if (!SERVICE.equals(from)) {
             return false;   // not lin-kv's
         }
-        Long inReplyTo = null;
-        String type = null;
-        Long code = null;
-        String value = null;
-        String raw = null;
-        try (JsonParser parser = JSON.createParser(line, lineStart, length)) {
-            parser.nextToken();
-            while (parser.nextToken() == JsonToken.FIELD_NAME) {
-                boolean body = parser.currentName().equals("body");
-                if (parser.nextToken() != JsonToken.START_OBJECT || !body) {
-                    parser.skipChildren();
-                    continue;
-                }
-                while (parser.nextToken() == JsonToken.FIELD_NAME) {
-                    String field = parser.currentName();
-                    JsonToken token = parser.nextToken();
-                    if (field.equals("in_reply_to")) {
-                        inReplyTo = longOrNull(PaymentNode.Value.read(parser, token));
-                    } else if (field.equals("type")) {
-                        type = stringOrNull(PaymentNode.Value.read(parser, token));
-                    } else if (field.equals("code")) {
-                        code = longOrNull(PaymentNode.Value.read(parser, token));
-                    } else if (field.equals("value")) {
-                        int start = (int) parser.currentTokenLocation().getByteOffset();
-                        value = token == JsonToken.VALUE_STRING ? parser.getText() : null;
-                        parser.skipChildren();
-                        int end = (int) parser.currentLocation().getByteOffset();
-                        raw = new String(line, lineStart + start, end - start, StandardCharsets.UTF_8);
-                    } else {
-                        parser.skipChildren();
-                    }
-                }
-            }
-        }
+        Body reply = Body.read(line, lineStart, length);
+        Long inReplyTo = reply.inReplyTo();
+        String type = reply.type();
+        Long code = reply.code();
         Call call = inReplyTo == null ? null : calls.get(inReplyTo);
         if (call == null) {
             return false;   // late (timed out), or meant for an earlier process of this node
@@ -141,7 +156,7 @@ final class LinKv {
             return true;
         }
         calls.remove(inReplyTo);
-        call.callback().on(new Reply(outcome, value, raw));
+        call.callback().on(new Reply(outcome, reply.value(), reply.raw()));
         return true;
     }
 

@@ -113,25 +113,49 @@ class ClusterForwardingTest {
     @Test
     void aBatchTheAppenderDoesNotBringIsAppendedByItsNodeAndAppliedOnceWhenBothLand() throws InterruptedException {
         twoNodesWithAnAppender();
-        // The forward is held: n1 never hears of it in time; n2 appends the batch itself after the patience.
+        // A capture before its reservation, forwarded and held: n1 never hears of it in time; n2 appends it itself
+        // after the patience, and the table refuses it (14, nothing recorded).
         SimCluster.Rule holdForwards = message -> message.src.equals("n2") && message.dest.equals("n1") ? SimCluster.Fate.HOLD : SimCluster.Fate.DELIVER;
-        long request = charge("n2", 4, holdForwards);
+        long capture = send("n2", "{\"type\":\"CapturePayment\",\"msg_id\":" + ++msgId + ",\"saga_id\":\"s\",\"step\":4,"
+                + "\"params\":{\"payment_id\":\"p4\",\"amount\":10}}", holdForwards);
         assertEquals(1, cluster.held.size(), "the forward, held");
         Thread.sleep(KV_TIMEOUT_MILLIS / 4 + 20);
         cluster.expireAll();   // time passes: n2's patience runs out
         cluster.runUntilQuiet(recording(SimCluster.HONEST));
-        assertEquals("p4", paymentIdOf(request));
+        assertEquals(14, replyTo(capture).path("code").asInt(), replyTo(capture).toString());
         assertEquals(List.of("n2"), casSenders, "n2 appended its batch itself");
         assertTrue(stderr.toString().contains("appending it here"), "the takeover is logged");
 
-        // The held forward arrives late: n1 carries the batch again, and every node skips the copy.
+        // The reservation comes to n2 (which appends it itself: n1 let it down), then the held forward reaches n1,
+        // which has applied neither: it carries the capture again, and its entry lands after the reservation.
+        // Applied again the capture would succeed; every node skips the copy instead.
+        long reserve = send("n2", "{\"type\":\"ReservePayment\",\"msg_id\":" + ++msgId + ",\"saga_id\":\"s\",\"step\":4,"
+                + "\"params\":{\"user_id\":\"u1\",\"amount\":10}}", SimCluster.HONEST);
+        assertEquals("p4", replyTo(reserve).path("result").path("payment_id").asText(), replyTo(reserve).toString());
         cluster.release(message -> true);
         cluster.runUntilQuiet(SimCluster.HONEST);
         List<ClusterService.LogEntry> log = log();
         long copies = log.stream().flatMap(entry -> entry.batches().stream())
-                .filter(batch -> Long.valueOf(request).equals(batch.requests().get(0).msgId())).count();
-        assertEquals(2, copies, "the batch is in the log twice: in n2's entry and in n1's");
-        assertEquals("p5", paymentIdOf(charge("n1", 5, SimCluster.HONEST)), "applied once: no payment id was used up by the copy");
-        assertEquals("p6", paymentIdOf(charge("n2", 6, SimCluster.HONEST)), "and alike on the follower");
+                .filter(batch -> Long.valueOf(capture).equals(batch.requests().get(0).msgId())).count();
+        assertEquals(2, copies, "the capture is in the log twice: in n2's entry, then in n1's after the reservation");
+        for (String node : List.of("n1", "n2")) {
+            long status = send(node, "{\"type\":\"PaymentStatus\",\"msg_id\":" + ++msgId + ",\"saga_id\":\"s\",\"step\":4}", SimCluster.HONEST);
+            assertEquals("reserved", replyTo(status).path("status").asText(), node + " applied the copy: " + replyTo(status));
+        }
+    }
+
+    private long send(String node, String body, SimCluster.Rule rule) {
+        cluster.request(node, "c1", body);
+        cluster.runUntilQuiet(recording(rule));
+        return msgId;
+    }
+
+    private JsonNode replyTo(long request) {
+        for (JsonNode message : cluster.clientReplies) {
+            if (message.path("body").path("in_reply_to").asLong(-1) == request) {
+                return message.path("body");
+            }
+        }
+        throw new AssertionError("no reply to request " + request);
     }
 }

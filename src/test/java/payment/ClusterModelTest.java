@@ -92,6 +92,8 @@ class ClusterModelTest {
      */
     private static final int MAX_ATTEMPTS_PER_REQUEST = 120;
     private static final int MAX_STATUS_POLLS = 8;
+    /** In lossy runs, the share of forwarded batches (percent) held until the next time jump, past their node's patience. */
+    private static final int LATE_FORWARD_PERCENT = 5;
     private static final String CORRUPTED_MARK = "a node must answer such a read with an indefinite error, and decide nothing on it";
     /** For the survey's report: how much work the runs were. */
     private static final java.util.concurrent.atomic.AtomicLong DELIVERIES = new java.util.concurrent.atomic.AtomicLong();
@@ -506,6 +508,7 @@ class ClusterModelTest {
                 }
                 if (sequence.timeJumpRate() > 0 && random.nextDouble() < sequence.timeJumpRate()) {
                     cluster.expireAll();
+                    cluster.release(held -> true);
                 }
                 List<SimCluster.Message> ready = new ArrayList<>();
                 long soonest = Long.MAX_VALUE;
@@ -527,6 +530,11 @@ class ClusterModelTest {
                     }
                     if (roll < sequence.dropRate()) {
                         cluster.drop(message);
+                    } else if (sequence.dropRate() > 0 && "log_forward".equals(message.type()) && random.nextInt(100) < LATE_FORWARD_PERCENT) {
+                        // Held until time has passed: its node appends the batch itself meanwhile, then the appender
+                        // carries it too, and every node must skip the second copy.
+                        cluster.inFlight.remove(message);
+                        cluster.held.add(message);
                     } else {
                         if (roll < sequence.dropRate() + sequence.duplicateRate() && (DUPLICATE_CAS || !"cas".equals(message.type()))) {
                             cluster.duplicate(message, cluster.now + random.nextInt(20));
@@ -551,6 +559,7 @@ class ClusterModelTest {
                         return new History(attempts, stuck, uncaused[0], corruptions[0]);
                     }
                     cluster.expireAll();
+                    cluster.release(held -> true);   // forwards held past the time jump come now: their batches may land twice
                 }
             }
             if (!clients.values().stream().allMatch(c -> c.next >= c.requests.size()) || checker.next < checker.requests.size()) {
