@@ -11,11 +11,13 @@ import java.nio.charset.StandardCharsets;
 import java.util.ArrayDeque;
 import java.util.ArrayList;
 import java.util.HashMap;
+import java.util.HashSet;
 import java.util.LinkedHashMap;
 import java.util.LinkedHashSet;
 import java.util.List;
 import java.util.TreeMap;
 import java.util.concurrent.ThreadLocalRandom;
+import java.util.regex.Pattern;
 import java.util.zip.CRC32;
 
 import payment.FundedPaymentHandler.BalanceReads;
@@ -55,6 +57,8 @@ final class ClusterService implements Service {
     static final int FIRST_REPLAY_READS = 8;
     /** Batches one node has in flight at most (its lanes). */
     static final int MAX_LANES = 8;
+    /** Batches in one entry at most. */
+    static final int MAX_ENTRY_BATCHES = 64;
     /** Batches waiting for this node's next entry at most; one more forwarded is dropped (its node appends it itself, in time). */
     static final int MAX_CARRIED = 64;
     /** Nodes this node pushes its landed entries to, at most. */
@@ -133,6 +137,8 @@ final class ClusterService implements Service {
     private final HashMap<String, Long> appenders = new HashMap<>();
     /** Nodes that did not bring a batch forwarded to them in time, with until when this node appends its own rather. */
     private final HashMap<String, Long> suspects = new HashMap<>();
+    /** The other nodes init named: the nodes' own messages are taken from them only, and batches go only to them. */
+    private final HashSet<String> peers = new HashSet<>();
     /** Nodes that forwarded batches to this node, the latest last: each entry it lands is pushed to them. */
     private final LinkedHashSet<String> followers = new LinkedHashSet<>();
 
@@ -270,14 +276,15 @@ final class ClusterService implements Service {
 
     /** Another node's message (section 3): a batch forwarded to this node ({@code value}), or a slot it appended ({@code key}, {@code value}). */
     private void peerMessage(String from, String type, byte[] line, int start, int length) throws IOException {
-        LinKv.Body body = LinKv.Body.read(line, start, length);
-        if (nodeId == null) {
+        if (nodeId == null || !peers.contains(from)) {
+            log.warn(type + " from " + from + ", which is not another node of this cluster (init's node_ids): dropped");
             return;
         }
+        LinKv.Body body = LinKv.Body.read(line, start, length);
         if (type.equals("log_forward")) {
             forwarded(from, body.value());
-        } else if (body.key() != null && body.key().matches("log/[1-9][0-9]{0,17}")) {
-            slotPushed(from, Long.parseLong(body.key().substring(4)), body.value());
+        } else {
+            slotPushed(body.key(), body.value());
         }
         advance();
     }
@@ -299,10 +306,13 @@ final class ClusterService implements Service {
         advance();
     }
 
-    /** init names the node; the first one starts the replay of the log from slot 1. */
+    /** init names the node, and the other nodes (the only senders of the nodes' own messages); the first one starts the replay of the log from slot 1. */
     @Override
-    public void init(String id, int nodeIds) throws IOException {
+    public void init(String id, List<String> nodeIds) throws IOException {
         if (id != null) {
+            peers.clear();
+            peers.addAll(nodeIds == null ? List.of() : nodeIds);
+            peers.remove(id);
             replayStartedNanos = nodeId == null ? System.nanoTime() : replayStartedNanos;
             nodeId = id;
             kv.from(id);
@@ -437,10 +447,11 @@ final class ClusterService implements Service {
         List<String> batches = new ArrayList<>();
         List<OwnBatch> own = new ArrayList<>();
         int chars = 0;
-        while (!carrying.isEmpty() && (batches.isEmpty() || chars + carrying.peekFirst().text().length() <= MAX_ENTRY_CHARS)) {
+        while (!carrying.isEmpty() && batches.size() < MAX_ENTRY_BATCHES
+                && (batches.isEmpty() || chars + carrying.peekFirst().text().length() <= MAX_ENTRY_CHARS)) {
             Carried next = carrying.pollFirst();
-            if (next.own() == null && isApplied(next.id())) {
-                continue;
+            if (isApplied(next.id())) {
+                continue;   // a copy already applied (forwarded, or brought by the appender after all)
             }
             batches.add(next.text());
             chars += next.text().length();
@@ -488,7 +499,8 @@ final class ClusterService implements Service {
         suspects.values().removeIf(until -> until - now <= 0);
         String least = nodeId;
         for (var seen : appenders.entrySet()) {
-            if (seen.getValue() > applied - RECENT_SLOTS && seen.getKey().compareTo(least) < 0 && !suspects.containsKey(seen.getKey())) {
+            if (seen.getValue() > applied - RECENT_SLOTS && seen.getKey().compareTo(least) < 0 && peers.contains(seen.getKey())
+                    && !suspects.containsKey(seen.getKey())) {
                 least = seen.getKey();
             }
         }
@@ -533,6 +545,10 @@ final class ClusterService implements Service {
             log.warn("a batch forwarded by " + from + " does not decode (" + undecodable.getMessage() + "): dropped");
             return;
         }
+        if (!Batch.nodeOf(batch.id()).equals(from)) {
+            log.warn("a batch forwarded by " + from + " under the id of another node's (" + batch.id() + "): dropped");
+            return;
+        }
         if (carrying.size() >= MAX_CARRIED || replaying) {
             log.warn("batch " + batch.id() + " forwarded by " + from + ": dropped (" + (replaying ? "replaying" : "carrying " + MAX_CARRIED)
                     + "); its node appends it itself");
@@ -556,7 +572,7 @@ final class ClusterService implements Service {
         for (String follower : followers) {
             replies.send(new Envelope(nodeId, follower, null), "log_slot", json -> {
                 json.field("key");
-                json.string(slotKey(slot));
+                json.string(slotKey(slot) + " " + LogEntry.crc(slotKey(slot) + value));
                 json.field("value");
                 json.string(value);
             });
@@ -564,17 +580,26 @@ final class ClusterService implements Service {
     }
 
     /**
-     * A slot's value from the node that appended it: taken as a reading of the slot when it decodes and comes from
-     * a node that appended entries this node applied (a slot is written once, so a true report of it holds for
-     * ever); else ignored, and the slot is read from lin-kv when needed. A node never skips a slot on a pushed value.
+     * A slot's value from the node that appended it (its key carries a checksum of the slot's number and value, so
+     * that a number damaged on the way cannot put the value in another slot): taken as a reading of the slot when
+     * both check out (a slot is written once, so a true report of it holds for ever); else ignored, and the slot is
+     * read from lin-kv when needed. A node never skips a slot on a pushed value.
      */
-    private void slotPushed(String from, long slot, String value) {
+    private void slotPushed(String key, String value) {
+        String[] slotAndCrc = key == null || value == null ? new String[0] : key.split(" ");
+        if (slotAndCrc.length != 2 || !SLOT_KEY.matcher(slotAndCrc[0]).matches() || !slotAndCrc[1].equals(LogEntry.crc(slotAndCrc[0] + value))) {
+            log.warn("a pushed slot that does not check out (" + key + "): ignored, the slot is read from lin-kv");
+            return;
+        }
+        long slot = Long.parseLong(slotAndCrc[0].substring(4));
         Slot read = Slot.read(value);
-        if (slot > applied && read.entry() != null && appenders.containsKey(from)) {
+        if (slot > applied && read.entry() != null) {
             fetched.putIfAbsent(slot, read);
             knownFilled = Math.max(knownFilled, slot);
         }
     }
+
+    private static final Pattern SLOT_KEY = Pattern.compile("log/[1-9][0-9]{0,17}");
 
     // ---- 4. Reading the log: catching up, resolving a slot, finding the end ---------------------------
 
@@ -1006,7 +1031,7 @@ final class ClusterService implements Service {
             }
             String appender = in.next();
             String settings = in.next();
-            long count = in.number(1, MAX_CARRIED + MAX_LANES);
+            long count = in.number(1, MAX_ENTRY_BATCHES);
             List<Batch> batches = new ArrayList<>();
             for (long i = 0; i < count; i++) {
                 batches.add(Batch.decode(in));
@@ -1016,7 +1041,7 @@ final class ClusterService implements Service {
         }
 
         /** CRC-32 of the text's UTF-16 units (any Java string, lone surrogates included), as 8 hex digits. */
-        private static String crc(CharSequence text) {
+        static String crc(CharSequence text) {
             CRC32 crc = new CRC32();
             byte[] units = text.toString().getBytes(StandardCharsets.UTF_16BE);
             crc.update(units, 0, units.length);
@@ -1026,6 +1051,11 @@ final class ClusterService implements Service {
 
     /** Requests one node received, under the id of its {@link OwnBatch}: node/nonce and lane/count. */
     record Batch(String id, List<LoggedRequest> requests) {
+        static String nodeOf(String id) {
+            String process = processOf(id);
+            return process.substring(0, process.lastIndexOf('/'));
+        }
+
         static String processOf(String id) {
             return id.substring(0, id.lastIndexOf('/'));
         }
@@ -1040,9 +1070,11 @@ final class ClusterService implements Service {
             return text.toString();
         }
 
+        private static final Pattern BATCH_ID = Pattern.compile(".+/[0-9a-f]{17}/[1-9][0-9]{0,17}");
+
         static Batch decode(Tokens.Reader in) {
             String id = in.next();
-            if (!id.matches(".+/[0-9a-f]{17}/[1-9][0-9]{0,17}")) {
+            if (!BATCH_ID.matcher(id).matches()) {
                 throw new IllegalArgumentException("a batch id that is not node/nonce and lane/count: " + id);
             }
             long count = in.number(1, MAX_BATCH_REQUESTS);

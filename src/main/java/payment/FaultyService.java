@@ -3,6 +3,7 @@ package payment;
 import java.io.IOException;
 import java.io.InputStream;
 import java.io.InterruptedIOException;
+import java.util.List;
 import java.util.PriorityQueue;
 import java.util.concurrent.TimeUnit;
 
@@ -82,7 +83,7 @@ final class FaultyService extends ServiceAround {
     }
 
     @Override
-    public void init(String nodeId, int nodeIds) throws IOException {
+    public void init(String nodeId, List<String> nodeIds) throws IOException {
         inner.init(nodeId, nodeIds);
         drawing = true;   // the inner service took the init: from now on it serves
     }

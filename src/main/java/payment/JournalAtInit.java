@@ -2,6 +2,7 @@ package payment;
 
 import java.io.IOException;
 import java.nio.file.Path;
+import java.util.List;
 import java.util.function.Function;
 
 import static payment.FileJournal.NODE_ID;
@@ -44,7 +45,7 @@ final class JournalAtInit implements Service {
     }
 
     @Override
-    public void init(String nodeId, int nodeIds) throws IOException {
+    public void init(String nodeId, List<String> nodeIds) throws IOException {
         if (opened == null) {
             if (nodeId == null || nodeId.contains("/") || nodeId.contains("\\") || nodeId.equals("..") || nodeId.contains("\0")) {
                 throw new RpcError(Reason.BAD_NODE_ID, "node_id " + nodeId + " cannot name a journal file");

@@ -1339,8 +1339,8 @@ public final class PaymentNode {
             throw new RpcError(Reason.UNSUPPORTED_TYPE, "unsupported message type: " + type);
         }
 
-        /** init names the node ({@code nodeIds}: how many nodes it names, -1 when none); refusing it, a service changes nothing. */
-        void init(String nodeId, int nodeIds) throws IOException;
+        /** init names the node ({@code nodeIds}: the nodes it names, its strings, null when none); refusing it, a service changes nothing. */
+        void init(String nodeId, List<String> nodeIds) throws IOException;
 
         /** A reply from {@code from} to a message this node sent (a mode's own request); false when it is not one it waits for. */
         default boolean completes(String from, byte[] line, int start, int length) throws IOException {
@@ -1541,7 +1541,7 @@ public final class PaymentNode {
         Value msgId;
         Value inReplyTo;   // set: this is a reply to something this node sent, never a request
         Value nodeId;
-        int nodeIds = -1;  // how many node_ids init named (-1: none)
+        List<String> nodeIds;   // the node ids init named (null: none)
         Value sagaId;
         Value step;
         Value compensating;
@@ -1666,7 +1666,7 @@ public final class PaymentNode {
                 case "msg_id" -> body.msgId = Value.read(parser, token);
                 case "in_reply_to" -> body.inReplyTo = Value.read(parser, token);
                 case "node_id" -> body.nodeId = Value.read(parser, token);
-                case "node_ids" -> body.nodeIds = countItems(parser, token);
+                case "node_ids" -> body.nodeIds = stringItems(parser, token);
                 case "saga_id" -> body.sagaId = Value.read(parser, token);
                 case "step" -> body.step = Value.read(parser, token);
                 case "compensating" -> body.compensating = Value.read(parser, token);
@@ -1711,15 +1711,18 @@ public final class PaymentNode {
     }
 
     /** How many items an array holds; -1 when it is not an array. */
-    private static int countItems(JsonParser parser, JsonToken token) throws IOException {
+    /** The strings of an array (anything else in it is skipped); null when it is no array. */
+    private static List<String> stringItems(JsonParser parser, JsonToken token) throws IOException {
         if (token != JsonToken.START_ARRAY) {
             skip(parser, token);
-            return -1;
+            return null;
         }
-        int items = 0;
+        List<String> items = new ArrayList<>();
         for (JsonToken item = parser.nextToken(); item != JsonToken.END_ARRAY && item != null; item = parser.nextToken()) {
+            if (item == JsonToken.VALUE_STRING) {
+                items.add(parser.getText());
+            }
             skip(parser, item);
-            items++;
         }
         return items;
     }
@@ -1993,9 +1996,9 @@ public final class PaymentNode {
         }
 
         @Override
-        public void init(String nodeId, int nodeIds) {
-            if (nodeIds > 1) {
-                log.warn("init names " + nodeIds + " nodes, and this node shares no state with the others:"
+        public void init(String nodeId, List<String> nodeIds) {
+            if (nodeIds != null && nodeIds.size() > 1) {
+                log.warn("init names " + nodeIds.size() + " nodes, and this node shares no state with the others:"
                         + " a retry sent to another node may charge again");
             }
         }

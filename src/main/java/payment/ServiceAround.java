@@ -1,6 +1,7 @@
 package payment;
 
 import java.io.IOException;
+import java.util.List;
 import java.io.InputStream;
 
 import static payment.PaymentNode.*;
@@ -53,7 +54,7 @@ abstract class ServiceAround implements Service {
     }
 
     @Override
-    public void init(String nodeId, int nodeIds) throws IOException {
+    public void init(String nodeId, List<String> nodeIds) throws IOException {
         inner.init(nodeId, nodeIds);
     }
 
