@@ -121,6 +121,29 @@ class ClusterForwardingAdversaryTest {
     }
 
     /**
+     * The two checks behind the previous test, each alone: a stranger's batch under its own name is not carried (only
+     * init's other node_ids send the nodes' own messages), and another node of the cluster (n3) cannot forward a
+     * batch under n2's id (a batch comes only from the node its id names). Neither charge is in any table.
+     */
+    @Test
+    void aBatchIsCarriedOnlyFromAnotherNodeOfTheClusterAndOnlyUnderItsOwnName() {
+        cluster = new SimCluster(List.of("n1", "n2", "n3"), KV_TIMEOUT_MILLIS, stderr, null);
+        cluster.runUntilQuiet(SimCluster.HONEST);
+        charge("n1", "s", 1, "10");
+        charge("n2", "s", 2, "10");
+        String n2Batch = log().get(1).batches().get(0).id();
+        strangerForwards("n1", "c9", batchText("c9/" + String.format("%017x", 1) + "/1", "evil", 1, "mallory", "5"));
+        strangerForwards("n1", "n3", batchText(ClusterService.Batch.processOf(n2Batch) + "/" + (ClusterService.Batch.countOf(n2Batch) + 1),
+                "evil", 2, "mallory", "5"));
+        cluster.runUntilQuiet(SimCluster.HONEST);
+        charge("n1", "s", 3, "10");
+        for (int step = 1; step <= 2; step++) {
+            assertEquals("none", status("n1", "evil", step).path("status").asText(), "evil/" + step + ": " + status("n1", "evil", step));
+        }
+        assertEquals(3, log().size(), "nothing but the three charges was appended");
+    }
+
+    /**
      * (c)+(d) More batches wait for one node's entry than an entry may hold: 64 forwarded batches (here n3's, as
      * if from 64 processes; in a large cluster, eight followers' lanes), seven of n2's own batches taken over while
      * its entry is in flight, one of them (b1) also landed by n1 so that its lane is free again, and two new batches
