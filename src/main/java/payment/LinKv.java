@@ -59,10 +59,6 @@ final class LinKv {
         this.from = nodeId;
     }
 
-    int inFlight() {
-        return calls.size();
-    }
-
     void read(String key, Callback callback) throws IOException {
         send("read", key, null, callback);
     }
