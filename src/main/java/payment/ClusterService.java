@@ -1,6 +1,5 @@
 package payment;
 
-import com.fasterxml.jackson.core.JsonParser;
 import com.fasterxml.jackson.core.JsonToken;
 
 import java.io.IOException;
@@ -39,8 +38,8 @@ import static payment.PaymentNode.*;
  * queue; {@link #advance} takes the queue into a batch, and forwards it to the node that appends for all (the
  * least node id among those that appended lately), or carries it in this node's own entry when that is this
  * node (or the other did not bring it in time); an entry goes to the first slot this node has not applied; if
- * that slot is someone else's, the node tries the next at once while it reads the refused one and applies it;
- * the node that appended an entry pushes it to the nodes whose batches it carried; when the slot holding a
+ * that slot is someone else's, the node reads it, applies it and tries the next; the node that appended an
+ * entry pushes it to the nodes whose batches it carried; when the slot holding a
  * batch is applied, the table's answers go back. PaymentStatus and BalanceRead append nothing: they wait
  * until a read sent after they arrived finds the first slot that does not exist yet.
  */
