@@ -59,11 +59,7 @@ class ClusterForwardingAdversaryTest {
 
     /** The entries of the log as lin-kv holds them, slot 1 first (an undecodable slot ends the list). */
     private List<ClusterService.LogEntry> log() {
-        List<ClusterService.LogEntry> entries = new ArrayList<>();
-        for (JsonNode value; (value = cluster.kv.get(ClusterService.slotKey(entries.size() + 1))) != null; ) {
-            entries.add(ClusterService.LogEntry.decode(value.asText()));
-        }
-        return entries;
+        return cluster.logEntries();
     }
 
     /** As ClusterForwardingTest: n1 and n2 have each applied an entry of the other, so n2 forwards to n1. */

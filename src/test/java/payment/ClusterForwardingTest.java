@@ -70,11 +70,7 @@ class ClusterForwardingTest {
 
     /** The entries of the log as lin-kv holds them, slot 1 first. */
     private List<ClusterService.LogEntry> log() {
-        List<ClusterService.LogEntry> entries = new ArrayList<>();
-        for (JsonNode value; (value = cluster.kv.get(ClusterService.slotKey(entries.size() + 1))) != null; ) {
-            entries.add(ClusterService.LogEntry.decode(value.asText()));
-        }
-        return entries;
+        return cluster.logEntries();
     }
 
     /**

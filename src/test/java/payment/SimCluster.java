@@ -450,6 +450,15 @@ final class SimCluster implements AutoCloseable {
         }
     }
 
+    /** The entries of the log as lin-kv holds them, slot 1 first, up to the first slot that does not exist. */
+    List<ClusterService.LogEntry> logEntries() {
+        List<ClusterService.LogEntry> entries = new ArrayList<>();
+        for (JsonNode value; (value = kv.get(ClusterService.slotKey(entries.size() + 1))) != null; ) {
+            entries.add(ClusterService.LogEntry.decode(value.asText()));
+        }
+        return entries;
+    }
+
     void drop(Message message) {
         inFlight.remove(message);
     }
