@@ -46,9 +46,9 @@ import static payment.PaymentNode.*;
 final class ClusterService implements Service {
     // ---- bounds: every queue and loop has one ---------------------------------------------------------
 
-    /** Requests in one entry at most. */
+    /** Requests in one batch at most. */
     static final int MAX_BATCH_REQUESTS = 256;
-    /** Characters of one entry at most (a single request larger than this still goes, alone). */
+    /** Characters of one batch, and of one entry's batches, at most (a single request larger than this still goes, alone). */
     static final int MAX_ENTRY_CHARS = 64 * 1024;
     /** Reads of slots in flight at most, when this node is behind (catching up, replaying after a restart). */
     static final int MAX_READS_IN_FLIGHT = 64;
@@ -87,7 +87,7 @@ final class ClusterService implements Service {
     /** The arrival time of the logged request being applied, else {@link #NOT_APPLYING} (a read: this node's clock). */
     private long applyingMillis = NOT_APPLYING;
     private final boolean keepsBalances;
-    /** What every node must apply the log under (--balance, --max-keys): written into every entry, checked at every apply. */
+    /** What every node must apply the log under (--balance, --max-keys, --reserve-ttl): written into every entry, checked at every apply. */
     private final String settings;
     private final ReplyWriter replies;
     private final Log log;
@@ -141,7 +141,7 @@ final class ClusterService implements Service {
     /** Nodes that forwarded batches to this node, the latest last: each entry it lands is pushed to them. */
     private final LinkedHashSet<String> followers = new LinkedHashSet<>();
 
-    /** {@code table}: the card's table, with --balance and --max-keys as given (the same on every node). */
+    /** {@code table}: the card's table, with --balance, --max-keys and --reserve-ttl as given (the same on every node). */
     ClusterService(PaymentHandler table, BigDecimal balance, long maxKeys, long reserveTtlMillis, Faults faults, ReplyWriter replies, Log log,
             long timeoutMillis) {
         this.faults = faults;
@@ -256,7 +256,10 @@ final class ClusterService implements Service {
         return Reply.LATER;
     }
 
-    /** BalanceRead (with --balance): a read of the log's end first, as PaymentStatus; other types are not this service's. */
+    /**
+     * The nodes' own messages (log_forward, log_slot: section 3); BalanceRead (with --balance): a read of the log's
+     * end first, as PaymentStatus; other types are not this service's.
+     */
     @Override
     public Reply other(Envelope reply, String type, byte[] line, int start, int length) throws IOException {
         if (type.equals("log_forward") || type.equals("log_slot")) {
@@ -325,8 +328,8 @@ final class ClusterService implements Service {
      * Requests this node received, under one id (node, a nonce of its process and a lane, a count): the unit that
      * lands at most once. It is forwarded to the node that appends for all ({@code forwardedTo}, until
      * {@code takeOverNanos}), or carried in this node's own entry. A lane makes its next batch only once its last
-     * one is applied, so a copy of a batch (a duplicated cas, or a forwarded batch its node appended too) comes
-     * after it, and every node skips it alike.
+     * one is applied, so a copy of a batch (a forwarded batch its node appended too, a forward duplicated on the
+     * wire) comes after it, and every node skips it alike.
      */
     static final class OwnBatch {
         final int lane;
@@ -488,8 +491,8 @@ final class ClusterService implements Service {
     static final int MEMORY_IN_TIMEOUTS = 5;
 
     /**
-     * Where this node's batches go: the least node id among the nodes that appended an entry lately (its own
-     * included), not suspected; null when that is this node, or none is known: this node appends them itself.
+     * Where this node's batches go: the least node id (in string order) among the nodes init named that appended
+     * an entry lately (this node included), not suspected; null when that is this node, or none is known: this node appends them itself.
      * Every node comes to the same choice from the same log, so one node appends for all, and a node that
      * carries forwarded batches appends whatever it believes: no batch waits on a cycle of forwards.
      */
@@ -747,12 +750,12 @@ final class ClusterService implements Service {
         if (!entry.settings().equals(settings)) {
             // Applied under other settings, this node's table would part from the others': it stops rather.
             throw new Stop("slot " + number + " of the log was appended by a node with " + entry.settings()
-                    + ", and this node runs with " + settings + ": every node of a cluster needs the same --balance and --max-keys", 2);
+                    + ", and this node runs with " + settings + ": every node of a cluster needs the same --balance, --max-keys and --reserve-ttl", 2);
         }
         for (Batch batch : entry.batches()) {
             if (isApplied(batch.id())) {
-                // A batch stored twice (a duplicated cas, or forwarded and appended by its node too): every node
-                // applies its first copy only.
+                // A batch stored twice (forwarded and appended by its node too, or a forward duplicated on the
+                // wire): every node applies its first copy only.
                 log.warn("slot " + number + " repeats batch " + batch.id() + ": skipped, as on every node");
                 continue;
             }

@@ -109,6 +109,19 @@ class DocsTest {
         }
     }
 
+    /** docs/CLUSTER.md's example of a slot's value is one the cluster decodes, to what the page says it holds. */
+    @Test
+    void theClusterPagesExampleEntryDecodes() throws IOException {
+        Matcher example = Pattern.compile("(?s)```text\n([0-9a-f]{8} 13:payment-log/2[^\n]*)\n```").matcher(Files.readString(DOCS.resolve("CLUSTER.md")));
+        assertTrue(example.find(), "CLUSTER.md shows an entry");
+        ClusterService.LogEntry entry = ClusterService.LogEntry.decode(example.group(1));
+        assertEquals("n1", entry.appender());
+        assertEquals("n2/7f3a9c0d2e4b1a680/1", entry.batches().get(0).id());
+        ClusterService.LoggedRequest request = entry.batches().get(0).requests().get(0);
+        assertEquals(new PaymentNode.ChargeRequest("saga42", 2, "u42", new PaymentNode.Amount("99.99", new java.math.BigDecimal("99.99"))), request.request());
+        assertEquals(List.of(1764580000123L, "c1", 7L), List.of(request.arrivedMillis(), request.src(), request.msgId()));
+    }
+
     /** Every file the README feeds the node (`< FILE`) is in the repository. */
     @Test
     void everyFileTheReadmeFeedsTheNodeExists() throws IOException {
