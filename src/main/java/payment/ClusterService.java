@@ -594,9 +594,12 @@ final class ClusterService implements Service {
             return;
         }
         long slot = Long.parseLong(slotAndCrc[0].substring(4));
+        if (slot <= applied || fetched.containsKey(slot)) {
+            return;   // held already: nothing to decode
+        }
         Slot read = Slot.read(value);
-        if (slot > applied && read.entry() != null) {
-            fetched.putIfAbsent(slot, read);
+        if (read.entry() != null) {
+            fetched.put(slot, read);
             knownFilled = Math.max(knownFilled, slot);
         }
     }
