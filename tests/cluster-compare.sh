@@ -2,8 +2,9 @@
 # Old node against new in one sitting of the same harness (docs/CLUSTER.md, "Cost, measured with the harness"):
 #   tests/cluster-compare.sh OLD_RUN_SH [RUNS] [SECONDS]
 # runs tests/cluster.sh --nodes 3 --concurrency 16 --rate 100000 (closed loop in effect: every client is always busy)
-# --nemesis none --latency 5 --time-limit SECONDS --seed 1..RUNS, old and this tree's node alternating, and prints each
-# run's figures, then the medians and new/old ratios. OLD_RUN_SH is another checkout's run.sh, e.g. one made with
+# --nemesis none --latency 5 --time-limit SECONDS --seed 1..RUNS, old and this tree's node alternating (old first on odd
+# seeds, new first on even ones: this machine slows down over a sitting, and a fixed order would charge the drift to the
+# second), and prints each run's figures, then the medians, their new/old ratios, and the median of each seed's ratio. OLD_RUN_SH is another checkout's run.sh, e.g. one made with
 #   git archive c177473 | tar -x -C /tmp/old && /tmp/old/run.sh --build
 # Figures (python3 reads each run's history.jsonl): requests/s of the workload (requests sent from the first to the
 # last answer of the run phase), request p50/p99 (every request answered), lin-kv calls per request (the summary),
@@ -16,7 +17,9 @@ seconds="${3:-15}"
 out="$here/target/cluster-compare/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$out"
 for seed in $(seq 1 "$runs"); do
-    for who in old new; do
+    order="old new"
+    [ $((seed % 2)) -eq 0 ] && order="new old"
+    for who in $order; do
         node=("$here/run.sh" --store lin-kv --verbose)
         [ "$who" = old ] && node=("$old" --store lin-kv --verbose)
         echo "compare: $who, seed $seed, load $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)" >&2
@@ -72,6 +75,7 @@ print('medians of ' + str(runs) + ' runs each (new/old):')
 for n in names:
     o = statistics.median(f[n] for f in table['old'])
     w = statistics.median(f[n] for f in table['new'])
-    print(f'  {n}: old {o:.2f}, new {w:.2f} ({w / o:.2f}x)')
+    paired = statistics.median(w_ / o_ for w_, o_ in zip((f[n] for f in table['new']), (f[n] for f in table['old'])))
+    print(f'  {n}: old {o:.2f}, new {w:.2f} ({w / o:.2f}x; per seed {paired:.2f}x)')
 print('runs: ' + out)
 PY
