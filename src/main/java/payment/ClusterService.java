@@ -163,25 +163,28 @@ final class ClusterService implements Service {
     /** Where a client request is: queued for the next entry, in the entry being appended, or waiting for a read of the log's end. */
     enum Stage { QUEUED, APPENDING, READING }
 
-    /** A client request not answered yet. Exactly one of {@code request}, {@code status}, {@code balance} is set. */
+    /** What a read (PaymentStatus, BalanceRead) answers from the table, once the table holds the log up to its end. */
+    interface TableRead {
+        Reply answer();
+    }
+
+    /** A client request not answered yet: a request to log, or a read ({@code read}), exactly one of them. */
     final class Waiting {
         final long number = ++arrivals;
         final Envelope reply;
         final long deadlineNanos = System.nanoTime() + PATIENCE_IN_TIMEOUTS * timeoutMillis * 1_000_000;
         final LoggedRequest request;
-        final StatusRequest status;
-        final BalanceRequest balance;
+        final TableRead read;
         /** The injected fault of its answer (--faults), or null. */
         Faults.Drawn fault;
         /** Reads sent before it came: only a read sent after it can tell where the log ends for it. */
         final long readsSentBefore = readsSent;
         Stage stage;
 
-        Waiting(Envelope reply, LoggedRequest request, StatusRequest status, BalanceRequest balance) {
+        Waiting(Envelope reply, LoggedRequest request, TableRead read) {
             this.reply = reply;
             this.request = request;
-            this.status = status;
-            this.balance = balance;
+            this.read = read;
             this.stage = request != null ? Stage.QUEUED : Stage.READING;
         }
 
@@ -227,32 +230,21 @@ final class ClusterService implements Service {
         return append(reply, request);
     }
 
-    /** Every request that changes a key goes into the log, with the time it arrived here: the time the table decides it by. */
-    private Reply append(Envelope reply, Request request) throws IOException {
-        admit(withFault(new Waiting(reply, new LoggedRequest(request, System.currentTimeMillis(), reply), null, null), request.key()));
-        return Reply.LATER;
-    }
-
     /**
-     * Draws the attempt's fault (--faults) on the node that received it, before anything is appended: {@code fail}
-     * is refused here, so nothing of it ever reaches the log; any other fault touches only this node's reply.
+     * Every request that changes a key goes into the log, with the time it arrived here: the time the table decides it
+     * by. Its fault (--faults) is drawn here, before anything is appended: {@code fail} is refused, so nothing of it
+     * reaches the log; any other fault touches only this node's reply.
      */
-    private Waiting withFault(Waiting waiting, String key) {
-        Faults.Drawn drawn = faults == null || nodeId == null ? null : faults.draw(key);
-        if (drawn != null) {
-            log.event("fault: " + drawn.fault().option + (drawn.fault() == Faults.Fault.DELAY ? " " + drawn.delayMillis() + "ms" : "")
-                    + " " + key + " msg_id " + (waiting.reply.inReplyTo() == null ? "none" : waiting.reply.inReplyTo()));
-            if (drawn.fault() == Faults.Fault.FAIL) {
-                throw new RpcError(Reason.INJECTED_FAIL, "injected fault: fail: nothing was done; safe to retry");
-            }
-        }
-        waiting.fault = drawn;
-        return waiting;
+    private Reply append(Envelope reply, Request request) throws IOException {
+        Waiting waiting = new Waiting(reply, new LoggedRequest(request, System.currentTimeMillis(), reply), null);
+        waiting.fault = faults == null || nodeId == null ? null : FaultyService.draw(faults, request.key(), reply, log);
+        admit(waiting);
+        return Reply.LATER;
     }
 
     @Override
     public Reply status(Envelope reply, StatusRequest request) throws IOException {
-        admit(new Waiting(reply, null, request, null));
+        admit(new Waiting(reply, null, () -> local.status(reply, request)));
         return Reply.LATER;
     }
 
@@ -272,7 +264,9 @@ final class ClusterService implements Service {
         if (!keepsBalances) {
             throw new RpcError(Reason.BALANCES_NOT_KEPT, "BalanceRead needs --balance: this cluster keeps no balances");
         }
-        admit(new Waiting(reply, null, null, new BalanceRequest(BalanceReads.userIdOf(line, start, length))));
+        String userId = BalanceReads.userIdOf(line, start, length);
+        Balances balances = ((FundedPaymentHandler) table).balances();   // keepsBalances: the table is funded (one Balances for its life)
+        admit(new Waiting(reply, null, () -> BalanceReads.reply(reply, userId, balances.account(userId), table.now())));
         return Reply.LATER;
     }
 
@@ -289,10 +283,6 @@ final class ClusterService implements Service {
             slotPushed(body.key(), body.value());
         }
         advance();
-    }
-
-    /** A BalanceRead, checked: it names a user. */
-    record BalanceRequest(String userId) {
     }
 
     private void admit(Waiting waiting) throws IOException {
@@ -715,13 +705,7 @@ final class ClusterService implements Service {
         // table now holds every change completed before they came (a linearizable read).
         while (!readers.isEmpty() && readers.peekFirst().readsSentBefore < sequence) {
             Waiting reader = readers.pollFirst();
-            if (reader.status != null) {
-                StepStatus status = table.status(reader.status);
-                reader.answer(writer -> writer.paymentStatusOk(reader.reply, reader.status, status));
-            } else {
-                Balances balances = ((FundedPaymentHandler) table).balances();   // keepsBalances: the table is funded
-                reader.answer(BalanceReads.reply(reader.reply, reader.balance.userId(), balances.account(reader.balance.userId()), table.now()));
-            }
+            reader.answer(reader.read.answer());
         }
     }
 
@@ -853,20 +837,19 @@ final class ClusterService implements Service {
         }
     }
 
-    private long millisToNextDeadline() {
-        long call = kv.millisToNextDeadline();
+    /** Nanoseconds until the next deadline (a call's, a forwarded batch's, the oldest request's), at least 1; -1 for none. */
+    private long nanosToNextDeadline() {
+        long now = System.nanoTime();
+        long next = kv.nanosToNextDeadline(now);
         for (OwnBatch batch : lanes) {
             if (batch != null && batch.forwardedTo != null) {
-                long forward = Math.max(0, (batch.takeOverNanos - System.nanoTime() + 999_999) / 1_000_000);
-                call = call < 0 ? forward : Math.min(call, forward);
+                next = Math.min(next, batch.takeOverNanos - now);
             }
         }
-        if (unanswered.isEmpty()) {
-            return call;
+        if (!unanswered.isEmpty()) {
+            next = Math.min(next, unanswered.values().iterator().next().deadlineNanos - now);
         }
-        long nanos = unanswered.values().iterator().next().deadlineNanos - System.nanoTime();
-        long request = Math.max(0, (nanos + 999_999) / 1_000_000);
-        return call < 0 ? request : Math.min(call, request);
+        return next == Long.MAX_VALUE ? -1 : Math.max(1, next);
     }
 
     @Override
@@ -897,9 +880,8 @@ final class ClusterService implements Service {
         advance();
         replies.flush();
         long delay = delayed.writeDue(replies);
-        long wait = millisToNextDeadline();
-        long nanos = wait < 0 ? -1 : Math.max(1, wait * 1_000_000);
-        return delay < 0 ? nanos : nanos < 0 ? delay : Math.min(delay, nanos);
+        long wait = nanosToNextDeadline();
+        return delay < 0 ? wait : wait < 0 ? delay : Math.min(delay, wait);
     }
 
     /** At the end of input, what is still owed can only time out (its lin-kv replies would have come on stdin). */
@@ -908,15 +890,12 @@ final class ClusterService implements Service {
         replies.flush();
         while (!unanswered.isEmpty()) {
             try {
-                Thread.sleep(Math.max(1, millisToNextDeadline()));
+                Thread.sleep(Math.max(1, nanosToNextDeadline() / 1_000_000));
             } catch (InterruptedException e) {
                 Thread.currentThread().interrupt();
                 throw new InterruptedIOException("interrupted while requests were owed");
             }
-            kv.expire();
-            expireRequests();
-            advance();
-            replies.flush();
+            runDue();
         }
         delayed.drain(replies);
     }

@@ -92,15 +92,9 @@ final class FaultyService extends ServiceAround {
         if (!drawing) {
             return work.run();
         }
-        Drawn drawn = faults.draw(key);
+        Drawn drawn = draw(faults, key, reply, log);
         if (drawn == null) {
             return work.run();
-        }
-        Fault fault = drawn.fault();
-        log.event("fault: " + fault.option + (fault == Fault.DELAY ? " " + drawn.delayMillis() + "ms" : "")
-                + " " + key + " msg_id " + (reply.inReplyTo() == null ? "none" : reply.inReplyTo()));
-        if (fault == Fault.FAIL) {
-            throw new RpcError(Reason.INJECTED_FAIL, "injected fault: fail: nothing was done; safe to retry");
         }
         Reply done;
         try {
@@ -109,6 +103,23 @@ final class FaultyService extends ServiceAround {
             done = writer -> writer.error(reply, refused);
         }
         return afterWork(drawn, reply, done, delayed);
+    }
+
+    /**
+     * The attempt's fault, drawn and logged before its work; {@code fail} is refused here, with nothing done; null: none.
+     * (A cluster draws on the node that received the attempt, before appending: nothing of a {@code fail} reaches the log.)
+     */
+    static Drawn draw(Faults faults, String key, Envelope reply, Log log) {
+        Drawn drawn = faults.draw(key);
+        if (drawn != null) {
+            Fault fault = drawn.fault();
+            log.event("fault: " + fault.option + (fault == Fault.DELAY ? " " + drawn.delayMillis() + "ms" : "")
+                    + " " + key + " msg_id " + (reply.inReplyTo() == null ? "none" : reply.inReplyTo()));
+            if (fault == Fault.FAIL) {
+                throw new RpcError(Reason.INJECTED_FAIL, "injected fault: fail: nothing was done; safe to retry");
+            }
+        }
+        return drawn;
     }
 
     /**

@@ -156,13 +156,9 @@ final class LinKv {
         return true;
     }
 
-    /** Milliseconds until the oldest call is due; -1 when none is waiting. */
-    long millisToNextDeadline() {
-        if (calls.isEmpty()) {
-            return -1;
-        }
-        long nanos = calls.values().iterator().next().deadlineNanos() - System.nanoTime();
-        return Math.max(0, (nanos + 999_999) / 1_000_000);
+    /** Nanoseconds from {@code now} until the oldest call is due; Long.MAX_VALUE when none is waiting. */
+    long nanosToNextDeadline(long now) {
+        return calls.isEmpty() ? Long.MAX_VALUE : calls.values().iterator().next().deadlineNanos() - now;
     }
 
     /** Ends every call past its deadline with TIMEOUT; a reply that comes later is ignored. */
