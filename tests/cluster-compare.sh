@@ -3,8 +3,9 @@
 #   tests/cluster-compare.sh OLD_RUN_SH [RUNS] [SECONDS]
 # runs tests/cluster.sh --nodes 3 --concurrency 16 --rate 100000 (closed loop in effect: every client is always busy)
 # --nemesis none --latency 5 --time-limit SECONDS --seed 1..RUNS, old and this tree's node alternating (old first on odd
-# seeds, new first on even ones: this machine slows down over a sitting, and a fixed order would charge the drift to the
-# second), and prints each run's figures, then the medians, their new/old ratios, and the median of each seed's ratio. OLD_RUN_SH is another checkout's run.sh, e.g. one made with
+# seeds, new first on even ones: a fixed order charges any drift of the machine over a sitting to the second; one sitting
+# here fell run after run from 2,066 to 1,267 requests/s), and prints each run's figures, then the medians, their new/old
+# ratios, and the median of each seed's ratio. OLD_RUN_SH is another checkout's run.sh, e.g. one made with
 #   git archive c177473 | tar -x -C /tmp/old && /tmp/old/run.sh --build
 # Figures (python3 reads each run's history.jsonl): requests/s of the workload (requests sent from the first to the
 # last answer of the run phase), request p50/p99 (every request answered), lin-kv calls per request (the summary),

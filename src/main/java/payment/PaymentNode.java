@@ -1710,7 +1710,6 @@ public final class PaymentNode {
         }
     }
 
-    /** How many items an array holds; -1 when it is not an array. */
     /** The strings of an array (anything else in it is skipped); null when it is no array. */
     private static List<String> stringItems(JsonParser parser, JsonToken token) throws IOException {
         if (token != JsonToken.START_ARRAY) {
