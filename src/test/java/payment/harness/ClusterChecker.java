@@ -163,6 +163,12 @@ final class ClusterChecker {
                 }
                 case INIT -> initsWithoutReply.merge(event.node() + " (msg_id " + event.msgId() + ")", 1, Integer::sum);
                 case INIT_OK -> initsWithoutReply.remove(event.node() + " (msg_id " + event.msgId() + ")");
+                case FAULT_START -> {
+                    if ("kill".equals(event.fault())) {
+                        // A killed process owes nothing, its init included: its restart gets an init of its own.
+                        initsWithoutReply.keySet().removeIf(init -> init.startsWith(event.node() + " (msg_id "));
+                    }
+                }
                 case GARBAGE -> add(Kind.NOT_JSON, event.node() + " wrote at " + seconds(event.nanos()) + ": " + event.text());
                 case STALL -> stall = event;
                 default -> {

@@ -51,6 +51,25 @@ class ClusterCheckerTest {
         assertEquals(Map.of(Kind.UNRESOLVED, 1), counts());
     }
 
+    private void init(Type type, String node, long msgId) {
+        history.add(new Event(history.size(), history.size() * 1_000_000L, "c0", type, null, null, node, msgId, null, null, null, null));
+    }
+
+    /** An init is owed its init_ok, unless its process was killed first (a kill in the first moments after a restart). */
+    @Test
+    void anInitWithoutInitOkIsOpenUnlessItsProcessWasKilledBeforeItAnswered() throws Exception {
+        init(Type.INIT, "n1", 1);
+        init(Type.INIT, "n2", 2);
+        init(Type.INIT_OK, "n2", 2);
+        init(Type.INIT, "n2", 4);
+        history.add(new Event(history.size(), history.size() * 1_000_000L, "nemesis", Type.FAULT_START, null, null, "n2", null, null, "kill",
+                null, "SIGKILL n2"));
+        init(Type.INIT, "n2", 5);
+        init(Type.INIT_OK, "n2", 5);
+        assertEquals(List.of("the init of n1 (msg_id 1) got no init_ok"), ClusterChecker.check(history).anomalies().get(Kind.UNRESOLVED).stream()
+                .map(ClusterChecker.Anomaly::text).toList());
+    }
+
     @Test
     void anOperationAnsweredOnlyElevenIsStillOpen() throws Exception {
         event(Type.INVOKE, 1, 1, CHARGE);
