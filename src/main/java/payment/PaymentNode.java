@@ -2284,7 +2284,6 @@ public final class PaymentNode {
         INTERNAL_ERROR(ErrorCode.CRASH),
         INJECTED_UNKNOWN(ErrorCode.CRASH),
         KV_UNKNOWN_OUTCOME(ErrorCode.CRASH),
-        KV_VALUE_NOT_OURS(ErrorCode.CRASH),
         STEP_COMPENSATED(ErrorCode.ABORT),
         INSUFFICIENT_FUNDS(ErrorCode.ABORT),
         NO_RESERVATION(ErrorCode.ABORT),
