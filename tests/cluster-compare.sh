@@ -9,7 +9,8 @@
 #   git archive c177473 | tar -x -C /tmp/old && /tmp/old/run.sh --build
 # Figures (python3 reads each run's history.jsonl): requests/s of the workload (requests sent from the first to the
 # last answer of the run phase), request p50/p99 (every request answered), lin-kv calls per request (the summary),
-# first charges (ChargePayment_ok of the run phase without a note) per second and their p50.
+# first charges (ChargePayment_ok of the run phase without a note) per second and their p50, and the CPU the nodes and
+# the harness used per request (the summary's cpu line: on this machine they share two cores, so CPU is what bounds both).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 old="${1:?usage: tests/cluster-compare.sh OLD_RUN_SH [RUNS] [SECONDS]}"
@@ -62,9 +63,12 @@ def figures(folder):
                     charges += 1
                     first.append(took)
     seconds = (end - start) / 1000
-    calls = float(re.search(r'lin-kv: \d+ calls .*?, ([0-9.]+) per request sent', open(folder + '/summary.txt').read()).group(1))
+    summary = open(folder + '/summary.txt').read()
+    calls = float(re.search(r'lin-kv: \d+ calls .*?, ([0-9.]+) per request sent', summary).group(1))
+    cpu = re.search(r'cpu: nodes .*?, ([0-9.]+) ms per request sent; harness .*?, ([0-9.]+) ms per request sent', summary)
     return {'requests/s': requests / seconds, 'request p50 ms': pct(every, 50), 'request p99 ms': pct(every, 99),
-            'lin-kv calls per request': calls, 'first charges/s': charges / seconds, 'first-charge p50 ms': pct(first, 50)}
+            'lin-kv calls per request': calls, 'first charges/s': charges / seconds, 'first-charge p50 ms': pct(first, 50),
+            'nodes cpu ms per request': float(cpu.group(1)), 'harness cpu ms per request': float(cpu.group(2))}
 
 out, runs = sys.argv[1], int(sys.argv[2])
 table = {who: [figures(f'{out}/{who}-{seed}') for seed in range(1, runs + 1)] for who in ('old', 'new')}

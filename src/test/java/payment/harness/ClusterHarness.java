@@ -80,7 +80,7 @@ final class ClusterHarness {
      */
     record Run(Settings settings, Path folder, List<ClusterHistory.Event> history, ClusterChecker.Verdict verdict,
                List<Fault> faults, Map<String, Long> kvCalls, Map<String, Long> kvFates, Map<String, Long> dropped,
-               double seconds, long onSchedule, long slotsMissed, String stopped) {
+               double seconds, long onSchedule, long slotsMissed, String stopped, Map<String, Double> cpuSeconds) {
     }
 
     /**
@@ -432,6 +432,7 @@ final class ClusterHarness {
         void kill() throws InterruptedException {
             killedByNemesis = true;
             Process victim = process;
+            countCpu(victim);
             mark("killed (SIGKILL)");
             victim.destroyForcibly();
             victim.waitFor(10, TimeUnit.SECONDS);
@@ -446,10 +447,18 @@ final class ClusterHarness {
             }
         }
 
+        /** The CPU time of every process this node ran (a restart is a new process), taken just before it ends. */
+        private java.time.Duration cpu = java.time.Duration.ZERO;
+
+        private void countCpu(Process ending) {
+            ending.info().totalCpuDuration().ifPresent(used -> cpu = cpu.plus(used));
+        }
+
         /** End of input: the node exits by itself; one that does not within 10 s is killed. Its log is then closed. */
         void stop() throws InterruptedException {
             Process current = process;
             if (current != null) {
+                countCpu(current);   // at the end of the workload, before the node drains and exits
                 synchronized (writing) {
                     try {
                         stdin.close();
@@ -1260,8 +1269,12 @@ final class ClusterHarness {
         List<ClusterHistory.Event> events = history.events();
         Map<String, Long> drops = new java.util.TreeMap<>();
         dropped.forEach((why, count) -> drops.put(why, count.get()));
+        Map<String, Double> cpuSeconds = new LinkedHashMap<>();
+        cpuSeconds.put("harness", ((com.sun.management.OperatingSystemMXBean) java.lang.management.ManagementFactory.getOperatingSystemMXBean())
+                .getProcessCpuTime() / 1e9);
+        nodes.forEach((id, node) -> cpuSeconds.put(id, node.cpu.toNanos() / 1e9));
         return new Run(settings, folder, events, ClusterChecker.check(events), List.copyOf(faults), linKv.calls(), linKv.fates(),
-                drops, seconds, schedule.taken(), schedule.missed(), stopped);
+                drops, seconds, schedule.taken(), schedule.missed(), stopped, cpuSeconds);
     }
 
     // ---- measuring calls per request -----------------------------------------------------------------------

@@ -282,6 +282,15 @@ final class ClusterReport {
         if (!run.dropped().isEmpty()) {
             text.append("messages dropped by the network: ").append(run.dropped()).append('\n');
         }
+        double harnessCpu = run.cpuSeconds().getOrDefault("harness", 0.0);
+        Map<String, Double> nodesCpu = new LinkedHashMap<>(run.cpuSeconds());
+        nodesCpu.remove("harness");
+        double nodesTotal = nodesCpu.values().stream().mapToDouble(Double::doubleValue).sum();
+        int sent = Math.max(1, f.requests().size());
+        text.append(String.format(Locale.ROOT, "cpu: nodes %.2f s (%s), %.3f ms per request sent; harness %.2f s, %.3f ms per request sent"
+                + " (all of them share this machine's cores)%n", nodesTotal, nodesCpu.entrySet().stream()
+                .map(e -> String.format(Locale.ROOT, "%s %.2f", e.getKey(), e.getValue())).collect(Collectors.joining(", ")),
+                nodesTotal * 1000 / sent, harnessCpu, harnessCpu * 1000 / sent));
         text.append(String.format(Locale.ROOT, "seed %d pins every choice (sagas, amounts, nodes, duplicates, each fault's kind and target, the stream of lin-kv"
                 + " delays and kv faults); it does not pin timing (threads, JVM warm-up, where a fault lands among requests, which"
                 + " lin-kv call meets which delay): two runs differ in detail%n", s.seed()));
@@ -338,6 +347,8 @@ final class ClusterReport {
                 .put("lin_kv_delay_ms", s.kvLatency().minMillis() + ":" + s.kvLatency().maxMillis()).put("kv_late_ms", s.kvLateMillis())
                 .put("client_timeout_ms", s.clientTimeoutMillis()).put("attempts", s.attempts()).put("heal_timeout_ms", s.healTimeoutMillis());
         results.put("seconds", Math.round(run.seconds() * 1000) / 1000.0);
+        ObjectNode cpu = results.putObject("cpu_seconds");
+        run.cpuSeconds().forEach((process, seconds) -> cpu.put(process, Math.round(seconds * 1000) / 1000.0));
         if (run.stopped() != null) {
             results.put("stopped_early", run.stopped());
         }

@@ -479,6 +479,11 @@ class ClusterTest {
             assertTrue(Files.size(folder.resolve(file)) > 0, file + " is missing or empty");
         }
         assertEquals(run.stdout(), Files.readString(folder.resolve("summary.txt")), "summary.txt is what was printed");
+        // The CPU every process used, the killed ones included: a node's JVM takes a tenth of a second at least to start.
+        JsonNode cpu = run.results().path("cpu_seconds");
+        assertEquals(List.of("harness", "n1", "n2", "n3"), fieldNames(cpu), run.describe());
+        cpu.forEach(seconds -> assertTrue(seconds.asDouble() >= 0.1, "cpu_seconds " + cpu));
+        assertTrue(run.stdout().contains("\ncpu: nodes "), run.stdout());
         for (String node : List.of("n1", "n2", "n3")) {
             List<String> log = Files.readAllLines(folder.resolve("node-logs/" + node + ".log"));
             assertTrue(log.stream().anyMatch(line -> line.endsWith("  cluster: " + node + " started, pid " + line.replaceAll(".* pid ", ""))), node + ": " + log);
@@ -622,5 +627,11 @@ class ClusterTest {
             assertTrue(run.stderr().contains("--store"), String.join(" ", args) + ": " + run.stderr());
             assertEquals("", run.stdout(), String.join(" ", args));
         }
+    }
+
+    private static List<String> fieldNames(JsonNode object) {
+        List<String> names = new java.util.ArrayList<>();
+        object.fieldNames().forEachRemaining(names::add);
+        return names;
     }
 }
