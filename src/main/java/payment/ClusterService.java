@@ -888,14 +888,13 @@ final class ClusterService implements Service {
     @Override
     public void close() throws IOException {
         replies.flush();
-        while (!unanswered.isEmpty()) {
+        for (long wait = runDue(); !unanswered.isEmpty(); wait = runDue()) {
             try {
-                Thread.sleep(Math.max(1, nanosToNextDeadline() / 1_000_000));
+                Thread.sleep(Math.max(1, wait / 1_000_000));   // until the next deadline, or the next delayed reply (--faults)
             } catch (InterruptedException e) {
                 Thread.currentThread().interrupt();
                 throw new InterruptedIOException("interrupted while requests were owed");
             }
-            runDue();
         }
         delayed.drain(replies);
     }
@@ -1105,7 +1104,11 @@ final class ClusterService implements Service {
             return text.toString();
         }
 
-        /** Reads tokens strictly: anything else than what {@link Tokens} writes is an IllegalArgumentException. */
+        /**
+         * Reads what {@link Tokens} writes; what it cannot read (no length, a token past the end, a number that does not
+         * parse) is an IllegalArgumentException. It does not insist on the written form ({@code +1:a} and {@code 01:a}
+         * read as {@code 1:a}): only this service's nodes write entries, under a checksum, and every node reads alike.
+         */
         static final class Reader {
             private final String text;
             private int position;
