@@ -138,7 +138,7 @@ final class ClusterChecker {
         Map<String, Event> invokes = new HashMap<>();
         Map<String, List<Event>> requestsOfOp = new LinkedHashMap<>();
         List<Observation> observations = new ArrayList<>();
-        Map<String, Integer> initsWithoutReply = new TreeMap<>();
+        Map<String, Long> initsWithoutReply = new TreeMap<>();   // node and msg_id, when the init was sent
         Event stall = null;
         for (Event event : history) {
             switch (event.type()) {
@@ -161,12 +161,14 @@ final class ClusterChecker {
                         observations.add(seen);
                     }
                 }
-                case INIT -> initsWithoutReply.merge(event.node() + " (msg_id " + event.msgId() + ")", 1, Integer::sum);
+                case INIT -> initsWithoutReply.put(event.node() + " (msg_id " + event.msgId() + ")", event.nanos());
                 case INIT_OK -> initsWithoutReply.remove(event.node() + " (msg_id " + event.msgId() + ")");
                 case FAULT_START -> {
                     if ("kill".equals(event.fault())) {
-                        // A killed process owes nothing, its init included: its restart gets an init of its own.
-                        initsWithoutReply.keySet().removeIf(init -> init.startsWith(event.node() + " (msg_id "));
+                        // A process killed before its init's time was up owes nothing (its restart gets an init of its
+                        // own); one that let that time pass first is still an init with no answer.
+                        initsWithoutReply.entrySet().removeIf(init -> init.getKey().startsWith(event.node() + " (msg_id ")
+                                && event.nanos() - init.getValue() <= ClusterHarness.INIT_WAIT_MILLIS * 1_000_000);
                     }
                 }
                 case GARBAGE -> add(Kind.NOT_JSON, event.node() + " wrote at " + seconds(event.nanos()) + ": " + event.text());

@@ -447,7 +447,10 @@ final class ClusterHarness {
             }
         }
 
-        /** The CPU time of every process this node ran (a restart is a new process), taken just before it ends. */
+        /**
+         * The CPU time of the processes this node ran (a restart is a new process), each read just before the harness
+         * ends it: a process that exits by itself is gone before it can be read, and is not counted.
+         */
         private java.time.Duration cpu = java.time.Duration.ZERO;
 
         private void countCpu(Process ending) {
@@ -1269,7 +1272,7 @@ final class ClusterHarness {
         List<ClusterHistory.Event> events = history.events();
         Map<String, Long> drops = new java.util.TreeMap<>();
         dropped.forEach((why, count) -> drops.put(why, count.get()));
-        Map<String, Double> cpuSeconds = new LinkedHashMap<>();
+        Map<String, Double> cpuSeconds = new LinkedHashMap<>();   // the harness's: its whole JVM (tests/cluster.sh starts one per run)
         cpuSeconds.put("harness", ((com.sun.management.OperatingSystemMXBean) java.lang.management.ManagementFactory.getOperatingSystemMXBean())
                 .getProcessCpuTime() / 1e9);
         nodes.forEach((id, node) -> cpuSeconds.put(id, node.cpu.toNanos() / 1e9));
