@@ -1,8 +1,8 @@
 package payment;
 
 import java.io.IOException;
-import java.util.List;
 import java.io.InputStream;
+import java.util.List;
 
 import static payment.PaymentNode.*;
 

@@ -26,10 +26,7 @@ class ClusterForwardingAdversaryTest {
 
     @AfterEach
     void stopNodes() throws InterruptedException {
-        if (cluster != null) {
-            cluster.close();
-            cluster.awaitExits();
-        }
+        SimCluster.shutDown(cluster);
     }
 
     private long send(String node, String body, SimCluster.Rule rule) {

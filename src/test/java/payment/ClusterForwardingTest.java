@@ -31,10 +31,7 @@ class ClusterForwardingTest {
 
     @AfterEach
     void stopNodes() throws InterruptedException {
-        if (cluster != null) {
-            cluster.close();
-            cluster.awaitExits();
-        }
+        SimCluster.shutDown(cluster);
     }
 
     private long charge(String node, int step, SimCluster.Rule rule) {

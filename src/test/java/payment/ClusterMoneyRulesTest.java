@@ -37,10 +37,7 @@ class ClusterMoneyRulesTest {
 
     @AfterEach
     void stopNodes() throws InterruptedException {
-        if (cluster != null) {
-            cluster.close();
-            cluster.awaitExits();
-        }
+        SimCluster.shutDown(cluster);
     }
 
     private SimCluster cluster(String... nodes) {

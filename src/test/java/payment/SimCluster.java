@@ -533,6 +533,14 @@ final class SimCluster implements AutoCloseable {
         nodes.clear();
     }
 
+    /** A test's teardown: the cluster's nodes killed, and waited for (nothing to do when the test made none). */
+    static void shutDown(SimCluster cluster) throws InterruptedException {
+        if (cluster != null) {
+            cluster.close();
+            cluster.awaitExits();
+        }
+    }
+
     /** Waits for every process ever started here to return (at most one kv timeout and a margin each). */
     void awaitExits() throws InterruptedException {
         for (NodeProcess node : killed) {
